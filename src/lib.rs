@@ -1,0 +1,25 @@
+//! portico: a stateless layer-7 reverse proxy and load balancer.
+//!
+//! The map of the crate, following one request:
+//! - [`config`]: proxy.toml as plain data, with `PATH:LINE:COL` errors;
+//! - [`snapshot`]: config → the immutable runtime a request reads
+//!   (routes, pools, TLS configs), swapped whole through `ArcSwap`;
+//! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
+//! - [`proxy`]: the one pipeline (admit → route → forward → finish) and
+//!   the proxy's own error answers;
+//! - [`upstream`]: round-robin pools of keepalive connections;
+//! - [`body`]: the request and response body types all of them share;
+//! - [`observe`]: access log and request ids;
+//! - [`admin`]: the admin listener;
+//! - [`server`]: process lifecycle: start, signals, drain, exit.
+
+pub mod admin;
+pub mod body;
+pub mod config;
+pub mod listener;
+pub mod observe;
+pub mod proxy;
+pub mod server;
+pub mod snapshot;
+pub mod tls;
+pub mod upstream;

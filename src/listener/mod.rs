@@ -1,0 +1,285 @@
+//! Client-facing listeners: bind, accept, TLS, and serving HTTP/1.1 and
+//! HTTP/2 through the one pipeline.
+//!
+//! Guarantees:
+//! - sockets are bound with SO_REUSEADDR and the configured backlog;
+//!   accepted ones get TCP_NODELAY;
+//! - at `max_connections` open connections a listener stops accepting until
+//!   one closes; nothing already open is hurt;
+//! - TLS handshakes use the TLS config of the snapshot in force at the
+//!   handshake (so new certificates apply to new connections) and must finish
+//!   within `header_read_timeout`;
+//! - ALPN picks HTTP/2 or HTTP/1.1; a plain listener that allows both tells
+//!   them apart by the HTTP/2 preface (h2c prior knowledge);
+//! - HTTP/2 limits: `h2_max_concurrent_streams`, SETTINGS_MAX_HEADER_LIST_SIZE
+//!   = `max_header_bytes`, and h2's rapid-reset and CONTINUATION-flood
+//!   defences (GOAWAY ENHANCE_YOUR_CALM);
+//! - on shutdown a listener stops accepting and every connection is asked to
+//!   finish gracefully (HTTP/1.1: after the response in flight; HTTP/2:
+//!   GOAWAY).
+
+mod conn_io;
+
+pub use conn_io::{ConnActivity, ConnIo, Mode};
+
+use crate::proxy::{ConnInfo, Shared};
+use crate::snapshot::ListenerSettings;
+use hyper::service::service_fn;
+use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
+use hyper_util::server::conn::auto;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{watch, Notify, Semaphore};
+
+/// Counts open client connections so shutdown can wait for them to drain.
+#[derive(Default)]
+pub struct ConnTracker {
+    open: AtomicUsize,
+    drained: Notify,
+}
+
+/// Held by each connection task; the last one dropped wakes the drain.
+pub struct ConnGuard(Arc<ConnTracker>);
+
+impl ConnTracker {
+    pub fn track(self: &Arc<Self>) -> ConnGuard {
+        self.open.fetch_add(1, Ordering::SeqCst);
+        ConnGuard(self.clone())
+    }
+
+    pub fn open(&self) -> usize {
+        self.open.load(Ordering::SeqCst)
+    }
+
+    /// Waits until no connection is open.
+    pub async fn drained(&self) {
+        loop {
+            let notified = self.drained.notified();
+            if self.open() == 0 {
+                return;
+            }
+            notified.await;
+        }
+    }
+}
+
+impl Drop for ConnGuard {
+    fn drop(&mut self) {
+        if self.0.open.fetch_sub(1, Ordering::SeqCst) == 1 {
+            self.0.drained.notify_waiters();
+        }
+    }
+}
+
+/// Binds a listening socket as the settings say.
+pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::STREAM, Some(Protocol::TCP))?;
+    socket.set_reuse_address(true)?;
+    if addr.is_ipv6() {
+        // "[::]:443" serves IPv4 too, as users of other proxies expect.
+        let _ = socket.set_only_v6(false);
+    }
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    socket.listen(backlog.min(i32::MAX as u32) as i32)?;
+    TcpListener::from_std(socket.into())
+}
+
+/// The hyper server builders of one listener.
+struct Frontend {
+    settings: Arc<ListenerSettings>,
+    detect: auto::Builder<TokioExecutor>,
+    http1: auto::Builder<TokioExecutor>,
+    http2: auto::Builder<TokioExecutor>,
+}
+
+impl Frontend {
+    fn new(settings: Arc<ListenerSettings>) -> Frontend {
+        let mut b = auto::Builder::new(TokioExecutor::new());
+        b.http1()
+            .timer(TokioTimer::new())
+            // ConnIo enforces the head timeout (with a 408); hyper's closes silently.
+            .header_read_timeout(None)
+            .keep_alive(true)
+            .max_buf_size((settings.max_header_bytes + 8192).max(8192));
+        b.http2()
+            .timer(TokioTimer::new())
+            .max_concurrent_streams(settings.h2_max_concurrent_streams)
+            .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
+            .max_pending_accept_reset_streams(Some(20))
+            .max_local_error_reset_streams(Some(256))
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .max_send_buf_size(1 << 20);
+        let (http1, http2) = (b.clone().http1_only(), b.clone().http2_only());
+        let detect = match (settings.http1, settings.http2) {
+            (true, true) => b,
+            (false, _) => http2.clone(),
+            (_, false) => http1.clone(),
+        };
+        Frontend {
+            settings,
+            detect,
+            http1,
+            http2,
+        }
+    }
+}
+
+/// Accepts connections until `stop` turns true.
+pub async fn accept_loop(
+    listener: TcpListener,
+    settings: Arc<ListenerSettings>,
+    shared: Arc<Shared>,
+    tracker: Arc<ConnTracker>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let fe = Arc::new(Frontend::new(settings.clone()));
+    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    loop {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let (stream, peer) = tokio::select! {
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %settings.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
+            _ = stop.changed() => break,
+        };
+        let guard = tracker.track();
+        let (fe, shared, stop) = (fe.clone(), shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            serve_connection(stream, peer, fe, shared, stop).await;
+            drop(permit);
+            drop(guard);
+        });
+    }
+    tracing::info!(listener = %settings.name, "stopped accepting");
+}
+
+async fn serve_connection(
+    stream: TcpStream,
+    peer: SocketAddr,
+    fe: Arc<Frontend>,
+    shared: Arc<Shared>,
+    stop: watch::Receiver<bool>,
+) {
+    let _ = stream.set_nodelay(true);
+    let s = &fe.settings;
+    let snap = shared.snapshot.load();
+    let request_id_header = snap.request_id_header.clone();
+    // The TLS config in force now, so certificate rotation reaches new handshakes.
+    let tls = snap
+        .listener(&s.name)
+        .and_then(|l| l.tls.clone())
+        .or_else(|| s.tls.clone());
+    drop(snap);
+    let activity = Arc::new(ConnActivity::default());
+    match tls {
+        Some(cfg) => {
+            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+            let tls_stream =
+                match tokio::time::timeout(s.header_read_timeout, acceptor.accept(stream)).await {
+                    Ok(Ok(t)) => t,
+                    Ok(Err(e)) => {
+                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        return;
+                    }
+                    Err(_) => {
+                        tracing::debug!(%peer, "TLS handshake timed out");
+                        return;
+                    }
+                };
+            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+            let (mode, builder) = if h2 || !s.http1 {
+                (Mode::Http2, &fe.http2)
+            } else {
+                (Mode::Http1, &fe.http1)
+            };
+            let io = ConnIo::new(
+                tls_stream,
+                activity.clone(),
+                mode,
+                s.header_read_timeout,
+                s.idle_timeout,
+                request_id_header,
+            );
+            serve_http(io, builder, &fe, peer, true, activity, shared, stop).await;
+        }
+        None => {
+            let mode = match (s.http1, s.http2) {
+                (true, true) => Mode::Detect,
+                (true, false) => Mode::Http1,
+                _ => Mode::Http2,
+            };
+            let io = ConnIo::new(
+                stream,
+                activity.clone(),
+                mode,
+                s.header_read_timeout,
+                s.idle_timeout,
+                request_id_header,
+            );
+            serve_http(io, &fe.detect, &fe, peer, false, activity, shared, stop).await;
+        }
+    }
+}
+
+#[allow(clippy::too_many_arguments)]
+async fn serve_http<S>(
+    io: ConnIo<S>,
+    builder: &auto::Builder<TokioExecutor>,
+    fe: &Frontend,
+    peer: SocketAddr,
+    https: bool,
+    activity: Arc<ConnActivity>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) where
+    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+{
+    let info = Arc::new(ConnInfo {
+        listener: fe.settings.clone(),
+        peer,
+        https,
+        shared,
+        activity: activity.clone(),
+    });
+    let svc = service_fn(move |req| crate::proxy::handle(req, info.clone()));
+    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+    tokio::pin!(conn);
+    let mut closing = *stop.borrow();
+    if closing {
+        conn.as_mut().graceful_shutdown();
+    }
+    loop {
+        tokio::select! {
+            r = conn.as_mut() => {
+                if let Err(e) = r {
+                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+                }
+                break;
+            }
+            _ = stop.changed(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+            _ = activity.idle.notified(), if !closing => {
+                closing = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}

@@ -1,0 +1,216 @@
+//! The access log: one line per request, written off the request path.
+//!
+//! Requests hand a finished [`LogEntry`] to a channel; one writer thread
+//! formats and writes the lines through a buffer that is flushed whenever the
+//! channel runs dry, so a quiet proxy's lines appear at once and a busy one
+//! does few write syscalls. If the writer falls behind by more than
+//! [`QUEUE_LIMIT`] lines, new lines are dropped (and counted) rather than
+//! letting memory grow or requests wait.
+
+use crate::config::AccessLogFormat;
+use std::io::Write;
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+/// Lines that may wait for the writer before new ones are dropped.
+pub const QUEUE_LIMIT: usize = 65_536;
+
+/// Everything one access log line says.
+pub struct LogEntry {
+    pub time: SystemTime,
+    pub request_id: String,
+    pub listener: std::sync::Arc<str>,
+    pub route: Option<std::sync::Arc<str>>,
+    pub method: http::Method,
+    pub path: String,
+    pub version: http::Version,
+    pub status: u16,
+    pub upstream: Option<std::sync::Arc<str>>,
+    pub duration: Duration,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    pub client: SocketAddr,
+    pub referer: Option<String>,
+    pub user_agent: Option<String>,
+}
+
+/// Where access log lines go; `None` when the log is off.
+pub struct AccessLog {
+    sender: Option<SyncSender<LogEntry>>,
+    pub dropped: AtomicU64,
+    queued: Arc<AtomicUsize>,
+    format: AccessLogFormat,
+}
+
+impl AccessLog {
+    /// Opens the log named by `server.access_log` ("stdout", "off" or a path).
+    pub fn open(target: &str, format: AccessLogFormat) -> std::io::Result<AccessLog> {
+        let out: Box<dyn Write + Send> = match target {
+            "off" => {
+                return Ok(AccessLog {
+                    sender: None,
+                    dropped: AtomicU64::new(0),
+                    queued: Arc::new(AtomicUsize::new(0)),
+                    format,
+                })
+            }
+            "stdout" => Box::new(std::io::stdout()),
+            path => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        };
+        let (tx, rx) = sync_channel(QUEUE_LIMIT);
+        let queued = Arc::new(AtomicUsize::new(0));
+        let q = queued.clone();
+        std::thread::Builder::new()
+            .name("access-log".into())
+            .spawn(move || write_loop(rx, out, format, q))?;
+        Ok(AccessLog {
+            sender: Some(tx),
+            dropped: AtomicU64::new(0),
+            queued,
+            format,
+        })
+    }
+
+    pub fn enabled(&self) -> bool {
+        self.sender.is_some()
+    }
+
+    /// Whether lines need the referer and user agent (combined format).
+    pub fn wants_agent(&self) -> bool {
+        self.format == AccessLogFormat::Combined
+    }
+
+    pub fn write(&self, e: LogEntry) {
+        if let Some(tx) = &self.sender {
+            if tx.try_send(e).is_err() {
+                self.dropped.fetch_add(1, Ordering::Relaxed);
+            } else {
+                self.queued.fetch_add(1, Ordering::Relaxed);
+            }
+        }
+    }
+}
+
+fn write_loop(
+    rx: Receiver<LogEntry>,
+    out: Box<dyn Write + Send>,
+    format: AccessLogFormat,
+    queued: Arc<AtomicUsize>,
+) {
+    let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
+    let mut line = String::with_capacity(512);
+    loop {
+        let e = match rx.try_recv() {
+            Ok(e) => e,
+            Err(TryRecvError::Empty) => {
+                let _ = w.flush();
+                match rx.recv() {
+                    Ok(e) => e,
+                    Err(_) => break,
+                }
+            }
+            Err(TryRecvError::Disconnected) => break,
+        };
+        queued.fetch_sub(1, Ordering::Relaxed);
+        line.clear();
+        match format {
+            AccessLogFormat::Json => format_json(&e, &mut line),
+            AccessLogFormat::Combined => format_combined(&e, &mut line),
+        }
+        line.push('\n');
+        if w.write_all(line.as_bytes()).is_err() {
+            // Nowhere to report a broken log target but stderr; keep serving.
+            eprintln!("portico: access log write failed");
+        }
+    }
+    let _ = w.flush();
+}
+
+fn format_json(e: &LogEntry, out: &mut String) {
+    let v = serde_json::json!({
+        "time": humantime::format_rfc3339_millis(e.time).to_string(),
+        "request_id": e.request_id,
+        "listener": &*e.listener,
+        "route": e.route.as_deref().unwrap_or(""),
+        "method": e.method.as_str(),
+        "path": e.path,
+        "protocol": format!("{:?}", e.version),
+        "status": e.status,
+        "upstream": e.upstream.as_deref().unwrap_or(""),
+        "duration_ms": (e.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        "bytes_in": e.bytes_in,
+        "bytes_out": e.bytes_out,
+        "client": e.client.ip().to_string(),
+    });
+    out.push_str(&v.to_string());
+}
+
+/// NGINX's "combined" format, times in UTC.
+fn format_combined(e: &LogEntry, out: &mut String) {
+    use std::fmt::Write as _;
+    let quote = |s: &str| s.replace('\\', "\\\\").replace('"', "\\\"");
+    let _ = write!(
+        out,
+        "{} - - [{}] \"{} {} {:?}\" {} {} \"{}\" \"{}\"",
+        e.client.ip(),
+        clf_time(e.time),
+        e.method,
+        quote(&e.path),
+        e.version,
+        e.status,
+        e.bytes_out,
+        quote(e.referer.as_deref().unwrap_or("-")),
+        quote(e.user_agent.as_deref().unwrap_or("-")),
+    );
+}
+
+/// Common Log Format time, e.g. "10/Oct/2000:13:55:36 +0000".
+fn clf_time(t: SystemTime) -> String {
+    const MONTHS: [&str; 12] = [
+        "Jan", "Feb", "Mar", "Apr", "May", "Jun", "Jul", "Aug", "Sep", "Oct", "Nov", "Dec",
+    ];
+    let secs = t
+        .duration_since(SystemTime::UNIX_EPOCH)
+        .map(|d| d.as_secs())
+        .unwrap_or(0);
+    let days = (secs / 86_400) as i64;
+    let rem = secs % 86_400;
+    // Howard Hinnant's civil_from_days.
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let d = doy - (153 * mp + 2) / 5 + 1;
+    let m = if mp < 10 { mp + 3 } else { mp - 9 };
+    let y = yoe + era * 400 + if m <= 2 { 1 } else { 0 };
+    format!(
+        "{:02}/{}/{}:{:02}:{:02}:{:02} +0000",
+        d,
+        MONTHS[(m - 1) as usize],
+        y,
+        rem / 3600,
+        (rem / 60) % 60,
+        rem % 60
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn clf_time_formats_utc() {
+        let t = SystemTime::UNIX_EPOCH + Duration::from_secs(971_186_136);
+        assert_eq!(clf_time(t), "10/Oct/2000:13:55:36 +0000");
+    }
+}

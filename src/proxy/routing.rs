@@ -1,0 +1,222 @@
+//! The route table: which route serves a request.
+//!
+//! Precedence (SPEC): the most specific host first (exact, then `*.suffix`
+//! with longer suffixes first, then any host), then the longest
+//! `path_prefix`, then file order. The table is sorted once at build time, so
+//! a lookup is a scan that stops at the first route that matches listener,
+//! host, path and method.
+
+use crate::upstream::UpstreamPool;
+use bytes::Bytes;
+use http::{HeaderValue, Method, StatusCode};
+use std::sync::Arc;
+use std::time::Duration;
+
+/// How a route matches the request's host.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum HostMatch {
+    Any,
+    /// Lower-case host name without port.
+    Exact(String),
+    /// Lower-case suffix including the leading dot (".example.com").
+    Suffix(String),
+}
+
+impl HostMatch {
+    pub fn parse(s: &str) -> HostMatch {
+        let s = s.trim().to_ascii_lowercase();
+        if s.is_empty() {
+            HostMatch::Any
+        } else if let Some(rest) = s.strip_prefix('*') {
+            HostMatch::Suffix(rest.to_string())
+        } else {
+            HostMatch::Exact(s)
+        }
+    }
+
+    fn matches(&self, host: Option<&str>) -> bool {
+        match self {
+            HostMatch::Any => true,
+            HostMatch::Exact(h) => host.is_some_and(|x| x.eq_ignore_ascii_case(h)),
+            HostMatch::Suffix(sfx) => host.is_some_and(|x| {
+                x.len() > sfx.len()
+                    && x.is_char_boundary(x.len() - sfx.len())
+                    && x[x.len() - sfx.len()..].eq_ignore_ascii_case(sfx)
+            }),
+        }
+    }
+
+    /// Sort key: smaller is more specific.
+    fn rank(&self) -> (u8, std::cmp::Reverse<usize>) {
+        match self {
+            HostMatch::Exact(_) => (0, std::cmp::Reverse(0)),
+            HostMatch::Suffix(s) => (1, std::cmp::Reverse(s.len())),
+            HostMatch::Any => (2, std::cmp::Reverse(0)),
+        }
+    }
+}
+
+/// What a route does with a request it matched.
+pub enum Action {
+    Forward(Arc<UpstreamPool>),
+    Respond {
+        status: StatusCode,
+        body: Bytes,
+        content_type: HeaderValue,
+    },
+}
+
+/// One compiled `[[route]]`.
+pub struct Route {
+    pub name: Arc<str>,
+    pub listeners: Vec<String>,
+    pub host: HostMatch,
+    pub path_prefix: String,
+    pub methods: Vec<Method>,
+    pub action: Action,
+    pub strip_prefix: bool,
+    pub timeout: Duration,
+    pub retries: u32,
+}
+
+impl Route {
+    fn matches(&self, listener: &str, host: Option<&str>, path: &str, method: &Method) -> bool {
+        (self.listeners.is_empty() || self.listeners.iter().any(|l| l == listener))
+            && path.starts_with(self.path_prefix.as_str())
+            && self.host.matches(host)
+            && (self.methods.is_empty() || self.methods.contains(method))
+    }
+}
+
+/// All routes in precedence order.
+pub struct RouteTable {
+    routes: Vec<Route>,
+}
+
+impl RouteTable {
+    /// Sorts routes by precedence; `routes` must be in file order.
+    pub fn new(routes: Vec<Route>) -> RouteTable {
+        let mut indexed: Vec<(usize, Route)> = routes.into_iter().enumerate().collect();
+        indexed.sort_by(|(ia, a), (ib, b)| {
+            a.host
+                .rank()
+                .cmp(&b.host.rank())
+                .then(b.path_prefix.len().cmp(&a.path_prefix.len()))
+                .then(ia.cmp(ib))
+        });
+        RouteTable {
+            routes: indexed.into_iter().map(|(_, r)| r).collect(),
+        }
+    }
+
+    /// The route for a request, if any. `host` is without port.
+    pub fn find(
+        &self,
+        listener: &str,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Option<&Route> {
+        self.routes
+            .iter()
+            .find(|r| r.matches(listener, host, path, method))
+    }
+
+    pub fn iter(&self) -> impl Iterator<Item = &Route> {
+        self.routes.iter()
+    }
+}
+
+/// The host part of a Host header or authority: port removed, IPv6 brackets kept.
+pub fn host_without_port(h: &str) -> &str {
+    if h.starts_with('[') {
+        return match h.find(']') {
+            Some(i) => &h[..=i],
+            None => h,
+        };
+    }
+    match h.rfind(':') {
+        Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
+        _ => h,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn route(name: &str, host: &str, prefix: &str, methods: &[&str]) -> Route {
+        Route {
+            name: Arc::from(name),
+            listeners: vec![],
+            host: HostMatch::parse(host),
+            path_prefix: prefix.into(),
+            methods: methods
+                .iter()
+                .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
+                .collect(),
+            action: Action::Respond {
+                status: StatusCode::OK,
+                body: Bytes::new(),
+                content_type: HeaderValue::from_static("text/plain"),
+            },
+            strip_prefix: false,
+            timeout: Duration::from_secs(1),
+            retries: 0,
+        }
+    }
+
+    fn find<'a>(t: &'a RouteTable, host: Option<&str>, path: &str) -> Option<&'a str> {
+        t.find("l", host, path, &Method::GET).map(|r| &*r.name)
+    }
+
+    #[test]
+    fn host_specificity_beats_path_length() {
+        let t = RouteTable::new(vec![
+            route("any-long", "", "/api/v1/", &[]),
+            route("wild", "*.example.com", "/", &[]),
+            route("exact", "api.example.com", "/", &[]),
+            route("wild-deeper", "*.eu.example.com", "/", &[]),
+        ]);
+        assert_eq!(
+            find(&t, Some("api.example.com"), "/api/v1/x"),
+            Some("exact")
+        );
+        assert_eq!(find(&t, Some("API.Example.COM"), "/"), Some("exact"));
+        assert_eq!(find(&t, Some("www.example.com"), "/api/v1/x"), Some("wild"));
+        assert_eq!(find(&t, Some("a.eu.example.com"), "/"), Some("wild-deeper"));
+        assert_eq!(find(&t, Some("example.com"), "/api/v1/x"), Some("any-long"));
+        assert_eq!(find(&t, Some("example.com"), "/other"), None);
+    }
+
+    #[test]
+    fn longest_prefix_then_file_order() {
+        let t = RouteTable::new(vec![
+            route("root", "", "/", &[]),
+            route("api", "", "/api", &[]),
+            route("api2", "", "/api", &[]),
+        ]);
+        assert_eq!(find(&t, None, "/apiv2"), Some("api"));
+        assert_eq!(find(&t, None, "/x"), Some("root"));
+    }
+
+    #[test]
+    fn methods_filter() {
+        let t = RouteTable::new(vec![
+            route("post", "", "/", &["POST"]),
+            route("all", "", "/", &[]),
+        ]);
+        assert_eq!(find(&t, None, "/"), Some("all"));
+        assert_eq!(
+            t.find("l", None, "/", &Method::POST).map(|r| &*r.name),
+            Some("post")
+        );
+    }
+
+    #[test]
+    fn port_is_removed_from_hosts() {
+        assert_eq!(host_without_port("a.example.com:8443"), "a.example.com");
+        assert_eq!(host_without_port("a.example.com"), "a.example.com");
+        assert_eq!(host_without_port("[::1]:80"), "[::1]");
+    }
+}

@@ -1,0 +1,108 @@
+//! TLS server configs for listeners, built from PEM files.
+//!
+//! Guarantees: TLS 1.3 only unless a listener asks for 1.2; ALPN offers
+//! exactly the listener's protocols (h2 before http/1.1); a key that does not
+//! match its certificate, an unreadable or empty file, or a bad client CA is
+//! a [`ConfigError`] at the position of the offending setting. The crypto
+//! provider is ring, which builds with the toolchain and a C compiler alone.
+
+use crate::config::{ConfigError, ListenerTls, LoadedConfig, Protocol, TlsVersion};
+use rustls::server::WebPkiClientVerifier;
+use rustls::{RootCertStore, ServerConfig};
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use std::sync::Arc;
+use toml::Spanned;
+
+/// The crypto provider every TLS config of portico uses.
+pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
+    Arc::new(rustls::crypto::ring::default_provider())
+}
+
+/// Reads a PEM certificate chain named at `at` in the config.
+pub fn load_certs(
+    lc: &LoadedConfig,
+    at: &Spanned<String>,
+) -> Result<Vec<CertificateDer<'static>>, ConfigError> {
+    let path = lc.resolve(at.get_ref());
+    let certs: Result<Vec<_>, _> = match CertificateDer::pem_file_iter(&path) {
+        Ok(it) => it.collect(),
+        Err(e) => {
+            return Err(lc.error_at(
+                at,
+                format!("cannot read certificate file {}: {e}", path.display()),
+            ))
+        }
+    };
+    let certs = certs
+        .map_err(|e| lc.error_at(at, format!("bad certificate file {}: {e}", path.display())))?;
+    if certs.is_empty() {
+        return Err(lc.error_at(at, format!("no certificate found in {}", path.display())));
+    }
+    Ok(certs)
+}
+
+/// Reads a PEM private key named at `at` in the config.
+pub fn load_key(
+    lc: &LoadedConfig,
+    at: &Spanned<String>,
+) -> Result<PrivateKeyDer<'static>, ConfigError> {
+    let path = lc.resolve(at.get_ref());
+    PrivateKeyDer::from_pem_file(&path).map_err(|e| {
+        lc.error_at(
+            at,
+            format!("cannot read private key {}: {e}", path.display()),
+        )
+    })
+}
+
+/// Builds the rustls config of one TLS listener.
+pub fn server_config(
+    lc: &LoadedConfig,
+    tls: &Spanned<ListenerTls>,
+    protocols: &[Protocol],
+) -> Result<Arc<ServerConfig>, ConfigError> {
+    let t = tls.get_ref();
+    let certs = load_certs(lc, &t.cert)?;
+    let key = load_key(lc, &t.key)?;
+    let versions: &[&'static rustls::SupportedProtocolVersion] = match t.min_version {
+        TlsVersion::V1_3 => &[&rustls::version::TLS13],
+        TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
+    };
+    let builder = ServerConfig::builder_with_provider(provider())
+        .with_protocol_versions(versions)
+        .map_err(|e| lc.error_at(tls, format!("TLS setup failed: {e}")))?;
+    let builder = if t.client_ca.get_ref().is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let mut roots = RootCertStore::empty();
+        for c in load_certs(lc, &t.client_ca)? {
+            roots.add(c).map_err(|e| {
+                lc.error_at(&t.client_ca, format!("bad client CA certificate: {e}"))
+            })?;
+        }
+        let verifier = WebPkiClientVerifier::builder_with_provider(Arc::new(roots), provider())
+            .build()
+            .map_err(|e| lc.error_at(&t.client_ca, format!("bad client CA: {e}")))?;
+        builder.with_client_cert_verifier(verifier)
+    };
+    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| {
+        lc.error_at(
+            &t.key,
+            format!("key does not fit the certificate, or is unusable: {e}"),
+        )
+    })?;
+    cfg.alpn_protocols = alpn(protocols);
+    Ok(Arc::new(cfg))
+}
+
+fn alpn(protocols: &[Protocol]) -> Vec<Vec<u8>> {
+    let mut v = Vec::new();
+    if protocols.contains(&Protocol::Http2) {
+        v.push(b"h2".to_vec());
+    }
+    if protocols.contains(&Protocol::Http1) {
+        v.push(b"http/1.1".to_vec());
+    }
+    v
+}
