@@ -16,6 +16,7 @@
 //! The timer is one `Sleep` per connection, re-armed only when the phase
 //! changes, so a busy keepalive connection costs a few atomic loads per read.
 
+use futures_util::task::AtomicWaker;
 use http::HeaderName;
 use std::future::Future;
 use std::io;
@@ -33,6 +34,9 @@ use tokio::time::{Instant, Sleep};
 pub struct ConnActivity {
     in_flight: AtomicUsize,
     started: AtomicU64,
+    /// The reader parked while requests were in flight: woken when the last
+    /// one finishes, so the idle timer gets armed even if no byte arrives.
+    reader: AtomicWaker,
     /// Signalled when an HTTP/2 connection has been idle for idle_timeout.
     pub idle: Notify,
 }
@@ -44,7 +48,9 @@ impl ConnActivity {
     }
 
     pub fn request_finished(&self) {
-        self.in_flight.fetch_sub(1, Ordering::Relaxed);
+        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
+            self.reader.wake();
+        }
     }
 }
 
@@ -200,7 +206,19 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
             Poll::Ready(Err(e)) => Poll::Ready(Err(e)),
             Poll::Pending => {
                 let deadline = match this.phase {
-                    Phase::Busy | Phase::Closing => return Poll::Pending,
+                    Phase::Busy => {
+                        this.activity.reader.register(cx.waker());
+                        // The last request may have finished meanwhile.
+                        if this.activity.in_flight.load(Ordering::Acquire) > 0 {
+                            return Poll::Pending;
+                        }
+                        this.update_phase();
+                        match this.phase {
+                            Phase::Idle { since } => since + this.idle_timeout,
+                            _ => return Poll::Pending,
+                        }
+                    }
+                    Phase::Closing => return Poll::Pending,
                     Phase::Head { since, .. } => since + this.header_timeout,
                     Phase::Idle { since } => since + this.idle_timeout,
                 };

@@ -124,6 +124,9 @@ pub struct UpstreamServer {
     target: Target,
     idle: Mutex<Vec<IdleConn>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
+    /// Held while an HTTP/2 connection is being made, so that concurrent
+    /// first requests share one connection instead of racing to open several.
+    h2_connecting: tokio::sync::Mutex<()>,
     max_idle: usize,
 }
 
@@ -185,6 +188,7 @@ impl UpstreamPool {
                     },
                     idle: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
+                    h2_connecting: tokio::sync::Mutex::new(()),
                     max_idle: settings.max_idle,
                 })
             })
@@ -281,34 +285,18 @@ impl UpstreamPool {
         server: &Arc<UpstreamServer>,
         req: Request<RequestBody>,
     ) -> Result<Exchange, SendFailure> {
-        let existing = server.h2_sender();
-        let mut sender = match existing {
+        let mut sender = match server.h2_sender() {
             Some(s) => s,
-            None => {
-                let io = match self.connect(server).await {
-                    Ok(io) => io,
-                    Err(error) => {
-                        return Err(SendFailure {
-                            error,
-                            unsent: Some(req),
-                        })
-                    }
-                };
-                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
-                    .timer(TokioTimer::new())
-                    .initial_stream_window_size(1 << 20)
-                    .initial_connection_window_size(4 << 20)
-                    .handshake(io)
-                    .await
-                    .map_err(UpstreamError::Reset)?;
-                tokio::spawn(async move {
-                    if let Err(e) = conn.await {
-                        tracing::debug!(error = %e, "upstream h2 connection ended");
-                    }
-                });
-                server.set_h2_sender(sender.clone());
-                sender
-            }
+            None => match self.connect_h2(server).await {
+                Ok(s) => s,
+                Err(error @ (UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)) => {
+                    return Err(SendFailure {
+                        error,
+                        unsent: Some(req),
+                    })
+                }
+                Err(error) => return Err(error.into()),
+            },
         };
         sender.ready().await.map_err(UpstreamError::Reset)?;
         let response = sender
@@ -319,6 +307,31 @@ impl UpstreamPool {
             response,
             pooled: None,
         })
+    }
+
+    async fn connect_h2(
+        &self,
+        server: &Arc<UpstreamServer>,
+    ) -> Result<http2::SendRequest<RequestBody>, UpstreamError> {
+        let _connecting = server.h2_connecting.lock().await;
+        if let Some(s) = server.h2_sender() {
+            return Ok(s);
+        }
+        let io = self.connect(server).await?;
+        let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+            .timer(TokioTimer::new())
+            .initial_stream_window_size(1 << 20)
+            .initial_connection_window_size(4 << 20)
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Reset)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.await {
+                tracing::debug!(error = %e, "upstream h2 connection ended");
+            }
+        });
+        server.set_h2_sender(sender.clone());
+        Ok(sender)
     }
 
     async fn connect(&self, server: &UpstreamServer) -> Result<TokioIo<TcpStream>, UpstreamError> {

@@ -1,0 +1,527 @@
+//! Test support: real backends, the real portico binary, real certificates.
+//!
+//! Everything listens on 127.0.0.1 only.
+#![allow(dead_code)]
+
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
+use hyper::body::{Frame, Incoming};
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use sha2::Digest;
+use std::collections::HashMap;
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpListener as StdListener, TcpStream as StdStream};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
+
+/// A port that was free a moment ago on 127.0.0.1.
+pub fn free_port() -> u16 {
+    StdListener::bind("127.0.0.1:0")
+        .expect("bind 127.0.0.1:0")
+        .local_addr()
+        .expect("local addr")
+        .port()
+}
+
+/// What a backend saw of one request.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub uri: String,
+    pub version: http::Version,
+    pub headers: http::HeaderMap,
+}
+
+/// A real HTTP/1.1 + h2c backend on 127.0.0.1 that counts TCP accepts and
+/// requests and records what it saw.
+///
+/// Paths: `/download/N` streams N bytes; `/upload` answers
+/// "COUNT SHA256HEX" of the request body; `/echo` streams the body back;
+/// `/slow/MS` answers after MS milliseconds; `/status/N` answers status N;
+/// `/close` answers with `connection: close`; anything else answers
+/// "NAME METHOD URI".
+pub struct Backend {
+    pub name: String,
+    pub addr: SocketAddr,
+    pub accepts: Arc<AtomicUsize>,
+    pub requests: Arc<AtomicUsize>,
+    pub open: Arc<AtomicUsize>,
+    pub seen: Arc<Mutex<Vec<Seen>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Backend {
+    pub async fn start(name: &str) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        Self::serve(name, listener)
+    }
+
+    pub async fn start_on(name: &str, addr: SocketAddr) -> Backend {
+        let listener = tokio::net::TcpListener::bind(addr)
+            .await
+            .expect("bind backend");
+        Self::serve(name, listener)
+    }
+
+    fn serve(name: &str, listener: tokio::net::TcpListener) -> Backend {
+        let addr = listener.local_addr().expect("addr");
+        let accepts = Arc::new(AtomicUsize::new(0));
+        let requests = Arc::new(AtomicUsize::new(0));
+        let open = Arc::new(AtomicUsize::new(0));
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let (a, r, o, s, n) = (
+            accepts.clone(),
+            requests.clone(),
+            open.clone(),
+            seen.clone(),
+            name.to_string(),
+        );
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((stream, _)) = listener.accept().await else {
+                    break;
+                };
+                a.fetch_add(1, Ordering::SeqCst);
+                o.fetch_add(1, Ordering::SeqCst);
+                let (r, o, s, n) = (r.clone(), o.clone(), s.clone(), n.clone());
+                tokio::spawn(async move {
+                    let svc =
+                        service_fn(move |req| backend_handle(req, n.clone(), r.clone(), s.clone()));
+                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
+                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                        .await;
+                    o.fetch_sub(1, Ordering::SeqCst);
+                });
+            }
+        });
+        Backend {
+            name: name.to_string(),
+            addr,
+            accepts,
+            requests,
+            open,
+            seen,
+            task,
+        }
+    }
+
+    pub fn last_seen(&self) -> Seen {
+        self.seen
+            .lock()
+            .unwrap()
+            .last()
+            .cloned()
+            .expect("backend saw no request")
+    }
+
+    pub fn request_count(&self) -> usize {
+        self.requests.load(Ordering::SeqCst)
+    }
+
+    /// Stops accepting (open connections keep going until they close).
+    pub fn stop(&self) {
+        self.task.abort();
+    }
+}
+
+impl Drop for Backend {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+fn full(s: impl Into<Bytes>) -> TestBody {
+    Full::new(s.into()).map_err(|e| match e {}).boxed()
+}
+
+async fn backend_handle(
+    req: Request<Incoming>,
+    name: String,
+    requests: Arc<AtomicUsize>,
+    seen: Arc<Mutex<Vec<Seen>>>,
+) -> Result<Response<TestBody>, std::convert::Infallible> {
+    requests.fetch_add(1, Ordering::SeqCst);
+    seen.lock().unwrap().push(Seen {
+        method: req.method().to_string(),
+        uri: req.uri().to_string(),
+        version: req.version(),
+        headers: req.headers().clone(),
+    });
+    let path = req.uri().path().to_string();
+    let mut resp = if let Some(n) = path.strip_prefix("/download/") {
+        let total: u64 = n.parse().unwrap_or(0);
+        let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+        let stream = futures_util::stream::unfold(total, move |left| {
+            let chunk = chunk.clone();
+            async move {
+                if left == 0 {
+                    return None;
+                }
+                let n = left.min(chunk.len() as u64);
+                Some((
+                    Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(
+                        chunk.slice(..n as usize),
+                    )),
+                    left - n,
+                ))
+            }
+        });
+        let mut r = Response::new(BodyExt::boxed(StreamBody::new(stream)));
+        r.headers_mut()
+            .insert(http::header::CONTENT_LENGTH, total.into());
+        r
+    } else if path == "/upload" {
+        let mut body = req.into_body();
+        let mut hasher = sha2::Sha256::new();
+        let mut count: u64 = 0;
+        while let Some(frame) = body.frame().await {
+            match frame {
+                Ok(f) => {
+                    if let Some(d) = f.data_ref() {
+                        count += d.len() as u64;
+                        hasher.update(d);
+                    }
+                }
+                Err(_) => break,
+            }
+        }
+        Response::new(full(format!("{count} {}", hex(&hasher.finalize()))))
+    } else if path == "/echo" {
+        let body = req
+            .into_body()
+            .map_err(|e| Box::new(e) as Box<dyn std::error::Error + Send + Sync>);
+        Response::new(body.boxed())
+    } else if let Some(ms) = path.strip_prefix("/slow/") {
+        tokio::time::sleep(Duration::from_millis(ms.parse().unwrap_or(0))).await;
+        Response::new(full(format!("{name} slow")))
+    } else if let Some(code) = path.strip_prefix("/status/") {
+        let mut r = Response::new(full(format!("{name} status")));
+        *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
+            .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
+        r
+    } else if path == "/close" {
+        let mut r = Response::new(full(format!("{name} close")));
+        r.headers_mut()
+            .insert(http::header::CONNECTION, "close".parse().unwrap());
+        r
+    } else {
+        Response::new(full(format!("{name} {} {}", req.method(), req.uri())))
+    };
+    resp.headers_mut()
+        .insert("x-backend", name.parse().unwrap());
+    Ok(resp)
+}
+
+pub fn hex(b: &[u8]) -> String {
+    b.iter().map(|x| format!("{x:02x}")).collect()
+}
+
+/// A running portico process with its own folder, config and admin port.
+pub struct Portico {
+    pub child: Child,
+    pub dir: tempfile::TempDir,
+    pub admin: SocketAddr,
+    pub config_path: PathBuf,
+}
+
+impl Portico {
+    /// Writes `config` (its `{admin}` placeholder replaced by a free admin
+    /// address) to a fresh folder, starts the binary and waits for /ready.
+    pub fn start(config: &str) -> Portico {
+        Self::start_in(tempfile::tempdir().expect("tempdir"), config)
+    }
+
+    /// As [`Portico::start`], in a folder prepared by the caller (certs...).
+    pub fn start_in(dir: tempfile::TempDir, config: &str) -> Portico {
+        let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+        let text = config.replace("{admin}", &admin.to_string());
+        let text = if text.contains("[admin]") {
+            text
+        } else {
+            format!("[admin]\nbind = \"{admin}\"\n\n{text}")
+        };
+        let config_path = dir.path().join("proxy.toml");
+        std::fs::write(&config_path, text).expect("write config");
+        let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
+        let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
+        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
+            .arg("--config")
+            .arg(&config_path)
+            .env("RUST_LOG", "info")
+            .stdout(stdout)
+            .stderr(stderr)
+            .spawn()
+            .expect("spawn portico");
+        let mut p = Portico {
+            child,
+            dir,
+            admin,
+            config_path,
+        };
+        p.wait_ready();
+        p
+    }
+
+    fn wait_ready(&mut self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while Instant::now() < deadline {
+            if let Ok(Some(status)) = self.child.try_wait() {
+                panic!("portico exited early ({status}): {}", self.stderr());
+            }
+            if let Some((200, _)) = http_get_raw(self.admin, "/ready") {
+                return;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        panic!("portico did not become ready: {}", self.stderr());
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn stderr(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stderr.log")).unwrap_or_default()
+    }
+
+    pub fn stdout(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("stdout.log")).unwrap_or_default()
+    }
+
+    /// Resident set size in KiB, from /proc.
+    pub fn rss_kib(&self) -> u64 {
+        let s = std::fs::read_to_string(format!("/proc/{}/status", self.pid())).unwrap_or_default();
+        s.lines()
+            .find(|l| l.starts_with("VmRSS:"))
+            .and_then(|l| l.split_whitespace().nth(1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0)
+    }
+
+    pub fn signal(&self, sig: &str) {
+        let ok = Command::new("kill")
+            .arg(format!("-{sig}"))
+            .arg(self.pid().to_string())
+            .status()
+            .expect("kill")
+            .success();
+        assert!(ok, "kill -{sig} failed");
+    }
+
+    /// Sends SIGTERM and waits for the exit status (at most `within`).
+    pub fn terminate(&mut self, within: Duration) -> std::process::ExitStatus {
+        self.signal("TERM");
+        let deadline = Instant::now() + within;
+        loop {
+            if let Ok(Some(s)) = self.child.try_wait() {
+                return s;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "portico did not exit after SIGTERM: {}",
+                self.stderr()
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Portico {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// A tiny blocking HTTP/1.1 GET (connection: close): status and body.
+pub fn http_get_raw(addr: SocketAddr, path: &str) -> Option<(u16, String)> {
+    let raw = raw_exchange(
+        addr,
+        format!("GET {path} HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n").as_bytes(),
+        Duration::from_secs(2),
+    )?;
+    parse_status(&raw).map(|s| {
+        let body = raw
+            .split_once("\r\n\r\n")
+            .map(|(_, b)| b.to_string())
+            .unwrap_or_default();
+        (s, body)
+    })
+}
+
+/// Writes `req` on a fresh TCP connection and reads until the peer closes
+/// (or `timeout` passes): the raw answer.
+pub fn raw_exchange(addr: SocketAddr, req: &[u8], timeout: Duration) -> Option<String> {
+    let mut s = StdStream::connect_timeout(&addr, Duration::from_secs(2)).ok()?;
+    s.set_read_timeout(Some(timeout)).ok()?;
+    s.write_all(req).ok()?;
+    let mut out = Vec::new();
+    let mut buf = [0u8; 8192];
+    loop {
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => out.extend_from_slice(&buf[..n]),
+            Err(_) => break,
+        }
+    }
+    Some(String::from_utf8_lossy(&out).into_owned())
+}
+
+pub fn parse_status(raw: &str) -> Option<u16> {
+    raw.strip_prefix("HTTP/1.1 ")
+        .or_else(|| raw.strip_prefix("HTTP/1.0 "))
+        .and_then(|r| r.get(..3))
+        .and_then(|c| c.parse().ok())
+}
+
+/// A config fragment: `[upstream.NAME]` with these backends.
+pub fn upstream_toml(name: &str, backends: &[&Backend], extra: &str) -> String {
+    let servers: Vec<String> = backends.iter().map(|b| format!("\"{}\"", b.addr)).collect();
+    format!(
+        "[upstream.{name}]\nservers = [{}]\n{extra}\n",
+        servers.join(", ")
+    )
+}
+
+/// A listener fragment on a free port; returns the address and the TOML.
+pub fn listener_toml(name: &str, extra: &str) -> (SocketAddr, String) {
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    (
+        addr,
+        format!("[[listener]]\nname = \"{name}\"\nbind = \"{addr}\"\n{extra}\n"),
+    )
+}
+
+/// A plain reqwest client (HTTP/1.1, no proxy from the environment).
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .build()
+        .expect("client")
+}
+
+/// An h2c prior-knowledge client.
+pub fn h2c_client() -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .http2_prior_knowledge()
+        .build()
+        .expect("client")
+}
+
+/// A private CA with a server certificate for localhost/127.0.0.1 and a
+/// client certificate, written as PEM files into `dir`.
+pub struct Pki {
+    pub ca_pem: String,
+    pub dir: PathBuf,
+}
+
+impl Pki {
+    pub fn generate(dir: &Path) -> Pki {
+        use rcgen::{
+            BasicConstraints, CertificateParams, DnType, ExtendedKeyUsagePurpose, IsCa, KeyPair,
+        };
+        let ca_key = KeyPair::generate().unwrap();
+        let mut ca_params = CertificateParams::new(Vec::<String>::new()).unwrap();
+        ca_params.is_ca = IsCa::Ca(BasicConstraints::Unconstrained);
+        ca_params
+            .distinguished_name
+            .push(DnType::CommonName, "portico test CA");
+        let ca = ca_params.self_signed(&ca_key).unwrap();
+
+        let server_key = KeyPair::generate().unwrap();
+        let mut sp =
+            CertificateParams::new(vec!["localhost".to_string(), "127.0.0.1".to_string()]).unwrap();
+        sp.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ServerAuth);
+        let server = sp.signed_by(&server_key, &ca, &ca_key).unwrap();
+
+        let client_key = KeyPair::generate().unwrap();
+        let mut cp = CertificateParams::new(vec!["client".to_string()]).unwrap();
+        cp.distinguished_name
+            .push(DnType::CommonName, "test client");
+        cp.extended_key_usages
+            .push(ExtendedKeyUsagePurpose::ClientAuth);
+        let client = cp.signed_by(&client_key, &ca, &ca_key).unwrap();
+
+        let other_key = KeyPair::generate().unwrap();
+        let other = CertificateParams::new(vec!["localhost".to_string()])
+            .unwrap()
+            .self_signed(&other_key)
+            .unwrap();
+
+        let certs = dir.join("certs");
+        std::fs::create_dir_all(&certs).unwrap();
+        let w = |n: &str, s: String| std::fs::write(certs.join(n), s).unwrap();
+        w("ca.crt", ca.pem());
+        w("server.crt", server.pem());
+        w("server.key", server_key.serialize_pem());
+        w("client.crt", client.pem());
+        w("client.key", client_key.serialize_pem());
+        w("other.crt", other.pem());
+        w("other.key", other_key.serialize_pem());
+        Pki {
+            ca_pem: ca.pem(),
+            dir: certs,
+        }
+    }
+
+    pub fn read(&self, name: &str) -> String {
+        std::fs::read_to_string(self.dir.join(name)).unwrap()
+    }
+
+    /// A rustls client config that trusts this CA (TLS 1.3 and 1.2, ALPN as given).
+    pub fn client_config(
+        &self,
+        alpn: &[&[u8]],
+        versions: &[&'static rustls::SupportedProtocolVersion],
+    ) -> rustls::ClientConfig {
+        let mut roots = rustls::RootCertStore::empty();
+        for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+            roots.add(c.unwrap()).unwrap();
+        }
+        let mut cfg = rustls::ClientConfig::builder_with_provider(Arc::new(
+            rustls::crypto::ring::default_provider(),
+        ))
+        .with_protocol_versions(versions)
+        .unwrap()
+        .with_root_certificates(roots)
+        .with_no_client_auth();
+        cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
+        cfg
+    }
+
+    /// A reqwest client trusting this CA.
+    pub fn reqwest_client(&self, http2: bool) -> reqwest::Client {
+        let mut b = reqwest::Client::builder()
+            .no_proxy()
+            .use_rustls_tls()
+            .add_root_certificate(reqwest::Certificate::from_pem(self.ca_pem.as_bytes()).unwrap());
+        if http2 {
+            b = b.http2_prior_knowledge();
+        } else {
+            b = b.http1_only();
+        }
+        b.build().unwrap()
+    }
+}
+
+use rustls_pki_types::pem::PemObject;
+
+/// Counts per backend name from `x-backend` answers.
+pub fn tally(names: impl IntoIterator<Item = String>) -> HashMap<String, usize> {
+    let mut m = HashMap::new();
+    for n in names {
+        *m.entry(n).or_insert(0) += 1;
+    }
+    m
+}
