@@ -59,10 +59,9 @@ pub fn load_key(
 /// Builds the rustls config of one TLS listener.
 pub fn server_config(
     lc: &LoadedConfig,
-    tls: &Spanned<ListenerTls>,
+    t: &ListenerTls,
     protocols: &[Protocol],
 ) -> Result<Arc<ServerConfig>, ConfigError> {
-    let t = tls.get_ref();
     let certs = load_certs(lc, &t.cert)?;
     let key = load_key(lc, &t.key)?;
     let versions: &[&'static rustls::SupportedProtocolVersion] = match t.min_version {
@@ -71,7 +70,7 @@ pub fn server_config(
     };
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
-        .map_err(|e| lc.error_at(tls, format!("TLS setup failed: {e}")))?;
+        .map_err(|e| lc.error_at(&t.cert, format!("TLS setup failed: {e}")))?;
     let builder = if t.client_ca.get_ref().is_empty() {
         builder.with_no_client_auth()
     } else {

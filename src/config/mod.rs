@@ -98,7 +98,7 @@ pub struct ListenerConfig {
     pub bind: Spanned<String>,
     #[serde(default = "default_protocols")]
     pub protocols: Spanned<Vec<Protocol>>,
-    pub tls: Option<Spanned<ListenerTls>>,
+    pub tls: Option<ListenerTls>,
     #[serde(default)]
     pub alt_svc_port: u16,
     #[serde(default = "default_max_header_bytes")]
@@ -441,8 +441,11 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
             return Err(lc.error_at(&l.name, "h2_max_concurrent_streams must be at least 1"));
         }
         if let Some(tls) = &l.tls {
-            if tls.get_ref().cert.get_ref().is_empty() || tls.get_ref().key.get_ref().is_empty() {
-                return Err(lc.error_at(tls, "tls needs both cert and key"));
+            if tls.cert.get_ref().is_empty() {
+                return Err(lc.error_at(&tls.cert, "tls.cert must not be empty"));
+            }
+            if tls.key.get_ref().is_empty() {
+                return Err(lc.error_at(&tls.key, "tls.key must not be empty"));
             }
         }
     }
