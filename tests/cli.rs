@@ -43,7 +43,10 @@ fn version_prints_the_version() {
     let dir = tempfile::tempdir().unwrap();
     let o = portico(&["version"], dir.path());
     assert!(o.status.success());
-    assert_eq!(String::from_utf8_lossy(&o.stdout).trim(), format!("portico {}", env!("CARGO_PKG_VERSION")));
+    assert_eq!(
+        String::from_utf8_lossy(&o.stdout).trim(),
+        format!("portico {}", env!("CARGO_PKG_VERSION"))
+    );
 }
 
 #[test]
@@ -60,22 +63,74 @@ fn check_reports_errors_at_path_line_col() {
     let p = dir.path().join("proxy.toml");
     let p = p.to_str().unwrap();
     let cases: &[(&str, String, &str)] = &[
-        ("syntax", GOOD.replace("name = \"all\"", "name = \"all"), ":7:"),
-        ("unknown field", GOOD.replace("name = \"all\"", "name = \"all\"\nupstreem = \"x\""), ":8:1: "),
-        ("unknown upstream", GOOD.replace("upstream = \"app\"", "upstream = \"nope\""), ":8:12: "),
-        ("duplicate listener", format!("{GOOD}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:18081\"\n"), ":14:8: "),
-        ("duplicate route", format!("{GOOD}\n[[route]]\nname = \"all\"\nrespond = {{ status = 200 }}\n"), ":14:8: "),
-        ("missing cert", GOOD.replace("bind = \"127.0.0.1:18080\"", "bind = \"127.0.0.1:18080\"\ntls.cert = \"nope.crt\"\ntls.key = \"nope.key\""), ":5:12: "),
-        ("bad duration", GOOD.replace("[upstream.app]", "[upstream.app]\nconnect_timeout = \"fast\""), ":11:19: "),
-        ("both upstream and respond", GOOD.replace("upstream = \"app\"", "upstream = \"app\"\nrespond = { status = 200 }"), ":7:8: "),
-        ("no listener", "[upstream.app]\nservers = [\"127.0.0.1:1\"]\n".to_string(), ":1:1: "),
-        ("bad server", GOOD.replace("127.0.0.1:9001", "no-port"), ":11:11: "),
+        (
+            "syntax",
+            GOOD.replace("name = \"all\"", "name = \"all"),
+            ":7:",
+        ),
+        (
+            "unknown field",
+            GOOD.replace("name = \"all\"", "name = \"all\"\nupstreem = \"x\""),
+            ":8:1: ",
+        ),
+        (
+            "unknown upstream",
+            GOOD.replace("upstream = \"app\"", "upstream = \"nope\""),
+            ":8:12: ",
+        ),
+        (
+            "duplicate listener",
+            format!("{GOOD}\n[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:18081\"\n"),
+            ":14:8: ",
+        ),
+        (
+            "duplicate route",
+            format!("{GOOD}\n[[route]]\nname = \"all\"\nrespond = {{ status = 200 }}\n"),
+            ":14:8: ",
+        ),
+        (
+            "missing cert",
+            GOOD.replace(
+                "bind = \"127.0.0.1:18080\"",
+                "bind = \"127.0.0.1:18080\"\ntls.cert = \"nope.crt\"\ntls.key = \"nope.key\"",
+            ),
+            ":5:12: ",
+        ),
+        (
+            "bad duration",
+            GOOD.replace(
+                "[upstream.app]",
+                "[upstream.app]\nconnect_timeout = \"fast\"",
+            ),
+            ":11:19: ",
+        ),
+        (
+            "both upstream and respond",
+            GOOD.replace(
+                "upstream = \"app\"",
+                "upstream = \"app\"\nrespond = { status = 200 }",
+            ),
+            ":7:8: ",
+        ),
+        (
+            "no listener",
+            "[upstream.app]\nservers = [\"127.0.0.1:1\"]\n".to_string(),
+            ":1:1: ",
+        ),
+        (
+            "bad server",
+            GOOD.replace("127.0.0.1:9001", "no-port"),
+            ":11:11: ",
+        ),
     ];
     for (what, text, at) in cases {
         let o = check(dir.path(), text);
         assert_eq!(o.status.code(), Some(1), "{what}: {}", stderr(&o));
         let e = stderr(&o);
-        assert!(e.starts_with(&format!("{p}{at}")), "{what}: expected {p}{at}..., got {e}");
+        assert!(
+            e.starts_with(&format!("{p}{at}")),
+            "{what}: expected {p}{at}..., got {e}"
+        );
         assert!(o.stdout.is_empty(), "{what}: printed to stdout");
     }
 }
@@ -111,8 +166,15 @@ fn run_with_a_bad_config_binds_nothing_and_exits_1() {
     // No --config: ./proxy.toml is the default.
     let o = portico(&[], dir.path());
     assert_eq!(o.status.code(), Some(1));
-    assert!(stderr(&o).starts_with("proxy.toml:11:1: "), "{}", stderr(&o));
-    assert!(std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(), "port was left bound");
+    assert!(
+        stderr(&o).starts_with("proxy.toml:11:1: "),
+        "{}",
+        stderr(&o)
+    );
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", port)).is_ok(),
+        "port was left bound"
+    );
 }
 
 #[test]
@@ -135,14 +197,20 @@ fn a_taken_port_fails_start_up_with_the_listener_position() {
     let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let port = taken.local_addr().unwrap().port();
     let admin = free_port();
-    let text = format!("[admin]\nbind = \"127.0.0.1:{admin}\"\n{}", GOOD.replace("18080", &port.to_string()));
+    let text = format!(
+        "[admin]\nbind = \"127.0.0.1:{admin}\"\n{}",
+        GOOD.replace("18080", &port.to_string())
+    );
     let path = dir.path().join("proxy.toml");
     std::fs::write(&path, text).unwrap();
     let o = portico(&["--config", path.to_str().unwrap()], dir.path());
     assert_eq!(o.status.code(), Some(1));
     let e = stderr(&o);
     assert!(e.contains("proxy.toml:6:8: cannot bind"), "{e}");
-    assert!(std::net::TcpListener::bind(("127.0.0.1", admin)).is_ok(), "admin port was left bound");
+    assert!(
+        std::net::TcpListener::bind(("127.0.0.1", admin)).is_ok(),
+        "admin port was left bound"
+    );
 }
 
 #[test]
@@ -155,7 +223,10 @@ fn every_shipped_config_passes_check() {
             configs.push(p);
         }
     }
-    assert!(configs.len() >= 2, "expected proxy.toml and examples/*.toml: {configs:?}");
+    assert!(
+        configs.len() >= 2,
+        "expected proxy.toml and examples/*.toml: {configs:?}"
+    );
     for c in configs {
         // Copy next to generated certificates, since shipped configs name
         // certs/server.crt and certs/server.key relative to themselves.
@@ -164,6 +235,11 @@ fn every_shipped_config_passes_check() {
         let copy = dir.path().join(c.file_name().unwrap());
         std::fs::copy(&c, &copy).unwrap();
         let o = portico(&["check", "--config", copy.to_str().unwrap()], dir.path());
-        assert!(o.status.success(), "{} fails check: {}", c.display(), stderr(&o));
+        assert!(
+            o.status.success(),
+            "{} fails check: {}",
+            c.display(),
+            stderr(&o)
+        );
     }
 }

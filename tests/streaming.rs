@@ -13,7 +13,11 @@ const GIB: u64 = 1 << 30;
 const RSS_BUDGET_KIB: u64 = 64 * 1024;
 
 /// Samples the proxy's RSS until stopped; returns the peak.
-fn sample_rss(pid: u32, stop: Arc<AtomicBool>, peak: Arc<AtomicU64>) -> std::thread::JoinHandle<()> {
+fn sample_rss(
+    pid: u32,
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+) -> std::thread::JoinHandle<()> {
     std::thread::spawn(move || {
         while !stop.load(Ordering::Relaxed) {
             let s = std::fs::read_to_string(format!("/proc/{pid}/status")).unwrap_or_default();
@@ -44,12 +48,26 @@ async fn setup() -> (Backend, Portico, std::net::SocketAddr) {
 async fn one_gib_download_streams_with_bounded_memory() {
     let (_b, p, addr) = setup().await;
     // Warm up so the baseline includes the runtime's steady state.
-    client().get(format!("http://{addr}/download/1048576")).send().await.unwrap().bytes().await.unwrap();
+    client()
+        .get(format!("http://{addr}/download/1048576"))
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let baseline = p.rss_kib();
-    let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (stop, peak) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let sampler = sample_rss(p.pid(), stop.clone(), peak.clone());
 
-    let r = client().get(format!("http://{addr}/download/{GIB}")).send().await.unwrap();
+    let r = client()
+        .get(format!("http://{addr}/download/{GIB}"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(r.content_length(), Some(GIB));
     let mut stream = r.bytes_stream();
@@ -61,18 +79,36 @@ async fn one_gib_download_streams_with_bounded_memory() {
     sampler.join().unwrap();
     assert_eq!(total, GIB);
     let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
-    assert!(growth < RSS_BUDGET_KIB, "proxy RSS grew by {growth} KiB during a 1 GiB download");
+    assert!(
+        growth < RSS_BUDGET_KIB,
+        "proxy RSS grew by {growth} KiB during a 1 GiB download"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn one_gib_upload_streams_with_bounded_memory() {
     let (b, p, addr) = setup().await;
-    client().post(format!("http://{addr}/upload")).body(vec![1u8; 1 << 20]).send().await.unwrap().bytes().await.unwrap();
+    client()
+        .post(format!("http://{addr}/upload"))
+        .body(vec![1u8; 1 << 20])
+        .send()
+        .await
+        .unwrap()
+        .bytes()
+        .await
+        .unwrap();
     let baseline = p.rss_kib();
-    let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+    let (stop, peak) = (
+        Arc::new(AtomicBool::new(false)),
+        Arc::new(AtomicU64::new(0)),
+    );
     let sampler = sample_rss(p.pid(), stop.clone(), peak.clone());
 
-    let chunk = Bytes::from((0..256 * 1024).map(|i| (i % 251) as u8).collect::<Vec<u8>>());
+    let chunk = Bytes::from(
+        (0..256 * 1024)
+            .map(|i| (i % 251) as u8)
+            .collect::<Vec<u8>>(),
+    );
     let n_chunks = GIB / chunk.len() as u64;
     let mut expect = sha2::Sha256::new();
     for _ in 0..n_chunks {
@@ -80,7 +116,8 @@ async fn one_gib_upload_streams_with_bounded_memory() {
     }
     let expect = hex(&expect.finalize());
     let c2 = chunk.clone();
-    let body = futures_util::stream::iter(0..n_chunks).map(move |_| Ok::<_, std::io::Error>(c2.clone()));
+    let body =
+        futures_util::stream::iter(0..n_chunks).map(move |_| Ok::<_, std::io::Error>(c2.clone()));
     // Chunked (no content-length), so nothing upstream could size a buffer from it.
     let r = client()
         .post(format!("http://{addr}/upload"))
@@ -94,6 +131,9 @@ async fn one_gib_upload_streams_with_bounded_memory() {
     sampler.join().unwrap();
     assert_eq!(answer, format!("{GIB} {expect}"));
     let growth = peak.load(Ordering::Relaxed).saturating_sub(baseline);
-    assert!(growth < RSS_BUDGET_KIB, "proxy RSS grew by {growth} KiB during a 1 GiB upload");
+    assert!(
+        growth < RSS_BUDGET_KIB,
+        "proxy RSS grew by {growth} KiB during a 1 GiB upload"
+    );
     assert!(b.request_count() >= 2);
 }

@@ -8,7 +8,12 @@ use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 fn tls_config(listener_extra: &str, upstream: &Backend) -> (SocketAddr, String) {
-    let (addr, l) = listener_toml("https", &format!("tls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n{listener_extra}"));
+    let (addr, l) = listener_toml(
+        "https",
+        &format!(
+            "tls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n{listener_extra}"
+        ),
+    );
     (
         addr,
         format!(
@@ -24,7 +29,9 @@ async fn handshake(
 ) -> std::io::Result<tokio_rustls::client::TlsStream<tokio::net::TcpStream>> {
     let tcp = tokio::net::TcpStream::connect(addr).await?;
     let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
-    tokio_rustls::TlsConnector::from(Arc::new(cfg)).connect(name, tcp).await
+    tokio_rustls::TlsConnector::from(Arc::new(cfg))
+        .connect(name, tcp)
+        .await
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -36,16 +43,27 @@ async fn tls13_is_negotiated_and_alpn_picks_h2() {
     let _p = Portico::start_in(dir, &cfg);
 
     let all = &[&rustls::version::TLS13, &rustls::version::TLS12];
-    let s = handshake(addr, pki.client_config(&[b"h2", b"http/1.1"], all)).await.unwrap();
-    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_3));
+    let s = handshake(addr, pki.client_config(&[b"h2", b"http/1.1"], all))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_3)
+    );
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"h2"[..]));
     drop(s);
-    let s = handshake(addr, pki.client_config(&[b"http/1.1"], all)).await.unwrap();
+    let s = handshake(addr, pki.client_config(&[b"http/1.1"], all))
+        .await
+        .unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
     drop(s);
 
     // Real clients over both protocols.
-    let r = pki.reqwest_client(true).get(format!("https://localhost:{}/x", addr.port())).send().await;
+    let r = pki
+        .reqwest_client(true)
+        .get(format!("https://localhost:{}/x", addr.port()))
+        .send()
+        .await;
     // reqwest resolves "localhost" itself; make sure it went to 127.0.0.1.
     let r = match r {
         Ok(r) => r,
@@ -79,7 +97,9 @@ async fn tls12_is_refused_by_default_and_allowed_on_request() {
     let _p = Portico::start_in(dir, &cfg);
     let only12 = &[&rustls::version::TLS12];
     assert!(
-        handshake(addr, pki.client_config(&[b"http/1.1"], only12)).await.is_err(),
+        handshake(addr, pki.client_config(&[b"http/1.1"], only12))
+            .await
+            .is_err(),
         "a TLS 1.2-only client must be refused"
     );
 
@@ -87,8 +107,13 @@ async fn tls12_is_refused_by_default_and_allowed_on_request() {
     let pki = Pki::generate(dir.path());
     let (addr, cfg) = tls_config("tls.min_version = \"1.2\"\n", &b);
     let _p2 = Portico::start_in(dir, &cfg);
-    let s = handshake(addr, pki.client_config(&[b"http/1.1"], only12)).await.unwrap();
-    assert_eq!(s.get_ref().1.protocol_version(), Some(rustls::ProtocolVersion::TLSv1_2));
+    let s = handshake(addr, pki.client_config(&[b"http/1.1"], only12))
+        .await
+        .unwrap();
+    assert_eq!(
+        s.get_ref().1.protocol_version(),
+        Some(rustls::ProtocolVersion::TLSv1_2)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -99,7 +124,9 @@ async fn http1_only_listener_offers_no_h2() {
     let (addr, cfg) = tls_config("protocols = [\"http1\"]\n", &b);
     let _p = Portico::start_in(dir, &cfg);
     let all = &[&rustls::version::TLS13];
-    let s = handshake(addr, pki.client_config(&[b"h2", b"http/1.1"], all)).await.unwrap();
+    let s = handshake(addr, pki.client_config(&[b"h2", b"http/1.1"], all))
+        .await
+        .unwrap();
     assert_eq!(s.get_ref().1.alpn_protocol(), Some(&b"http/1.1"[..]));
 }
 
@@ -125,7 +152,10 @@ async fn mtls_listener_requires_a_client_certificate() {
     assert_eq!(b.request_count(), 0);
 
     // With a certificate from the CA: served.
-    let identity = reqwest::Identity::from_pem(format!("{}{}", pki.read("client.crt"), pki.read("client.key")).as_bytes()).unwrap();
+    let identity = reqwest::Identity::from_pem(
+        format!("{}{}", pki.read("client.crt"), pki.read("client.key")).as_bytes(),
+    )
+    .unwrap();
     let c = reqwest::Client::builder()
         .no_proxy()
         .use_rustls_tls()
@@ -133,7 +163,11 @@ async fn mtls_listener_requires_a_client_certificate() {
         .identity(identity)
         .build()
         .unwrap();
-    let r = c.get(format!("https://127.0.0.1:{}/m", addr.port())).send().await.unwrap();
+    let r = c
+        .get(format!("https://127.0.0.1:{}/m", addr.port()))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 200);
     assert_eq!(b.request_count(), 1);
 }

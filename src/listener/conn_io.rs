@@ -22,6 +22,7 @@ use std::future::Future;
 use std::io;
 use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::Mutex;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
@@ -39,12 +40,49 @@ pub struct ConnActivity {
     reader: AtomicWaker,
     /// Signalled when an HTTP/2 connection has been idle for idle_timeout.
     pub idle: Notify,
+    /// The raw bytes of the HTTP/1.x request head being read (see
+    /// [`ConnActivity::head_has_length_and_chunked`]).
+    head: Mutex<HeadCapture>,
+}
+
+#[derive(Default)]
+struct HeadCapture {
+    /// Requests started on the connection before this head.
+    seq: u64,
+    bytes: Vec<u8>,
 }
 
 impl ConnActivity {
-    pub fn request_started(&self) {
+    /// Marks a request as started; returns its sequence number on the
+    /// connection (0 for the first).
+    pub fn request_started(&self) -> u64 {
         self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed);
+        self.started.fetch_add(1, Ordering::Relaxed)
+    }
+
+    /// Whether the raw head of request `seq` carried both Content-Length and
+    /// Transfer-Encoding. hyper resolves that conflict by dropping
+    /// Content-Length (RFC 9112 6.1 allows it); portico answers 400 instead,
+    /// as SPEC requires, so it looks at the bytes hyper parsed. `false` when
+    /// the head was not captured (a pipelined request).
+    pub fn head_has_length_and_chunked(&self, seq: u64) -> bool {
+        let Ok(h) = self.head.lock() else {
+            return false;
+        };
+        if h.seq != seq || h.bytes.is_empty() {
+            return false;
+        }
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        if req.parse(&h.bytes).is_err() {
+            return false;
+        }
+        let has = |name: &str| {
+            req.headers
+                .iter()
+                .any(|x| x.name.eq_ignore_ascii_case(name))
+        };
+        has("content-length") && has("transfer-encoding")
     }
 
     pub fn request_finished(&self) {
@@ -89,6 +127,7 @@ pub struct ConnIo<S> {
     timer: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
     request_id_header: HeaderName,
+    head_cap: usize,
 }
 
 impl<S> ConnIo<S> {
@@ -99,6 +138,7 @@ impl<S> ConnIo<S> {
         header_timeout: Duration,
         idle_timeout: Duration,
         request_id_header: HeaderName,
+        head_cap: usize,
     ) -> ConnIo<S> {
         let now = Instant::now();
         let phase = match mode {
@@ -121,6 +161,7 @@ impl<S> ConnIo<S> {
             )),
             armed_for: None,
             request_id_header,
+            head_cap,
         }
     }
 
@@ -165,6 +206,20 @@ impl<S> ConnIo<S> {
             }
             (Phase::Idle { since }, _) => *since = Instant::now(),
             _ => {}
+        }
+        if self.mode == Mode::Http1 && matches!(self.phase, Phase::Head { .. }) {
+            self.capture_head(first);
+        }
+    }
+
+    fn capture_head(&self, bytes: &[u8]) {
+        if let Ok(mut h) = self.activity.head.lock() {
+            if h.seq != self.seen_started {
+                h.bytes.clear();
+                h.seq = self.seen_started;
+            }
+            let room = self.head_cap.saturating_sub(h.bytes.len());
+            h.bytes.extend_from_slice(&bytes[..bytes.len().min(room)]);
         }
     }
 }

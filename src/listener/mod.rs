@@ -35,6 +35,11 @@ use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::{watch, Notify, Semaphore};
 
+/// Room beyond max_header_bytes for the request line and the ": " and CRLF
+/// of each header: hyper's parser answers 431 past max_header_bytes plus
+/// this; the pipeline's exact count (names + values) answers 431 below it.
+const HEAD_SLACK: usize = 8192;
+
 /// Counts open client connections so shutdown can wait for them to drain.
 #[derive(Default)]
 pub struct ConnTracker {
@@ -106,7 +111,7 @@ impl Frontend {
             // ConnIo enforces the head timeout (with a 408); hyper's closes silently.
             .header_read_timeout(None)
             .keep_alive(true)
-            .max_buf_size((settings.max_header_bytes + 8192).max(8192));
+            .max_buf_size(settings.max_header_bytes + HEAD_SLACK);
         b.http2()
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.h2_max_concurrent_streams)
@@ -215,6 +220,7 @@ async fn serve_connection(
                 s.header_read_timeout,
                 s.idle_timeout,
                 request_id_header,
+                s.max_header_bytes + HEAD_SLACK,
             );
             serve_http(io, builder, &fe, peer, true, activity, shared, stop).await;
         }
@@ -231,6 +237,7 @@ async fn serve_connection(
                 s.header_read_timeout,
                 s.idle_timeout,
                 request_id_header,
+                s.max_header_bytes + HEAD_SLACK,
             );
             serve_http(io, &fe.detect, &fe, peer, false, activity, shared, stop).await;
         }

@@ -68,7 +68,7 @@ pub async fn handle(
     conn: Arc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
-    conn.activity.request_started();
+    let seq = conn.activity.request_started();
     let snap = conn.shared.snapshot.load_full();
 
     let request_id = match req.headers().get(&snap.request_id_header) {
@@ -83,7 +83,17 @@ pub async fn handle(
         .then(|| log_entry(&req, &conn));
 
     let mut trace = Trace::default();
-    let mut resp = match serve(req, &snap, &conn, &request_id, &mut trace, log.is_some()).await {
+    let mut resp = match serve(
+        req,
+        seq,
+        &snap,
+        &conn,
+        &request_id,
+        &mut trace,
+        log.is_some(),
+    )
+    .await
+    {
         Ok(r) => r,
         Err(e) => e.response(grpc),
     };
@@ -149,8 +159,10 @@ fn log_entry(req: &Request<Incoming>, conn: &ConnInfo) -> LogEntry {
     }
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn serve(
     req: Request<Incoming>,
+    seq: u64,
     snap: &Snapshot,
     conn: &ConnInfo,
     request_id: &HeaderValue,
@@ -164,6 +176,13 @@ async fn serve(
     if req.version() <= Version::HTTP_11 {
         if let Some(why) = headers::host_header_error(req.headers(), req.version()) {
             return Err(ProxyError::BadRequest(why));
+        }
+        if req.headers().contains_key(http::header::TRANSFER_ENCODING)
+            && conn.activity.head_has_length_and_chunked(seq)
+        {
+            return Err(ProxyError::BadRequest(
+                "both Content-Length and Transfer-Encoding",
+            ));
         }
     }
     // The absolute-form target (HTTP/1.1) or :authority (HTTP/2) names the
