@@ -1,9 +1,12 @@
 //! The admin listener (admin.bind, loopback by default).
 //!
 //! GET /health answers 200 "ok" while the process serves; GET /ready answers
-//! 200 once every listener is bound, else 503. Anything else is 404.
+//! 200 once every listener is bound, else 503; POST /reload reloads the
+//! config (200 `{"generation": N}` or 400 `{"error": "..."}`, the old config
+//! serving on). Anything else is 404.
 
 use crate::body::ProxyBody;
+use crate::supervisor::Supervisor;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -14,11 +17,30 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// What the admin endpoints report on.
-#[derive(Default)]
+/// What the admin endpoints report on and act through.
 pub struct AdminState {
     /// Set once every listener is bound.
     pub ready: AtomicBool,
+    pub supervisor: Arc<Supervisor>,
+}
+
+impl AdminState {
+    pub fn new(supervisor: Arc<Supervisor>) -> AdminState {
+        AdminState {
+            ready: AtomicBool::new(false),
+            supervisor,
+        }
+    }
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(v.to_string()));
+    *r.status_mut() = status;
+    r.headers_mut().insert(
+        http::header::CONTENT_TYPE,
+        http::HeaderValue::from_static("application/json"),
+    );
+    r
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
@@ -44,6 +66,16 @@ async fn handle(
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
+        (&Method::POST, "/reload") => match state.supervisor.reload().await {
+            Ok(generation) => json(
+                StatusCode::OK,
+                serde_json::json!({ "generation": generation }),
+            ),
+            Err(e) => json(
+                StatusCode::BAD_REQUEST,
+                serde_json::json!({ "error": e.to_string() }),
+            ),
+        },
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }

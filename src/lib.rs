@@ -11,6 +11,7 @@
 //! - [`body`]: the request and response body types all of them share;
 //! - [`observe`]: access log and request ids;
 //! - [`admin`]: the admin listener;
+//! - [`supervisor`]: owns listeners; reloads by build-then-swap;
 //! - [`server`]: process lifecycle: start, signals, drain, exit.
 
 pub mod admin;
@@ -21,5 +22,6 @@ pub mod observe;
 pub mod proxy;
 pub mod server;
 pub mod snapshot;
+pub mod supervisor;
 pub mod tls;
 pub mod upstream;

@@ -72,7 +72,13 @@ fn main() -> ExitCode {
             }
         };
         let built = rt.block_on(async {
-            portico::snapshot::Snapshot::build(std::sync::Arc::new(lc), 1, None).map(|_| ())
+            portico::snapshot::Snapshot::build(
+                std::sync::Arc::new(lc),
+                1,
+                None,
+                portico::snapshot::BuildMode::Check,
+            )
+            .map(|_| ())
         });
         return match built {
             Ok(()) => {

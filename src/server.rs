@@ -1,110 +1,96 @@
-//! Process lifecycle: build the first snapshot, bind, serve, handle
-//! signals, drain, exit.
+//! Process lifecycle: start, signals, config watching, drain, exit.
 //!
 //! Guarantees: nothing is bound unless the whole config built; a bind
 //! failure is reported at the listener's `bind` line and nothing keeps
-//! running; SIGTERM/SIGINT stop every listener from accepting, let
-//! connections finish what they are doing for up to
-//! `server.shutdown_timeout`, then return.
+//! running; SIGHUP (and POST /reload, and a file change with watch_config)
+//! reloads through [`Supervisor::reload`]; SIGTERM/SIGINT stop every
+//! listener from accepting, let connections finish what they are doing for
+//! up to `server.shutdown_timeout`, then return. Under systemd
+//! (NOTIFY_SOCKET) READY=1, RELOADING=1 and STOPPING=1 are sent.
 
 use crate::admin::AdminState;
 use crate::config::{ConfigError, LoadedConfig};
-use crate::listener::ConnTracker;
-use crate::observe::access_log::AccessLog;
-use crate::proxy::Shared;
-use crate::snapshot::Snapshot;
-use arc_swap::ArcSwap;
+use crate::supervisor::Supervisor;
+use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
-use tokio::sync::watch;
+use tokio::sync::{mpsc, watch};
 
 /// Runs portico until a stop signal; returns after draining.
 pub async fn run(lc: LoadedConfig) -> Result<(), ConfigError> {
-    let lc = Arc::new(lc);
-    let snapshot = Snapshot::build(lc.clone(), 1, None)?;
-    let server_cfg = &lc.config.server;
-    let access_log = AccessLog::open(&server_cfg.access_log, server_cfg.access_log_format)
-        .map_err(|e| {
-            lc.source.error_at(
-                0,
-                format!("cannot open access log {}: {e}", server_cfg.access_log),
-            )
-        })?;
+    let config_path = lc.source.path.clone();
+    let signal_error = |e: std::io::Error| {
+        ConfigError::plain(&config_path, format!("cannot install signal handlers: {e}"))
+    };
+    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
+    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
+    let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
 
-    // Bind everything before serving anything, so a bad bind starts nothing.
-    let mut bound = Vec::new();
-    for (settings, cfg) in snapshot.listeners.iter().zip(&lc.config.listeners) {
-        let l = crate::listener::bind(settings.bind, settings.backlog)
-            .map_err(|e| lc.error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind)))?;
-        bound.push((l, settings.clone()));
-    }
-    let admin_addr: std::net::SocketAddr = lc
-        .config
-        .admin
+    let (sup, bound) = Supervisor::new(lc, config_path.clone())?;
+    let snap = sup.shared.snapshot.load_full();
+    let admin_cfg = &snap.config.config.admin;
+    let admin_addr: std::net::SocketAddr = admin_cfg
         .bind
         .get_ref()
         .parse()
-        .map_err(|_| lc.error_at(&lc.config.admin.bind, "bad admin.bind"))?;
+        .map_err(|_| snap.config.error_at(&admin_cfg.bind, "bad admin.bind"))?;
     let admin_listener = crate::listener::bind(admin_addr, 1024).map_err(|e| {
-        lc.error_at(
-            &lc.config.admin.bind,
+        snap.config.error_at(
+            &admin_cfg.bind,
             format!("cannot bind admin {admin_addr}: {e}"),
         )
     })?;
 
-    let shared = Arc::new(Shared {
-        snapshot: ArcSwap::from_pointee(snapshot),
-        access_log,
-    });
-    let tracker = Arc::new(ConnTracker::default());
-    let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_state = Arc::new(AdminState::default());
-
-    let mut accept_tasks = Vec::new();
-    for (l, settings) in bound {
-        tracing::info!(listener = %settings.name, bind = %settings.bind, tls = settings.tls.is_some(), "listening");
-        accept_tasks.push(tokio::spawn(crate::listener::accept_loop(
-            l,
-            settings,
-            shared.clone(),
-            tracker.clone(),
-            stop_rx.clone(),
-        )));
-    }
+    sup.start(bound);
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let admin_state = Arc::new(AdminState::new(sup.clone()));
     tracing::info!(bind = %admin_addr, "admin listening");
     let admin_task = tokio::spawn(crate::admin::serve(
         admin_listener,
         admin_state.clone(),
-        stop_rx.clone(),
+        admin_stop,
     ));
     admin_state.ready.store(true, Ordering::Release);
     sd_notify("READY=1");
 
-    let mut term = signal(SignalKind::terminate())
-        .map_err(|e| lc.source.error_at(0, format!("signal setup: {e}")))?;
-    let mut int = signal(SignalKind::interrupt())
-        .map_err(|e| lc.source.error_at(0, format!("signal setup: {e}")))?;
-    let mut hup = signal(SignalKind::hangup())
-        .map_err(|e| lc.source.error_at(0, format!("signal setup: {e}")))?;
+    let (changed_tx, mut changed) = mpsc::channel::<()>(1);
+    // Always watched, so a reload can turn watch_config on or off; the flag
+    // is read when the file changes.
+    let _watcher = watch_file(&config_path, changed_tx.clone());
+    drop(snap);
+
     loop {
         tokio::select! {
             _ = term.recv() => break,
             _ = int.recv() => break,
             _ = hup.recv() => {
-                tracing::warn!("SIGHUP received: configuration reload is not available in this build; restart to apply changes");
+                tracing::info!("SIGHUP: reloading configuration");
+                let _ = sup.reload().await;
+            }
+            Some(()) = changed.recv() => {
+                // Editors write in several steps (or save by rename): wait
+                // for the file to settle, then take every event as one.
+                tokio::time::sleep(Duration::from_millis(200)).await;
+                while changed.try_recv().is_ok() {}
+                if sup.shared.snapshot.load().config.config.server.watch_config {
+                    tracing::info!("config file changed: reloading");
+                    let _ = sup.reload().await;
+                }
             }
         }
     }
 
-    tracing::info!(open_connections = tracker.open(), "shutting down: draining");
+    tracing::info!(
+        open_connections = sup.tracker.open(),
+        "shutting down: draining"
+    );
     sd_notify("STOPPING=1");
     admin_state.ready.store(false, Ordering::Release);
-    let _ = stop_tx.send(true);
-    for t in accept_tasks {
-        let _ = t.await;
-    }
-    let timeout = shared
+    sup.stop_all();
+    let timeout = sup
+        .shared
         .snapshot
         .load()
         .config
@@ -112,18 +98,54 @@ pub async fn run(lc: LoadedConfig) -> Result<(), ConfigError> {
         .server
         .shutdown_timeout
         .0;
-    if tokio::time::timeout(timeout, tracker.drained())
+    if tokio::time::timeout(timeout, sup.tracker.drained())
         .await
         .is_err()
     {
         tracing::warn!(
-            open_connections = tracker.open(),
+            open_connections = sup.tracker.open(),
             "shutdown timeout reached; closing remaining connections"
         );
     }
+    let _ = admin_stop_tx.send(true);
     admin_task.abort();
     tracing::info!("stopped");
     Ok(())
+}
+
+/// Watches the config file's folder (so a save by rename is seen) and sends
+/// a tick for every event that touches the file.
+fn watch_file(path: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::RecommendedWatcher> {
+    use notify::{RecursiveMode, Watcher};
+    let path: PathBuf = std::fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    let dir = path.parent()?.to_path_buf();
+    let name = path.file_name()?.to_os_string();
+    let mut watcher = match notify::recommended_watcher(move |ev: notify::Result<notify::Event>| {
+        if let Ok(ev) = ev {
+            if ev.kind.is_access() {
+                return;
+            }
+            if ev
+                .paths
+                .iter()
+                .any(|p| p.file_name() == Some(name.as_os_str()))
+            {
+                let _ = tx.try_send(());
+            }
+        }
+    }) {
+        Ok(w) => w,
+        Err(e) => {
+            tracing::error!(error = %e, "cannot watch the config file; watch_config is off");
+            return None;
+        }
+    };
+    if let Err(e) = watcher.watch(&dir, RecursiveMode::NonRecursive) {
+        tracing::error!(error = %e, dir = %dir.display(), "cannot watch the config folder; watch_config is off");
+        return None;
+    }
+    tracing::info!(file = %path.display(), "watching the config file");
+    Some(watcher)
 }
 
 /// Sends a state line to systemd when run as a notify service.

@@ -7,6 +7,7 @@
 //! request in flight.
 
 use crate::config::{ConfigError, LoadedConfig, Protocol};
+use crate::observe::access_log::AccessLog;
 use crate::proxy::routing::{Action, HostMatch, Route, RouteTable};
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
@@ -40,17 +41,38 @@ pub struct Snapshot {
     pub pools: HashMap<String, Arc<UpstreamPool>>,
     pub request_id_header: HeaderName,
     pub trust_request_id: bool,
+    /// Where access log lines go; reused across reloads while
+    /// server.access_log and access_log_format stay the same.
+    pub access_log: Arc<AccessLog>,
+}
+
+/// What a snapshot build may do besides computing.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BuildMode {
+    /// For serving: opens the access log, starts pool reapers.
+    Run,
+    /// For `portico check`: reads every file, opens nothing for writing.
+    Check,
+}
+
+/// The access log target with a file path resolved against the config's folder.
+fn log_target(lc: &LoadedConfig) -> String {
+    match lc.config.server.access_log.as_str() {
+        t @ ("stdout" | "off") => t.to_string(),
+        path => lc.resolve(path).to_string_lossy().into_owned(),
+    }
 }
 
 impl Snapshot {
     /// Builds a snapshot, reusing pools of `previous` whose definition did
-    /// not change (with their keepalive connections). Must run inside the
-    /// runtime when `spawn_tasks` is true; `portico check` builds with
-    /// `spawn_tasks = false` and no runtime tasks are started.
+    /// not change (with their keepalive connections and health state), and
+    /// its access log while the log settings are the same. Must run inside
+    /// the runtime.
     pub fn build(
         lc: Arc<LoadedConfig>,
         generation: u64,
         previous: Option<&Snapshot>,
+        mode: BuildMode,
     ) -> Result<Snapshot, ConfigError> {
         let c = &lc.config;
         let mut listeners = Vec::new();
@@ -135,6 +157,26 @@ impl Snapshot {
             });
         }
 
+        let log_cfg = (&c.server.access_log, c.server.access_log_format);
+        let access_log = match previous {
+            Some(p)
+                if (
+                    &p.config.config.server.access_log,
+                    p.config.config.server.access_log_format,
+                ) == log_cfg =>
+            {
+                p.access_log.clone()
+            }
+            _ if mode == BuildMode::Check => Arc::new(AccessLog::off()),
+            _ => Arc::new(
+                AccessLog::open(&log_target(&lc), c.server.access_log_format).map_err(|e| {
+                    lc.source.error_at(
+                        0,
+                        format!("cannot open access log {}: {e}", c.server.access_log),
+                    )
+                })?,
+            ),
+        };
         let request_id_header = HeaderName::from_bytes(
             c.server
                 .request_id_header
@@ -150,6 +192,7 @@ impl Snapshot {
             pools,
             request_id_header,
             trust_request_id: c.server.trust_request_id,
+            access_log,
             config: lc,
         })
     }

@@ -104,9 +104,17 @@ async fn http2_rapid_reset_ends_the_offending_connection_only() {
             "the flooding connection was not ended with an error after {sent} resets: {other:?}"
         ),
     };
-    assert!(err.is_go_away(), "expected GOAWAY, got {err:?}");
-    assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
-    assert!(sent < 5000);
+    // Either the GOAWAY is read, or the client, still writing its flood,
+    // finds the connection already closed behind it.
+    if err.is_go_away() {
+        assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
+    } else {
+        assert!(
+            err.is_io(),
+            "expected GOAWAY or a closed connection, got {err:?}"
+        );
+    }
+    assert!(sent < 5000, "all {sent} resets were accepted");
 
     // Others are unhurt.
     assert_eq!(

@@ -136,7 +136,9 @@ impl Frontend {
     }
 }
 
-/// Accepts connections until `stop` turns true.
+/// Accepts connections until `stop` turns true. Settings changed by a
+/// reload (the listener keeps its name and bind) apply to connections
+/// accepted afterwards.
 pub async fn accept_loop(
     listener: TcpListener,
     settings: Arc<ListenerSettings>,
@@ -144,8 +146,9 @@ pub async fn accept_loop(
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let fe = Arc::new(Frontend::new(settings.clone()));
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let name = settings.name.clone();
+    let mut fe = Arc::new(Frontend::new(settings));
+    let limit = Arc::new(Semaphore::new(fe.settings.max_connections));
     loop {
         let permit = tokio::select! {
             p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
@@ -156,13 +159,24 @@ pub async fn accept_loop(
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %settings.name, error = %e, "accept failed");
+                    tracing::warn!(listener = %name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop.changed() => break,
         };
+        if let Some(current) = shared.snapshot.load().listener(&name) {
+            if !Arc::ptr_eq(current, &fe.settings) && current.bind == fe.settings.bind {
+                let (old, new) = (fe.settings.max_connections, current.max_connections);
+                if new > old {
+                    limit.add_permits(new - old);
+                } else {
+                    limit.forget_permits(old - new);
+                }
+                fe = Arc::new(Frontend::new(current.clone()));
+            }
+        }
         let guard = tracker.track();
         let (fe, shared, stop) = (fe.clone(), shared.clone(), stop.clone());
         tokio::spawn(async move {
@@ -171,7 +185,7 @@ pub async fn accept_loop(
             drop(guard);
         });
     }
-    tracing::info!(listener = %settings.name, "stopped accepting");
+    tracing::info!(listener = %name, "stopped accepting");
 }
 
 async fn serve_connection(

@@ -46,17 +46,22 @@ pub struct AccessLog {
 }
 
 impl AccessLog {
+    /// A log that writes nothing.
+    pub fn off() -> AccessLog {
+        AccessLog {
+            sender: None,
+            dropped: AtomicU64::new(0),
+            queued: Arc::new(AtomicUsize::new(0)),
+            format: AccessLogFormat::Json,
+        }
+    }
+
     /// Opens the log named by `server.access_log` ("stdout", "off" or a path).
+    /// The writer thread ends when the last handle is dropped, after writing
+    /// what was queued.
     pub fn open(target: &str, format: AccessLogFormat) -> std::io::Result<AccessLog> {
         let out: Box<dyn Write + Send> = match target {
-            "off" => {
-                return Ok(AccessLog {
-                    sender: None,
-                    dropped: AtomicU64::new(0),
-                    queued: Arc::new(AtomicUsize::new(0)),
-                    format,
-                })
-            }
+            "off" => return Ok(AccessLog::off()),
             "stdout" => Box::new(std::io::stdout()),
             path => Box::new(
                 std::fs::OpenOptions::new()

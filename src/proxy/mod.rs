@@ -40,7 +40,6 @@ use std::time::{Instant, SystemTime};
 pub struct Shared {
     /// The config in force; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
-    pub access_log: AccessLog,
 }
 
 /// What a request knows about the connection it came on.
@@ -76,11 +75,10 @@ pub async fn handle(
         _ => request_id::generate(),
     };
     let grpc = is_grpc(&req);
-    let mut log = conn
-        .shared
+    let mut log = snap
         .access_log
         .enabled()
-        .then(|| log_entry(&req, &conn));
+        .then(|| log_entry(&req, &conn, &snap.access_log));
 
     let mut trace = Trace::default();
     let mut resp = match serve(
@@ -111,7 +109,7 @@ pub async fn handle(
         conn,
         pooled: trace.pooled,
         bytes_in: trace.bytes_in,
-        log: log.map(Box::new),
+        log: log.map(|l| (Box::new(l), snap.access_log.clone())),
         start,
     }));
     Ok(resp)
@@ -123,8 +121,8 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn log_entry(req: &Request<Incoming>, conn: &ConnInfo) -> LogEntry {
-    let agent = conn.shared.access_log.wants_agent();
+fn log_entry(req: &Request<Incoming>, conn: &ConnInfo, sink: &AccessLog) -> LogEntry {
+    let agent = sink.wants_agent();
     let header = |n| {
         agent
             .then(|| {
@@ -378,7 +376,7 @@ struct Done {
     conn: Arc<ConnInfo>,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
-    log: Option<Box<LogEntry>>,
+    log: Option<(Box<LogEntry>, Arc<AccessLog>)>,
     start: Instant,
 }
 
@@ -397,11 +395,11 @@ impl Completion for Done {
             }
         }
         conn.activity.request_finished();
-        if let Some(mut l) = log {
+        if let Some((mut l, sink)) = log {
             l.bytes_out = bytes_out;
             l.bytes_in = bytes_in.map_or(0, |c| c.load(Ordering::Relaxed));
             l.duration = start.elapsed();
-            conn.shared.access_log.write(*l);
+            sink.write(*l);
         }
     }
 }

@@ -208,6 +208,23 @@ async fn backend_handle(
         *r.status_mut() = StatusCode::from_u16(code.parse().unwrap_or(500))
             .unwrap_or(StatusCode::INTERNAL_SERVER_ERROR);
         r
+    } else if let Some(spec) = path.strip_prefix("/drip/") {
+        // /drip/N/MS: N chunks of "tick\n", one every MS milliseconds.
+        let (n, ms) = spec.split_once('/').unwrap_or((spec, "10"));
+        let (n, ms): (u32, u64) = (n.parse().unwrap_or(1), ms.parse().unwrap_or(10));
+        let stream = futures_util::stream::unfold(0u32, move |i| async move {
+            if i == n {
+                return None;
+            }
+            tokio::time::sleep(Duration::from_millis(ms)).await;
+            Some((
+                Ok::<_, Box<dyn std::error::Error + Send + Sync>>(Frame::data(Bytes::from_static(
+                    b"tick\n",
+                ))),
+                i + 1,
+            ))
+        });
+        Response::new(BodyExt::boxed(StreamBody::new(stream)))
     } else if path == "/close" {
         let mut r = Response::new(full(format!("{name} close")));
         r.headers_mut()
@@ -242,6 +259,16 @@ impl Portico {
 
     /// As [`Portico::start`], in a folder prepared by the caller (certs...).
     pub fn start_in(dir: tempfile::TempDir, config: &str) -> Portico {
+        Self::start_custom(dir, config, |_| {})
+    }
+
+    /// As [`Portico::start_in`], with the command adjusted by the caller
+    /// (environment, inherited descriptors...).
+    pub fn start_custom(
+        dir: tempfile::TempDir,
+        config: &str,
+        customize: impl FnOnce(&mut Command),
+    ) -> Portico {
         let admin: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
         let text = config.replace("{admin}", &admin.to_string());
         let text = if text.contains("[admin]") {
@@ -253,14 +280,14 @@ impl Portico {
         std::fs::write(&config_path, text).expect("write config");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
-        let child = Command::new(env!("CARGO_BIN_EXE_portico"))
-            .arg("--config")
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+        cmd.arg("--config")
             .arg(&config_path)
             .env("RUST_LOG", "info")
             .stdout(stdout)
-            .stderr(stderr)
-            .spawn()
-            .expect("spawn portico");
+            .stderr(stderr);
+        customize(&mut cmd);
+        let child = cmd.spawn().expect("spawn portico");
         let mut p = Portico {
             child,
             dir,
@@ -283,6 +310,29 @@ impl Portico {
             std::thread::sleep(Duration::from_millis(20));
         }
         panic!("portico did not become ready: {}", self.stderr());
+    }
+
+    /// Rewrites the config file (the `{admin}` placeholder and admin table
+    /// handled as at start).
+    pub fn write_config(&self, config: &str) {
+        let text = config.replace("{admin}", &self.admin.to_string());
+        let text = if text.contains("[admin]") {
+            text
+        } else {
+            format!("[admin]\nbind = \"{}\"\n\n{text}", self.admin)
+        };
+        std::fs::write(&self.config_path, text).expect("write config");
+    }
+
+    /// POST /reload on the admin listener: status and body.
+    pub async fn reload(&self) -> (u16, String) {
+        let r = client()
+            .post(format!("http://{}/reload", self.admin))
+            .send()
+            .await
+            .expect("POST /reload");
+        let status = r.status().as_u16();
+        (status, r.text().await.unwrap_or_default())
     }
 
     pub fn pid(&self) -> u32 {

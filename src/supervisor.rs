@@ -1,0 +1,277 @@
+//! The supervisor: owns the listeners and performs reloads.
+//!
+//! A reload is build-then-swap: parse, validate, load certs and keys, build
+//! pools (reusing unchanged ones), bind the listeners that are new — and only
+//! when all of that succeeded, store the new snapshot in one atomic step and
+//! retire the listeners that are gone. On any error nothing running changes:
+//! sockets bound for the attempt are closed and the old snapshot keeps
+//! serving. Reloads are serialized.
+//!
+//! Listeners are keyed by (name, bind). One whose key is unchanged keeps its
+//! socket and its connections; its settings (limits, timeouts, protocols,
+//! certificates) apply to connections accepted after the swap. A removed
+//! listener stops accepting, and its connections finish their requests in
+//! flight and close. Client connections are never cut by a reload: every
+//! request, on any connection, reads the snapshot in force when it starts.
+
+use crate::config::{self, ConfigError};
+use crate::listener::ConnTracker;
+use crate::proxy::Shared;
+use crate::snapshot::{BuildMode, ListenerSettings, Snapshot};
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use tokio::net::TcpListener;
+use tokio::sync::watch;
+
+type ListenerKey = (Arc<str>, SocketAddr);
+
+/// Listening sockets bound at start, not yet serving.
+pub type BoundListeners = Vec<(TcpListener, Arc<ListenerSettings>)>;
+
+struct RunningListener {
+    stop: watch::Sender<bool>,
+}
+
+/// Counts of reload outcomes, for the metrics exporter.
+#[derive(Default)]
+pub struct ReloadCounts {
+    pub ok: AtomicU64,
+    pub error: AtomicU64,
+}
+
+/// Owns what a reload changes: the snapshot in force and the listeners.
+pub struct Supervisor {
+    pub shared: Arc<Shared>,
+    pub config_path: PathBuf,
+    pub tracker: Arc<ConnTracker>,
+    pub reloads: ReloadCounts,
+    listeners: Mutex<HashMap<ListenerKey, RunningListener>>,
+    /// Sockets handed over by systemd (LISTEN_FDS), by local address, not
+    /// yet adopted by a listener.
+    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
+    reload_lock: tokio::sync::Mutex<()>,
+    stopping: watch::Sender<bool>,
+}
+
+impl Supervisor {
+    /// Builds the first snapshot (generation 1) and binds every listener.
+    /// Nothing is served until [`Supervisor::start`].
+    pub fn new(
+        lc: config::LoadedConfig,
+        config_path: PathBuf,
+    ) -> Result<(Arc<Supervisor>, BoundListeners), ConfigError> {
+        let lc = Arc::new(lc);
+        let snapshot = Snapshot::build(lc.clone(), 1, None, BuildMode::Run)?;
+        let sup = Arc::new(Supervisor {
+            shared: Arc::new(Shared {
+                snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
+            }),
+            config_path,
+            tracker: Arc::new(ConnTracker::default()),
+            reloads: ReloadCounts::default(),
+            listeners: Mutex::new(HashMap::new()),
+            inherited: Mutex::new(inherited_sockets()),
+            reload_lock: tokio::sync::Mutex::new(()),
+            stopping: watch::channel(false).0,
+        });
+        let snap = sup.shared.snapshot.load_full();
+        let mut bound = Vec::new();
+        for (settings, cfg) in snap.listeners.iter().zip(&snap.config.config.listeners) {
+            let l = sup.bind(settings).map_err(|e| {
+                snap.config
+                    .error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind))
+            })?;
+            bound.push((l, settings.clone()));
+        }
+        Ok((sup, bound))
+    }
+
+    /// Starts accept loops for listeners bound by [`Supervisor::new`].
+    pub fn start(self: &Arc<Self>, bound: BoundListeners) {
+        for (l, settings) in bound {
+            self.spawn_listener(l, settings);
+        }
+    }
+
+    /// The generation of the config in force.
+    pub fn generation(&self) -> u64 {
+        self.shared.snapshot.load().generation
+    }
+
+    fn bind(&self, s: &ListenerSettings) -> std::io::Result<TcpListener> {
+        let inherited = self
+            .inherited
+            .lock()
+            .ok()
+            .and_then(|mut m| m.remove(&s.bind));
+        match inherited {
+            Some(l) => {
+                tracing::info!(listener = %s.name, bind = %s.bind, "adopting socket passed by the service manager");
+                l.set_nonblocking(true)?;
+                TcpListener::from_std(l)
+            }
+            None => crate::listener::bind(s.bind, s.backlog),
+        }
+    }
+
+    fn spawn_listener(self: &Arc<Self>, l: TcpListener, settings: Arc<ListenerSettings>) {
+        let (stop_tx, stop_rx) = watch::channel(*self.stopping.borrow());
+        tracing::info!(listener = %settings.name, bind = %settings.bind, tls = settings.tls.is_some(), "listening");
+        if let Ok(mut m) = self.listeners.lock() {
+            m.insert(
+                (settings.name.clone(), settings.bind),
+                RunningListener { stop: stop_tx },
+            );
+        }
+        tokio::spawn(crate::listener::accept_loop(
+            l,
+            settings,
+            self.shared.clone(),
+            self.tracker.clone(),
+            stop_rx,
+        ));
+    }
+
+    /// Reloads the config file. Returns the new generation, or the error
+    /// (the old config keeps serving).
+    pub async fn reload(self: &Arc<Self>) -> Result<u64, ConfigError> {
+        let _one_at_a_time = self.reload_lock.lock().await;
+        if *self.stopping.borrow() {
+            return Err(ConfigError::plain(&self.config_path, "shutting down"));
+        }
+        crate::server::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        let result = self.try_reload();
+        crate::server::sd_notify("READY=1");
+        match &result {
+            Ok(g) => {
+                self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                tracing::info!(generation = g, "configuration reloaded");
+            }
+            Err(e) => {
+                self.reloads.error.fetch_add(1, Ordering::Relaxed);
+                tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
+            }
+        }
+        result
+    }
+
+    fn try_reload(self: &Arc<Self>) -> Result<u64, ConfigError> {
+        let lc = Arc::new(config::load(&self.config_path)?);
+        let current = self.shared.snapshot.load_full();
+        let next = Snapshot::build(
+            lc.clone(),
+            current.generation + 1,
+            Some(&current),
+            BuildMode::Run,
+        )?;
+
+        // Bind what is new before anything changes; on failure the sockets
+        // bound so far are dropped (closed) with `fresh`.
+        let running: Vec<ListenerKey> = match self.listeners.lock() {
+            Ok(m) => m.keys().cloned().collect(),
+            Err(_) => Vec::new(),
+        };
+        let mut fresh = Vec::new();
+        for (settings, cfg) in next.listeners.iter().zip(&lc.config.listeners) {
+            let key = (settings.name.clone(), settings.bind);
+            if !running.contains(&key) {
+                let l = self.bind(settings).map_err(|e| {
+                    lc.error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind))
+                })?;
+                fresh.push((l, settings.clone()));
+            }
+        }
+
+        let generation = next.generation;
+        let wanted: Vec<ListenerKey> = next
+            .listeners
+            .iter()
+            .map(|s| (s.name.clone(), s.bind))
+            .collect();
+        self.shared.snapshot.store(Arc::new(next));
+
+        for (l, settings) in fresh {
+            self.spawn_listener(l, settings);
+        }
+        if let Ok(mut m) = self.listeners.lock() {
+            m.retain(|key, running| {
+                let keep = wanted.contains(key);
+                if !keep {
+                    tracing::info!(listener = %key.0, bind = %key.1, "listener removed: draining");
+                    let _ = running.stop.send(true);
+                }
+                keep
+            });
+        }
+        Ok(generation)
+    }
+
+    /// Stops every listener from accepting and asks every connection to
+    /// finish gracefully.
+    pub fn stop_all(&self) {
+        let _ = self.stopping.send(true);
+        if let Ok(m) = self.listeners.lock() {
+            for l in m.values() {
+                let _ = l.stop.send(true);
+            }
+        }
+    }
+}
+
+/// CLOCK_MONOTONIC in microseconds, as systemd's RELOADING=1 wants it.
+fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+/// Takes the listening sockets systemd passed (LISTEN_PID/LISTEN_FDS, from
+/// fd 3 on), by local address. The variables are removed so that nothing
+/// started later inherits them.
+fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let mut out = HashMap::new();
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    if !pid_ok || n <= 0 {
+        return out;
+    }
+    for fd in 3..3 + n.min(1024) {
+        // SAFETY: systemd hands these descriptors to this process; each is
+        // taken once, here, and owned by the TcpListener from now on.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        match l.local_addr() {
+            Ok(addr) => {
+                // Descriptors passed by the service manager are not CLOEXEC.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+                out.insert(addr, l);
+            }
+            Err(e) => {
+                tracing::warn!(fd, error = %e, "ignoring a passed descriptor that is not a TCP listening socket");
+                std::mem::forget(l);
+            }
+        }
+    }
+    out
+}
