@@ -19,19 +19,51 @@ use std::task::{Context, Poll};
 /// Error type of both bodies: whatever the underlying stream failed with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
-/// A request body on its way to an upstream.
-pub enum RequestBody {
-    /// The client's body, streamed.
+/// A request body on its way to an upstream, optionally counting its bytes
+/// (for the access log).
+pub struct RequestBody {
+    kind: ReqKind,
+    counter: Option<Arc<AtomicU64>>,
+}
+
+enum ReqKind {
+    /// The client's body from hyper (HTTP/1.1, HTTP/2), streamed.
     Incoming(Incoming),
-    /// The client's body, streamed, with its bytes counted for the access log.
-    Counted(Incoming, Arc<AtomicU64>),
     /// A body held in memory (small and known in full).
     Full(Option<Bytes>),
+    /// Any other streaming body (another front door's adapter).
+    Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
 }
 
 impl RequestBody {
     pub fn empty() -> RequestBody {
-        RequestBody::Full(None)
+        RequestBody::full(Bytes::new())
+    }
+
+    pub fn full(b: Bytes) -> RequestBody {
+        RequestBody {
+            kind: ReqKind::Full(if b.is_empty() { None } else { Some(b) }),
+            counter: None,
+        }
+    }
+
+    pub fn incoming(b: Incoming) -> RequestBody {
+        RequestBody {
+            kind: ReqKind::Incoming(b),
+            counter: None,
+        }
+    }
+
+    pub fn boxed(b: http_body_util::combinators::BoxBody<Bytes, BoxError>) -> RequestBody {
+        RequestBody {
+            kind: ReqKind::Boxed(b),
+            counter: None,
+        }
+    }
+
+    /// Counts the data bytes that pass from now on into `counter`.
+    pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
+        self.counter = Some(counter);
     }
 }
 
@@ -43,37 +75,36 @@ impl Body for RequestBody {
         self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        match self.get_mut() {
-            RequestBody::Incoming(b) => Pin::new(b)
+        let this = self.get_mut();
+        let polled = match &mut this.kind {
+            ReqKind::Incoming(b) => Pin::new(b)
                 .poll_frame(cx)
                 .map_err(|e| Box::new(e) as BoxError),
-            RequestBody::Counted(b, n) => {
-                let polled = Pin::new(b)
-                    .poll_frame(cx)
-                    .map_err(|e| Box::new(e) as BoxError);
-                if let Poll::Ready(Some(Ok(f))) = &polled {
-                    if let Some(d) = f.data_ref() {
-                        n.fetch_add(d.len() as u64, Ordering::Relaxed);
-                    }
-                }
-                polled
+            ReqKind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            ReqKind::Boxed(b) => Pin::new(b).poll_frame(cx),
+        };
+        if let (Some(n), Poll::Ready(Some(Ok(f)))) = (&this.counter, &polled) {
+            if let Some(d) = f.data_ref() {
+                n.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
-            RequestBody::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
         }
+        polled
     }
 
     fn is_end_stream(&self) -> bool {
-        match self {
-            RequestBody::Incoming(b) | RequestBody::Counted(b, _) => b.is_end_stream(),
-            RequestBody::Full(b) => b.is_none(),
+        match &self.kind {
+            ReqKind::Incoming(b) => b.is_end_stream(),
+            ReqKind::Full(b) => b.is_none(),
+            ReqKind::Boxed(b) => b.is_end_stream(),
         }
     }
 
     fn size_hint(&self) -> SizeHint {
-        match self {
-            RequestBody::Incoming(b) | RequestBody::Counted(b, _) => b.size_hint(),
-            RequestBody::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            RequestBody::Full(None) => SizeHint::with_exact(0),
+        match &self.kind {
+            ReqKind::Incoming(b) => b.size_hint(),
+            ReqKind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            ReqKind::Full(None) => SizeHint::with_exact(0),
+            ReqKind::Boxed(b) => b.size_hint(),
         }
     }
 }

@@ -278,7 +278,9 @@ async fn serve_http<S>(
         shared,
         activity: activity.clone(),
     });
-    let svc = service_fn(move |req| crate::proxy::handle(req, info.clone()));
+    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
+        crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info.clone())
+    });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);
     let mut closing = *stop.borrow();

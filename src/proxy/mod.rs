@@ -28,7 +28,6 @@ use error::ProxyError;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, REFERER, USER_AGENT};
 use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
-use hyper::body::Incoming;
 use routing::{Action, Route};
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -63,7 +62,7 @@ struct Trace {
 /// Serves one request from any front door. Never fails: errors become the
 /// proxy's own responses.
 pub async fn handle(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -121,7 +120,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
         .is_some_and(|v| v.as_bytes().starts_with(b"application/grpc"))
 }
 
-fn log_entry(req: &Request<Incoming>, conn: &ConnInfo, sink: &AccessLog) -> LogEntry {
+fn log_entry(req: &Request<RequestBody>, conn: &ConnInfo, sink: &AccessLog) -> LogEntry {
     let agent = sink.wants_agent();
     let header = |n| {
         agent
@@ -159,7 +158,7 @@ fn log_entry(req: &Request<Incoming>, conn: &ConnInfo, sink: &AccessLog) -> LogE
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     seq: u64,
     snap: &Snapshot,
     conn: &ConnInfo,
@@ -246,7 +245,7 @@ async fn serve(
 
 #[allow(clippy::too_many_arguments)]
 async fn forward(
-    req: Request<Incoming>,
+    req: Request<RequestBody>,
     snap: &Snapshot,
     route: &Route,
     pool: &UpstreamPool,
@@ -282,9 +281,11 @@ async fn forward(
     let body = if count_bytes && !http_body::Body::is_end_stream(&body) {
         let counter = Arc::new(AtomicU64::new(0));
         trace.bytes_in = Some(counter.clone());
-        RequestBody::Counted(body, counter)
+        let mut body = body;
+        body.count_into(counter);
+        body
     } else {
-        RequestBody::Incoming(body)
+        body
     };
     let mut req = Request::from_parts(parts, body);
 
