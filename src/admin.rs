@@ -1,7 +1,8 @@
 //! The admin listener (admin.bind, loopback by default).
 //!
 //! GET /health answers 200 "ok" while the process serves; GET /ready answers
-//! 200 once every listener is bound, else 503; POST /reload reloads the
+//! 200 once every listener is bound and every pool with health checks has
+//! a healthy server, else 503; POST /reload reloads the
 //! config (200 `{"generation": N}` or 400 `{"error": "..."}`, the old config
 //! serving on). Anything else is 404.
 
@@ -60,7 +61,15 @@ async fn handle(
     Ok(match (req.method(), req.uri().path()) {
         (&Method::GET, "/health") => text(StatusCode::OK, "ok\n"),
         (&Method::GET, "/ready") => {
-            if state.ready.load(Ordering::Acquire) {
+            let pools_ok = state
+                .supervisor
+                .shared
+                .snapshot
+                .load()
+                .pools
+                .values()
+                .all(|p| !p.has_health_checks || p.any_healthy());
+            if state.ready.load(Ordering::Acquire) && pools_ok {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")

@@ -103,14 +103,16 @@ impl Snapshot {
 
         let mut pools = HashMap::new();
         for (name, def) in &c.upstreams {
-            let reused = previous
-                .and_then(|p| p.pools.get(name))
-                .filter(|p| &p.definition == def)
-                .cloned();
-            pools.insert(
-                name.clone(),
-                reused.unwrap_or_else(|| UpstreamPool::new(name, def)),
-            );
+            let tls = match &def.tls {
+                Some(t) => Some(crate::tls::upstream_settings(&lc, t, def.protocol)?),
+                None => None,
+            };
+            let prev = previous.and_then(|p| p.pools.get(name));
+            let pool = match prev {
+                Some(p) if p.reusable_for(def, tls.as_ref()) => p.clone(),
+                _ => UpstreamPool::new(name, def, tls, prev.map(|p| &**p)),
+            };
+            pools.insert(name.clone(), pool);
         }
 
         let mut routes = Vec::new();

@@ -105,3 +105,63 @@ fn alpn(protocols: &[Protocol]) -> Vec<Vec<u8>> {
     }
     v
 }
+
+/// Builds the TLS client settings of one upstream: roots from `ca` (or the
+/// public web roots), an optional client certificate (mTLS), ALPN by
+/// protocol, and the SNI name.
+pub fn upstream_settings(
+    lc: &LoadedConfig,
+    t: &crate::config::UpstreamTls,
+    protocol: crate::config::UpstreamProtocol,
+) -> Result<crate::upstream::UpstreamTlsSettings, ConfigError> {
+    use std::hash::{Hash, Hasher};
+    let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
+    let mut roots = RootCertStore::empty();
+    if t.ca.get_ref().is_empty() {
+        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    } else {
+        for c in load_certs(lc, &t.ca)? {
+            c.as_ref().hash(&mut fingerprint);
+            roots
+                .add(c)
+                .map_err(|e| lc.error_at(&t.ca, format!("bad CA certificate: {e}")))?;
+        }
+    }
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(|e| lc.error_at(&t.ca, format!("TLS setup failed: {e}")))?
+        .with_root_certificates(roots);
+    let mut cfg = if t.client_cert.get_ref().is_empty() {
+        builder.with_no_client_auth()
+    } else {
+        let certs = load_certs(lc, &t.client_cert)?;
+        let key = load_key(lc, &t.client_key)?;
+        for c in &certs {
+            c.as_ref().hash(&mut fingerprint);
+        }
+        key.secret_der().hash(&mut fingerprint);
+        builder.with_client_auth_cert(certs, key).map_err(|e| {
+            lc.error_at(
+                &t.client_key,
+                format!("client key does not fit the client certificate, or is unusable: {e}"),
+            )
+        })?
+    };
+    cfg.alpn_protocols = match protocol {
+        crate::config::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
+        crate::config::UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    };
+    let server_name = if t.server_name.get_ref().is_empty() {
+        None
+    } else {
+        Some(
+            rustls_pki_types::ServerName::try_from(t.server_name.get_ref().clone())
+                .map_err(|_| lc.error_at(&t.server_name, "not a valid TLS server name"))?,
+        )
+    };
+    Ok(crate::upstream::UpstreamTlsSettings {
+        config: Arc::new(cfg),
+        server_name,
+        fingerprint: fingerprint.finish(),
+    })
+}

@@ -238,6 +238,56 @@ pub struct UpstreamConfig {
     pub connect_timeout: Dur,
     #[serde(default = "default_passive_eject")]
     pub passive_eject: Dur,
+    /// Present: HTTPS to the upstream.
+    pub tls: Option<UpstreamTls>,
+    /// Present: active health checks.
+    pub health: Option<HealthCheck>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamTls {
+    /// PEM CA bundle; empty: the public web roots.
+    #[serde(default = "empty_spanned")]
+    pub ca: Spanned<String>,
+    /// Name to verify and send as SNI; empty: the server's host.
+    #[serde(default = "empty_spanned")]
+    pub server_name: Spanned<String>,
+    #[serde(default = "empty_spanned")]
+    pub client_cert: Spanned<String>,
+    #[serde(default = "empty_spanned")]
+    pub client_key: Spanned<String>,
+}
+
+#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct HealthCheck {
+    #[serde(default = "default_health_path")]
+    pub path: Spanned<String>,
+    #[serde(default = "default_health_interval")]
+    pub interval: Dur,
+    #[serde(default = "default_health_timeout")]
+    pub timeout: Dur,
+    #[serde(default = "default_healthy_threshold")]
+    pub healthy_threshold: u32,
+    #[serde(default = "default_unhealthy_threshold")]
+    pub unhealthy_threshold: u32,
+}
+
+fn default_health_path() -> Spanned<String> {
+    Spanned::new(0..0, "/health".into())
+}
+fn default_health_interval() -> Dur {
+    Dur::secs(5)
+}
+fn default_health_timeout() -> Dur {
+    Dur::secs(1)
+}
+fn default_healthy_threshold() -> u32 {
+    2
+}
+fn default_unhealthy_threshold() -> u32 {
+    3
 }
 
 fn default_max_idle() -> usize {

@@ -14,6 +14,7 @@
 //! Errors of any phase are a [`ProxyError`], answered by one function.
 
 pub mod error;
+mod forward;
 pub mod headers;
 pub mod routing;
 
@@ -22,13 +23,12 @@ use crate::listener::ConnActivity;
 use crate::observe::access_log::{AccessLog, LogEntry};
 use crate::observe::request_id;
 use crate::snapshot::{ListenerSettings, Snapshot};
-use crate::upstream::{PoolReturn, UpstreamError, UpstreamPool};
+use crate::upstream::PoolReturn;
 use arc_swap::ArcSwap;
 use error::ProxyError;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, REFERER, USER_AGENT};
-use http::uri::{Authority, PathAndQuery, Scheme};
-use http::{HeaderValue, Method, Request, Response, Uri, Version};
-use routing::{Action, Route};
+use http::{HeaderValue, Method, Request, Response, Version};
+use routing::Action;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -57,6 +57,9 @@ struct Trace {
     upstream: Option<Arc<str>>,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
+    /// The connection became a tunnel (WebSocket): the tunnel task, not the
+    /// response body, ends the request.
+    tunnel: bool,
 }
 
 /// Serves one request from any front door. Never fails: errors become the
@@ -109,6 +112,7 @@ pub async fn handle(
         pooled: trace.pooled,
         bytes_in: trace.bytes_in,
         log: log.map(|l| (Box::new(l), snap.access_log.clone())),
+        tunnel: trace.tunnel,
         start,
     }));
     Ok(resp)
@@ -227,7 +231,7 @@ async fn serve(
             Ok(r)
         }
         Action::Forward(pool) => {
-            forward(
+            forward::forward(
                 req,
                 snap,
                 route,
@@ -243,135 +247,6 @@ async fn serve(
     }
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn forward(
-    req: Request<RequestBody>,
-    snap: &Snapshot,
-    route: &Route,
-    pool: &UpstreamPool,
-    conn: &ConnInfo,
-    request_id: &HeaderValue,
-    host_value: Option<HeaderValue>,
-    trace: &mut Trace,
-    count_bytes: bool,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    let (mut parts, body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
-    headers::strip_request_only(&mut parts.headers);
-    headers::set_forwarded(
-        &mut parts.headers,
-        conn.peer.ip(),
-        conn.https,
-        host_value.as_ref(),
-    );
-    parts
-        .headers
-        .insert(snap.request_id_header.clone(), request_id.clone());
-    if let Some(h) = &host_value {
-        if parts.headers.get(HOST) != Some(h) {
-            parts.headers.insert(HOST, h.clone());
-        }
-    }
-    parts.uri = upstream_uri(&parts.uri, route, pool, host_value.as_ref())?;
-    parts.version = match pool.definition.protocol {
-        crate::config::UpstreamProtocol::Http1 => Version::HTTP_11,
-        crate::config::UpstreamProtocol::Http2 => Version::HTTP_2,
-    };
-
-    let body = if count_bytes && !http_body::Body::is_end_stream(&body) {
-        let counter = Arc::new(AtomicU64::new(0));
-        trace.bytes_in = Some(counter.clone());
-        let mut body = body;
-        body.count_into(counter);
-        body
-    } else {
-        body
-    };
-    let mut req = Request::from_parts(parts, body);
-
-    let deadline = tokio::time::Instant::now() + route.timeout;
-    let mut tried: u32 = 0;
-    loop {
-        let server = pool.pick();
-        trace.upstream = Some(server.label.clone());
-        let sent = tokio::time::timeout_at(deadline, pool.send(server, req)).await;
-        let failure = match sent {
-            Err(_) => return Err(ProxyError::GatewayTimeout),
-            Ok(Ok(ex)) => {
-                trace.pooled = ex.pooled;
-                let (mut rp, body) = ex.response.into_parts();
-                headers::strip_hop_by_hop(&mut rp.headers);
-                rp.version = Version::HTTP_11;
-                return Ok(Response::from_parts(rp, ProxyBody::upstream(body)));
-            }
-            Ok(Err(f)) => f,
-        };
-        tracing::warn!(upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
-        match (failure.error, failure.unsent) {
-            (UpstreamError::ClientBody(_), _) => {
-                return Err(ProxyError::BadRequest("malformed request body"))
-            }
-            // Nothing reached the server (connect failed): another server
-            // may take it, whatever the method.
-            (UpstreamError::Connect(_) | UpstreamError::ConnectTimeout, Some(r))
-                if tried < route.retries && pool.servers.len() > 1 =>
-            {
-                tried += 1;
-                req = r;
-            }
-            _ => return Err(ProxyError::BadGateway),
-        }
-    }
-}
-
-/// The request target to send upstream: origin-form for HTTP/1.1 (the
-/// client's own URI when nothing changes), absolute for HTTP/2 (which needs
-/// :scheme and :authority).
-fn upstream_uri(
-    uri: &Uri,
-    route: &Route,
-    pool: &UpstreamPool,
-    host: Option<&HeaderValue>,
-) -> Result<Uri, ProxyError> {
-    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
-    let rewritten;
-    let pq = if route.strip_prefix {
-        let rest = &pq[route.path_prefix.len().min(pq.len())..];
-        rewritten = if rest.starts_with('/') {
-            rest.to_string()
-        } else {
-            let mut s = String::with_capacity(rest.len() + 1);
-            s.push('/');
-            s.push_str(rest);
-            s
-        };
-        rewritten.as_str()
-    } else {
-        pq
-    };
-    let bad = |_| ProxyError::BadRequest("bad request target");
-    match pool.definition.protocol {
-        crate::config::UpstreamProtocol::Http1 => {
-            if !route.strip_prefix && uri.scheme().is_none() && uri.authority().is_none() {
-                return Ok(uri.clone());
-            }
-            Ok(Uri::from(PathAndQuery::try_from(pq).map_err(bad)?))
-        }
-        crate::config::UpstreamProtocol::Http2 => {
-            let authority = match host.and_then(|h| h.to_str().ok()) {
-                Some(h) => Authority::try_from(h).map_err(bad)?,
-                None => Authority::from_static("localhost"),
-            };
-            Uri::builder()
-                .scheme(Scheme::HTTP)
-                .authority(authority)
-                .path_and_query(pq)
-                .build()
-                .map_err(|_| ProxyError::BadRequest("bad request target"))
-        }
-    }
-}
-
 /// The finish phase, run when the response body ends or is dropped.
 struct Done {
     conn: Arc<ConnInfo>,
@@ -379,6 +254,7 @@ struct Done {
     bytes_in: Option<Arc<AtomicU64>>,
     log: Option<(Box<LogEntry>, Arc<AccessLog>)>,
     start: Instant,
+    tunnel: bool,
 }
 
 impl Completion for Done {
@@ -389,13 +265,16 @@ impl Completion for Done {
             bytes_in,
             log,
             start,
+            tunnel,
         } = *self;
         if let Some(p) = pooled {
             if ended {
                 p.release();
             }
         }
-        conn.activity.request_finished();
+        if !tunnel {
+            conn.activity.request_finished();
+        }
         if let Some((mut l, sink)) = log {
             l.bytes_out = bytes_out;
             l.bytes_in = bytes_in.map_or(0, |c| c.load(Ordering::Relaxed));

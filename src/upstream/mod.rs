@@ -13,15 +13,28 @@
 //! - a request that a reused connection could not even start sending (the
 //!   server closed it while idle: the keepalive race) is sent again on
 //!   another connection, whatever its method, since nothing reached the
-//!   server.
+//!   server;
+//! - servers out of rotation (failed active checks, or passively ejected
+//!   after a refused connect or a reset) get no traffic; see [`health`];
+//! - HTTPS upstreams verify the server with the configured CA (or the
+//!   public web roots), send SNI, offer ALPN h2 or http/1.1 by protocol,
+//!   and present a client certificate when configured.
 //!
 //! Built on hyper's `client::conn` directly: checkout is a mutex-guarded
 //! `Vec::pop` (never held across an await), with no per-request task or
 //! channel of a general-purpose client.
 
 mod balancer;
+mod connect;
+pub mod health;
+mod retry;
 
 pub use balancer::Balancer;
+pub use connect::UpstreamTlsSettings;
+pub use health::ServerHealth;
+pub use retry::RetryBudget;
+
+use connect::UpstreamIo;
 
 use crate::body::RequestBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
@@ -91,6 +104,7 @@ struct PoolSettings {
     connect_timeout: Duration,
     idle_timeout: Duration,
     max_idle: usize,
+    passive_eject: Duration,
 }
 
 /// One `[upstream.NAME]`: its servers, balancer and connection settings.
@@ -100,8 +114,22 @@ pub struct UpstreamPool {
     /// connections, when the new definition is equal.
     pub definition: UpstreamConfig,
     pub servers: Box<[Arc<UpstreamServer>]>,
+    /// Present: HTTPS to every server.
+    pub tls: Option<UpstreamTlsSettings>,
+    /// Whether active checks run (so /ready waits for a healthy server).
+    pub has_health_checks: bool,
+    pub retry_budget: RetryBudget,
     balancer: Balancer,
     settings: PoolSettings,
+}
+
+/// No server can take a request.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum NoServer {
+    /// Every server failed its active checks.
+    Unhealthy,
+    /// Every usable server was already tried for this request.
+    AllTried,
 }
 
 /// Where to connect: an address, or a name resolved at connect time.
@@ -121,7 +149,10 @@ pub struct UpstreamServer {
     /// The address as written in the config: the `server` label and the
     /// access log's upstream field.
     pub label: Arc<str>,
+    /// Host part of the address: the TLS server name unless one is configured.
+    host: String,
     target: Target,
+    pub health: Arc<ServerHealth>,
     idle: Mutex<Vec<IdleConn>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
     /// Held while an HTTP/2 connection is being made, so that concurrent
@@ -159,6 +190,30 @@ impl From<UpstreamError> for SendFailure {
     }
 }
 
+/// A connection made for one purpose outside the pool.
+pub(crate) enum FreshSender {
+    H1(http1::SendRequest<RequestBody>),
+    H2(http2::SendRequest<RequestBody>),
+}
+
+impl FreshSender {
+    pub(crate) async fn send(
+        &mut self,
+        req: Request<RequestBody>,
+    ) -> Result<Response<Incoming>, hyper::Error> {
+        match self {
+            FreshSender::H1(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+            FreshSender::H2(s) => {
+                s.ready().await?;
+                s.send_request(req).await
+            }
+        }
+    }
+}
+
 /// What a successful send gives back.
 pub struct Exchange {
     pub response: Response<Incoming>,
@@ -167,25 +222,43 @@ pub struct Exchange {
 }
 
 impl UpstreamPool {
-    /// Builds a pool and starts its idle reaper. Must run inside the runtime.
-    pub fn new(name: &str, def: &UpstreamConfig) -> Arc<UpstreamPool> {
+    /// Builds a pool and starts its idle reaper and health checker. Health
+    /// state is carried over from `previous` (the pool of the same name in
+    /// the config being replaced). Must run inside the runtime.
+    pub fn new(
+        name: &str,
+        def: &UpstreamConfig,
+        tls: Option<UpstreamTlsSettings>,
+        previous: Option<&UpstreamPool>,
+    ) -> Arc<UpstreamPool> {
         let settings = PoolSettings {
             protocol: def.protocol,
             connect_timeout: def.connect_timeout.0,
             idle_timeout: def.idle_timeout.0,
             max_idle: def.max_idle_per_server,
+            passive_eject: def.passive_eject.0,
         };
         let servers: Vec<Arc<UpstreamServer>> = def
             .servers
             .get_ref()
             .iter()
             .map(|s| {
+                let host = match s.addr.parse::<SocketAddr>() {
+                    Ok(a) => a.ip().to_string(),
+                    Err(_) => s
+                        .addr
+                        .rsplit_once(':')
+                        .map(|(h, _)| h.to_string())
+                        .unwrap_or_default(),
+                };
                 Arc::new(UpstreamServer {
                     label: Arc::from(s.addr.as_str()),
+                    host,
                     target: match s.addr.parse::<SocketAddr>() {
                         Ok(a) => Target::Addr(a),
                         Err(_) => Target::Name(s.addr.clone()),
                     },
+                    health: health::inherit(previous, &s.addr),
                     idle: Mutex::new(Vec::new()),
                     h2: Mutex::new(None),
                     h2_connecting: tokio::sync::Mutex::new(()),
@@ -198,17 +271,61 @@ impl UpstreamPool {
             name: Arc::from(name),
             definition: def.clone(),
             servers: servers.into_boxed_slice(),
+            tls,
+            has_health_checks: def.health.is_some(),
+            retry_budget: RetryBudget::default(),
             balancer: Balancer::new(&weights),
             settings,
         });
         spawn_reaper(Arc::downgrade(&pool), pool.settings.idle_timeout);
+        if let Some(h) = &def.health {
+            health::spawn_checker(Arc::downgrade(&pool), h.clone());
+        }
         pool
     }
 
-    /// The next server in round-robin order.
-    pub fn pick(&self) -> &Arc<UpstreamServer> {
-        let (i, _) = self.balancer.pick(|_| true);
-        &self.servers[i]
+    /// Whether `previous` can serve in place of a pool built from `def`
+    /// with `tls`: same definition, same certificate files.
+    pub fn reusable_for(&self, def: &UpstreamConfig, tls: Option<&UpstreamTlsSettings>) -> bool {
+        &self.definition == def
+            && self.tls.as_ref().map(|t| t.fingerprint) == tls.map(|t| t.fingerprint)
+    }
+
+    /// Whether some server passes its active checks (always, without checks).
+    pub fn any_healthy(&self) -> bool {
+        self.servers.iter().any(|s| s.health.is_healthy())
+    }
+
+    /// The next server in round-robin order among those in rotation and not
+    /// in `tried` (indexes). Panic mode: when every healthy server is
+    /// passively ejected, ejection is ignored.
+    pub fn pick(&self, tried: &[usize]) -> Result<usize, NoServer> {
+        let s = &self.servers;
+        let (i, found) = self
+            .balancer
+            .pick(|i| !tried.contains(&i) && s[i].health.is_healthy() && !s[i].health.is_ejected());
+        if found {
+            return Ok(i);
+        }
+        let (i, found) = self
+            .balancer
+            .pick(|i| !tried.contains(&i) && s[i].health.is_healthy());
+        if found {
+            return Ok(i);
+        }
+        if self.any_healthy() {
+            Err(NoServer::AllTried)
+        } else {
+            Err(NoServer::Unhealthy)
+        }
+    }
+
+    /// Records a failed exchange with `server`: refused connects and resets
+    /// take it out of rotation for passive_eject.
+    pub fn record_failure(&self, server: &UpstreamServer, e: &UpstreamError) {
+        if matches!(e, UpstreamError::Connect(_) | UpstreamError::Reset(_)) {
+            server.health.eject_for(self.settings.passive_eject);
+        }
     }
 
     /// Sends `req` to `server`, on a pooled connection when one is idle.
@@ -334,20 +451,61 @@ impl UpstreamPool {
         Ok(sender)
     }
 
-    async fn connect(&self, server: &UpstreamServer) -> Result<TokioIo<TcpStream>, UpstreamError> {
+    async fn connect(&self, server: &UpstreamServer) -> Result<TokioIo<UpstreamIo>, UpstreamError> {
         let connect = async {
-            match &server.target {
+            let tcp = match &server.target {
                 Target::Addr(a) => TcpStream::connect(*a).await,
                 Target::Name(n) => TcpStream::connect(n.as_str()).await,
+            }?;
+            let _ = tcp.set_nodelay(true);
+            UpstreamIo::establish(tcp, self.tls.as_ref(), &server.host).await
+        };
+        match tokio::time::timeout(self.settings.connect_timeout, connect).await {
+            Ok(Ok(io)) => Ok(TokioIo::new(io)),
+            Ok(Err(e)) => Err(UpstreamError::Connect(e)),
+            Err(_) => Err(UpstreamError::ConnectTimeout),
+        }
+    }
+
+    /// A new connection outside the pool (health checks).
+    pub(crate) async fn connect_fresh(
+        &self,
+        server: &UpstreamServer,
+    ) -> Result<FreshSender, UpstreamError> {
+        let io = self.connect(server).await?;
+        match self.settings.protocol {
+            UpstreamProtocol::Http1 => {
+                let (sender, conn) = http1::handshake(io).await.map_err(UpstreamError::Reset)?;
+                tokio::spawn(conn);
+                Ok(FreshSender::H1(sender))
             }
-        };
-        let stream = match tokio::time::timeout(self.settings.connect_timeout, connect).await {
-            Ok(Ok(s)) => s,
-            Ok(Err(e)) => return Err(UpstreamError::Connect(e)),
-            Err(_) => return Err(UpstreamError::ConnectTimeout),
-        };
-        let _ = stream.set_nodelay(true);
-        Ok(TokioIo::new(stream))
+            UpstreamProtocol::Http2 => {
+                let (sender, conn) = http2::Builder::new(TokioExecutor::new())
+                    .timer(TokioTimer::new())
+                    .handshake(io)
+                    .await
+                    .map_err(UpstreamError::Reset)?;
+                tokio::spawn(conn);
+                Ok(FreshSender::H2(sender))
+            }
+        }
+    }
+
+    /// The request target of a probe: origin-form for HTTP/1.1, absolute
+    /// for HTTP/2.
+    pub(crate) fn probe_uri(&self, server: &UpstreamServer, path: &str) -> Option<http::Uri> {
+        match self.settings.protocol {
+            UpstreamProtocol::Http1 => path.parse().ok(),
+            UpstreamProtocol::Http2 => {
+                let scheme = if self.tls.is_some() { "https" } else { "http" };
+                format!("{scheme}://{}{path}", server.label).parse().ok()
+            }
+        }
+    }
+
+    /// Whether requests to this pool go over TLS (for :scheme on HTTP/2).
+    pub fn is_https(&self) -> bool {
+        self.tls.is_some()
     }
 
     /// Closes connections idle longer than idle_timeout.

@@ -1,0 +1,386 @@
+//! The forward phase: rewrite the head, choose a server, send, retry.
+//!
+//! Guarantees:
+//! - hop-by-hop headers are removed both ways; x-forwarded-* and the request
+//!   id are set; Host is the client's host (the absolute-form or
+//!   :authority one when given);
+//! - the whole exchange, retries included, is bounded by the route's
+//!   timeout until a response head: then 504;
+//! - a request is retried (at most `route.retries` more times, always on a
+//!   server not tried yet, within the pool's retry budget) when nothing of
+//!   it reached a server (connect failure: any method), or when it is
+//!   retry-safe (GET, HEAD, OPTIONS, PUT, DELETE, or any method with an
+//!   Idempotency-Key) and the connection broke before a response head or the
+//!   server answered 502/503; a retry-safe body is replayed only if it is
+//!   known in full (Content-Length at most 64 KiB, read before sending);
+//! - no server in rotation (every one failed its active checks): 503;
+//! - an HTTP/1.1 Upgrade (WebSocket) that the server accepts with 101
+//!   becomes a byte tunnel between client and server, closed after the
+//!   listener's idle_timeout without traffic either way.
+
+use super::error::ProxyError;
+use super::{headers, ConnInfo, Trace};
+use crate::body::{ProxyBody, RequestBody};
+use crate::config::UpstreamProtocol;
+use crate::proxy::routing::Route;
+use crate::snapshot::Snapshot;
+use crate::upstream::{NoServer, UpstreamError, UpstreamPool};
+use bytes::Bytes;
+use http::header::{CONNECTION, HOST, UPGRADE};
+use http::uri::{Authority, PathAndQuery, Scheme};
+use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
+use http_body_util::BodyExt;
+use hyper_util::rt::TokioIo;
+use std::sync::atomic::AtomicU64;
+use std::sync::Arc;
+use std::time::Duration;
+
+/// Bodies up to this size are kept so a retry-safe request can be replayed.
+const REPLAY_LIMIT: u64 = 64 * 1024;
+
+static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
+
+/// What is needed to send a request again.
+struct Replay {
+    method: Method,
+    uri: Uri,
+    version: Version,
+    headers: HeaderMap,
+    body: Bytes,
+}
+
+impl Replay {
+    fn request(&self) -> Request<RequestBody> {
+        let mut r = Request::new(RequestBody::full(self.body.clone()));
+        *r.method_mut() = self.method.clone();
+        *r.uri_mut() = self.uri.clone();
+        *r.version_mut() = self.version;
+        *r.headers_mut() = self.headers.clone();
+        r
+    }
+}
+
+fn retry_safe(method: &Method, headers: &HeaderMap) -> bool {
+    matches!(
+        *method,
+        Method::GET | Method::HEAD | Method::OPTIONS | Method::PUT | Method::DELETE
+    ) || headers.contains_key(&IDEMPOTENCY_KEY)
+}
+
+/// Servers tried for one request, without allocating for the usual few.
+struct Tried {
+    idx: [usize; 8],
+    len: usize,
+}
+
+impl Tried {
+    fn as_slice(&self) -> &[usize] {
+        &self.idx[..self.len]
+    }
+    fn push(&mut self, i: usize) {
+        if self.len < self.idx.len() {
+            self.idx[self.len] = i;
+            self.len += 1;
+        }
+    }
+}
+
+fn is_upgrade(req: &Request<RequestBody>) -> bool {
+    req.version() == Version::HTTP_11
+        && req.headers().contains_key(UPGRADE)
+        && req.headers().get_all(CONNECTION).iter().any(|v| {
+            v.to_str().is_ok_and(|s| {
+                s.split(',')
+                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+            })
+        })
+}
+
+#[allow(clippy::too_many_arguments)]
+pub(super) async fn forward(
+    mut req: Request<RequestBody>,
+    snap: &Snapshot,
+    route: &Route,
+    pool: &UpstreamPool,
+    conn: &ConnInfo,
+    request_id: &HeaderValue,
+    host_value: Option<HeaderValue>,
+    trace: &mut Trace,
+    count_bytes: bool,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let deadline = tokio::time::Instant::now() + route.timeout;
+    let upgrade = if is_upgrade(&req) && pool.definition.protocol == UpstreamProtocol::Http1 {
+        let proto = req.headers().get(UPGRADE).cloned();
+        Some((hyper::upgrade::on(&mut req), proto))
+    } else {
+        None
+    };
+
+    let (mut parts, mut body) = req.into_parts();
+    headers::strip_hop_by_hop(&mut parts.headers);
+    headers::strip_request_only(&mut parts.headers);
+    headers::set_forwarded(
+        &mut parts.headers,
+        conn.peer.ip(),
+        conn.https,
+        host_value.as_ref(),
+    );
+    parts
+        .headers
+        .insert(snap.request_id_header.clone(), request_id.clone());
+    if let Some(h) = &host_value {
+        if parts.headers.get(HOST) != Some(h) {
+            parts.headers.insert(HOST, h.clone());
+        }
+    }
+    if let Some((_, Some(proto))) = &upgrade {
+        parts
+            .headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        parts.headers.insert(UPGRADE, proto.clone());
+    }
+    parts.uri = upstream_uri(
+        std::mem::take(&mut parts.uri),
+        route,
+        pool,
+        host_value.as_ref(),
+    )?;
+    parts.version = match pool.definition.protocol {
+        UpstreamProtocol::Http1 => Version::HTTP_11,
+        UpstreamProtocol::Http2 => Version::HTTP_2,
+    };
+
+    // Keep what a replay needs, for retry-safe requests whose body is small
+    // and known in full (read now, within the route's deadline).
+    let mut replay = None;
+    if route.retries > 0 && upgrade.is_none() && retry_safe(&parts.method, &parts.headers) {
+        let small = http_body::Body::size_hint(&body)
+            .exact()
+            .is_some_and(|n| n <= REPLAY_LIMIT);
+        if http_body::Body::is_end_stream(&body) || small {
+            let bytes = if http_body::Body::is_end_stream(&body) {
+                Bytes::new()
+            } else {
+                match tokio::time::timeout_at(deadline, body.collect()).await {
+                    Ok(Ok(c)) => c.to_bytes(),
+                    Ok(Err(_)) => return Err(ProxyError::BadRequest("malformed request body")),
+                    Err(_) => return Err(ProxyError::GatewayTimeout),
+                }
+            };
+            body = RequestBody::full(bytes.clone());
+            replay = Some(Replay {
+                method: parts.method.clone(),
+                uri: parts.uri.clone(),
+                version: parts.version,
+                headers: parts.headers.clone(),
+                body: bytes,
+            });
+        }
+    }
+    if count_bytes && !http_body::Body::is_end_stream(&body) {
+        let counter = Arc::new(AtomicU64::new(0));
+        trace.bytes_in = Some(counter.clone());
+        body.count_into(counter);
+    }
+    let mut req = Some(Request::from_parts(parts, body));
+
+    pool.retry_budget.request();
+    let mut tried = Tried {
+        idx: [0; 8],
+        len: 0,
+    };
+    let mut last_error = ProxyError::BadGateway;
+    loop {
+        let Some(request) = req.take() else {
+            return Err(last_error);
+        };
+        let idx = match pool.pick(tried.as_slice()) {
+            Ok(i) => i,
+            Err(NoServer::Unhealthy) => return Err(ProxyError::ServiceUnavailable),
+            Err(NoServer::AllTried) => return Err(last_error),
+        };
+        tried.push(idx);
+        let server = &pool.servers[idx];
+        trace.upstream = Some(server.label.clone());
+        let attempts_left = (tried.len as u32) <= route.retries;
+
+        let failure = match tokio::time::timeout_at(deadline, pool.send(server, request)).await {
+            Err(_) => return Err(ProxyError::GatewayTimeout),
+            Ok(Ok(ex)) => {
+                let status = ex.response.status();
+                if matches!(
+                    status,
+                    StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
+                ) && attempts_left
+                {
+                    if let Some(r) = &replay {
+                        if pool.retry_budget.try_retry() {
+                            tracing::info!(upstream = %pool.name, server = %server.label, %status, "retrying on another server");
+                            req = Some(r.request());
+                            continue;
+                        }
+                    }
+                }
+                trace.pooled = ex.pooled;
+                let mut response = ex.response;
+                if let (StatusCode::SWITCHING_PROTOCOLS, Some((client_upgrade, _))) =
+                    (status, upgrade)
+                {
+                    // The upstream connection now belongs to the tunnel.
+                    trace.pooled = None;
+                    trace.tunnel = true;
+                    let upstream_upgrade = hyper::upgrade::on(&mut response);
+                    spawn_tunnel(
+                        client_upgrade,
+                        upstream_upgrade,
+                        conn,
+                        conn.listener.idle_timeout,
+                    );
+                    let (mut rp, _) = response.into_parts();
+                    let upgrade_value = rp.headers.get(UPGRADE).cloned();
+                    headers::strip_hop_by_hop(&mut rp.headers);
+                    rp.headers
+                        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+                    if let Some(v) = upgrade_value {
+                        rp.headers.insert(UPGRADE, v);
+                    }
+                    return Ok(Response::from_parts(rp, ProxyBody::empty()));
+                }
+                let (mut rp, body) = response.into_parts();
+                headers::strip_hop_by_hop(&mut rp.headers);
+                rp.version = Version::HTTP_11;
+                return Ok(Response::from_parts(rp, ProxyBody::upstream(body)));
+            }
+            Ok(Err(f)) => f,
+        };
+        pool.record_failure(server, &failure.error);
+        tracing::warn!(upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
+        if let UpstreamError::ClientBody(_) = failure.error {
+            return Err(ProxyError::BadRequest("malformed request body"));
+        }
+        last_error = ProxyError::BadGateway;
+        if !attempts_left || !pool.retry_budget.try_retry() {
+            return Err(last_error);
+        }
+        // Nothing reached the server: any method may go elsewhere. Otherwise
+        // only a retry-safe request whose body we still have.
+        req = failure
+            .unsent
+            .or_else(|| replay.as_ref().map(Replay::request));
+    }
+}
+
+/// Joins the client's and the server's upgraded connections.
+fn spawn_tunnel(
+    client: hyper::upgrade::OnUpgrade,
+    upstream: hyper::upgrade::OnUpgrade,
+    conn: &ConnInfo,
+    idle: Duration,
+) {
+    let activity = conn.activity.clone();
+    tokio::spawn(async move {
+        match tokio::try_join!(client, upstream) {
+            Ok((c, u)) => {
+                let mut c = TokioIo::new(c);
+                let mut u = TokioIo::new(u);
+                if let Err(e) = copy_with_idle_timeout(&mut c, &mut u, idle).await {
+                    tracing::debug!(error = %e, "tunnel ended");
+                }
+            }
+            Err(e) => tracing::debug!(error = %e, "upgrade failed"),
+        }
+        activity.request_finished();
+    });
+}
+
+/// Copies both ways until either side closes or nothing moves for `idle`.
+async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<()>
+where
+    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
+{
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    let (mut ar, mut aw) = tokio::io::split(a);
+    let (mut br, mut bw) = tokio::io::split(b);
+    let mut abuf = vec![0u8; 16 * 1024];
+    let mut bbuf = vec![0u8; 16 * 1024];
+    let (mut a_open, mut b_open) = (true, true);
+    while a_open || b_open {
+        let step = tokio::time::timeout(idle, async {
+            tokio::select! {
+                r = ar.read(&mut abuf), if a_open => r.map(|n| (true, n)),
+                r = br.read(&mut bbuf), if b_open => r.map(|n| (false, n)),
+            }
+        })
+        .await;
+        match step {
+            Err(_) => return Ok(()),
+            Ok(Err(e)) => return Err(e),
+            Ok(Ok((true, 0))) => {
+                a_open = false;
+                bw.shutdown().await?;
+            }
+            Ok(Ok((false, 0))) => {
+                b_open = false;
+                aw.shutdown().await?;
+            }
+            Ok(Ok((true, n))) => bw.write_all(&abuf[..n]).await?,
+            Ok(Ok((false, n))) => aw.write_all(&bbuf[..n]).await?,
+        }
+    }
+    Ok(())
+}
+
+/// The request target to send upstream: origin-form for HTTP/1.1 (the
+/// client's own URI when nothing changes), absolute for HTTP/2 (which needs
+/// :scheme and :authority).
+fn upstream_uri(
+    uri: Uri,
+    route: &Route,
+    pool: &UpstreamPool,
+    host: Option<&HeaderValue>,
+) -> Result<Uri, ProxyError> {
+    if pool.definition.protocol == UpstreamProtocol::Http1
+        && !route.strip_prefix
+        && uri.scheme().is_none()
+        && uri.authority().is_none()
+    {
+        return Ok(uri);
+    }
+    let pq = uri.path_and_query().map(|p| p.as_str()).unwrap_or("/");
+    let rewritten;
+    let pq = if route.strip_prefix {
+        let rest = &pq[route.path_prefix.len().min(pq.len())..];
+        rewritten = if rest.starts_with('/') {
+            rest.to_string()
+        } else {
+            let mut s = String::with_capacity(rest.len() + 1);
+            s.push('/');
+            s.push_str(rest);
+            s
+        };
+        rewritten.as_str()
+    } else {
+        pq
+    };
+    let bad = |_| ProxyError::BadRequest("bad request target");
+    match pool.definition.protocol {
+        UpstreamProtocol::Http1 => Ok(Uri::from(PathAndQuery::try_from(pq).map_err(bad)?)),
+        UpstreamProtocol::Http2 => {
+            let authority = match host.and_then(|h| h.to_str().ok()) {
+                Some(h) => Authority::try_from(h).map_err(bad)?,
+                None => Authority::from_static("localhost"),
+            };
+            Uri::builder()
+                .scheme(if pool.is_https() {
+                    Scheme::HTTPS
+                } else {
+                    Scheme::HTTP
+                })
+                .authority(authority)
+                .path_and_query(pq)
+                .build()
+                .map_err(|_| ProxyError::BadRequest("bad request target"))
+        }
+    }
+}
