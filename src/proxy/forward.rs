@@ -259,7 +259,7 @@ pub(super) async fn forward(
             return Err(ProxyError::BadRequest("malformed request body"));
         }
         last_error = ProxyError::BadGateway;
-        if !attempts_left || !pool.retry_budget.try_retry() {
+        if !attempts_left {
             return Err(last_error);
         }
         // Nothing reached the server: any method may go elsewhere. Otherwise
@@ -267,6 +267,10 @@ pub(super) async fn forward(
         req = failure
             .unsent
             .or_else(|| replay.as_ref().map(Replay::request));
+        if req.is_some() && !pool.retry_budget.try_retry() {
+            tracing::warn!(upstream = %pool.name, "retry budget exhausted: not retrying");
+            return Err(last_error);
+        }
     }
 }
 

@@ -54,6 +54,9 @@ pub struct Backend {
     pub requests: Arc<AtomicUsize>,
     pub open: Arc<AtomicUsize>,
     pub seen: Arc<Mutex<Vec<Seen>>>,
+    /// Status that `/health` answers (200 by default).
+    pub health: Arc<std::sync::atomic::AtomicU16>,
+    killed: tokio::sync::watch::Sender<bool>,
     task: tokio::task::JoinHandle<()>,
 }
 
@@ -72,18 +75,38 @@ impl Backend {
         Self::serve(name, listener)
     }
 
+    /// A backend that speaks TLS (HTTP/1.1 and h2 by ALPN) with `tls`.
+    pub async fn start_tls(name: &str, tls: Arc<rustls::ServerConfig>) -> Backend {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
+            .await
+            .expect("bind backend");
+        Self::serve_with(name, listener, Some(tls))
+    }
+
     fn serve(name: &str, listener: tokio::net::TcpListener) -> Backend {
+        Self::serve_with(name, listener, None)
+    }
+
+    fn serve_with(
+        name: &str,
+        listener: tokio::net::TcpListener,
+        tls: Option<Arc<rustls::ServerConfig>>,
+    ) -> Backend {
         let addr = listener.local_addr().expect("addr");
         let accepts = Arc::new(AtomicUsize::new(0));
         let requests = Arc::new(AtomicUsize::new(0));
         let open = Arc::new(AtomicUsize::new(0));
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let (a, r, o, s, n) = (
+        let health = Arc::new(std::sync::atomic::AtomicU16::new(200));
+        let (killed, _) = tokio::sync::watch::channel(false);
+        let (a, r, o, s, n, h, k) = (
             accepts.clone(),
             requests.clone(),
             open.clone(),
             seen.clone(),
             name.to_string(),
+            health.clone(),
+            killed.clone(),
         );
         let task = tokio::spawn(async move {
             loop {
@@ -92,13 +115,43 @@ impl Backend {
                 };
                 a.fetch_add(1, Ordering::SeqCst);
                 o.fetch_add(1, Ordering::SeqCst);
-                let (r, o, s, n) = (r.clone(), o.clone(), s.clone(), n.clone());
+                let (r, o, s, n, h, tls) = (
+                    r.clone(),
+                    o.clone(),
+                    s.clone(),
+                    n.clone(),
+                    h.clone(),
+                    tls.clone(),
+                );
+                let mut kill = k.subscribe();
                 tokio::spawn(async move {
-                    let svc =
-                        service_fn(move |req| backend_handle(req, n.clone(), r.clone(), s.clone()));
-                    let _ = hyper_util::server::conn::auto::Builder::new(TokioExecutor::new())
-                        .serve_connection_with_upgrades(TokioIo::new(stream), svc)
-                        .await;
+                    let svc = service_fn(move |req| {
+                        backend_handle(req, n.clone(), r.clone(), s.clone(), h.clone())
+                    });
+                    let builder =
+                        hyper_util::server::conn::auto::Builder::new(TokioExecutor::new());
+                    let serve = async {
+                        match tls {
+                            Some(cfg) => {
+                                if let Ok(t) =
+                                    tokio_rustls::TlsAcceptor::from(cfg).accept(stream).await
+                                {
+                                    let _ = builder
+                                        .serve_connection_with_upgrades(TokioIo::new(t), svc)
+                                        .await;
+                                }
+                            }
+                            None => {
+                                let _ = builder
+                                    .serve_connection_with_upgrades(TokioIo::new(stream), svc)
+                                    .await;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = serve => {}
+                        _ = kill.wait_for(|k| *k) => {}
+                    }
                     o.fetch_sub(1, Ordering::SeqCst);
                 });
             }
@@ -110,6 +163,8 @@ impl Backend {
             requests,
             open,
             seen,
+            health,
+            killed,
             task,
         }
     }
@@ -131,6 +186,22 @@ impl Backend {
     pub fn stop(&self) {
         self.task.abort();
     }
+
+    /// Dies: stops accepting and drops every open connection at once.
+    pub fn kill(&self) {
+        self.task.abort();
+        let _ = self.killed.send(true);
+    }
+
+    /// How many requests to `path` it saw.
+    pub fn count_path(&self, path: &str) -> usize {
+        self.seen
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|s| s.uri == path)
+            .count()
+    }
 }
 
 impl Drop for Backend {
@@ -148,7 +219,14 @@ async fn backend_handle(
     name: String,
     requests: Arc<AtomicUsize>,
     seen: Arc<Mutex<Vec<Seen>>>,
-) -> Result<Response<TestBody>, std::convert::Infallible> {
+    health: Arc<std::sync::atomic::AtomicU16>,
+) -> Result<Response<TestBody>, Box<dyn std::error::Error + Send + Sync>> {
+    if req.uri().path() == "/health" {
+        let mut r = Response::new(full("health"));
+        *r.status_mut() =
+            StatusCode::from_u16(health.load(Ordering::SeqCst)).unwrap_or(StatusCode::OK);
+        return Ok(r);
+    }
     requests.fetch_add(1, Ordering::SeqCst);
     seen.lock().unwrap().push(Seen {
         method: req.method().to_string(),
@@ -157,6 +235,11 @@ async fn backend_handle(
         headers: req.headers().clone(),
     });
     let path = req.uri().path().to_string();
+    if path == "/reset" || path.strip_prefix("/reset-on/") == Some(name.as_str()) {
+        // Read the request, then break the connection without an answer.
+        let _ = req.into_body().collect().await;
+        return Err("reset".into());
+    }
     let mut resp = if let Some(n) = path.strip_prefix("/download/") {
         let total: u64 = n.parse().unwrap_or(0);
         let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
@@ -548,6 +631,40 @@ impl Pki {
         .with_no_client_auth();
         cfg.alpn_protocols = alpn.iter().map(|a| a.to_vec()).collect();
         cfg
+    }
+
+    /// A server config with this PKI's server certificate (ALPN h2 and
+    /// http/1.1), requiring a client certificate from this CA when asked.
+    pub fn server_config(&self, require_client_cert: bool) -> Arc<rustls::ServerConfig> {
+        let provider = Arc::new(rustls::crypto::ring::default_provider());
+        let certs: Vec<_> =
+            rustls_pki_types::CertificateDer::pem_slice_iter(self.read("server.crt").as_bytes())
+                .map(|c| c.unwrap())
+                .collect();
+        let key =
+            rustls_pki_types::PrivateKeyDer::from_pem_slice(self.read("server.key").as_bytes())
+                .unwrap();
+        let builder = rustls::ServerConfig::builder_with_provider(provider.clone())
+            .with_safe_default_protocol_versions()
+            .unwrap();
+        let builder = if require_client_cert {
+            let mut roots = rustls::RootCertStore::empty();
+            for c in rustls_pki_types::CertificateDer::pem_slice_iter(self.ca_pem.as_bytes()) {
+                roots.add(c.unwrap()).unwrap();
+            }
+            let v = rustls::server::WebPkiClientVerifier::builder_with_provider(
+                Arc::new(roots),
+                provider,
+            )
+            .build()
+            .unwrap();
+            builder.with_client_cert_verifier(v)
+        } else {
+            builder.with_no_client_auth()
+        };
+        let mut cfg = builder.with_single_cert(certs, key).unwrap();
+        cfg.alpn_protocols = vec![b"h2".to_vec(), b"http/1.1".to_vec()];
+        Arc::new(cfg)
     }
 
     /// A reqwest client trusting this CA.
