@@ -121,7 +121,7 @@ pub(super) async fn forward(
     headers::strip_request_only(&mut parts.headers);
     headers::set_forwarded(
         &mut parts.headers,
-        conn.peer.ip(),
+        &conn.client_ip,
         conn.https,
         host_value.as_ref(),
     );

@@ -5,7 +5,6 @@ use http::header::{
     TRANSFER_ENCODING, UPGRADE,
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
-use std::net::IpAddr;
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
@@ -17,6 +16,10 @@ pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-h
 /// it names, Keep-Alive, Proxy-*, TE (except "trailers", which gRPC needs),
 /// Trailer, Transfer-Encoding and Upgrade.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    // Most messages carry none: one pass over the names decides.
+    if !h.keys().any(is_hop_by_hop) {
+        return;
+    }
     if h.contains_key(CONNECTION) {
         let listed: Vec<HeaderValue> = h.get_all(CONNECTION).iter().cloned().collect();
         h.remove(CONNECTION);
@@ -58,6 +61,16 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
     }
 }
 
+fn is_hop_by_hop(n: &HeaderName) -> bool {
+    n == CONNECTION
+        || n == TE
+        || n == TRANSFER_ENCODING
+        || n == TRAILER
+        || n == UPGRADE
+        || n == KEEP_ALIVE
+        || n.as_str().starts_with("proxy-")
+}
+
 /// Removes what a client sends that the proxy itself answers (Expect is
 /// answered by the proxy's own 100 Continue).
 pub fn strip_request_only(h: &mut HeaderMap) {
@@ -66,25 +79,31 @@ pub fn strip_request_only(h: &mut HeaderMap) {
 
 /// Sets x-forwarded-for (appended), x-forwarded-proto and x-forwarded-host
 /// (replacing any client copies).
-pub fn set_forwarded(h: &mut HeaderMap, client: IpAddr, https: bool, host: Option<&HeaderValue>) {
-    let mut ip_buf = String::with_capacity(48);
-    {
-        use std::fmt::Write;
-        let _ = write!(ip_buf, "{client}");
-    }
-    let xff = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
+/// `client` is the client's IP as a header value (made once per connection).
+pub fn set_forwarded(
+    h: &mut HeaderMap,
+    client: &HeaderValue,
+    https: bool,
+    host: Option<&HeaderValue>,
+) {
+    let appended = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
         Some(prev) if !prev.trim().is_empty() => {
-            let mut s = String::with_capacity(prev.len() + 2 + ip_buf.len());
+            let mut s = String::with_capacity(prev.len() + 2 + client.len());
             s.push_str(prev);
             s.push_str(", ");
-            s.push_str(&ip_buf);
-            s
+            s.push_str(client.to_str().unwrap_or(""));
+            HeaderValue::from_str(&s).ok()
         }
-        _ => ip_buf,
+        _ => None,
     };
-    h.remove(&X_FORWARDED_FOR);
-    if let Ok(v) = HeaderValue::from_str(&xff) {
-        h.insert(X_FORWARDED_FOR.clone(), v);
+    match appended {
+        Some(v) => {
+            h.remove(&X_FORWARDED_FOR);
+            h.insert(X_FORWARDED_FOR.clone(), v);
+        }
+        None => {
+            h.insert(X_FORWARDED_FOR.clone(), client.clone());
+        }
     }
     h.insert(
         X_FORWARDED_PROTO.clone(),
@@ -143,7 +162,7 @@ mod tests {
         h.insert("x-forwarded-proto", HeaderValue::from_static("gopher"));
         set_forwarded(
             &mut h,
-            "127.0.0.1".parse().unwrap(),
+            &HeaderValue::from_static("127.0.0.1"),
             true,
             Some(&HeaderValue::from_static("a.example")),
         );

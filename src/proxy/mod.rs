@@ -45,6 +45,8 @@ pub struct Shared {
 pub struct ConnInfo {
     pub listener: Arc<ListenerSettings>,
     pub peer: SocketAddr,
+    /// The peer's IP as a header value, for x-forwarded-for.
+    pub client_ip: HeaderValue,
     pub https: bool,
     pub shared: Arc<Shared>,
     pub activity: Arc<ConnActivity>,

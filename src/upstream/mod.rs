@@ -366,8 +366,9 @@ impl UpstreamPool {
                 },
             }
         }
-        let io = match self.connect(server).await {
-            Ok(io) => io,
+        // The rare path, boxed so the hot path's future stays small.
+        let mut sender = match Box::pin(self.connect_h1(server)).await {
+            Ok(s) => s,
             Err(error) => {
                 return Err(SendFailure {
                     error,
@@ -375,15 +376,6 @@ impl UpstreamPool {
                 })
             }
         };
-        let (mut sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::Reset)?;
-        tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
         let response = sender
             .send_request(req)
             .await
@@ -397,6 +389,23 @@ impl UpstreamPool {
         })
     }
 
+    async fn connect_h1(
+        &self,
+        server: &UpstreamServer,
+    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+        let io = self.connect(server).await?;
+        let (sender, conn) = http1::Builder::new()
+            .handshake(io)
+            .await
+            .map_err(UpstreamError::Reset)?;
+        tokio::spawn(async move {
+            if let Err(e) = conn.with_upgrades().await {
+                tracing::debug!(error = %e, "upstream connection ended");
+            }
+        });
+        Ok(sender)
+    }
+
     async fn send_h2(
         &self,
         server: &Arc<UpstreamServer>,
@@ -404,7 +413,7 @@ impl UpstreamPool {
     ) -> Result<Exchange, SendFailure> {
         let mut sender = match server.h2_sender() {
             Some(s) => s,
-            None => match self.connect_h2(server).await {
+            None => match Box::pin(self.connect_h2(server)).await {
                 Ok(s) => s,
                 Err(error @ (UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)) => {
                     return Err(SendFailure {
