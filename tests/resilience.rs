@@ -419,3 +419,81 @@ async fn websocket_echo_passes_through() {
         "{closed:?}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn panic_mode_tries_ejected_servers_when_all_are_ejected() {
+    let a = Backend::start("a").await;
+    let b = Backend::start("b").await;
+    let a_addr = a.addr;
+    let (addr, l) = listener_toml("web", "");
+    let _p = Portico::start(&config(
+        &l,
+        &upstream_toml("app", &[&a, &b], "passive_eject = \"60s\""),
+        "",
+    ));
+    let c = client();
+    assert_eq!(
+        c.get(format!("http://{addr}/"))
+            .send()
+            .await
+            .unwrap()
+            .status(),
+        200
+    );
+    // Both die: refused connects eject both for a minute.
+    a.kill();
+    b.kill();
+    drop((a, b));
+    for _ in 0..3 {
+        assert_eq!(
+            c.get(format!("http://{addr}/"))
+                .send()
+                .await
+                .unwrap()
+                .status(),
+            502
+        );
+    }
+    // One comes back at once. Every server is ejected, so all are tried
+    // (panic mode) instead of failing for the rest of the minute.
+    let a2 = Backend::start_on("a2", a_addr).await;
+    let r = c.get(format!("http://{addr}/")).send().await.unwrap();
+    assert_eq!(
+        r.status(),
+        200,
+        "panic mode should have tried the ejected servers"
+    );
+    assert_eq!(r.headers()["x-backend"], "a2");
+    assert!(a2.request_count() >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_state_survives_a_reload_that_rebuilds_the_pool() {
+    let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+    let (addr, l) = listener_toml("web", "");
+    let health = "health = { interval = \"100ms\", timeout = \"500ms\", healthy_threshold = 50, unhealthy_threshold = 1 }";
+    let text = |extra: &str| {
+        config(
+            &l,
+            &upstream_toml("app", &[&a, &b], &format!("{health}\n{extra}")),
+            "",
+        )
+    };
+    let p = Portico::start(&text(""));
+    a.health.store(500, Ordering::SeqCst);
+    tokio::time::sleep(Duration::from_millis(600)).await;
+    a.health.store(200, Ordering::SeqCst);
+    // a is out, and needs 50 good checks (5 s) to return. A reload that
+    // changes the pool's definition must not reset that to "healthy".
+    p.write_config(&text("connect_timeout = \"3s\""));
+    assert_eq!(p.reload().await.0, 200);
+    let c = client();
+    for _ in 0..10 {
+        let r = c.get(format!("http://{addr}/")).send().await.unwrap();
+        assert_eq!(
+            r.headers()["x-backend"],
+            "b",
+            "the reload forgot that a is unhealthy"
+        );
+    }
+}
