@@ -169,17 +169,15 @@ async fn health_checks_take_servers_out_and_back_and_503_when_all_fail() {
             v
         }
     };
-    let wait_until = |pred: Box<dyn Fn(&[(u16, Option<String>)]) -> bool + Send>| {
-        let backends_of = backends_of.clone();
-        async move {
-            for _ in 0..60 {
-                if pred(&backends_of(6).await) {
-                    return true;
-                }
-                tokio::time::sleep(Duration::from_millis(100)).await;
+    type Answers = [(u16, Option<String>)];
+    let wait_until = |pred: Box<dyn Fn(&Answers) -> bool + Send>| async move {
+        for _ in 0..60 {
+            if pred(&backends_of(6).await) {
+                return true;
             }
-            false
+            tokio::time::sleep(Duration::from_millis(100)).await;
         }
+        false
     };
     assert!(wait_until(Box::new(|v| v.iter().any(|x| x.1.as_deref() == Some("a")))).await);
 
