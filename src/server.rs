@@ -60,6 +60,9 @@ pub async fn run(lc: LoadedConfig) -> Result<(), ConfigError> {
     let tracker = Arc::new(ConnTracker::default());
     let (stop_tx, stop_rx) = watch::channel(false);
     let admin_state = Arc::new(AdminState::default());
+    let _ = admin_state.shared.set(shared.clone());
+    // Bound and about to serve: fetch every jwks_url now.
+    shared.snapshot.load().auth.start();
 
     let mut accept_tasks = Vec::new();
     for (l, settings) in bound {

@@ -1,7 +1,8 @@
 //! Config → Snapshot: the one place that builds runtime state.
 //!
 //! A [`Snapshot`] is immutable. Building one does every check and every bit
-//! of file I/O a run needs (TLS certs and keys), so a snapshot that exists is
+//! of file I/O a run needs (TLS certs and keys, JWT keys, JWKS files and
+//! secrets; never a jwks_url fetch), so a snapshot that exists is
 //! one that can serve. Requests load the current snapshot once, at their
 //! start, and keep that `Arc` to their end: a later swap never changes a
 //! request in flight.
@@ -40,6 +41,8 @@ pub struct Snapshot {
     pub pools: HashMap<String, Arc<UpstreamPool>>,
     pub request_id_header: HeaderName,
     pub trust_request_id: bool,
+    /// JWT policies and the revocation store.
+    pub auth: crate::auth::AuthSet,
 }
 
 impl Snapshot {
@@ -91,6 +94,8 @@ impl Snapshot {
             );
         }
 
+        let auth = crate::auth::AuthSet::build(&lc, previous.map(|p| &p.auth))?;
+
         let mut routes = Vec::new();
         for r in &c.routes {
             let action = match (&r.upstream, &r.respond) {
@@ -132,6 +137,13 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 timeout: r.timeout.0,
                 retries: r.retries,
+                auth: match r.auth.get_ref().as_str() {
+                    "" => None,
+                    name => Some(
+                        auth.policy(name)
+                            .ok_or_else(|| lc.error_at(&r.auth, "unknown auth policy"))?,
+                    ),
+                },
             });
         }
 
@@ -150,6 +162,7 @@ impl Snapshot {
             pools,
             request_id_header,
             trust_request_id: c.server.trust_request_id,
+            auth,
             config: lc,
         })
     }
