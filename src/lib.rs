@@ -5,8 +5,9 @@
 //! - [`snapshot`]: config → the immutable runtime a request reads
 //!   (routes, pools, TLS configs), swapped whole through `ArcSwap`;
 //! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
-//! - [`proxy`]: the one pipeline (admit → route → forward → finish) and
-//!   the proxy's own error answers;
+//! - [`proxy`]: the one pipeline (admit → route → authenticate → forward →
+//!   finish) and the proxy's own error answers;
+//! - [`auth`]: JWT policies, keys, the verified-token cache, revocation;
 //! - [`upstream`]: round-robin pools of keepalive connections;
 //! - [`body`]: the request and response body types all of them share;
 //! - [`observe`]: access log and request ids;
@@ -15,6 +16,7 @@
 //! - [`server`]: process lifecycle: start, signals, drain, exit.
 
 pub mod admin;
+pub mod auth;
 pub mod body;
 pub mod config;
 pub mod listener;

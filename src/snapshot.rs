@@ -1,7 +1,8 @@
 //! Config → Snapshot: the one place that builds runtime state.
 //!
 //! A [`Snapshot`] is immutable. Building one does every check and every bit
-//! of file I/O a run needs (TLS certs and keys), so a snapshot that exists is
+//! of file I/O a run needs (TLS certs and keys, JWT keys, JWKS files and
+//! secrets; never a jwks_url fetch), so a snapshot that exists is
 //! one that can serve. Requests load the current snapshot once, at their
 //! start, and keep that `Arc` to their end: a later swap never changes a
 //! request in flight.
@@ -44,6 +45,8 @@ pub struct Snapshot {
     /// Where access log lines go; reused across reloads while
     /// server.access_log and access_log_format stay the same.
     pub access_log: Arc<AccessLog>,
+    /// JWT policies and the revocation store.
+    pub auth: crate::auth::AuthSet,
 }
 
 /// What a snapshot build may do besides computing.
@@ -115,6 +118,8 @@ impl Snapshot {
             pools.insert(name.clone(), pool);
         }
 
+        let auth = crate::auth::AuthSet::build(&lc, previous.map(|p| &p.auth))?;
+
         let mut routes = Vec::new();
         for r in &c.routes {
             let action = match (&r.upstream, &r.respond) {
@@ -156,6 +161,13 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 timeout: r.timeout.0,
                 retries: r.retries,
+                auth: match r.auth.get_ref().as_str() {
+                    "" => None,
+                    name => Some(
+                        auth.policy(name)
+                            .ok_or_else(|| lc.error_at(&r.auth, "unknown auth policy"))?,
+                    ),
+                },
             });
         }
 
@@ -195,6 +207,7 @@ impl Snapshot {
             request_id_header,
             trust_request_id: c.server.trust_request_id,
             access_log,
+            auth,
             config: lc,
         })
     }

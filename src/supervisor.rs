@@ -89,8 +89,10 @@ impl Supervisor {
         Ok((sup, bound))
     }
 
-    /// Starts accept loops for listeners bound by [`Supervisor::new`].
+    /// Starts accept loops for listeners bound by [`Supervisor::new`], and
+    /// the snapshot's background work (JWKS fetches).
     pub fn start(self: &Arc<Self>, bound: BoundListeners) {
+        self.shared.snapshot.load().auth.start();
         for (l, settings) in bound {
             self.spawn_listener(l, settings);
         }
@@ -186,6 +188,7 @@ impl Supervisor {
         }
 
         let generation = next.generation;
+        next.auth.start();
         let wanted: Vec<ListenerKey> = next
             .listeners
             .iter()

@@ -7,9 +7,14 @@
 //! between tables. Files named by the config (certs, keys) are read later, by
 //! the snapshot builder, which reports through the same error type.
 
+mod auth;
 mod duration;
 mod error;
 
+pub use auth::{
+    jwks_url_parts, AuthPolicyConfig, AuthType, JwtAlgorithm, OnStoreError, RevocationConfig,
+    RevocationStoreKind,
+};
 pub use duration::Dur;
 pub use error::{ConfigError, SourceFile};
 
@@ -32,6 +37,10 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub auth: BTreeMap<String, AuthPolicyConfig>,
+    #[serde(default)]
+    pub revocation: RevocationConfig,
 }
 
 #[derive(Debug, Clone, Deserialize, PartialEq)]
@@ -175,6 +184,9 @@ pub struct RouteConfig {
     pub respond: Option<Spanned<Respond>>,
     #[serde(default)]
     pub strip_prefix: bool,
+    /// Name of an `[auth.NAME]` policy; empty: none.
+    #[serde(default = "empty_spanned")]
+    pub auth: Spanned<String>,
     #[serde(default = "default_route_timeout")]
     pub timeout: Dur,
     #[serde(default = "default_retries")]
@@ -610,6 +622,7 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
             }
         }
     }
+    auth::validate(lc)?;
     Ok(())
 }
 

@@ -4,9 +4,12 @@
 //! function that turns a reason into a status and a body. gRPC clients
 //! (content-type application/grpc…) get HTTP 200 with `grpc-status` and
 //! `grpc-message` instead (a trailers-only response), as gRPC requires.
+//! The JWT answers follow RFC 6750: 401 with `WWW-Authenticate: Bearer
+//! realm="portico"` (plus `error="invalid_token"` when a token was sent),
+//! 403 with `error="insufficient_scope"`.
 
 use crate::body::ProxyBody;
-use http::header::{CONNECTION, CONTENT_TYPE};
+use http::header::{CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
 
 /// Why the proxy answers a request itself.
@@ -26,6 +29,16 @@ pub enum ProxyError {
     ServiceUnavailable,
     /// The upstream's response head came later than the route's timeout.
     GatewayTimeout,
+    /// 401: the route needs a bearer token and none was sent.
+    Unauthorized,
+    /// 401: the bearer token is malformed, badly signed, expired, not yet
+    /// valid, for another issuer or audience, or revoked.
+    InvalidToken,
+    /// 403: the token is valid but lacks a required scope.
+    InsufficientScope,
+    /// 503: the token cannot be checked now (no key ever obtained, or the
+    /// revocation store is down with on_store_error = "deny").
+    AuthUnavailable,
 }
 
 impl ProxyError {
@@ -38,6 +51,9 @@ impl ProxyError {
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
+            ProxyError::Unauthorized | ProxyError::InvalidToken => StatusCode::UNAUTHORIZED,
+            ProxyError::InsufficientScope => StatusCode::FORBIDDEN,
+            ProxyError::AuthUnavailable => StatusCode::SERVICE_UNAVAILABLE,
         }
     }
 
@@ -50,6 +66,22 @@ impl ProxyError {
             ProxyError::BadGateway => "upstream unavailable or sent an invalid response",
             ProxyError::ServiceUnavailable => "no healthy upstream server",
             ProxyError::GatewayTimeout => "upstream did not answer in time",
+            ProxyError::Unauthorized => "a bearer token is required",
+            ProxyError::InvalidToken => "invalid token",
+            ProxyError::InsufficientScope => "insufficient scope",
+            ProxyError::AuthUnavailable => "authentication unavailable",
+        }
+    }
+
+    /// The RFC 6750 challenge of an authentication error.
+    fn www_authenticate(self) -> Option<&'static str> {
+        match self {
+            ProxyError::Unauthorized => Some("Bearer realm=\"portico\""),
+            ProxyError::InvalidToken => Some("Bearer realm=\"portico\", error=\"invalid_token\""),
+            ProxyError::InsufficientScope => {
+                Some("Bearer realm=\"portico\", error=\"insufficient_scope\"")
+            }
+            _ => None,
         }
     }
 
@@ -62,7 +94,10 @@ impl ProxyError {
             ProxyError::HeaderTooLarge => "8",
             ProxyError::BadGateway
             | ProxyError::ServiceUnavailable
-            | ProxyError::GatewayTimeout => "14",
+            | ProxyError::GatewayTimeout
+            | ProxyError::AuthUnavailable => "14",
+            ProxyError::Unauthorized | ProxyError::InvalidToken => "16",
+            ProxyError::InsufficientScope => "7",
         }
     }
 
@@ -100,6 +135,10 @@ impl ProxyError {
             );
             r
         };
+        if let Some(challenge) = self.www_authenticate() {
+            resp.headers_mut()
+                .insert(WWW_AUTHENTICATE, HeaderValue::from_static(challenge));
+        }
         if self.closes_connection() {
             resp.headers_mut()
                 .insert(CONNECTION, HeaderValue::from_static("close"));
@@ -119,5 +158,38 @@ mod tests {
         assert_eq!(r.headers()["grpc-status"], "14");
         let r = ProxyError::GatewayTimeout.response(false);
         assert_eq!(r.status(), StatusCode::GATEWAY_TIMEOUT);
+        assert_eq!(
+            ProxyError::InvalidToken.response(true).headers()["grpc-status"],
+            "16"
+        );
+        assert_eq!(
+            ProxyError::Unauthorized.response(true).headers()["grpc-status"],
+            "16"
+        );
+        assert_eq!(
+            ProxyError::InsufficientScope.response(true).headers()["grpc-status"],
+            "7"
+        );
+    }
+
+    #[test]
+    fn auth_errors_carry_rfc6750_challenges() {
+        let r = ProxyError::Unauthorized.response(false);
+        assert_eq!(r.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(r.headers()[WWW_AUTHENTICATE], "Bearer realm=\"portico\"");
+        let r = ProxyError::InvalidToken.response(false);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"portico\", error=\"invalid_token\""
+        );
+        let r = ProxyError::InsufficientScope.response(false);
+        assert_eq!(r.status(), StatusCode::FORBIDDEN);
+        assert_eq!(
+            r.headers()[WWW_AUTHENTICATE],
+            "Bearer realm=\"portico\", error=\"insufficient_scope\""
+        );
+        let r = ProxyError::AuthUnavailable.response(false);
+        assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
     }
 }

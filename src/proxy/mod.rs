@@ -4,10 +4,12 @@
 //! 1. **admit**: load the config snapshot once; pick the request id; check
 //!    the head (size, Host rules);
 //! 2. **route**: find the route by listener, host, path and method;
-//! 3. **respond** (a `respond` route) or **forward**: rewrite the head
+//! 3. **authenticate** (a route with `auth`): the route's JWT policy checks
+//!    the bearer token and rewrites the claim headers (`crate::auth`);
+//! 4. **respond** (a `respond` route) or **forward**: rewrite the head
 //!    (hop-by-hop, x-forwarded-*, Host, path), choose a server round-robin,
 //!    send on a pooled connection, bounded by the route's timeout;
-//! 4. **finish**: every response, the proxy's own included, carries the
+//! 5. **finish**: every response, the proxy's own included, carries the
 //!    request id; when its body ends the upstream connection returns to its
 //!    pool and the access log line is written.
 //!
@@ -164,7 +166,7 @@ fn log_entry(req: &Request<RequestBody>, conn: &ConnInfo, sink: &AccessLog) -> L
 
 #[allow(clippy::too_many_arguments)]
 async fn serve(
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     seq: u64,
     snap: &Snapshot,
     conn: &ConnInfo,
@@ -212,6 +214,11 @@ async fn serve(
         .find(&conn.listener.name, host, req.uri().path(), req.method())
         .ok_or(ProxyError::NotFound)?;
     trace.route = Some(route.name.clone());
+
+    // authenticate
+    if let Some(policy) = &route.auth {
+        policy.authenticate(req.headers_mut()).await?;
+    }
 
     match &route.action {
         Action::Respond {

@@ -77,6 +77,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub timeout: Duration,
     pub retries: u32,
+    /// The route's JWT policy, if it has `auth`.
+    pub auth: Option<Arc<crate::auth::JwtPolicy>>,
 }
 
 impl Route {
@@ -163,6 +165,7 @@ mod tests {
             strip_prefix: false,
             timeout: Duration::from_secs(1),
             retries: 0,
+            auth: None,
         }
     }
 

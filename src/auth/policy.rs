@@ -1,0 +1,493 @@
+//! One `[auth.NAME]` policy, compiled: what the authenticate phase runs.
+//!
+//! Per request, in order:
+//! 1. the bearer token: exactly one Authorization header (two: 400), scheme
+//!    "Bearer" in any case (anything else, or none: 401 without an error
+//!    code, counted `missing`);
+//! 2. the verified-token cache, by SHA-256 of the token; on a miss the
+//!    cold check: header, algorithm listed and fitting the key, signature,
+//!    then claims (see [`super::token`]); a success is cached;
+//! 3. revocation, on every request, hit or miss, when the policy has
+//!    `revocation = true`;
+//! 4. scopes (403 `insufficient_scope` when one is missing);
+//! 5. the headers: every forward_claims header is removed from the request
+//!    and then set from the token; Authorization is removed when
+//!    forward_token = false.
+//!
+//! Key choice (SPEC): a token's kid picks the JWKS key of that kid (and
+//! nothing else: a known kid whose key refuses the token is a bad
+//! signature); otherwise the keys without a kid (PEM files, the secret)
+//! whose type fits the alg are tried, and, for a token without a kid, the
+//! JWKS keys that fit too (at most [`MAX_TRIES`] keys in all, so a token
+//! costs a bounded number of signature checks). An unknown kid makes a
+//! jwks_url source fetch again (at most once a minute). A policy with no
+//! key at all for a token, because its jwks_url has never answered,
+//! answers 503, not 401.
+
+use super::cache::{self, TokenCache, Weigh};
+use super::jwks::JwksSource;
+use super::keys::{KeySet, VerifyingKey};
+use super::revocation::RevocationStore;
+use super::token::{self, Checked, ClaimRules, Parts, Rejection};
+use crate::config::OnStoreError;
+use crate::proxy::error::ProxyError;
+use http::header::AUTHORIZATION;
+use http::{HeaderMap, HeaderName, HeaderValue};
+use jsonwebtoken::Algorithm;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+/// Most keys tried for one token.
+pub const MAX_TRIES: usize = 8;
+
+/// The result labels of `portico_jwt_validations_total`, in the order of
+/// [`JwtPolicy::counts`].
+pub const RESULTS: [&str; 7] = [
+    "ok",
+    "missing",
+    "invalid",
+    "expired",
+    "revoked",
+    "forbidden",
+    "unavailable",
+];
+
+/// Why a request did not pass, mapped to a counter and an answer.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Failure {
+    Missing,
+    TwoAuthorizationHeaders,
+    Invalid(&'static str),
+    Expired,
+    Revoked,
+    Forbidden,
+    NoKey,
+    StoreDown,
+}
+
+impl Failure {
+    /// Index into [`RESULTS`].
+    fn result(self) -> usize {
+        match self {
+            Failure::Missing => 1,
+            Failure::TwoAuthorizationHeaders | Failure::Invalid(_) => 2,
+            Failure::Expired => 3,
+            Failure::Revoked => 4,
+            Failure::Forbidden => 5,
+            Failure::NoKey | Failure::StoreDown => 6,
+        }
+    }
+
+    pub fn error(self) -> ProxyError {
+        match self {
+            Failure::Missing => ProxyError::Unauthorized,
+            Failure::TwoAuthorizationHeaders => {
+                ProxyError::BadRequest("more than one Authorization header")
+            }
+            Failure::Invalid(_) | Failure::Expired | Failure::Revoked => ProxyError::InvalidToken,
+            Failure::Forbidden => ProxyError::InsufficientScope,
+            Failure::NoKey | Failure::StoreDown => ProxyError::AuthUnavailable,
+        }
+    }
+}
+
+impl From<Rejection> for Failure {
+    fn from(r: Rejection) -> Failure {
+        match r {
+            Rejection::Invalid(why) => Failure::Invalid(why),
+            Rejection::Expired => Failure::Expired,
+        }
+    }
+}
+
+/// A token that passed the signature and claim checks: what later requests
+/// with the same token reuse.
+#[derive(Debug)]
+pub struct VerifiedToken {
+    pub claims: Checked,
+    /// Headers to set upstream, from forward_claims, built once.
+    pub forward: Vec<(HeaderName, HeaderValue)>,
+    /// Key-set epoch it was verified under (jwks_url sources change).
+    epoch: u64,
+}
+
+impl Weigh for VerifiedToken {
+    fn weight(&self) -> usize {
+        std::mem::size_of::<VerifiedToken>()
+            + self.claims.sub.as_ref().map_or(0, |s| s.len())
+            + self.claims.jti.as_ref().map_or(0, |s| s.len())
+            + self
+                .forward
+                .iter()
+                .map(|(n, v)| n.as_str().len() + v.len() + 64)
+                .sum::<usize>()
+    }
+}
+
+/// A compiled JWT policy.
+pub struct JwtPolicy {
+    pub name: Arc<str>,
+    algorithms: Vec<Algorithm>,
+    /// Keys without a kid: PEM files and the HMAC secret.
+    static_keys: Vec<VerifyingKey>,
+    jwks_file: Option<KeySet>,
+    jwks_url: Option<Arc<JwksSource>>,
+    issuer: Vec<String>,
+    audience: Vec<String>,
+    leeway: i64,
+    required_claims: Vec<String>,
+    required_scopes: Vec<String>,
+    forward_claims: Vec<(String, HeaderName)>,
+    forward_token: bool,
+    revocation: Option<Arc<RevocationStore>>,
+    cache: TokenCache<VerifiedToken>,
+    counts: [AtomicU64; 7],
+}
+
+/// What [`JwtPolicy`] is made of; built by [`super::AuthSet`].
+pub struct PolicyParts {
+    pub name: String,
+    pub algorithms: Vec<Algorithm>,
+    pub static_keys: Vec<VerifyingKey>,
+    pub jwks_file: Option<KeySet>,
+    pub jwks_url: Option<Arc<JwksSource>>,
+    pub issuer: Vec<String>,
+    pub audience: Vec<String>,
+    pub leeway: i64,
+    pub required_claims: Vec<String>,
+    pub required_scopes: Vec<String>,
+    pub forward_claims: Vec<(String, HeaderName)>,
+    pub forward_token: bool,
+    pub revocation: Option<Arc<RevocationStore>>,
+    pub cache_entries: usize,
+    pub cache_bytes: usize,
+}
+
+/// Seconds since the epoch.
+pub fn unix_now() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+/// The bearer token of a request. Two Authorization headers are an error;
+/// a scheme other than Bearer counts as no token.
+pub fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
+    let mut all = headers.get_all(AUTHORIZATION).iter();
+    let value = match (all.next(), all.next()) {
+        (None, _) => return Err(Failure::Missing),
+        (Some(_), Some(_)) => return Err(Failure::TwoAuthorizationHeaders),
+        (Some(v), None) => v,
+    };
+    let v = value
+        .to_str()
+        .map_err(|_| Failure::Invalid("Authorization is not text"))?;
+    let v = v.trim_matches(|c| c == ' ' || c == '\t');
+    let (scheme, rest) = match v.split_once([' ', '\t']) {
+        Some((s, r)) => (s, r),
+        None => (v, ""),
+    };
+    if !scheme.eq_ignore_ascii_case("bearer") {
+        return Err(Failure::Missing);
+    }
+    let token = rest.trim_start_matches([' ', '\t']);
+    if token.is_empty() {
+        return Err(Failure::Invalid("empty bearer token"));
+    }
+    Ok(token)
+}
+
+/// Outcome of trying keys on one token.
+struct KeyVerdict {
+    verified: bool,
+    /// Keys whose signature check ran.
+    tried: usize,
+    /// The token has a kid no JWKS knows.
+    kid_unknown: bool,
+}
+
+impl JwtPolicy {
+    pub fn new(p: PolicyParts) -> JwtPolicy {
+        JwtPolicy {
+            name: Arc::from(p.name.as_str()),
+            algorithms: p.algorithms,
+            static_keys: p.static_keys,
+            jwks_file: p.jwks_file,
+            jwks_url: p.jwks_url,
+            issuer: p.issuer,
+            audience: p.audience,
+            leeway: p.leeway,
+            required_claims: p.required_claims,
+            required_scopes: p.required_scopes,
+            forward_claims: p.forward_claims,
+            forward_token: p.forward_token,
+            revocation: p.revocation,
+            cache: TokenCache::new(p.cache_entries, p.cache_bytes),
+            counts: Default::default(),
+        }
+    }
+
+    /// Validations so far, by result: `(label, count)` in [`RESULTS`] order.
+    pub fn counts(&self) -> [(&'static str, u64); 7] {
+        std::array::from_fn(|i| (RESULTS[i], self.counts[i].load(Ordering::Relaxed)))
+    }
+
+    /// The JWKS source of this policy, if it has a jwks_url.
+    pub fn jwks_source(&self) -> Option<&Arc<JwksSource>> {
+        self.jwks_url.as_ref()
+    }
+
+    /// The leeway, in seconds.
+    pub fn leeway(&self) -> i64 {
+        self.leeway
+    }
+
+    pub fn checks_revocation(&self) -> bool {
+        self.revocation.is_some()
+    }
+
+    /// Verified tokens held by the cache now: (entries, bytes).
+    pub fn cache_usage(&self) -> (usize, usize) {
+        self.cache.usage()
+    }
+
+    fn count(&self, result: usize) {
+        self.counts[result].fetch_add(1, Ordering::Relaxed);
+    }
+
+    /// The authenticate phase for one request: passes (the request's
+    /// headers rewritten for upstream) or answers the proxy error to send.
+    pub async fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+        let verified = match self.check(headers).await {
+            Ok(v) => v,
+            Err(f) => {
+                if let Failure::Invalid(why) = f {
+                    tracing::debug!(policy = %self.name, reason = why, "token refused");
+                }
+                self.count(f.result());
+                return Err(f.error());
+            }
+        };
+        for (_, h) in &self.forward_claims {
+            headers.remove(h);
+        }
+        for (h, v) in &verified.forward {
+            headers.insert(h.clone(), v.clone());
+        }
+        if !self.forward_token {
+            headers.remove(AUTHORIZATION);
+        }
+        self.count(0);
+        Ok(())
+    }
+
+    async fn check(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, Failure> {
+        let token = bearer(headers)?;
+        let now = unix_now();
+        let key = cache::key(token);
+        let epoch = self.epoch();
+        let verified = match self.cache.get(&key, now) {
+            Some(v) if v.epoch == epoch => v,
+            _ => {
+                let v = Arc::new(self.verify(token, now, epoch).await?);
+                let until = v.claims.exp.unwrap_or(i64::MAX);
+                self.cache.insert(key, v.clone(), until, now);
+                v
+            }
+        };
+        if let Some(store) = &self.revocation {
+            let c = &verified.claims;
+            match store
+                .is_revoked(c.jti.as_deref(), c.sub.as_deref(), c.iat, now)
+                .await
+            {
+                Ok(false) => {}
+                Ok(true) => return Err(Failure::Revoked),
+                Err(_) => {
+                    store.count_failure();
+                    if store.on_error() == OnStoreError::Deny {
+                        return Err(Failure::StoreDown);
+                    }
+                }
+            }
+        }
+        if !verified.claims.scope_ok {
+            return Err(Failure::Forbidden);
+        }
+        Ok(verified)
+    }
+
+    fn epoch(&self) -> u64 {
+        self.jwks_url.as_ref().map_or(0, |s| s.epoch())
+    }
+
+    /// The cold check of a token, with every key source, fetching the
+    /// jwks_url again when the token names an unknown kid.
+    async fn verify(&self, token: &str, now: i64, epoch: u64) -> Result<VerifiedToken, Failure> {
+        let parts = token::split(token)?;
+        if !self.algorithms.contains(&parts.alg) {
+            return Err(Failure::Invalid("algorithm not allowed by the policy"));
+        }
+        let mut url_keys = self.jwks_url.as_ref().and_then(|s| s.current());
+        let mut v = self.try_keys(&parts, url_keys.as_deref());
+        if !v.verified {
+            if let Some(src) = &self.jwks_url {
+                if !src.is_started() {
+                    src.start();
+                }
+                let retry = if url_keys.is_none() {
+                    src.wait_first_attempt().await;
+                    true
+                } else if v.kid_unknown {
+                    src.refresh_for_unknown_kid().await;
+                    true
+                } else {
+                    false
+                };
+                if retry {
+                    url_keys = src.current();
+                    if url_keys.is_some() {
+                        v = self.try_keys(&parts, url_keys.as_deref());
+                    }
+                }
+                if !v.verified && v.tried == 0 && url_keys.is_none() {
+                    return Err(Failure::NoKey);
+                }
+            }
+        }
+        if !v.verified {
+            return Err(Failure::Invalid(if v.tried == 0 {
+                "no key for this token"
+            } else {
+                "bad signature"
+            }));
+        }
+        self.claims(&parts, now, epoch)
+    }
+
+    /// The cold check with the keys in hand (no fetch, no cache), for
+    /// benches and tests.
+    pub fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedToken, Failure> {
+        let parts = token::split(token)?;
+        if !self.algorithms.contains(&parts.alg) {
+            return Err(Failure::Invalid("algorithm not allowed by the policy"));
+        }
+        let url_keys = self.jwks_url.as_ref().and_then(|s| s.current());
+        let v = self.try_keys(&parts, url_keys.as_deref());
+        if !v.verified {
+            return Err(Failure::Invalid("bad signature or no key"));
+        }
+        self.claims(&parts, now, self.epoch())
+    }
+
+    fn try_keys(&self, parts: &Parts, url_keys: Option<&KeySet>) -> KeyVerdict {
+        let alg = parts.alg;
+        let msg = parts.signing_input.as_bytes();
+        let sets = [self.jwks_file.as_ref(), url_keys];
+        if let Some(kid) = parts.kid.as_deref() {
+            for set in sets.iter().flatten() {
+                if let Some(k) = set.by_kid(kid) {
+                    let fits = k.fits(alg);
+                    return KeyVerdict {
+                        verified: fits && k.verify(alg, msg, parts.signature),
+                        tried: fits as usize,
+                        kid_unknown: false,
+                    };
+                }
+            }
+        }
+        let mut tried = 0;
+        for k in self.static_keys.iter().filter(|k| k.fits(alg)) {
+            if tried == MAX_TRIES {
+                break;
+            }
+            tried += 1;
+            if k.verify(alg, msg, parts.signature) {
+                return KeyVerdict {
+                    verified: true,
+                    tried,
+                    kid_unknown: false,
+                };
+            }
+        }
+        if parts.kid.is_none() {
+            for set in sets.iter().flatten() {
+                for k in set.keys.iter().filter(|k| k.fits(alg)) {
+                    if tried == MAX_TRIES {
+                        break;
+                    }
+                    tried += 1;
+                    if k.verify(alg, msg, parts.signature) {
+                        return KeyVerdict {
+                            verified: true,
+                            tried,
+                            kid_unknown: false,
+                        };
+                    }
+                }
+            }
+        }
+        KeyVerdict {
+            verified: false,
+            tried,
+            kid_unknown: parts.kid.is_some(),
+        }
+    }
+
+    fn claims(&self, parts: &Parts, now: i64, epoch: u64) -> Result<VerifiedToken, Failure> {
+        let m = token::claims(parts.payload)?;
+        let rules = ClaimRules {
+            issuer: &self.issuer,
+            audience: &self.audience,
+            leeway: self.leeway,
+            required_claims: &self.required_claims,
+            required_scopes: &self.required_scopes,
+        };
+        let claims = token::check(&m, &rules, now)?;
+        let forward = self
+            .forward_claims
+            .iter()
+            .filter_map(|(claim, h)| {
+                token::claim_header_value(m.get(claim)).map(|v| (h.clone(), v))
+            })
+            .collect();
+        Ok(VerifiedToken {
+            claims,
+            forward,
+            epoch,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn h(values: &[&str]) -> HeaderMap {
+        let mut m = HeaderMap::new();
+        for v in values {
+            m.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
+        }
+        m
+    }
+
+    #[test]
+    fn bearer_scheme() {
+        assert_eq!(bearer(&h(&["Bearer abc"])), Ok("abc"));
+        assert_eq!(bearer(&h(&["bEaReR   abc"])), Ok("abc"));
+        assert_eq!(bearer(&h(&["BEARER\tabc "])), Ok("abc"));
+        assert_eq!(bearer(&h(&["Basic dXNlcjpwYXNz"])), Err(Failure::Missing));
+        assert_eq!(bearer(&h(&[])), Err(Failure::Missing));
+        assert_eq!(
+            bearer(&h(&["Bearer a", "Bearer b"])),
+            Err(Failure::TwoAuthorizationHeaders)
+        );
+        assert!(matches!(bearer(&h(&["Bearer"])), Err(Failure::Invalid(_))));
+        assert!(matches!(
+            bearer(&h(&["Bearer   "])),
+            Err(Failure::Invalid(_))
+        ));
+    }
+}
