@@ -7,19 +7,22 @@
 //! between tables. Files named by the config (certs, keys) are read later, by
 //! the snapshot builder, which reports through the same error type.
 
+mod cors;
 mod duration;
 mod error;
+pub mod redact;
 
+pub use cors::CorsConfig;
 pub use duration::Dur;
 pub use error::{ConfigError, SourceFile};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -32,9 +35,11 @@ pub struct Config {
     pub routes: Vec<RouteConfig>,
     #[serde(default, rename = "upstream")]
     pub upstreams: BTreeMap<String, UpstreamConfig>,
+    #[serde(default)]
+    pub cors: BTreeMap<String, CorsConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub worker_threads: usize,
@@ -60,14 +65,14 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     Json,
     Combined,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub bind: Spanned<String>,
@@ -83,7 +88,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http1,
@@ -91,7 +96,7 @@ pub enum Protocol {
     Http3,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: Spanned<String>,
@@ -141,7 +146,7 @@ fn default_h2_streams() -> u32 {
     256
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     pub cert: Spanned<String>,
@@ -154,7 +159,7 @@ pub struct ListenerTls {
     pub early_data: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 pub enum TlsVersion {
     #[serde(rename = "1.2")]
     V1_2,
@@ -163,7 +168,7 @@ pub enum TlsVersion {
     V1_3,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: Spanned<String>,
@@ -179,6 +184,9 @@ pub struct RouteConfig {
     pub timeout: Dur,
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Name of a `[cors.NAME]` policy; empty: none.
+    #[serde(default = "empty_spanned")]
+    pub cors: Spanned<String>,
 }
 
 fn default_route_timeout() -> Dur {
@@ -188,7 +196,7 @@ fn default_retries() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteMatch {
     pub host: Spanned<String>,
@@ -206,7 +214,7 @@ impl Default for RouteMatch {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Respond {
     #[serde(default = "default_respond_status")]
@@ -224,7 +232,7 @@ fn default_content_type() -> String {
     "text/plain".into()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub servers: Spanned<Vec<ServerEntry>>,
@@ -253,7 +261,7 @@ fn default_passive_eject() -> Dur {
     Dur::secs(10)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     #[default]
@@ -262,7 +270,7 @@ pub enum UpstreamProtocol {
 }
 
 /// One upstream server: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ServerEntry {
     pub addr: String,
     pub weight: u32,
@@ -482,8 +490,26 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
         }
     }
 
+    for (name, p) in &c.cors {
+        cors::validate(lc, name, p)?;
+    }
+
     let mut route_names = HashSet::new();
     for r in &c.routes {
+        if r.name.get_ref().is_empty() {
+            // route="" is the metrics label of requests that matched no route.
+            return Err(lc.error_at(&r.name, "route name must not be empty"));
+        }
+        let cors = r.cors.get_ref();
+        if !cors.is_empty() && !c.cors.contains_key(cors) {
+            return Err(lc.error_at(
+                &r.cors,
+                format!(
+                    "route \"{}\" names unknown cors policy \"{cors}\"",
+                    r.name.get_ref()
+                ),
+            ));
+        }
         if !route_names.insert(r.name.get_ref().as_str()) {
             return Err(lc.error_at(
                 &r.name,
