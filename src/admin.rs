@@ -1,9 +1,11 @@
 //! The admin listener (admin.bind, loopback by default).
 //!
 //! GET /health answers 200 "ok" while the process serves; GET /ready answers
-//! 200 once every listener is bound, else 503. Anything else is 404.
+//! 200 once every listener is bound, else 503; GET /metrics gives every
+//! metric in the Prometheus text format. Anything else is 404.
 
 use crate::body::ProxyBody;
+use crate::proxy::Shared;
 use http::{Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
@@ -15,10 +17,20 @@ use tokio::net::TcpListener;
 use tokio::sync::watch;
 
 /// What the admin endpoints report on.
-#[derive(Default)]
 pub struct AdminState {
     /// Set once every listener is bound.
     pub ready: AtomicBool,
+    /// The config in force and the metrics registry.
+    pub shared: Arc<Shared>,
+}
+
+impl AdminState {
+    pub fn new(shared: Arc<Shared>) -> AdminState {
+        AdminState {
+            ready: AtomicBool::new(false),
+            shared,
+        }
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
@@ -43,6 +55,15 @@ async fn handle(
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
+        }
+        (&Method::GET, "/metrics") => {
+            let snap = state.shared.snapshot.load_full();
+            let mut r = Response::new(ProxyBody::full(snap.metrics.render(&snap)));
+            r.headers_mut().insert(
+                http::header::CONTENT_TYPE,
+                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
+            );
+            r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })

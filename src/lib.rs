@@ -9,8 +9,8 @@
 //!   the proxy's own error answers;
 //! - [`upstream`]: round-robin pools of keepalive connections;
 //! - [`body`]: the request and response body types all of them share;
-//! - [`observe`]: access log and request ids;
-//! - [`admin`]: the admin listener;
+//! - [`observe`]: access log, request ids, Prometheus metrics;
+//! - [`admin`]: the admin listener (health, readiness, metrics);
 //! - [`server`]: process lifecycle: start, signals, drain, exit.
 
 pub mod admin;

@@ -54,12 +54,13 @@ pub async fn run(lc: LoadedConfig) -> Result<(), ConfigError> {
     })?;
 
     let shared = Arc::new(Shared {
+        metrics: snapshot.metrics.clone(),
         snapshot: ArcSwap::from_pointee(snapshot),
         access_log,
     });
     let tracker = Arc::new(ConnTracker::default());
     let (stop_tx, stop_rx) = watch::channel(false);
-    let admin_state = Arc::new(AdminState::default());
+    let admin_state = Arc::new(AdminState::new(shared.clone()));
 
     let mut accept_tasks = Vec::new();
     for (l, settings) in bound {

@@ -5,8 +5,14 @@
 //! one that can serve. Requests load the current snapshot once, at their
 //! start, and keep that `Arc` to their end: a later swap never changes a
 //! request in flight.
+//!
+//! Metrics: the snapshot carries the process's one [`Metrics`] registry,
+//! taken from `previous` (a new one only for the first snapshot), and every
+//! route, listener and upstream server holds its metric handle from it, so
+//! counters of what a reload keeps go on counting.
 
 use crate::config::{ConfigError, LoadedConfig, Protocol};
+use crate::observe::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::routing::{Action, HostMatch, Route, RouteTable};
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
@@ -29,6 +35,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     pub backlog: u32,
     pub h2_max_concurrent_streams: u32,
+    /// portico_connections_active of this listener.
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 /// Everything a request needs, compiled from one config.
@@ -40,12 +48,15 @@ pub struct Snapshot {
     pub pools: HashMap<String, Arc<UpstreamPool>>,
     pub request_id_header: HeaderName,
     pub trust_request_id: bool,
+    /// The metrics registry of the process (the same for every snapshot).
+    pub metrics: Arc<Metrics>,
 }
 
 impl Snapshot {
     /// Builds a snapshot, reusing pools of `previous` whose definition did
-    /// not change (with their keepalive connections). Must run inside the
-    /// runtime when `spawn_tasks` is true; `portico check` builds with
+    /// not change (with their keepalive connections), and the metrics
+    /// registry of `previous` (pass the snapshot in force on every reload).
+    /// Must run inside the runtime when `spawn_tasks` is true; `portico check` builds with
     /// `spawn_tasks = false` and no runtime tasks are started.
     pub fn build(
         lc: Arc<LoadedConfig>,
@@ -53,6 +64,7 @@ impl Snapshot {
         previous: Option<&Snapshot>,
     ) -> Result<Snapshot, ConfigError> {
         let c = &lc.config;
+        let metrics = previous.map_or_else(Metrics::new, |p| p.metrics.clone());
         let mut listeners = Vec::new();
         for l in &c.listeners {
             let protocols = l.protocols.get_ref();
@@ -76,6 +88,7 @@ impl Snapshot {
                 max_connections: l.max_connections,
                 backlog: l.backlog,
                 h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+                metrics: metrics.listener(l.name.get_ref()),
             }));
         }
 
@@ -87,7 +100,7 @@ impl Snapshot {
                 .cloned();
             pools.insert(
                 name.clone(),
-                reused.unwrap_or_else(|| UpstreamPool::new(name, def)),
+                reused.unwrap_or_else(|| UpstreamPool::new(name, def, &metrics)),
             );
         }
 
@@ -132,6 +145,7 @@ impl Snapshot {
                 strip_prefix: r.strip_prefix,
                 timeout: r.timeout.0,
                 retries: r.retries,
+                metrics: metrics.route(r.name.get_ref()),
             });
         }
 
@@ -150,6 +164,7 @@ impl Snapshot {
             pools,
             request_id_header,
             trust_request_id: c.server.trust_request_id,
+            metrics,
             config: lc,
         })
     }

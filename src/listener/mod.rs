@@ -22,6 +22,7 @@ mod conn_io;
 
 pub use conn_io::{ConnActivity, ConnIo, Mode};
 
+use crate::observe::metrics::{ConnGauge, ConnProtocol};
 use crate::proxy::{ConnInfo, Shared};
 use crate::snapshot::ListenerSettings;
 use hyper::service::service_fn;
@@ -257,12 +258,22 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Counted in portico_connections_active now if the protocol is known
+    // (TLS with ALPN, or a listener with one protocol), else at the first
+    // request (plain HTTP/1.1 or h2c on a listener that serves both).
+    let gauge = ConnGauge::new(fe.settings.metrics.clone());
+    match io.mode() {
+        Mode::Http1 => gauge.set_protocol(ConnProtocol::Http1),
+        Mode::Http2 => gauge.set_protocol(ConnProtocol::Http2),
+        Mode::Detect => {}
+    }
     let info = Arc::new(ConnInfo {
         listener: fe.settings.clone(),
         peer,
         https,
         shared,
         activity: activity.clone(),
+        gauge,
     });
     let svc = service_fn(move |req| crate::proxy::handle(req, info.clone()));
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);

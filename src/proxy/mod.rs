@@ -9,7 +9,8 @@
 //!    send on a pooled connection, bounded by the route's timeout;
 //! 4. **finish**: every response, the proxy's own included, carries the
 //!    request id; when its body ends the upstream connection returns to its
-//!    pool and the access log line is written.
+//!    pool, the request is counted in the route's metrics and the access log
+//!    line is written.
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
 
@@ -20,6 +21,7 @@ pub mod routing;
 use crate::body::{Completion, ProxyBody, RequestBody};
 use crate::listener::ConnActivity;
 use crate::observe::access_log::{AccessLog, LogEntry};
+use crate::observe::metrics::{ConnGauge, ConnProtocol, Metrics, UpstreamOutcome};
 use crate::observe::request_id;
 use crate::snapshot::{ListenerSettings, Snapshot};
 use crate::upstream::{PoolReturn, UpstreamError, UpstreamPool};
@@ -41,6 +43,8 @@ pub struct Shared {
     /// The config in force; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
     pub access_log: AccessLog,
+    /// The metrics registry: the one every snapshot carries.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What a request knows about the connection it came on.
@@ -50,12 +54,16 @@ pub struct ConnInfo {
     pub https: bool,
     pub shared: Arc<Shared>,
     pub activity: Arc<ConnActivity>,
+    /// The connection's place in portico_connections_active.
+    pub gauge: ConnGauge,
 }
 
 /// What the pipeline learned on the way, for the finish phase.
 #[derive(Default)]
 struct Trace {
     route: Option<Arc<str>>,
+    /// Where the route is in `snapshot.routes`.
+    route_index: Option<usize>,
     upstream: Option<Arc<str>>,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
@@ -69,6 +77,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let seq = conn.activity.request_started();
+    conn.gauge.set_protocol(ConnProtocol::of(req.version()));
     let snap = conn.shared.snapshot.load_full();
 
     let request_id = match req.headers().get(&snap.request_id_header) {
@@ -107,8 +116,12 @@ pub async fn handle(
         l.request_id = request_id.to_str().unwrap_or("").to_string();
         l.duration = start.elapsed();
     }
+    let status = resp.status().as_u16();
     resp.body_mut().on_complete(Box::new(Done {
         conn,
+        snap,
+        route_index: trace.route_index,
+        status,
         pooled: trace.pooled,
         bytes_in: trace.bytes_in,
         log: log.map(Box::new),
@@ -204,11 +217,12 @@ async fn serve(
     };
 
     // route
-    let route = snap
+    let (index, route) = snap
         .routes
-        .find(&conn.listener.name, host, req.uri().path(), req.method())
+        .find_indexed(&conn.listener.name, host, req.uri().path(), req.method())
         .ok_or(ProxyError::NotFound)?;
     trace.route = Some(route.name.clone());
+    trace.route_index = Some(index);
 
     match &route.action {
         Action::Respond {
@@ -297,15 +311,28 @@ async fn forward(
         trace.upstream = Some(server.label.clone());
         let sent = tokio::time::timeout_at(deadline, pool.send(server, req)).await;
         let failure = match sent {
-            Err(_) => return Err(ProxyError::GatewayTimeout),
+            Err(_) => {
+                server.metrics.record(UpstreamOutcome::Timeout);
+                return Err(ProxyError::GatewayTimeout);
+            }
             Ok(Ok(ex)) => {
+                server
+                    .metrics
+                    .record(if ex.response.status().is_server_error() {
+                        UpstreamOutcome::Http5xx
+                    } else {
+                        UpstreamOutcome::Ok
+                    });
                 trace.pooled = ex.pooled;
                 let (mut rp, body) = ex.response.into_parts();
                 headers::strip_hop_by_hop(&mut rp.headers);
                 rp.version = Version::HTTP_11;
                 return Ok(Response::from_parts(rp, ProxyBody::upstream(body)));
             }
-            Ok(Err(f)) => f,
+            Ok(Err(f)) => {
+                server.metrics.record(f.error.outcome());
+                f
+            }
         };
         tracing::warn!(upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
         match (failure.error, failure.unsent) {
@@ -376,6 +403,11 @@ fn upstream_uri(
 /// The finish phase, run when the response body ends or is dropped.
 struct Done {
     conn: Arc<ConnInfo>,
+    /// The snapshot the request started with, for its route's metrics.
+    snap: Arc<Snapshot>,
+    route_index: Option<usize>,
+    /// The status sent to the client.
+    status: u16,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
     log: Option<Box<LogEntry>>,
@@ -386,6 +418,9 @@ impl Completion for Done {
     fn complete(self: Box<Self>, bytes_out: u64, ended: bool) {
         let Done {
             conn,
+            snap,
+            route_index,
+            status,
             pooled,
             bytes_in,
             log,
@@ -397,10 +432,15 @@ impl Completion for Done {
             }
         }
         conn.activity.request_finished();
+        let elapsed = start.elapsed();
+        match route_index.and_then(|i| snap.routes.get(i)) {
+            Some(r) => r.metrics.record(status, elapsed),
+            None => snap.metrics.no_route.record(status, elapsed),
+        }
         if let Some(mut l) = log {
             l.bytes_out = bytes_out;
             l.bytes_in = bytes_in.map_or(0, |c| c.load(Ordering::Relaxed));
-            l.duration = start.elapsed();
+            l.duration = elapsed;
             conn.shared.access_log.write(*l);
         }
     }

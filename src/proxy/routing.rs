@@ -6,6 +6,7 @@
 //! a lookup is a scan that stops at the first route that matches listener,
 //! host, path and method.
 
+use crate::observe::metrics::RouteMetrics;
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
@@ -77,6 +78,8 @@ pub struct Route {
     pub strip_prefix: bool,
     pub timeout: Duration,
     pub retries: u32,
+    /// portico_requests_total and _duration_seconds of this route.
+    pub metrics: Arc<RouteMetrics>,
 }
 
 impl Route {
@@ -117,9 +120,27 @@ impl RouteTable {
         path: &str,
         method: &Method,
     ) -> Option<&Route> {
+        self.find_indexed(listener, host, path, method)
+            .map(|(_, r)| r)
+    }
+
+    /// As [`RouteTable::find`], with the route's place for [`RouteTable::get`].
+    pub fn find_indexed(
+        &self,
+        listener: &str,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Option<(usize, &Route)> {
         self.routes
             .iter()
-            .find(|r| r.matches(listener, host, path, method))
+            .enumerate()
+            .find(|(_, r)| r.matches(listener, host, path, method))
+    }
+
+    /// The route at a place [`RouteTable::find_indexed`] returned.
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
@@ -163,6 +184,7 @@ mod tests {
             strip_prefix: false,
             timeout: Duration::from_secs(1),
             retries: 0,
+            metrics: Default::default(),
         }
     }
 

@@ -25,11 +25,13 @@ pub use balancer::Balancer;
 
 use crate::body::RequestBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::observe::metrics::{Metrics, ServerMetrics, UpstreamOutcome};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -52,12 +54,12 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The `outcome` label of portico_upstream_requests_total.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> UpstreamOutcome {
         match self {
-            UpstreamError::Connect(_) => "connect_error",
-            UpstreamError::ConnectTimeout => "timeout",
-            UpstreamError::Reset(_) | UpstreamError::ClientBody(_) => "reset",
-            UpstreamError::InvalidResponse(_) => "http_5xx",
+            UpstreamError::Connect(_) => UpstreamOutcome::ConnectError,
+            UpstreamError::ConnectTimeout => UpstreamOutcome::Timeout,
+            UpstreamError::Reset(_) | UpstreamError::ClientBody(_) => UpstreamOutcome::Reset,
+            UpstreamError::InvalidResponse(_) => UpstreamOutcome::Http5xx,
         }
     }
 
@@ -121,6 +123,11 @@ pub struct UpstreamServer {
     /// The address as written in the config: the `server` label and the
     /// access log's upstream field.
     pub label: Arc<str>,
+    /// portico_upstream_requests_total of this server; the pipeline records
+    /// one outcome per attempt.
+    pub metrics: Arc<ServerMetrics>,
+    /// True until health checks say otherwise ([`UpstreamServer::set_healthy`]).
+    healthy: AtomicBool,
     target: Target,
     idle: Mutex<Vec<IdleConn>>,
     h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
@@ -168,7 +175,9 @@ pub struct Exchange {
 
 impl UpstreamPool {
     /// Builds a pool and starts its idle reaper. Must run inside the runtime.
-    pub fn new(name: &str, def: &UpstreamConfig) -> Arc<UpstreamPool> {
+    /// Each server's counters come from `metrics`, keyed by (pool, address),
+    /// so they go on when a reload rebuilds the pool.
+    pub fn new(name: &str, def: &UpstreamConfig, metrics: &Metrics) -> Arc<UpstreamPool> {
         let settings = PoolSettings {
             protocol: def.protocol,
             connect_timeout: def.connect_timeout.0,
@@ -182,6 +191,8 @@ impl UpstreamPool {
             .map(|s| {
                 Arc::new(UpstreamServer {
                     label: Arc::from(s.addr.as_str()),
+                    metrics: metrics.server(name, &s.addr),
+                    healthy: AtomicBool::new(true),
                     target: match s.addr.parse::<SocketAddr>() {
                         Ok(a) => Target::Addr(a),
                         Err(_) => Target::Name(s.addr.clone()),
@@ -367,6 +378,18 @@ impl UpstreamPool {
 }
 
 impl UpstreamServer {
+    /// Whether the server counts as healthy (portico_upstream_healthy).
+    /// Every server starts healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.healthy.load(Ordering::Relaxed)
+    }
+
+    /// For the health checker: mark the server healthy or not. (Server
+    /// choice does not read it yet; active health checks will.)
+    pub fn set_healthy(&self, healthy: bool) {
+        self.healthy.store(healthy, Ordering::Relaxed);
+    }
+
     fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
