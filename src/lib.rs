@@ -5,8 +5,8 @@
 //! - [`snapshot`]: config → the immutable runtime a request reads
 //!   (routes, pools, TLS configs), swapped whole through `ArcSwap`;
 //! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
-//! - [`proxy`]: the one pipeline (admit → route → forward → finish) and
-//!   the proxy's own error answers;
+//! - [`proxy`]: the one pipeline (admit → route → cors → forward → finish)
+//!   and the proxy's own error answers;
 //! - [`upstream`]: round-robin pools of keepalive connections;
 //! - [`body`]: the request and response body types all of them share;
 //! - [`observe`]: access log, request ids, Prometheus metrics;

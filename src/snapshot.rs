@@ -13,6 +13,7 @@
 
 use crate::config::{ConfigError, LoadedConfig, Protocol};
 use crate::observe::metrics::{ListenerMetrics, Metrics};
+use crate::proxy::cors::CorsPolicy;
 use crate::proxy::routing::{Action, HostMatch, Route, RouteTable};
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
@@ -104,6 +105,11 @@ impl Snapshot {
             );
         }
 
+        let mut cors = HashMap::new();
+        for (name, p) in &c.cors {
+            cors.insert(name.as_str(), Arc::new(CorsPolicy::build(&lc, name, p)?));
+        }
+
         let mut routes = Vec::new();
         for r in &c.routes {
             let action = match (&r.upstream, &r.respond) {
@@ -146,6 +152,14 @@ impl Snapshot {
                 timeout: r.timeout.0,
                 retries: r.retries,
                 metrics: metrics.route(r.name.get_ref()),
+                cors: match r.cors.get_ref().as_str() {
+                    "" => None,
+                    name => Some(
+                        cors.get(name)
+                            .cloned()
+                            .ok_or_else(|| lc.error_at(&r.cors, "unknown cors policy"))?,
+                    ),
+                },
             });
         }
 

@@ -4,16 +4,20 @@
 //! 1. **admit**: load the config snapshot once; pick the request id; check
 //!    the head (size, Host rules);
 //! 2. **route**: find the route by listener, host, path and method;
-//! 3. **respond** (a `respond` route) or **forward**: rewrite the head
+//! 3. **cors**: on a route with a CORS policy, answer preflights at the
+//!    edge and note what the response owes the request's origin
+//!    ([`cors`]);
+//! 4. **respond** (a `respond` route) or **forward**: rewrite the head
 //!    (hop-by-hop, x-forwarded-*, Host, path), choose a server round-robin,
 //!    send on a pooled connection, bounded by the route's timeout;
-//! 4. **finish**: every response, the proxy's own included, carries the
-//!    request id; when its body ends the upstream connection returns to its
-//!    pool, the request is counted in the route's metrics and the access log
-//!    line is written.
+//! 5. **finish**: every response, the proxy's own included, carries the
+//!    request id (and the CORS headers its route's policy owes it); when its
+//!    body ends the upstream connection returns to its pool, the request is
+//!    counted in the route's metrics and the access log line is written.
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
 
+pub mod cors;
 pub mod error;
 pub mod headers;
 pub mod routing;
@@ -64,6 +68,8 @@ struct Trace {
     route: Option<Arc<str>>,
     /// Where the route is in `snapshot.routes`.
     route_index: Option<usize>,
+    /// What the route's CORS policy owes the response.
+    cors: Option<cors::Pending>,
     upstream: Option<Arc<str>>,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
@@ -108,6 +114,15 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(snap.request_id_header.clone(), request_id.clone());
+    if let Some(pending) = trace.cors.take() {
+        if let Some(policy) = trace
+            .route_index
+            .and_then(|i| snap.routes.get(i))
+            .and_then(|r| r.cors.as_deref())
+        {
+            pending.finish(policy, resp.headers_mut());
+        }
+    }
 
     if let Some(l) = log.as_mut() {
         l.status = resp.status().as_u16();
@@ -216,13 +231,27 @@ async fn serve(
         None => None,
     };
 
-    // route
-    let (index, route) = snap
-        .routes
-        .find_indexed(&conn.listener.name, host, req.uri().path(), req.method())
+    // route (a CORS preflight by the method it announces, when that finds
+    // a route with a policy: see cors)
+    let listener = &conn.listener.name;
+    let path = req.uri().path();
+    let preflight = cors::preflight_method(&req);
+    let (index, route) = preflight
+        .as_ref()
+        .and_then(|m| snap.routes.find_indexed(listener, host, path, m))
+        .filter(|(_, r)| r.cors.is_some())
+        .or_else(|| snap.routes.find_indexed(listener, host, path, req.method()))
         .ok_or(ProxyError::NotFound)?;
     trace.route = Some(route.name.clone());
     trace.route_index = Some(index);
+
+    // cors
+    if let Some(policy) = &route.cors {
+        match &preflight {
+            Some(method) => return cors::preflight(policy, &req, method),
+            None => trace.cors = Some(cors::actual(policy, &req)),
+        }
+    }
 
     match &route.action {
         Action::Respond {

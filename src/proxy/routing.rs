@@ -7,6 +7,7 @@
 //! host, path and method.
 
 use crate::observe::metrics::RouteMetrics;
+use crate::proxy::cors::CorsPolicy;
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
@@ -80,6 +81,8 @@ pub struct Route {
     pub retries: u32,
     /// portico_requests_total and _duration_seconds of this route.
     pub metrics: Arc<RouteMetrics>,
+    /// The route's `[cors.NAME]` policy, if any.
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 impl Route {
@@ -185,6 +188,7 @@ mod tests {
             timeout: Duration::from_secs(1),
             retries: 0,
             metrics: Default::default(),
+            cors: None,
         }
     }
 
