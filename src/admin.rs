@@ -1,12 +1,27 @@
 //! The admin listener (admin.bind, loopback by default).
 //!
-//! GET /health answers 200 "ok" while the process serves; GET /ready answers
-//! 200 once every listener is bound, else 503; GET /metrics gives every
-//! metric in the Prometheus text format. Anything else is 404.
+//! - GET /health: 200 "ok" while the process serves;
+//! - GET /ready: 200 once every listener is bound, else 503;
+//! - GET /metrics: every metric in the Prometheus text format;
+//! - GET /config: `{"generation": N, "config": {...}}`, the config in force
+//!   with secrets masked (see [`crate::config::redact`]);
+//! - HEAD as GET; a known path with another method: 405 with `Allow`;
+//!   anything else: 404.
+//!
+//! With admin.token_file set, every request whose method is not GET or HEAD
+//! (the POST endpoints, and any other state-changing method on any path)
+//! must carry `Authorization: Bearer <token>`, checked before anything else
+//! (so an unknown path answers 401, not 404, to a client without the
+//! token). The token is the file's contents less trailing newlines, read
+//! when the config is built: a missing or empty file is a config error.
+//! Only its SHA-256 digest is kept, and a presented token is hashed and
+//! compared in constant time.
 
 use crate::body::ProxyBody;
+use crate::config::{ConfigError, LoadedConfig};
 use crate::proxy::Shared;
-use http::{Method, Request, Response, StatusCode};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -33,36 +48,145 @@ impl AdminState {
     }
 }
 
+/// The admin token (admin.token_file), kept as its SHA-256 digest.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+impl AdminToken {
+    /// Reads admin.token_file, if set; errors point at its value.
+    pub fn load(lc: &LoadedConfig) -> Result<Option<AdminToken>, ConfigError> {
+        let at = &lc.config.admin.token_file;
+        if at.get_ref().is_empty() {
+            return Ok(None);
+        }
+        let path = lc.resolve(at.get_ref());
+        let text = std::fs::read(&path).map_err(|e| {
+            lc.error_at(
+                at,
+                format!("cannot read admin.token_file {}: {e}", path.display()),
+            )
+        })?;
+        let token = trim_newlines(&text);
+        if token.is_empty() {
+            return Err(lc.error_at(at, format!("admin.token_file {} is empty", path.display())));
+        }
+        Ok(Some(AdminToken::new(token)))
+    }
+
+    pub fn new(token: &[u8]) -> AdminToken {
+        AdminToken {
+            digest: sha256(token),
+        }
+    }
+
+    /// Whether `presented` is the token. The time taken depends only on the
+    /// length of `presented`, never on how much of it matches.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let d = sha256(presented);
+        let diff = d
+            .iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+    out
+}
+
+fn trim_newlines(b: &[u8]) -> &[u8] {
+    let mut end = b.len();
+    while end > 0 && matches!(b[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    &b[..end]
+}
+
+/// Whether `req` carries the admin token (always true without one).
+fn authorized<B>(req: &Request<B>, token: Option<&AdminToken>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let v = v.as_bytes();
+    match v.iter().position(|&b| b == b' ') {
+        Some(i) if v[..i].eq_ignore_ascii_case(b"bearer") => token.matches(v[i + 1..].trim_ascii()),
+        _ => false,
+    }
+}
+
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }
+
+fn with_type(body: String, content_type: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The GET endpoints, for the 405 answer's Allow header.
+const GET_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/config"];
 
 async fn handle(
     req: Request<Incoming>,
     state: Arc<AdminState>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/ready") => {
+    let snap = state.shared.snapshot.load_full();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !get && !authorized(&req, snap.admin_token.as_ref()) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "401 admin token required\n");
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portico-admin\""),
+        );
+        return Ok(r);
+    }
+    Ok(match (get, req.uri().path()) {
+        (true, "/health") => text(StatusCode::OK, "ok\n"),
+        (true, "/ready") => {
             if state.ready.load(Ordering::Acquire) {
                 text(StatusCode::OK, "ready\n")
             } else {
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::GET, "/metrics") => {
-            let snap = state.shared.snapshot.load_full();
-            let mut r = Response::new(ProxyBody::full(snap.metrics.render(&snap)));
-            r.headers_mut().insert(
-                http::header::CONTENT_TYPE,
-                http::HeaderValue::from_static("text/plain; version=0.0.4; charset=utf-8"),
-            );
+        (true, "/metrics") => with_type(
+            snap.metrics.render(&snap),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (true, "/config") => {
+            let body = serde_json::json!({
+                "generation": snap.generation,
+                "config": crate::config::redact::redacted(&snap.config.config),
+            });
+            with_type(format!("{body}\n"), "application/json")
+        }
+        (_, p) if GET_PATHS.contains(&p) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
             r
         }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
@@ -92,5 +216,39 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(auth: &[&str]) -> Request<()> {
+        let mut b = Request::builder().method("POST").uri("/x");
+        for a in auth {
+            b = b.header(AUTHORIZATION, *a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn bearer_token_check() {
+        let t = AdminToken::new(trim_newlines(b"s3cret\n"));
+        assert!(authorized(&req(&["Bearer s3cret"]), Some(&t)));
+        assert!(authorized(&req(&["bearer s3cret"]), Some(&t)));
+        assert!(!authorized(&req(&["Bearer s3cre"]), Some(&t)));
+        assert!(!authorized(&req(&["Basic s3cret"]), Some(&t)));
+        assert!(!authorized(&req(&[]), Some(&t)));
+        assert!(!authorized(
+            &req(&["Bearer s3cret", "Bearer s3cret"]),
+            Some(&t)
+        ));
+        assert!(authorized(&req(&[]), None));
+    }
+
+    #[test]
+    fn newlines_are_trimmed_only_at_the_end() {
+        assert_eq!(trim_newlines(b"a b\r\n\n"), b"a b");
+        assert_eq!(trim_newlines(b"\nab"), b"\nab");
     }
 }

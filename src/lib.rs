@@ -10,7 +10,7 @@
 //! - [`upstream`]: round-robin pools of keepalive connections;
 //! - [`body`]: the request and response body types all of them share;
 //! - [`observe`]: access log, request ids, Prometheus metrics;
-//! - [`admin`]: the admin listener (health, readiness, metrics);
+//! - [`admin`]: the admin listener (health, readiness, metrics, config);
 //! - [`server`]: process lifecycle: start, signals, drain, exit.
 
 pub mod admin;

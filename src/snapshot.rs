@@ -11,6 +11,7 @@
 //! route, listener and upstream server holds its metric handle from it, so
 //! counters of what a reload keeps go on counting.
 
+use crate::admin::AdminToken;
 use crate::config::{ConfigError, LoadedConfig, Protocol};
 use crate::observe::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::cors::CorsPolicy;
@@ -51,6 +52,8 @@ pub struct Snapshot {
     pub trust_request_id: bool,
     /// The metrics registry of the process (the same for every snapshot).
     pub metrics: Arc<Metrics>,
+    /// What POST admin requests must present, when admin.token_file is set.
+    pub admin_token: Option<AdminToken>,
 }
 
 impl Snapshot {
@@ -66,6 +69,7 @@ impl Snapshot {
     ) -> Result<Snapshot, ConfigError> {
         let c = &lc.config;
         let metrics = previous.map_or_else(Metrics::new, |p| p.metrics.clone());
+        let admin_token = AdminToken::load(&lc)?;
         let mut listeners = Vec::new();
         for l in &c.listeners {
             let protocols = l.protocols.get_ref();
@@ -179,6 +183,7 @@ impl Snapshot {
             request_id_header,
             trust_request_id: c.server.trust_request_id,
             metrics,
+            admin_token,
             config: lc,
         })
     }

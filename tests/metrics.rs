@@ -252,3 +252,29 @@ async fn connections_active_follows_open_connections() {
     assert_eq!(conns(&m, "both", "http2"), 0.0, "{}", m.text);
     assert_eq!(conns(&m, "h1only", "http1"), 0.0, "{}", m.text);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_answer_head_and_refuse_other_methods() {
+    let (_addr, l) = listener_toml("web", "");
+    let p = Portico::start(&format!(
+        "{l}\n[[route]]\nname = \"ok\"\nrespond = {{ status = 200 }}\n"
+    ));
+    let c = client();
+    let r = c
+        .head(format!("http://{}/metrics", p.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200);
+    let r = c
+        .delete(format!("http://{}/metrics", p.admin))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(
+        r.status(),
+        405,
+        "no admin token is configured: 405, not 401"
+    );
+    assert_eq!(r.headers()["allow"], "GET, HEAD");
+}
