@@ -16,6 +16,11 @@
 //!    counted in the route's metrics and the access log line is written.
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
+//!
+//! Logs: the phases run inside a `request` tracing span that carries
+//! `request_id`, so every log line about a request names it. The span is an
+//! ERROR-level one so that it is enabled whenever any log line is; with
+//! logging off it costs one filter check.
 
 pub mod cors;
 pub mod error;
@@ -41,6 +46,7 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+use tracing::Instrument;
 
 /// State shared by every connection of the process.
 pub struct Shared {
@@ -98,6 +104,7 @@ pub async fn handle(
         .then(|| log_entry(&req, &conn));
 
     let mut trace = Trace::default();
+    let span = tracing::error_span!("request", request_id = %RequestIdField(&request_id));
     let mut resp = match serve(
         req,
         seq,
@@ -107,6 +114,7 @@ pub async fn handle(
         &mut trace,
         log.is_some(),
     )
+    .instrument(span)
     .await
     {
         Ok(r) => r,
@@ -143,6 +151,15 @@ pub async fn handle(
         start,
     }));
     Ok(resp)
+}
+
+/// Shows a request id in logs (ids are ASCII by construction).
+struct RequestIdField<'a>(&'a HeaderValue);
+
+impl std::fmt::Display for RequestIdField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("-"))
+    }
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
