@@ -713,6 +713,47 @@ mod tests {
         assert_eq!(l.active(ConnProtocol::Http2), 0);
     }
 
+    fn build(routes: &[&str], previous: Option<&Snapshot>) -> Snapshot {
+        let mut text = String::from("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n");
+        for r in routes {
+            text.push_str(&format!(
+                "[[route]]\nname = \"{r}\"\nmatch.path_prefix = \"/{r}\"\nrespond = {{ status = 200 }}\n"
+            ));
+        }
+        let lc = crate::config::parse(std::path::Path::new("/p.toml"), text).unwrap();
+        let generation = previous.map_or(1, |p| p.generation + 1);
+        Snapshot::build(Arc::new(lc), generation, previous).unwrap()
+    }
+
+    #[test]
+    fn counters_survive_a_rebuild_and_leave_with_their_route() {
+        let one = build(&["a", "b"], None);
+        let a = one.routes.iter().find(|r| &*r.name == "a").unwrap();
+        a.metrics.record(200, Duration::from_millis(1));
+
+        let two = build(&["a", "c"], Some(&one));
+        assert!(Arc::ptr_eq(&one.metrics, &two.metrics), "one registry");
+        let a2 = two.routes.iter().find(|r| &*r.name == "a").unwrap();
+        assert!(
+            Arc::ptr_eq(&a.metrics, &a2.metrics),
+            "route a keeps its handle"
+        );
+        a2.metrics.record(200, Duration::from_millis(1));
+
+        let text = two.metrics.render(&two);
+        assert!(
+            text.contains("portico_requests_total{route=\"a\",code=\"200\"} 2\n"),
+            "{text}"
+        );
+        assert!(text.contains("portico_config_generation 2\n"), "{text}");
+        // "b" is still referenced by the old snapshot (requests in flight).
+        assert!(text.contains("route=\"b\""), "{text}");
+        drop(one);
+        let text = two.metrics.render(&two);
+        assert!(!text.contains("route=\"b\""), "{text}");
+        assert!(text.contains("portico_request_duration_seconds_count{route=\"c\"} 0\n"));
+    }
+
     #[test]
     fn label_values_are_escaped() {
         let mut s = String::new();
