@@ -755,6 +755,34 @@ mod tests {
     }
 
     #[test]
+    fn reloads_and_jwt_policies_are_exported_through_their_apis() {
+        let snap = build(&["a"], None);
+        let m = &snap.metrics;
+        assert!(!m.render(&snap).contains("portico_jwt_validations_total"));
+        m.record_reload(true);
+        m.record_reload(false);
+        m.record_reload(false);
+        let policy = m.jwt_policy("users");
+        policy.record(JwtResult::Expired);
+        policy.record(JwtResult::Ok);
+        policy.record(JwtResult::Ok);
+        let text = m.render(&snap);
+        for line in [
+            "portico_config_reloads_total{result=\"ok\"} 1\n",
+            "portico_config_reloads_total{result=\"error\"} 2\n",
+            "# TYPE portico_jwt_validations_total counter\n",
+            "portico_jwt_validations_total{policy=\"users\",result=\"ok\"} 2\n",
+            "portico_jwt_validations_total{policy=\"users\",result=\"expired\"} 1\n",
+            "portico_jwt_validations_total{policy=\"users\",result=\"unavailable\"} 0\n",
+            "portico_config_generation 1\n",
+        ] {
+            assert!(text.contains(line), "missing {line:?} in {text}");
+        }
+        drop(policy);
+        assert!(!m.render(&snap).contains("portico_jwt_validations_total"));
+    }
+
+    #[test]
     fn label_values_are_escaped() {
         let mut s = String::new();
         labels(&mut s, &[("route", "a\"b\\c\nd")]);
