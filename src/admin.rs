@@ -1,17 +1,32 @@
 //! The admin listener (admin.bind, loopback by default).
 //!
-//! GET /health answers 200 "ok" while the process serves; GET /ready answers
-//! 200 once every listener is bound and every pool with health checks has
-//! a healthy server, else 503; POST /reload reloads the
-//! config (200 `{"generation": N}` or 400 `{"error": "..."}`, the old config
-//! serving on); POST /revoke records a token revocation in the store of the
-//! snapshot in force (204; 400 for a bad body; 503 when the store does not
-//! take it). POST endpoints need `Authorization: Bearer <admin.token_file
-//! contents>` when token_file is set. Anything else is 404.
+//! - GET /health: 200 "ok" while the process serves;
+//! - GET /ready: 200 once every listener is bound and every pool with
+//!   health checks has a healthy server, else 503;
+//! - GET /metrics: every metric in the Prometheus text format;
+//! - GET /config: `{"generation": N, "config": {...}}`, the config in force
+//!   with secrets masked (see [`crate::config::redact`]);
+//! - POST /reload: reload the config: 200 `{"generation": N}` or 400
+//!   `{"error": "..."}` (the old config keeps serving);
+//! - POST /revoke: record a token revocation in the store of the snapshot
+//!   in force: 204; 400 for a bad body; 503 when the store does not take it;
+//! - HEAD as GET; a known path with another method: 405 with `Allow`;
+//!   anything else: 404.
+//!
+//! With admin.token_file set, every request whose method is not GET or HEAD
+//! (the POST endpoints, and any other state-changing method on any path)
+//! must carry `Authorization: Bearer <token>`, checked before anything else
+//! (so an unknown path answers 401, not 404, to a client without the
+//! token). The token is the file's contents less trailing newlines, read
+//! when the config is built: a missing or empty file is a config error.
+//! Only its SHA-256 digest is kept, and a presented token is hashed and
+//! compared in constant time.
 
 use crate::body::ProxyBody;
+use crate::config::{ConfigError, LoadedConfig};
 use crate::supervisor::Supervisor;
-use http::{Method, Request, Response, StatusCode};
+use http::header::{ALLOW, AUTHORIZATION, CONTENT_TYPE, WWW_AUTHENTICATE};
+use http::{HeaderValue, Method, Request, Response, StatusCode};
 use hyper::body::Incoming;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioIo, TokioTimer};
@@ -21,10 +36,11 @@ use std::sync::Arc;
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
-/// What the admin endpoints report on and act through.
+/// What the admin endpoints report on.
 pub struct AdminState {
     /// Set once every listener is bound.
     pub ready: AtomicBool,
+    /// The config in force (and the metrics registry), and reloads.
     pub supervisor: Arc<Supervisor>,
 }
 
@@ -37,38 +53,125 @@ impl AdminState {
     }
 }
 
-fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
-    let mut r = Response::new(ProxyBody::full(v.to_string()));
-    *r.status_mut() = status;
-    r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("application/json"),
-    );
-    r
+/// The admin token (admin.token_file), kept as its SHA-256 digest.
+#[derive(Clone)]
+pub struct AdminToken {
+    digest: [u8; 32],
+}
+
+impl std::fmt::Debug for AdminToken {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("AdminToken(***)")
+    }
+}
+
+impl AdminToken {
+    /// Reads admin.token_file, if set; errors point at its value.
+    pub fn load(lc: &LoadedConfig) -> Result<Option<AdminToken>, ConfigError> {
+        let at = &lc.config.admin.token_file;
+        if at.get_ref().is_empty() {
+            return Ok(None);
+        }
+        let path = lc.resolve(at.get_ref());
+        let text = std::fs::read(&path).map_err(|e| {
+            lc.error_at(
+                at,
+                format!("cannot read admin.token_file {}: {e}", path.display()),
+            )
+        })?;
+        let token = trim_newlines(&text);
+        if token.is_empty() {
+            return Err(lc.error_at(at, format!("admin.token_file {} is empty", path.display())));
+        }
+        Ok(Some(AdminToken::new(token)))
+    }
+
+    pub fn new(token: &[u8]) -> AdminToken {
+        AdminToken {
+            digest: sha256(token),
+        }
+    }
+
+    /// Whether `presented` is the token. The time taken depends only on the
+    /// length of `presented`, never on how much of it matches.
+    pub fn matches(&self, presented: &[u8]) -> bool {
+        let d = sha256(presented);
+        let diff = d
+            .iter()
+            .zip(self.digest.iter())
+            .fold(0u8, |acc, (a, b)| acc | (a ^ b));
+        std::hint::black_box(diff) == 0
+    }
+}
+
+fn sha256(b: &[u8]) -> [u8; 32] {
+    let mut out = [0u8; 32];
+    out.copy_from_slice(ring::digest::digest(&ring::digest::SHA256, b).as_ref());
+    out
+}
+
+fn trim_newlines(b: &[u8]) -> &[u8] {
+    let mut end = b.len();
+    while end > 0 && matches!(b[end - 1], b'\n' | b'\r') {
+        end -= 1;
+    }
+    &b[..end]
+}
+
+/// Whether `req` carries the admin token (always true without one).
+fn authorized<B>(req: &Request<B>, token: Option<&AdminToken>) -> bool {
+    let Some(token) = token else {
+        return true;
+    };
+    let mut values = req.headers().get_all(AUTHORIZATION).iter();
+    let (Some(v), None) = (values.next(), values.next()) else {
+        return false;
+    };
+    let v = v.as_bytes();
+    match v.iter().position(|&b| b == b' ') {
+        Some(i) if v[..i].eq_ignore_ascii_case(b"bearer") => token.matches(v[i + 1..].trim_ascii()),
+        _ => false,
+    }
 }
 
 fn text(status: StatusCode, body: &'static str) -> Response<ProxyBody> {
     let mut r = Response::new(ProxyBody::full(body));
     *r.status_mut() = status;
     r.headers_mut().insert(
-        http::header::CONTENT_TYPE,
-        http::HeaderValue::from_static("text/plain; charset=utf-8"),
+        CONTENT_TYPE,
+        HeaderValue::from_static("text/plain; charset=utf-8"),
     );
     r
 }
+
+fn with_type(body: String, content_type: &'static str) -> Response<ProxyBody> {
+    let mut r = Response::new(ProxyBody::full(body));
+    r.headers_mut()
+        .insert(CONTENT_TYPE, HeaderValue::from_static(content_type));
+    r
+}
+
+/// The GET endpoints, for the 405 answer's Allow header.
+const GET_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/config"];
 
 async fn handle(
     req: Request<Incoming>,
     state: Arc<AdminState>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    Ok(match (req.method(), req.uri().path()) {
-        (&Method::GET, "/health") => text(StatusCode::OK, "ok\n"),
-        (&Method::GET, "/ready") => {
-            let pools_ok = state
-                .supervisor
-                .shared
-                .snapshot
-                .load()
+    let snap = state.supervisor.shared.snapshot.load_full();
+    let get = matches!(*req.method(), Method::GET | Method::HEAD);
+    if !get && !authorized(&req, snap.admin_token.as_ref()) {
+        let mut r = text(StatusCode::UNAUTHORIZED, "401 admin token required\n");
+        r.headers_mut().insert(
+            WWW_AUTHENTICATE,
+            HeaderValue::from_static("Bearer realm=\"portico-admin\""),
+        );
+        return Ok(r);
+    }
+    Ok(match (get, req.uri().path()) {
+        (true, "/health") => text(StatusCode::OK, "ok\n"),
+        (true, "/ready") => {
+            let pools_ok = snap
                 .pools
                 .values()
                 .all(|p| !p.has_health_checks || p.any_healthy());
@@ -78,59 +181,60 @@ async fn handle(
                 text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
             }
         }
-        (&Method::POST, _)
-            if !post_allowed(&req, &state.supervisor.shared.snapshot.load_full()).await =>
-        {
-            json_error(StatusCode::UNAUTHORIZED, "admin token required")
+        (true, "/metrics") => with_type(
+            snap.metrics.render(&snap),
+            "text/plain; version=0.0.4; charset=utf-8",
+        ),
+        (true, "/config") => {
+            let body = serde_json::json!({
+                "generation": snap.generation,
+                "config": crate::config::redact::redacted(&snap.config.config),
+            });
+            with_type(format!("{body}\n"), "application/json")
         }
-        (&Method::POST, "/revoke") => revoke(req, &state).await,
-        (&Method::POST, "/reload") => match state.supervisor.reload().await {
-            Ok(generation) => json(
-                StatusCode::OK,
-                serde_json::json!({ "generation": generation }),
-            ),
-            Err(e) => json(
-                StatusCode::BAD_REQUEST,
-                serde_json::json!({ "error": e.to_string() }),
-            ),
-        },
+        (false, "/reload") if req.method() == Method::POST => {
+            drop(snap);
+            match state.supervisor.reload().await {
+                Ok(generation) => json(
+                    StatusCode::OK,
+                    serde_json::json!({ "generation": generation }),
+                ),
+                Err(e) => json(
+                    StatusCode::BAD_REQUEST,
+                    serde_json::json!({ "error": e.to_string() }),
+                ),
+            }
+        }
+        (false, "/revoke") if req.method() == Method::POST => revoke(req, &snap).await,
+        (_, "/reload" | "/revoke") => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("POST"));
+            r
+        }
+        (_, p) if GET_PATHS.contains(&p) => {
+            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+            r.headers_mut()
+                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
+            r
+        }
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
+}
+
+fn json(status: StatusCode, v: serde_json::Value) -> Response<ProxyBody> {
+    let mut r = with_type(v.to_string(), "application/json");
+    *r.status_mut() = status;
+    r
 }
 
 fn json_error(status: StatusCode, msg: &str) -> Response<ProxyBody> {
     json(status, serde_json::json!({ "error": msg }))
 }
 
-/// Whether a POST may proceed: admin.token_file unset, or its contents
-/// (trailing newline trimmed) sent as a bearer token. The file is read per
-/// request, so a changed token applies at once; an unreadable file refuses.
-async fn post_allowed(req: &Request<Incoming>, snap: &crate::snapshot::Snapshot) -> bool {
-    let lc = &snap.config;
-    let file = lc.config.admin.token_file.get_ref();
-    if file.is_empty() {
-        return true;
-    }
-    let Ok(expected) = tokio::fs::read_to_string(lc.resolve(file)).await else {
-        return false;
-    };
-    let expected = expected.trim_end_matches(['\r', '\n']);
-    let sent = match crate::auth::policy::bearer(req.headers()) {
-        Ok(t) => t,
-        Err(_) => return false,
-    };
-    !expected.is_empty() && same_bytes(sent.as_bytes(), expected.as_bytes())
-}
-
-/// Compares two byte strings in time that depends on their length only.
-fn same_bytes(a: &[u8], b: &[u8]) -> bool {
-    a.len() == b.len() && a.iter().zip(b).fold(0u8, |acc, (x, y)| acc | (x ^ y)) == 0
-}
-
 /// POST /revoke: `{"jti": "...", "exp": N}` or `{"sub": "...", "before": N}`.
-async fn revoke(req: Request<Incoming>, state: &AdminState) -> Response<ProxyBody> {
+async fn revoke(req: Request<Incoming>, snap: &crate::snapshot::Snapshot) -> Response<ProxyBody> {
     use http_body_util::BodyExt;
-    let snap = state.supervisor.shared.snapshot.load_full();
     let body = match http_body_util::Limited::new(req.into_body(), 64 * 1024)
         .collect()
         .await
@@ -175,5 +279,39 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
                 .serve_connection(TokioIo::new(stream), svc)
                 .await;
         });
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn req(auth: &[&str]) -> Request<()> {
+        let mut b = Request::builder().method("POST").uri("/x");
+        for a in auth {
+            b = b.header(AUTHORIZATION, *a);
+        }
+        b.body(()).unwrap()
+    }
+
+    #[test]
+    fn bearer_token_check() {
+        let t = AdminToken::new(trim_newlines(b"s3cret\n"));
+        assert!(authorized(&req(&["Bearer s3cret"]), Some(&t)));
+        assert!(authorized(&req(&["bearer s3cret"]), Some(&t)));
+        assert!(!authorized(&req(&["Bearer s3cre"]), Some(&t)));
+        assert!(!authorized(&req(&["Basic s3cret"]), Some(&t)));
+        assert!(!authorized(&req(&[]), Some(&t)));
+        assert!(!authorized(
+            &req(&["Bearer s3cret", "Bearer s3cret"]),
+            Some(&t)
+        ));
+        assert!(authorized(&req(&[]), None));
+    }
+
+    #[test]
+    fn newlines_are_trimmed_only_at_the_end() {
+        assert_eq!(trim_newlines(b"a b\r\n\n"), b"a b");
+        assert_eq!(trim_newlines(b"\nab"), b"\nab");
     }
 }

@@ -5,13 +5,15 @@
 //! - [`snapshot`]: config → the immutable runtime a request reads
 //!   (routes, pools, TLS configs), swapped whole through `ArcSwap`;
 //! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
-//! - [`proxy`]: the one pipeline (admit → route → authenticate → forward →
-//!   finish) and the proxy's own error answers;
+//! - [`proxy`]: the one pipeline (admit → route → cors → authenticate →
+//!   forward → finish) and the proxy's own error answers;
 //! - [`auth`]: JWT policies, keys, the verified-token cache, revocation;
-//! - [`upstream`]: round-robin pools of keepalive connections;
+//! - [`upstream`]: round-robin pools of keepalive connections, health,
+//!   retries;
 //! - [`body`]: the request and response body types all of them share;
-//! - [`observe`]: access log and request ids;
-//! - [`admin`]: the admin listener;
+//! - [`observe`]: access log, request ids, Prometheus metrics;
+//! - [`admin`]: the admin listener (health, readiness, metrics, config,
+//!   reload, revoke);
 //! - [`supervisor`]: owns listeners; reloads by build-then-swap;
 //! - [`server`]: process lifecycle: start, signals, drain, exit.
 

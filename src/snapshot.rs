@@ -6,9 +6,17 @@
 //! one that can serve. Requests load the current snapshot once, at their
 //! start, and keep that `Arc` to their end: a later swap never changes a
 //! request in flight.
+//!
+//! Metrics: the snapshot carries the process's one [`Metrics`] registry,
+//! taken from `previous` (a new one only for the first snapshot), and every
+//! route, listener and upstream server holds its metric handle from it, so
+//! counters of what a reload keeps go on counting.
 
+use crate::admin::AdminToken;
 use crate::config::{ConfigError, LoadedConfig, Protocol};
 use crate::observe::access_log::AccessLog;
+use crate::observe::metrics::{ListenerMetrics, Metrics};
+use crate::proxy::cors::CorsPolicy;
 use crate::proxy::routing::{Action, HostMatch, Route, RouteTable};
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
@@ -31,6 +39,8 @@ pub struct ListenerSettings {
     pub max_connections: usize,
     pub backlog: u32,
     pub h2_max_concurrent_streams: u32,
+    /// portico_connections_active of this listener.
+    pub metrics: Arc<ListenerMetrics>,
 }
 
 /// Everything a request needs, compiled from one config.
@@ -47,6 +57,10 @@ pub struct Snapshot {
     pub access_log: Arc<AccessLog>,
     /// JWT policies and the revocation store.
     pub auth: crate::auth::AuthSet,
+    /// The metrics registry of the process (the same for every snapshot).
+    pub metrics: Arc<Metrics>,
+    /// What POST admin requests must present, when admin.token_file is set.
+    pub admin_token: Option<AdminToken>,
 }
 
 /// What a snapshot build may do besides computing.
@@ -78,6 +92,8 @@ impl Snapshot {
         mode: BuildMode,
     ) -> Result<Snapshot, ConfigError> {
         let c = &lc.config;
+        let metrics = previous.map_or_else(Metrics::new, |p| p.metrics.clone());
+        let admin_token = AdminToken::load(&lc)?;
         let mut listeners = Vec::new();
         for l in &c.listeners {
             let protocols = l.protocols.get_ref();
@@ -101,6 +117,7 @@ impl Snapshot {
                 max_connections: l.max_connections,
                 backlog: l.backlog,
                 h2_max_concurrent_streams: l.h2_max_concurrent_streams,
+                metrics: metrics.listener(l.name.get_ref()),
             }));
         }
 
@@ -113,12 +130,17 @@ impl Snapshot {
             let prev = previous.and_then(|p| p.pools.get(name));
             let pool = match prev {
                 Some(p) if p.reusable_for(def, tls.as_ref()) => p.clone(),
-                _ => UpstreamPool::new(name, def, tls, prev.map(|p| &**p)),
+                _ => UpstreamPool::new(name, def, tls, prev.map(|p| &**p), &metrics),
             };
             pools.insert(name.clone(), pool);
         }
 
         let auth = crate::auth::AuthSet::build(&lc, previous.map(|p| &p.auth))?;
+
+        let mut cors = HashMap::new();
+        for (name, p) in &c.cors {
+            cors.insert(name.as_str(), Arc::new(CorsPolicy::build(&lc, name, p)?));
+        }
 
         let mut routes = Vec::new();
         for r in &c.routes {
@@ -168,6 +190,15 @@ impl Snapshot {
                             .ok_or_else(|| lc.error_at(&r.auth, "unknown auth policy"))?,
                     ),
                 },
+                metrics: metrics.route(r.name.get_ref()),
+                cors: match r.cors.get_ref().as_str() {
+                    "" => None,
+                    name => Some(
+                        cors.get(name)
+                            .cloned()
+                            .ok_or_else(|| lc.error_at(&r.cors, "unknown cors policy"))?,
+                    ),
+                },
             });
         }
 
@@ -208,6 +239,8 @@ impl Snapshot {
             trust_request_id: c.server.trust_request_id,
             access_log,
             auth,
+            metrics,
+            admin_token,
             config: lc,
         })
     }

@@ -21,7 +21,6 @@ use crate::snapshot::{BuildMode, ListenerSettings, Snapshot};
 use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
@@ -35,19 +34,11 @@ struct RunningListener {
     stop: watch::Sender<bool>,
 }
 
-/// Counts of reload outcomes, for the metrics exporter.
-#[derive(Default)]
-pub struct ReloadCounts {
-    pub ok: AtomicU64,
-    pub error: AtomicU64,
-}
-
 /// Owns what a reload changes: the snapshot in force and the listeners.
 pub struct Supervisor {
     pub shared: Arc<Shared>,
     pub config_path: PathBuf,
     pub tracker: Arc<ConnTracker>,
-    pub reloads: ReloadCounts,
     listeners: Mutex<HashMap<ListenerKey, RunningListener>>,
     /// Sockets handed over by systemd (LISTEN_FDS), by local address, not
     /// yet adopted by a listener.
@@ -67,11 +58,11 @@ impl Supervisor {
         let snapshot = Snapshot::build(lc.clone(), 1, None, BuildMode::Run)?;
         let sup = Arc::new(Supervisor {
             shared: Arc::new(Shared {
+                metrics: snapshot.metrics.clone(),
                 snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
             }),
             config_path,
             tracker: Arc::new(ConnTracker::default()),
-            reloads: ReloadCounts::default(),
             listeners: Mutex::new(HashMap::new()),
             inherited: Mutex::new(inherited_sockets()),
             reload_lock: tokio::sync::Mutex::new(()),
@@ -149,11 +140,11 @@ impl Supervisor {
         crate::server::sd_notify("READY=1");
         match &result {
             Ok(g) => {
-                self.reloads.ok.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.record_reload(true);
                 tracing::info!(generation = g, "configuration reloaded");
             }
             Err(e) => {
-                self.reloads.error.fetch_add(1, Ordering::Relaxed);
+                self.shared.metrics.record_reload(false);
                 tracing::error!(error = %e, "configuration reload failed; the previous configuration keeps serving");
             }
         }

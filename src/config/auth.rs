@@ -9,19 +9,19 @@
 
 use super::{empty_spanned, Dur, LoadedConfig};
 use crate::config::ConfigError;
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use toml::Spanned;
 
 /// The kinds of `[auth.NAME]` policy. Only "jwt" exists.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AuthType {
     Jwt,
 }
 
 /// A JWS algorithm a policy may accept. "none" is not one of them.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 pub enum JwtAlgorithm {
     HS256,
     HS384,
@@ -59,7 +59,7 @@ impl JwtAlgorithm {
 }
 
 /// One `[auth.NAME]` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct AuthPolicyConfig {
     #[serde(rename = "type")]
@@ -109,7 +109,7 @@ fn yes() -> bool {
 }
 
 /// Where revocations live.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum RevocationStoreKind {
     /// This process only.
@@ -120,7 +120,7 @@ pub enum RevocationStoreKind {
 }
 
 /// What a request gets when the revocation store cannot answer.
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 #[serde(rename_all = "lowercase")]
 pub enum OnStoreError {
     /// Fail closed: 503.
@@ -131,7 +131,7 @@ pub enum OnStoreError {
 }
 
 /// The `[revocation]` table.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RevocationConfig {
     pub store: RevocationStoreKind,

@@ -8,23 +8,26 @@
 //! the snapshot builder, which reports through the same error type.
 
 mod auth;
+mod cors;
 mod duration;
 mod error;
+pub mod redact;
 
 pub use auth::{
     jwks_url_parts, AuthPolicyConfig, AuthType, JwtAlgorithm, OnStoreError, RevocationConfig,
     RevocationStoreKind,
 };
+pub use cors::CorsConfig;
 pub use duration::Dur;
 pub use error::{ConfigError, SourceFile};
 
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashSet};
 use std::path::{Path, PathBuf};
 use toml::Spanned;
 
 /// The whole file.
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Config {
     #[serde(default)]
@@ -41,9 +44,11 @@ pub struct Config {
     pub auth: BTreeMap<String, AuthPolicyConfig>,
     #[serde(default)]
     pub revocation: RevocationConfig,
+    #[serde(default)]
+    pub cors: BTreeMap<String, CorsConfig>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct ServerConfig {
     pub worker_threads: usize,
@@ -69,14 +74,14 @@ impl Default for ServerConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
 #[serde(rename_all = "lowercase")]
 pub enum AccessLogFormat {
     Json,
     Combined,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub bind: Spanned<String>,
@@ -92,7 +97,7 @@ impl Default for AdminConfig {
     }
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum Protocol {
     Http1,
@@ -100,7 +105,7 @@ pub enum Protocol {
     Http3,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerConfig {
     pub name: Spanned<String>,
@@ -150,7 +155,7 @@ fn default_h2_streams() -> u32 {
     256
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct ListenerTls {
     pub cert: Spanned<String>,
@@ -163,7 +168,7 @@ pub struct ListenerTls {
     pub early_data: bool,
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
 pub enum TlsVersion {
     #[serde(rename = "1.2")]
     V1_2,
@@ -172,7 +177,7 @@ pub enum TlsVersion {
     V1_3,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct RouteConfig {
     pub name: Spanned<String>,
@@ -191,6 +196,9 @@ pub struct RouteConfig {
     pub timeout: Dur,
     #[serde(default = "default_retries")]
     pub retries: u32,
+    /// Name of a `[cors.NAME]` policy; empty: none.
+    #[serde(default = "empty_spanned")]
+    pub cors: Spanned<String>,
 }
 
 fn default_route_timeout() -> Dur {
@@ -200,7 +208,7 @@ fn default_retries() -> u32 {
     1
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct RouteMatch {
     pub host: Spanned<String>,
@@ -218,7 +226,7 @@ impl Default for RouteMatch {
     }
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct Respond {
     #[serde(default = "default_respond_status")]
@@ -236,7 +244,7 @@ fn default_content_type() -> String {
     "text/plain".into()
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     pub servers: Spanned<Vec<ServerEntry>>,
@@ -256,7 +264,7 @@ pub struct UpstreamConfig {
     pub health: Option<HealthCheck>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
     /// PEM CA bundle; empty: the public web roots.
@@ -271,7 +279,7 @@ pub struct UpstreamTls {
     pub client_key: Spanned<String>,
 }
 
-#[derive(Debug, Clone, Deserialize, PartialEq)]
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct HealthCheck {
     #[serde(default = "default_health_path")]
@@ -315,7 +323,7 @@ fn default_passive_eject() -> Dur {
     Dur::secs(10)
 }
 
-#[derive(Debug, Clone, Copy, Deserialize, PartialEq, Eq, Default, Hash)]
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, Hash)]
 #[serde(rename_all = "lowercase")]
 pub enum UpstreamProtocol {
     #[default]
@@ -324,7 +332,7 @@ pub enum UpstreamProtocol {
 }
 
 /// One upstream server: `"host:port"` or `{ addr = "host:port", weight = 2 }`.
-#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[derive(Debug, Clone, PartialEq, Eq, Hash, Serialize)]
 pub struct ServerEntry {
     pub addr: String,
     pub weight: u32,
@@ -544,8 +552,26 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
         }
     }
 
+    for (name, p) in &c.cors {
+        cors::validate(lc, name, p)?;
+    }
+
     let mut route_names = HashSet::new();
     for r in &c.routes {
+        if r.name.get_ref().is_empty() {
+            // route="" is the metrics label of requests that matched no route.
+            return Err(lc.error_at(&r.name, "route name must not be empty"));
+        }
+        let cors = r.cors.get_ref();
+        if !cors.is_empty() && !c.cors.contains_key(cors) {
+            return Err(lc.error_at(
+                &r.cors,
+                format!(
+                    "route \"{}\" names unknown cors policy \"{cors}\"",
+                    r.name.get_ref()
+                ),
+            ));
+        }
         if !route_names.insert(r.name.get_ref().as_str()) {
             return Err(lc.error_at(
                 &r.name,

@@ -169,6 +169,12 @@ impl<S> ConnIo<S> {
         &self.inner
     }
 
+    /// The protocol as far as known (`Detect` until the first bytes of a
+    /// plain connection that may be either).
+    pub fn mode(&self) -> Mode {
+        self.mode
+    }
+
     fn update_phase(&mut self) {
         let started = self.activity.started.load(Ordering::Relaxed);
         let in_flight = self.activity.in_flight.load(Ordering::Relaxed);

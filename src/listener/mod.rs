@@ -22,6 +22,7 @@ mod conn_io;
 
 pub use conn_io::{ConnActivity, ConnIo, Mode};
 
+use crate::observe::metrics::{ConnGauge, ConnProtocol};
 use crate::proxy::{ConnInfo, Shared};
 use crate::snapshot::ListenerSettings;
 use hyper::service::service_fn;
@@ -271,6 +272,15 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    // Counted in portico_connections_active now if the protocol is known
+    // (TLS with ALPN, or a listener with one protocol), else at the first
+    // request (plain HTTP/1.1 or h2c on a listener that serves both).
+    let gauge = ConnGauge::new(fe.settings.metrics.clone());
+    match io.mode() {
+        Mode::Http1 => gauge.set_protocol(ConnProtocol::Http1),
+        Mode::Http2 => gauge.set_protocol(ConnProtocol::Http2),
+        Mode::Detect => {}
+    }
     let info = Arc::new(ConnInfo {
         listener: fe.settings.clone(),
         peer,
@@ -279,6 +289,7 @@ async fn serve_http<S>(
         https,
         shared,
         activity: activity.clone(),
+        gauge,
     });
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info.clone())

@@ -19,6 +19,9 @@ pub enum ProxyError {
     BadRequest(&'static str),
     /// No route matches.
     NotFound,
+    /// A CORS preflight from a disallowed origin, or asking for a method or
+    /// header the route's policy does not allow.
+    CorsRejected,
     /// The request head did not arrive in time (HTTP/1.1).
     RequestTimeout,
     /// The request head is larger than max_header_bytes.
@@ -46,6 +49,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => StatusCode::BAD_REQUEST,
             ProxyError::NotFound => StatusCode::NOT_FOUND,
+            ProxyError::CorsRejected => StatusCode::FORBIDDEN,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
@@ -61,6 +65,9 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(why) => why,
             ProxyError::NotFound => "no route matches this request",
+            ProxyError::CorsRejected => {
+                "CORS preflight rejected: origin, method or header not allowed"
+            }
             ProxyError::RequestTimeout => "request head not received in time",
             ProxyError::HeaderTooLarge => "request header fields too large",
             ProxyError::BadGateway => "upstream unavailable or sent an invalid response",
@@ -90,6 +97,7 @@ impl ProxyError {
         match self {
             ProxyError::BadRequest(_) => "13",
             ProxyError::NotFound => "12",
+            ProxyError::CorsRejected => "7",
             ProxyError::RequestTimeout => "4",
             ProxyError::HeaderTooLarge => "8",
             ProxyError::BadGateway

@@ -22,6 +22,7 @@ use super::error::ProxyError;
 use super::{headers, ConnInfo, Trace};
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::UpstreamProtocol;
+use crate::observe::metrics::UpstreamOutcome;
 use crate::proxy::routing::Route;
 use crate::snapshot::Snapshot;
 use crate::upstream::{NoServer, UpstreamError, UpstreamPool};
@@ -205,13 +206,24 @@ pub(super) async fn forward(
         let attempts_left = (tried.len as u32) <= route.retries;
 
         let failure = match tokio::time::timeout_at(deadline, pool.send(server, request)).await {
-            Err(_) => return Err(ProxyError::GatewayTimeout),
+            Err(_) => {
+                server.metrics.record(UpstreamOutcome::Timeout);
+                return Err(ProxyError::GatewayTimeout);
+            }
             Ok(Ok(ex)) => {
                 let status = ex.response.status();
+                server.metrics.record(if status.is_server_error() {
+                    UpstreamOutcome::Http5xx
+                } else {
+                    UpstreamOutcome::Ok
+                });
+                // Only when another server may answer: else the server's
+                // own 502/503 is the answer.
                 if matches!(
                     status,
                     StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                 ) && attempts_left
+                    && pool.servers.len() > tried.len
                 {
                     if let Some(r) = &replay {
                         if pool.retry_budget.try_retry() {
@@ -251,7 +263,10 @@ pub(super) async fn forward(
                 rp.version = Version::HTTP_11;
                 return Ok(Response::from_parts(rp, ProxyBody::upstream(body)));
             }
-            Ok(Err(f)) => f,
+            Ok(Err(f)) => {
+                server.metrics.record(f.error.outcome());
+                f
+            }
         };
         pool.record_failure(server, &failure.error);
         tracing::warn!(upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");

@@ -4,17 +4,28 @@
 //! 1. **admit**: load the config snapshot once; pick the request id; check
 //!    the head (size, Host rules);
 //! 2. **route**: find the route by listener, host, path and method;
-//! 3. **authenticate** (a route with `auth`): the route's JWT policy checks
+//! 3. **cors**: on a route with a CORS policy, answer preflights at the
+//!    edge and note what the response owes the request's origin
+//!    ([`cors`]);
+//! 4. **authenticate** (a route with `auth`): the route's JWT policy checks
 //!    the bearer token and rewrites the claim headers (`crate::auth`);
-//! 4. **respond** (a `respond` route) or **forward**: rewrite the head
-//!    (hop-by-hop, x-forwarded-*, Host, path), choose a server round-robin,
-//!    send on a pooled connection, bounded by the route's timeout;
-//! 5. **finish**: every response, the proxy's own included, carries the
-//!    request id; when its body ends the upstream connection returns to its
-//!    pool and the access log line is written.
+//! 5. **respond** (a `respond` route) or **forward** ([`forward`]): rewrite
+//!    the head (hop-by-hop, x-forwarded-*, Host, path), choose a server
+//!    round-robin, send on a pooled connection, retry where safe, bounded by
+//!    the route's timeout;
+//! 6. **finish**: every response, the proxy's own included, carries the
+//!    request id (and the CORS headers its route's policy owes it); when its
+//!    body ends the upstream connection returns to its pool, the request is
+//!    counted in the route's metrics and the access log line is written.
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
+//!
+//! Logs: the phases run inside a `request` tracing span that carries
+//! `request_id`, so every log line about a request names it. The span is an
+//! ERROR-level one so that it is enabled whenever any log line is; with
+//! logging off it costs one filter check.
 
+pub mod cors;
 pub mod error;
 mod forward;
 pub mod headers;
@@ -23,6 +34,7 @@ pub mod routing;
 use crate::body::{Completion, ProxyBody, RequestBody};
 use crate::listener::ConnActivity;
 use crate::observe::access_log::{AccessLog, LogEntry};
+use crate::observe::metrics::{ConnGauge, ConnProtocol, Metrics};
 use crate::observe::request_id;
 use crate::snapshot::{ListenerSettings, Snapshot};
 use crate::upstream::PoolReturn;
@@ -36,11 +48,14 @@ use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{Instant, SystemTime};
+use tracing::Instrument;
 
 /// State shared by every connection of the process.
 pub struct Shared {
     /// The config in force; swapped whole on reload.
     pub snapshot: ArcSwap<Snapshot>,
+    /// The metrics registry: the one every snapshot carries.
+    pub metrics: Arc<Metrics>,
 }
 
 /// What a request knows about the connection it came on.
@@ -52,12 +67,18 @@ pub struct ConnInfo {
     pub https: bool,
     pub shared: Arc<Shared>,
     pub activity: Arc<ConnActivity>,
+    /// The connection's place in portico_connections_active.
+    pub gauge: ConnGauge,
 }
 
 /// What the pipeline learned on the way, for the finish phase.
 #[derive(Default)]
 struct Trace {
     route: Option<Arc<str>>,
+    /// Where the route is in `snapshot.routes`.
+    route_index: Option<usize>,
+    /// What the route's CORS policy owes the response.
+    cors: Option<cors::Pending>,
     upstream: Option<Arc<str>>,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
@@ -74,6 +95,7 @@ pub async fn handle(
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
     let seq = conn.activity.request_started();
+    conn.gauge.set_protocol(ConnProtocol::of(req.version()));
     let snap = conn.shared.snapshot.load_full();
 
     let request_id = match req.headers().get(&snap.request_id_header) {
@@ -87,6 +109,7 @@ pub async fn handle(
         .then(|| log_entry(&req, &conn, &snap.access_log));
 
     let mut trace = Trace::default();
+    let span = tracing::error_span!("request", request_id = %RequestIdField(&request_id));
     let mut resp = match serve(
         req,
         seq,
@@ -96,6 +119,7 @@ pub async fn handle(
         &mut trace,
         log.is_some(),
     )
+    .instrument(span)
     .await
     {
         Ok(r) => r,
@@ -103,6 +127,15 @@ pub async fn handle(
     };
     resp.headers_mut()
         .insert(snap.request_id_header.clone(), request_id.clone());
+    if let Some(pending) = trace.cors.take() {
+        if let Some(policy) = trace
+            .route_index
+            .and_then(|i| snap.routes.get(i))
+            .and_then(|r| r.cors.as_deref())
+        {
+            pending.finish(policy, resp.headers_mut());
+        }
+    }
 
     if let Some(l) = log.as_mut() {
         l.status = resp.status().as_u16();
@@ -111,15 +144,29 @@ pub async fn handle(
         l.request_id = request_id.to_str().unwrap_or("").to_string();
         l.duration = start.elapsed();
     }
+    let status = resp.status().as_u16();
+    let log = log.map(|l| (Box::new(l), snap.access_log.clone()));
     resp.body_mut().on_complete(Box::new(Done {
         conn,
+        snap,
+        route_index: trace.route_index,
+        status,
         pooled: trace.pooled,
         bytes_in: trace.bytes_in,
-        log: log.map(|l| (Box::new(l), snap.access_log.clone())),
+        log,
         tunnel: trace.tunnel,
         start,
     }));
     Ok(resp)
+}
+
+/// Shows a request id in logs (ids are ASCII by construction).
+struct RequestIdField<'a>(&'a HeaderValue);
+
+impl std::fmt::Display for RequestIdField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("-"))
+    }
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {
@@ -208,12 +255,27 @@ async fn serve(
         None => None,
     };
 
-    // route
-    let route = snap
-        .routes
-        .find(&conn.listener.name, host, req.uri().path(), req.method())
+    // route (a CORS preflight by the method it announces, when that finds
+    // a route with a policy: see cors)
+    let listener = &conn.listener.name;
+    let path = req.uri().path();
+    let preflight = cors::preflight_method(&req);
+    let (index, route) = preflight
+        .as_ref()
+        .and_then(|m| snap.routes.find_indexed(listener, host, path, m))
+        .filter(|(_, r)| r.cors.is_some())
+        .or_else(|| snap.routes.find_indexed(listener, host, path, req.method()))
         .ok_or(ProxyError::NotFound)?;
     trace.route = Some(route.name.clone());
+    trace.route_index = Some(index);
+
+    // cors
+    if let Some(policy) = &route.cors {
+        match &preflight {
+            Some(method) => return cors::preflight(policy, &req, method),
+            None => trace.cors = Some(cors::actual(policy, &req)),
+        }
+    }
 
     // authenticate
     if let Some(policy) = &route.auth {
@@ -259,6 +321,11 @@ async fn serve(
 /// The finish phase, run when the response body ends or is dropped.
 struct Done {
     conn: Arc<ConnInfo>,
+    /// The snapshot the request started with, for its route's metrics.
+    snap: Arc<Snapshot>,
+    route_index: Option<usize>,
+    /// The status sent to the client.
+    status: u16,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
     log: Option<(Box<LogEntry>, Arc<AccessLog>)>,
@@ -270,6 +337,9 @@ impl Completion for Done {
     fn complete(self: Box<Self>, bytes_out: u64, ended: bool) {
         let Done {
             conn,
+            snap,
+            route_index,
+            status,
             pooled,
             bytes_in,
             log,
@@ -284,10 +354,15 @@ impl Completion for Done {
         if !tunnel {
             conn.activity.request_finished();
         }
+        let elapsed = start.elapsed();
+        match route_index.and_then(|i| snap.routes.get(i)) {
+            Some(r) => r.metrics.record(status, elapsed),
+            None => snap.metrics.no_route.record(status, elapsed),
+        }
         if let Some((mut l, sink)) = log {
             l.bytes_out = bytes_out;
             l.bytes_in = bytes_in.map_or(0, |c| c.load(Ordering::Relaxed));
-            l.duration = start.elapsed();
+            l.duration = elapsed;
             sink.write(*l);
         }
     }

@@ -6,6 +6,8 @@
 //! a lookup is a scan that stops at the first route that matches listener,
 //! host, path and method.
 
+use crate::observe::metrics::RouteMetrics;
+use crate::proxy::cors::CorsPolicy;
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
 use http::{HeaderValue, Method, StatusCode};
@@ -79,6 +81,10 @@ pub struct Route {
     pub retries: u32,
     /// The route's JWT policy, if it has `auth`.
     pub auth: Option<Arc<crate::auth::JwtPolicy>>,
+    /// portico_requests_total and _duration_seconds of this route.
+    pub metrics: Arc<RouteMetrics>,
+    /// The route's `[cors.NAME]` policy, if any.
+    pub cors: Option<Arc<CorsPolicy>>,
 }
 
 impl Route {
@@ -119,9 +125,27 @@ impl RouteTable {
         path: &str,
         method: &Method,
     ) -> Option<&Route> {
+        self.find_indexed(listener, host, path, method)
+            .map(|(_, r)| r)
+    }
+
+    /// As [`RouteTable::find`], with the route's place for [`RouteTable::get`].
+    pub fn find_indexed(
+        &self,
+        listener: &str,
+        host: Option<&str>,
+        path: &str,
+        method: &Method,
+    ) -> Option<(usize, &Route)> {
         self.routes
             .iter()
-            .find(|r| r.matches(listener, host, path, method))
+            .enumerate()
+            .find(|(_, r)| r.matches(listener, host, path, method))
+    }
+
+    /// The route at a place [`RouteTable::find_indexed`] returned.
+    pub fn get(&self, index: usize) -> Option<&Route> {
+        self.routes.get(index)
     }
 
     pub fn iter(&self) -> impl Iterator<Item = &Route> {
@@ -166,6 +190,8 @@ mod tests {
             timeout: Duration::from_secs(1),
             retries: 0,
             auth: None,
+            metrics: Default::default(),
+            cors: None,
         }
     }
 

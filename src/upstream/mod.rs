@@ -38,6 +38,7 @@ use connect::UpstreamIo;
 
 use crate::body::RequestBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
+use crate::observe::metrics::{Metrics, ServerMetrics, UpstreamOutcome};
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -65,12 +66,12 @@ pub enum UpstreamError {
 
 impl UpstreamError {
     /// The `outcome` label of portico_upstream_requests_total.
-    pub fn outcome(&self) -> &'static str {
+    pub fn outcome(&self) -> UpstreamOutcome {
         match self {
-            UpstreamError::Connect(_) => "connect_error",
-            UpstreamError::ConnectTimeout => "timeout",
-            UpstreamError::Reset(_) | UpstreamError::ClientBody(_) => "reset",
-            UpstreamError::InvalidResponse(_) => "http_5xx",
+            UpstreamError::Connect(_) => UpstreamOutcome::ConnectError,
+            UpstreamError::ConnectTimeout => UpstreamOutcome::Timeout,
+            UpstreamError::Reset(_) | UpstreamError::ClientBody(_) => UpstreamOutcome::Reset,
+            UpstreamError::InvalidResponse(_) => UpstreamOutcome::Http5xx,
         }
     }
 
@@ -151,6 +152,9 @@ pub struct UpstreamServer {
     pub label: Arc<str>,
     /// Host part of the address: the TLS server name unless one is configured.
     host: String,
+    /// portico_upstream_requests_total of this server; the pipeline records
+    /// one outcome per attempt.
+    pub metrics: Arc<ServerMetrics>,
     target: Target,
     pub health: Arc<ServerHealth>,
     idle: Mutex<Vec<IdleConn>>,
@@ -224,12 +228,15 @@ pub struct Exchange {
 impl UpstreamPool {
     /// Builds a pool and starts its idle reaper and health checker. Health
     /// state is carried over from `previous` (the pool of the same name in
-    /// the config being replaced). Must run inside the runtime.
+    /// the config being replaced). Each server's counters come from
+    /// `metrics`, keyed by (pool, address), so they go on when a reload
+    /// rebuilds the pool. Must run inside the runtime.
     pub fn new(
         name: &str,
         def: &UpstreamConfig,
         tls: Option<UpstreamTlsSettings>,
         previous: Option<&UpstreamPool>,
+        metrics: &Metrics,
     ) -> Arc<UpstreamPool> {
         let settings = PoolSettings {
             protocol: def.protocol,
@@ -254,6 +261,7 @@ impl UpstreamPool {
                 Arc::new(UpstreamServer {
                     label: Arc::from(s.addr.as_str()),
                     host,
+                    metrics: metrics.server(name, &s.addr),
                     target: match s.addr.parse::<SocketAddr>() {
                         Ok(a) => Target::Addr(a),
                         Err(_) => Target::Name(s.addr.clone()),
@@ -534,6 +542,12 @@ impl UpstreamPool {
 }
 
 impl UpstreamServer {
+    /// Whether the server passes its active checks (portico_upstream_healthy).
+    /// Every server starts healthy.
+    pub fn is_healthy(&self) -> bool {
+        self.health.is_healthy()
+    }
+
     fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {

@@ -1,0 +1,138 @@
+//! What recording metrics costs a request, and what a scrape costs.
+//!
+//! `cargo bench --bench metrics`; numbers go to benches/RESULTS.md
+//! ("Metrics"). Groups:
+//! - `record/*`: the per-request work of the pipeline (route counter +
+//!   histogram, one upstream outcome, the connection gauge check), single
+//!   thread, and the same from two threads on one route (shared cache line);
+//! - `record/label_lookup`: for comparison, the same counter found per
+//!   request by label values in a locked hash map, as label-keyed clients do;
+//! - `span/*`: the per-request `request` tracing span, with logging off and
+//!   with a fmt subscriber at level info (as `portico` runs by default);
+//! - `render`: one /metrics scrape of a config with 100 routes.
+
+use criterion::{black_box, criterion_group, criterion_main, Criterion};
+use portico::observe::metrics::{
+    ConnGauge, ConnProtocol, ListenerMetrics, Metrics, RouteMetrics, ServerMetrics, UpstreamOutcome,
+};
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+fn record(c: &mut Criterion) {
+    let mut g = c.benchmark_group("record");
+    let route = RouteMetrics::default();
+    let server = ServerMetrics::default();
+    let gauge = ConnGauge::new(Arc::new(ListenerMetrics::default()));
+    gauge.set_protocol(ConnProtocol::Http1);
+    let d = Duration::from_micros(1234);
+
+    g.bench_function("route", |b| {
+        b.iter(|| route.record(black_box(200), black_box(d)))
+    });
+    g.bench_function("upstream_outcome", |b| {
+        b.iter(|| server.record(black_box(UpstreamOutcome::Ok)))
+    });
+    g.bench_function("per_request_total", |b| {
+        b.iter(|| {
+            gauge.set_protocol(black_box(ConnProtocol::Http1));
+            server.record(black_box(UpstreamOutcome::Ok));
+            route.record(black_box(200), black_box(d));
+        })
+    });
+
+    // Two threads recording into the same route at once: the cost of the
+    // cache line moving between cores (the worst case: one hot route).
+    let shared = Arc::new(RouteMetrics::default());
+    g.bench_function("route_two_threads_same_route", |b| {
+        b.iter_custom(|iters| {
+            let other = {
+                let m = shared.clone();
+                std::thread::spawn(move || {
+                    for _ in 0..iters {
+                        m.record(black_box(200), black_box(d));
+                    }
+                })
+            };
+            let start = Instant::now();
+            for _ in 0..iters {
+                shared.record(black_box(200), black_box(d));
+            }
+            let t = start.elapsed();
+            let _ = other.join();
+            t
+        })
+    });
+
+    // What a label-keyed registry does per increment: build the key, hash
+    // it, take a lock, find the series.
+    let map: Mutex<HashMap<(String, u16), u64>> = Mutex::new(HashMap::new());
+    let route_name = String::from("api-v1");
+    g.bench_function("label_lookup", |b| {
+        b.iter(|| {
+            let mut m = map.lock().unwrap();
+            *m.entry((black_box(&route_name).clone(), black_box(200)))
+                .or_insert(0) += 1;
+        })
+    });
+    g.finish();
+}
+
+fn span(c: &mut Criterion) {
+    let mut g = c.benchmark_group("span");
+    let id = http::HeaderValue::from_static("0123456789abcdef0123456789abcdef");
+    // What the pipeline does per request: make the span, enter and leave it
+    // (Instrument does so around each poll; one poll here), drop it.
+    let run = |b: &mut criterion::Bencher| {
+        b.iter(|| {
+            let span = tracing::error_span!(
+                "request",
+                request_id = %id.to_str().unwrap_or("-")
+            );
+            let entered = span.enter();
+            black_box(&entered);
+        })
+    };
+    g.bench_function("logging_off", &run);
+    let subscriber = tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new("info"))
+        .with_writer(std::io::sink)
+        .finish();
+    tracing::subscriber::with_default(subscriber, || {
+        g.bench_function("fmt_subscriber_info", &run);
+    });
+    g.finish();
+}
+
+fn render(c: &mut Criterion) {
+    let mut cfg = String::from("[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:1\"\n");
+    cfg.push_str("[upstream.app]\nservers = [");
+    for i in 0..10 {
+        cfg.push_str(&format!("\"127.0.0.1:{}\",", 2000 + i));
+    }
+    cfg.push_str("]\n");
+    for i in 0..100 {
+        cfg.push_str(&format!(
+            "[[route]]\nname = \"r{i}\"\nmatch.path_prefix = \"/r{i}/\"\nupstream = \"app\"\n"
+        ));
+    }
+    let lc = portico::config::parse(std::path::Path::new("/bench.toml"), cfg).expect("config");
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .expect("runtime");
+    let _guard = rt.enter();
+    let snap = portico::snapshot::Snapshot::build(Arc::new(lc), 1, None).expect("snapshot");
+    let metrics: &Metrics = &snap.metrics;
+    for r in snap.routes.iter() {
+        for code in [200, 404, 502] {
+            r.metrics.record(code, Duration::from_millis(3));
+        }
+    }
+    c.bench_function("render_100_routes_10_servers", |b| {
+        b.iter(|| black_box(metrics.render(&snap)).len())
+    });
+}
+
+criterion_group!(benches, record, span, render);
+criterion_main!(benches);
