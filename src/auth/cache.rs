@@ -2,9 +2,12 @@
 //! signature check once.
 //!
 //! Guarantees:
-//! - keyed by the SHA-256 of the token, never the token itself: the cache
-//!   holds no bearer credential, and a different token cannot hit another
-//!   token's entry;
+//! - keyed by a 128-bit keyed hash of the token (two SipHash outputs under
+//!   this process's random keys and two secret random salts), never the
+//!   token itself: the cache holds no bearer credential, and making another
+//!   token hit a cached token's entry would take the secret keys (with them
+//!   unknown, a guess succeeds with odds of entries / 2^128). SipHash, not
+//!   SHA-256: it is several times cheaper on the hot path;
 //! - only tokens that passed every check (signature, time, iss, aud,
 //!   required claims) are stored; failures are never cached;
 //! - an entry never outlives the token's `exp` (nor [`MAX_TTL`] seconds);
@@ -19,6 +22,7 @@
 //! for a lookup or an insert (never across an await).
 
 use std::collections::HashMap;
+use std::hash::{BuildHasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 /// Entries live at most this long (seconds), even for tokens with a later
@@ -33,15 +37,10 @@ const SHARDS: usize = 16;
 const ENTRY_OVERHEAD: usize = 96;
 
 /// The cache key of a token.
-pub type Key = [u8; 32];
-
-/// Hashes a token into its cache key.
-pub fn key(token: &str) -> Key {
-    key_bytes(token.as_bytes())
-}
+pub type Key = [u64; 2];
 
 /// SHA-256 of any bytes.
-pub fn key_bytes(b: &[u8]) -> Key {
+pub fn sha256(b: &[u8]) -> [u8; 32] {
     let d = ring::digest::digest(&ring::digest::SHA256, b);
     let mut k = [0u8; 32];
     k.copy_from_slice(d.as_ref());
@@ -70,6 +69,8 @@ pub struct TokenCache<T> {
     shards: Box<[Mutex<Shard<T>>]>,
     max_entries: usize,
     max_bytes: usize,
+    hasher: RandomState,
+    salts: [u128; 2],
 }
 
 impl<T: Weigh> TokenCache<T> {
@@ -87,11 +88,21 @@ impl<T: Weigh> TokenCache<T> {
                 .collect(),
             max_entries: (max_entries / SHARDS).max(1),
             max_bytes: (max_bytes / SHARDS).max(1),
+            hasher: RandomState::new(),
+            salts: [random_u128(), random_u128()],
         }
     }
 
+    /// The cache key of a token.
+    pub fn key(&self, token: &str) -> Key {
+        [
+            self.hasher.hash_one((self.salts[0], token)),
+            self.hasher.hash_one((self.salts[1], token)),
+        ]
+    }
+
     fn shard(&self, k: &Key) -> &Mutex<Shard<T>> {
-        &self.shards[k[0] as usize % SHARDS]
+        &self.shards[(k[0] >> 32) as usize % SHARDS]
     }
 
     /// The entry of `k`, if it is still live at `now` (seconds).
@@ -165,6 +176,17 @@ impl<T: Weigh> TokenCache<T> {
     }
 }
 
+/// 128 random bits from the OS (ring), or from std's per-process hash keys
+/// should the OS source fail.
+fn random_u128() -> u128 {
+    let mut b = [0u8; 16];
+    if ring::rand::SecureRandom::fill(&ring::rand::SystemRandom::new(), &mut b).is_ok() {
+        return u128::from_le_bytes(b);
+    }
+    let s = RandomState::new();
+    (u128::from(s.hash_one(1u8)) << 64) | u128::from(s.hash_one(2u8))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -177,9 +199,19 @@ mod tests {
     }
 
     #[test]
+    fn keys_differ_per_token_and_per_cache() {
+        let c: TokenCache<V> = TokenCache::new(100, 1 << 20);
+        let d: TokenCache<V> = TokenCache::new(100, 1 << 20);
+        assert_eq!(c.key("a.b.c"), c.key("a.b.c"));
+        assert_ne!(c.key("a.b.c"), c.key("a.b.d"));
+        assert_ne!(c.key("a.b.c"), d.key("a.b.c"));
+        assert_ne!(c.key("x")[0], c.key("x")[1]);
+    }
+
+    #[test]
     fn entries_expire_at_exp() {
         let c = TokenCache::new(100, 1 << 20);
-        let k = key("t1");
+        let k = c.key("t1");
         c.insert(k, Arc::new(V(1)), 1010, 1000);
         assert!(c.get(&k, 1009).is_some());
         assert!(c.get(&k, 1010).is_none());
@@ -196,30 +228,31 @@ mod tests {
     fn bounded_in_entries_and_bytes() {
         let c = TokenCache::new(SHARDS * 4, SHARDS * 10_000);
         for i in 0..1000 {
-            c.insert(key(&format!("t{i}")), Arc::new(V(10)), 2000 + i, 1000);
+            c.insert(c.key(&format!("t{i}")), Arc::new(V(10)), 2000 + i, 1000);
         }
         let (n, _) = c.usage();
         assert!(n <= SHARDS * 4, "{n}");
         let c = TokenCache::new(1 << 20, SHARDS * 1000);
         for i in 0..1000 {
-            c.insert(key(&format!("t{i}")), Arc::new(V(400)), 2000, 1000);
+            c.insert(c.key(&format!("t{i}")), Arc::new(V(400)), 2000, 1000);
         }
         let (_, b) = c.usage();
         assert!(b <= SHARDS * 1000, "{b}");
         // Too big for any shard: not stored.
         let c = TokenCache::new(100, SHARDS * 100);
-        c.insert(key("big"), Arc::new(V(1000)), 2000, 1000);
-        assert!(c.get(&key("big"), 1001).is_none());
+        c.insert(c.key("big"), Arc::new(V(1000)), 2000, 1000);
+        assert!(c.get(&c.key("big"), 1001).is_none());
     }
 
     #[test]
     fn eviction_prefers_the_soonest_to_expire() {
         let c = TokenCache::new(SHARDS * 2, 1 << 20); // two entries per shard
                                                       // Three keys of one shard.
-        let a = key("a");
+        let a = c.key("a");
+        let shard = |k: &Key| (k[0] >> 32) as usize % SHARDS;
         let mut same = (0..)
-            .map(|i| key(&format!("b{i}")))
-            .filter(|k| k[0] as usize % SHARDS == a[0] as usize % SHARDS);
+            .map(|i| c.key(&format!("b{i}")))
+            .filter(|k| shard(k) == shard(&a));
         let (b, d) = (same.next().unwrap(), same.next().unwrap());
         c.insert(a, Arc::new(V(1)), 1500, 1000);
         c.insert(b, Arc::new(V(1)), 1100, 1000);

@@ -195,7 +195,7 @@ impl JwksSource {
     }
 
     fn install(&self, body: &[u8]) {
-        let digest = super::cache::key_bytes(body);
+        let digest = super::cache::sha256(body);
         let mut last = self.last_doc.lock().unwrap_or_else(|p| p.into_inner());
         if *last == Some(digest) && self.keys.load().is_some() {
             return;

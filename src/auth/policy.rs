@@ -4,7 +4,7 @@
 //! 1. the bearer token: exactly one Authorization header (two: 400), scheme
 //!    "Bearer" in any case (anything else, or none: 401 without an error
 //!    code, counted `missing`);
-//! 2. the verified-token cache, by SHA-256 of the token; on a miss the
+//! 2. the verified-token cache, by a keyed hash of the token; on a miss the
 //!    cold check: header, algorithm listed and fitting the key, signature,
 //!    then claims (see [`super::token`]); a success is cached;
 //! 3. revocation, on every request, hit or miss, when the policy has
@@ -24,7 +24,7 @@
 //! key at all for a token, because its jwks_url has never answered,
 //! answers 503, not 401.
 
-use super::cache::{self, TokenCache, Weigh};
+use super::cache::{TokenCache, Weigh};
 use super::jwks::JwksSource;
 use super::keys::{KeySet, VerifyingKey};
 use super::revocation::RevocationStore;
@@ -286,7 +286,7 @@ impl JwtPolicy {
     async fn check(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, Failure> {
         let token = bearer(headers)?;
         let now = unix_now();
-        let key = cache::key(token);
+        let key = self.cache.key(token);
         let epoch = self.epoch();
         let verified = match self.cache.get(&key, now) {
             Some(v) if v.epoch == epoch => v,
