@@ -1,8 +1,10 @@
-//! The request pipeline, one for every front door (HTTP/1.1, HTTP/2).
+//! The request pipeline, one for every front door (HTTP/1.1, HTTP/2,
+//! HTTP/3).
 //!
 //! Phases, in order (the order is the architecture):
 //! 1. **admit**: load the config snapshot once; pick the request id; check
-//!    the head (size, Host rules);
+//!    the head (size, Host rules, 425 for a non-GET/HEAD request in TLS
+//!    early data);
 //! 2. **route**: find the route by listener, host, path and method;
 //! 3. **respond** (a `respond` route) or **forward**: rewrite the head
 //!    (hop-by-hop, x-forwarded-*, Host, path), choose a server round-robin,
@@ -46,9 +48,20 @@ pub struct ConnInfo {
     pub listener: Arc<ListenerSettings>,
     pub peer: SocketAddr,
     pub https: bool,
+    /// The connection's protocol when the front door knows it at accept
+    /// (ALPN, a one-protocol listener, QUIC); `None` on a plain listener
+    /// that tells HTTP/1.1 from HTTP/2 by the first bytes (each request's
+    /// version says which).
+    pub protocol: Option<crate::config::Protocol>,
     pub shared: Arc<Shared>,
     pub activity: Arc<ConnActivity>,
 }
+
+/// Request extension set by a front door on a request that arrived in TLS
+/// early data (HTTP/3 0-RTT) on a connection whose handshake was not yet
+/// complete: such a request may be a replay (RFC 8470).
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyData;
 
 /// What the pipeline learned on the way, for the finish phase.
 #[derive(Default)]
@@ -170,6 +183,10 @@ async fn serve(
     if headers::head_size(req.headers()) > conn.listener.max_header_bytes {
         return Err(ProxyError::HeaderTooLarge);
     }
+    let early = req.extensions().get::<EarlyData>().is_some();
+    if early && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Err(ProxyError::TooEarly);
+    }
     if req.version() <= Version::HTTP_11 {
         if let Some(why) = headers::host_header_error(req.headers(), req.version()) {
             return Err(ProxyError::BadRequest(why));
@@ -256,6 +273,7 @@ async fn forward(
     count_bytes: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let (mut parts, body) = req.into_parts();
+    let early = parts.extensions.get::<EarlyData>().is_some();
     headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_request_only(&mut parts.headers);
     headers::set_forwarded(
@@ -267,6 +285,13 @@ async fn forward(
     parts
         .headers
         .insert(snap.request_id_header.clone(), request_id.clone());
+    if early {
+        // RFC 8470 5.1: an intermediary forwarding early data says so, so
+        // the origin can answer 425 itself.
+        parts
+            .headers
+            .insert("early-data", HeaderValue::from_static("1"));
+    }
     if let Some(h) = &host_value {
         if parts.headers.get(HOST) != Some(h) {
             parts.headers.insert(HOST, h.clone());
