@@ -3,6 +3,8 @@
 //! Everything listens on 127.0.0.1 only.
 #![allow(dead_code)]
 
+pub mod http3;
+
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
 use hyper::body::{Frame, Incoming};
