@@ -415,3 +415,42 @@ async fn connections_near_the_limit_go_through_retry_and_the_limit_holds() {
     let (status, _client2, _c) = eleventh.await.unwrap().unwrap();
     assert_eq!(status, 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_http3_only_listener_binds_no_tcp_socket() {
+    let b = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml("quic-only", "");
+    let cfg = format!(
+        "{l}protocols = [\"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n[[route]]\nname = \"all\"\nupstream = \"app\"\n{}",
+        upstream_toml("app", &[&b], "")
+    );
+    let _p = Portico::start_in(dir, &cfg);
+    let mut c = H3Client::new(&pki, false).connect(addr).await.unwrap();
+    assert_eq!(c.get("/only").await.unwrap().text(), "a GET /only");
+    assert!(std::net::TcpStream::connect(addr).is_err());
+}
+
+#[test]
+fn http3_without_tls_is_a_config_error_at_its_line() {
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join("proxy.toml");
+    std::fs::write(
+        &path,
+        "[[listener]]\nname = \"web\"\nbind = \"127.0.0.1:8443\"\nprotocols = [\"http1\", \"http3\"]\n",
+    )
+    .unwrap();
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_portico"))
+        .arg("check")
+        .arg("--config")
+        .arg(&path)
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(1));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains(&format!("{}:4:13: ", path.display())) && err.contains("needs tls"),
+        "{err}"
+    );
+}
