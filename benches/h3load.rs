@@ -8,7 +8,10 @@
 //!
 //! Both protocols use a raw client (h2 over tokio-rustls, h3 over quinn),
 //! TLS 1.3 with the same certificate, the same route to the same backend
-//! and the same concurrency. Everything is on 127.0.0.1.
+//! and the same concurrency. Everything is on 127.0.0.1. The client runs on
+//! one thread of the same 2-core machine, so besides requests/s it reports
+//! portico's own CPU time per request (from /proc), which the client's cost
+//! does not skew.
 
 #[path = "../tests/support/mod.rs"]
 mod support;
@@ -31,6 +34,20 @@ struct Run {
     errors: u64,
     secs: f64,
     latencies_us: Vec<u64>,
+    /// CPU seconds portico used during the run (user + system).
+    cpu_secs: f64,
+}
+
+/// CPU seconds (user + system) used so far by process `pid`.
+fn cpu_secs(pid: u32) -> f64 {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).unwrap_or_default();
+    // Fields after the command name (which may contain spaces) in ")".
+    let rest = stat.rsplit_once(')').map(|(_, r)| r).unwrap_or("");
+    let f: Vec<&str> = rest.split_whitespace().collect();
+    let ticks = |i: usize| f.get(i).and_then(|v| v.parse::<f64>().ok()).unwrap_or(0.0);
+    // SAFETY: sysconf has no preconditions.
+    let hz = unsafe { libc::sysconf(libc::_SC_CLK_TCK) }.max(1) as f64;
+    (ticks(11) + ticks(12)) / hz
 }
 
 impl Run {
@@ -60,6 +77,7 @@ fn merge(parts: Vec<(u64, Vec<u64>)>, secs: f64) -> Run {
         errors,
         secs,
         latencies_us,
+        cpu_secs: 0.0,
     }
 }
 
@@ -145,10 +163,11 @@ async fn h2_run(pki: &Pki, addr: SocketAddr, conns: u64, streams: u64, secs: u64
 
 fn report(name: &str, r: &Run) {
     println!(
-        "{name}: {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  ({} ok, {} errors, {:.1} s)",
+        "{name}: {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  portico CPU {:>5.1} us/req  ({} ok, {} errors, {:.1} s)",
         r.rps(),
         r.pct(0.50),
         r.pct(0.99),
+        r.cpu_secs * 1e6 / r.requests.max(1) as f64,
         r.requests,
         r.errors,
         r.secs
@@ -179,7 +198,8 @@ fn main() {
             "[server]\nworker_threads = 1\naccess_log = \"off\"\n{l}protocols = [\"http1\", \"http2\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n[[route]]\nname = \"bench\"\nupstream = \"app\"\n{}",
             support::upstream_toml("app", &[&backend], "")
         );
-        let _p = Portico::start_in(dir, &cfg);
+        let p = Portico::start_in(dir, &cfg);
+        let pid = p.pid();
         println!(
             "portico worker_threads = 1; {conns} connections x {streams} concurrent requests; {secs} s per run; GET /bench (small body)"
         );
@@ -190,9 +210,13 @@ fn main() {
         let mut h3_runs = Vec::new();
         // Alternate, so drift on a shared machine hits both alike.
         for round in 1..=2 {
-            let r2 = h2_run(&pki, addr, conns, streams, secs).await;
+            let c0 = cpu_secs(pid);
+            let mut r2 = h2_run(&pki, addr, conns, streams, secs).await;
+            r2.cpu_secs = cpu_secs(pid) - c0;
             report(&format!("round {round} h2"), &r2);
-            let r3 = h3_run(&pki, addr, conns, streams, secs).await;
+            let c0 = cpu_secs(pid);
+            let mut r3 = h3_run(&pki, addr, conns, streams, secs).await;
+            r3.cpu_secs = cpu_secs(pid) - c0;
             report(&format!("round {round} h3"), &r3);
             h2_runs.push(r2);
             h3_runs.push(r3);
@@ -200,5 +224,12 @@ fn main() {
         let total = |runs: &[Run]| runs.iter().map(Run::rps).sum::<f64>() / runs.len() as f64;
         let (h2, h3) = (total(&h2_runs), total(&h3_runs));
         println!("mean h2 {h2:.0} req/s, h3 {h3:.0} req/s: h3/h2 = {:.2}", h3 / h2);
+        let per_req = |runs: &[Run]| {
+            let cpu: f64 = runs.iter().map(|r| r.cpu_secs).sum();
+            let n: u64 = runs.iter().map(|r| r.requests).sum();
+            cpu * 1e6 / n.max(1) as f64
+        };
+        let (c2, c3) = (per_req(&h2_runs), per_req(&h3_runs));
+        println!("portico CPU per request: h2 {c2:.1} us, h3 {c3:.1} us: h3/h2 = {:.2}", c3 / c2);
     });
 }
