@@ -122,7 +122,13 @@ fn render(c: &mut Criterion) {
         .build()
         .expect("runtime");
     let _guard = rt.enter();
-    let snap = portico::snapshot::Snapshot::build(Arc::new(lc), 1, None).expect("snapshot");
+    let snap = portico::snapshot::Snapshot::build(
+        Arc::new(lc),
+        1,
+        None,
+        portico::snapshot::BuildMode::Check,
+    )
+    .expect("snapshot");
     let metrics: &Metrics = &snap.metrics;
     for r in snap.routes.iter() {
         for code in [200, 404, 502] {

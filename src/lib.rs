@@ -5,6 +5,7 @@
 //! - [`snapshot`]: config → the immutable runtime a request reads
 //!   (routes, pools, TLS configs), swapped whole through `ArcSwap`;
 //! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
+//!   [`listener::quic`]: QUIC and the HTTP/3 adapter into the same pipeline;
 //! - [`proxy`]: the one pipeline (admit → route → cors → authenticate →
 //!   forward → finish) and the proxy's own error answers;
 //! - [`auth`]: JWT policies, keys, the verified-token cache, revocation;

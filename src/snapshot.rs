@@ -32,7 +32,18 @@ pub struct ListenerSettings {
     pub bind: SocketAddr,
     pub http1: bool,
     pub http2: bool,
+    /// HTTP/3 over QUIC on UDP at `bind`; implies `quic` is `Some`.
+    pub http3: bool,
+    /// The TCP side's TLS config (ALPN h2/http/1.1).
     pub tls: Option<Arc<rustls::ServerConfig>>,
+    /// The QUIC side's config: TLS 1.3 with ALPN h3 (0-RTT when
+    /// `early_data`) and the transport limits; `Some` exactly when `http3`.
+    pub quic: Option<quinn::ServerConfig>,
+    /// tls.early_data: HTTP/3 0-RTT accepted (non-GET/HEAD get 425).
+    pub early_data: bool,
+    /// `Alt-Svc: h3=":PORT"; ma=86400` for the TCP side's responses when
+    /// `http3` is on (PORT: alt_svc_port, else the bound port).
+    pub alt_svc: Option<HeaderValue>,
     pub max_header_bytes: usize,
     pub header_read_timeout: Duration,
     pub idle_timeout: Duration,
@@ -97,20 +108,49 @@ impl Snapshot {
         let mut listeners = Vec::new();
         for l in &c.listeners {
             let protocols = l.protocols.get_ref();
+            let bind: SocketAddr = l
+                .bind
+                .get_ref()
+                .parse()
+                .map_err(|_| lc.error_at(&l.bind, "bad bind address"))?;
             let tls = match &l.tls {
                 Some(t) => Some(crate::tls::server_config(&lc, t, protocols)?),
                 None => None,
             };
+            let http3 = protocols.contains(&Protocol::Http3);
+            let quic = match &l.tls {
+                Some(t) if http3 => Some(crate::listener::quic::server_config(
+                    crate::tls::quic_server_config(&lc, t)?,
+                    l.idle_timeout.0,
+                    l.h2_max_concurrent_streams,
+                )),
+                _ => None,
+            };
+            let alt_svc = match &quic {
+                Some(_) => {
+                    // Behind NAT or a port mapping the bound port is not the
+                    // one clients reach: alt_svc_port says which is.
+                    let port = match l.alt_svc_port {
+                        0 => bind.port(),
+                        p => p,
+                    };
+                    Some(
+                        HeaderValue::from_str(&format!("h3=\":{port}\"; ma=86400"))
+                            .map_err(|_| lc.error_at(&l.name, "bad Alt-Svc value"))?,
+                    )
+                }
+                None => None,
+            };
             listeners.push(Arc::new(ListenerSettings {
                 name: Arc::from(l.name.get_ref().as_str()),
-                bind: l
-                    .bind
-                    .get_ref()
-                    .parse()
-                    .map_err(|_| lc.error_at(&l.bind, "bad bind address"))?,
+                bind,
                 http1: protocols.contains(&Protocol::Http1),
                 http2: protocols.contains(&Protocol::Http2),
+                http3: quic.is_some(),
                 tls,
+                quic,
+                early_data: l.tls.as_ref().is_some_and(|t| t.early_data),
+                alt_svc,
                 max_header_bytes: l.max_header_bytes,
                 header_read_timeout: l.header_read_timeout.0,
                 idle_timeout: l.idle_timeout.0,

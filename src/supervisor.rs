@@ -13,8 +13,16 @@
 //! listener stops accepting, and its connections finish their requests in
 //! flight and close. Client connections are never cut by a reload: every
 //! request, on any connection, reads the snapshot in force when it starts.
+//!
+//! A listener has up to two sides: TCP (when it serves http1 or http2) and
+//! QUIC on UDP at the same address (when it serves http3). A reload that
+//! keeps a listener reconciles its sides the same way: a side it gains is
+//! bound before the swap, a side it loses stops and drains after it, and a
+//! QUIC side it keeps stays bound and only gets the new server config
+//! (certificates, limits) for new handshakes.
 
 use crate::config::{self, ConfigError};
+use crate::listener::quic::QuicListener;
 use crate::listener::ConnTracker;
 use crate::proxy::Shared;
 use crate::snapshot::{BuildMode, ListenerSettings, Snapshot};
@@ -27,11 +35,37 @@ use tokio::sync::watch;
 
 type ListenerKey = (Arc<str>, SocketAddr);
 
-/// Listening sockets bound at start, not yet serving.
-pub type BoundListeners = Vec<(TcpListener, Arc<ListenerSettings>)>;
+/// The sockets of one listener, bound and not yet serving.
+pub struct BoundSockets {
+    tcp: Option<TcpListener>,
+    udp: Option<std::net::UdpSocket>,
+}
 
+/// Listening sockets bound at start, not yet serving.
+pub type BoundListeners = Vec<(BoundSockets, Arc<ListenerSettings>)>;
+
+/// The running sides of one listener.
+#[derive(Default)]
 struct RunningListener {
-    stop: watch::Sender<bool>,
+    /// Stops the TCP accept loop.
+    tcp: Option<watch::Sender<bool>>,
+    quic: Option<QuicListener>,
+}
+
+impl RunningListener {
+    fn stop(&mut self) {
+        if let Some(t) = self.tcp.take() {
+            let _ = t.send(true);
+        }
+        if let Some(q) = self.quic.take() {
+            q.stop();
+        }
+    }
+}
+
+/// Whether a listener has a TCP side (an http3-only one has none).
+fn wants_tcp(s: &ListenerSettings) -> bool {
+    s.http1 || s.http2
 }
 
 /// Owns what a reload changes: the snapshot in force and the listeners.
@@ -71,11 +105,11 @@ impl Supervisor {
         let snap = sup.shared.snapshot.load_full();
         let mut bound = Vec::new();
         for (settings, cfg) in snap.listeners.iter().zip(&snap.config.config.listeners) {
-            let l = sup.bind(settings).map_err(|e| {
+            let sockets = sup.bind_sides(settings, (true, true)).map_err(|e| {
                 snap.config
                     .error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind))
             })?;
-            bound.push((l, settings.clone()));
+            bound.push((sockets, settings.clone()));
         }
         Ok((sup, bound))
     }
@@ -84,8 +118,8 @@ impl Supervisor {
     /// the snapshot's background work (JWKS fetches).
     pub fn start(self: &Arc<Self>, bound: BoundListeners) {
         self.shared.snapshot.load().auth.start();
-        for (l, settings) in bound {
-            self.spawn_listener(l, settings);
+        for (sockets, settings) in bound {
+            self.spawn_listener(sockets, settings);
         }
     }
 
@@ -110,22 +144,70 @@ impl Supervisor {
         }
     }
 
-    fn spawn_listener(self: &Arc<Self>, l: TcpListener, settings: Arc<ListenerSettings>) {
-        let (stop_tx, stop_rx) = watch::channel(*self.stopping.borrow());
-        tracing::info!(listener = %settings.name, bind = %settings.bind, tls = settings.tls.is_some(), "listening");
+    /// Binds the sides of `s` that `missing` (TCP, UDP) says are not
+    /// running yet. On error, whatever was bound here is closed.
+    fn bind_sides(
+        &self,
+        s: &ListenerSettings,
+        (tcp_missing, udp_missing): (bool, bool),
+    ) -> std::io::Result<BoundSockets> {
+        let tcp = match tcp_missing && wants_tcp(s) {
+            true => Some(self.bind(s)?),
+            false => None,
+        };
+        let udp = match udp_missing && s.http3 {
+            true => Some(
+                crate::listener::quic::bind_udp(s.bind)
+                    .map_err(|e| std::io::Error::new(e.kind(), format!("UDP (http3): {e}")))?,
+            ),
+            false => None,
+        };
+        Ok(BoundSockets { tcp, udp })
+    }
+
+    /// Starts serving the bound sides of a listener, adding them to its
+    /// running entry.
+    fn spawn_listener(self: &Arc<Self>, sockets: BoundSockets, settings: Arc<ListenerSettings>) {
+        let stopping = *self.stopping.borrow();
+        let tcp = sockets.tcp.map(|l| {
+            let (stop_tx, stop_rx) = watch::channel(stopping);
+            tracing::info!(listener = %settings.name, bind = %settings.bind, tls = settings.tls.is_some(), "listening (TCP)");
+            tokio::spawn(crate::listener::accept_loop(
+                l,
+                settings.clone(),
+                self.shared.clone(),
+                self.tracker.clone(),
+                stop_rx,
+            ));
+            stop_tx
+        });
+        let quic = sockets.udp.and_then(|u| {
+            match QuicListener::start(
+                u,
+                settings.clone(),
+                self.shared.clone(),
+                self.tracker.clone(),
+                stopping,
+            ) {
+                Ok(q) => {
+                    tracing::info!(listener = %settings.name, bind = %settings.bind, "listening (QUIC, HTTP/3)");
+                    Some(q)
+                }
+                Err(e) => {
+                    tracing::error!(listener = %settings.name, bind = %settings.bind, error = %e, "cannot start the QUIC endpoint");
+                    None
+                }
+            }
+        });
         if let Ok(mut m) = self.listeners.lock() {
-            m.insert(
-                (settings.name.clone(), settings.bind),
-                RunningListener { stop: stop_tx },
-            );
+            let entry = m.entry((settings.name.clone(), settings.bind)).or_default();
+            if tcp.is_some() {
+                entry.tcp = tcp;
+            }
+            if quic.is_some() {
+                entry.quic = quic;
+            }
         }
-        tokio::spawn(crate::listener::accept_loop(
-            l,
-            settings,
-            self.shared.clone(),
-            self.tracker.clone(),
-            stop_rx,
-        ));
     }
 
     /// Reloads the config file. Returns the new generation, or the error
@@ -161,43 +243,63 @@ impl Supervisor {
             BuildMode::Run,
         )?;
 
-        // Bind what is new before anything changes; on failure the sockets
-        // bound so far are dropped (closed) with `fresh`.
-        let running: Vec<ListenerKey> = match self.listeners.lock() {
-            Ok(m) => m.keys().cloned().collect(),
-            Err(_) => Vec::new(),
+        // Bind what is new (listeners, and sides of kept ones) before
+        // anything changes; on failure the sockets bound so far are dropped
+        // (closed) with `fresh`.
+        let running: HashMap<ListenerKey, (bool, bool)> = match self.listeners.lock() {
+            Ok(m) => m
+                .iter()
+                .map(|(k, r)| (k.clone(), (r.tcp.is_some(), r.quic.is_some())))
+                .collect(),
+            Err(_) => HashMap::new(),
         };
         let mut fresh = Vec::new();
         for (settings, cfg) in next.listeners.iter().zip(&lc.config.listeners) {
             let key = (settings.name.clone(), settings.bind);
-            if !running.contains(&key) {
-                let l = self.bind(settings).map_err(|e| {
+            let (has_tcp, has_quic) = running.get(&key).copied().unwrap_or_default();
+            let sockets = self
+                .bind_sides(settings, (!has_tcp, !has_quic))
+                .map_err(|e| {
                     lc.error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind))
                 })?;
-                fresh.push((l, settings.clone()));
+            if sockets.tcp.is_some() || sockets.udp.is_some() {
+                fresh.push((sockets, settings.clone()));
             }
         }
 
         let generation = next.generation;
         next.auth.start();
-        let wanted: Vec<ListenerKey> = next
-            .listeners
-            .iter()
-            .map(|s| (s.name.clone(), s.bind))
-            .collect();
-        self.shared.snapshot.store(Arc::new(next));
+        let next = Arc::new(next);
+        self.shared.snapshot.store(next.clone());
 
-        for (l, settings) in fresh {
-            self.spawn_listener(l, settings);
+        for (sockets, settings) in fresh {
+            self.spawn_listener(sockets, settings);
         }
         if let Ok(mut m) = self.listeners.lock() {
             m.retain(|key, running| {
-                let keep = wanted.contains(key);
-                if !keep {
+                let Some(s) = next.listeners.iter().find(|s| (&s.name, s.bind) == (&key.0, key.1))
+                else {
                     tracing::info!(listener = %key.0, bind = %key.1, "listener removed: draining");
-                    let _ = running.stop.send(true);
+                    running.stop();
+                    return false;
+                };
+                if !wants_tcp(s) {
+                    if let Some(t) = running.tcp.take() {
+                        tracing::info!(listener = %key.0, bind = %key.1, "TCP side removed: draining");
+                        let _ = t.send(true);
+                    }
                 }
-                keep
+                match (&running.quic, s.http3) {
+                    (Some(q), true) => q.update(s),
+                    (Some(_), false) => {
+                        tracing::info!(listener = %key.0, bind = %key.1, "http3 removed: draining the QUIC side");
+                        if let Some(q) = running.quic.take() {
+                            q.stop();
+                        }
+                    }
+                    (None, _) => {}
+                }
+                true
             });
         }
         Ok(generation)
@@ -207,9 +309,9 @@ impl Supervisor {
     /// finish gracefully.
     pub fn stop_all(&self) {
         let _ = self.stopping.send(true);
-        if let Ok(m) = self.listeners.lock() {
-            for l in m.values() {
-                let _ = l.stop.send(true);
+        if let Ok(mut m) = self.listeners.lock() {
+            for l in m.values_mut() {
+                l.stop();
             }
         }
     }

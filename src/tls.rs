@@ -1,7 +1,8 @@
 //! TLS server configs for listeners, built from PEM files.
 //!
-//! Guarantees: TLS 1.3 only unless a listener asks for 1.2; ALPN offers
-//! exactly the listener's protocols (h2 before http/1.1); a key that does not
+//! Guarantees: TLS 1.3 only unless a listener asks for 1.2 (its QUIC side
+//! is always 1.3); ALPN offers exactly the listener's protocols (h2 before
+//! http/1.1 over TCP, h3 over QUIC); a key that does not
 //! match its certificate, an unreadable or empty file, or a bad client CA is
 //! a [`ConfigError`] at the position of the offending setting. The crypto
 //! provider is ring, which builds with the toolchain and a C compiler alone.
@@ -56,18 +57,54 @@ pub fn load_key(
     })
 }
 
-/// Builds the rustls config of one TLS listener.
+/// Builds the rustls config of one TLS listener's TCP side.
 pub fn server_config(
     lc: &LoadedConfig,
     t: &ListenerTls,
     protocols: &[Protocol],
 ) -> Result<Arc<ServerConfig>, ConfigError> {
-    let certs = load_certs(lc, &t.cert)?;
-    let key = load_key(lc, &t.key)?;
     let versions: &[&'static rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
+    let mut cfg = base_config(lc, t, versions)?;
+    cfg.alpn_protocols = alpn(protocols);
+    Ok(Arc::new(cfg))
+}
+
+/// Builds the rustls config of one listener's QUIC side (HTTP/3), from the
+/// same certificate, key and client CA as its TCP side.
+///
+/// Guarantees: TLS 1.3 only (QUIC has no other version), ALPN exactly `h3`.
+/// 0-RTT is off unless `tls.early_data`: then `max_early_data_size` is
+/// `u32::MAX`, the only non-zero value QUIC allows (RFC 9001 4.6.1). Session
+/// resumption is stateful (rustls's in-memory cache, no ticketer), which is
+/// what rustls requires for early data: a ticket is taken from the cache once,
+/// so one instance never accepts the same 0-RTT ticket twice. Replays against
+/// other instances are not possible either, since a ticket only resumes on
+/// the instance that issued it. Which early requests may run is the
+/// pipeline's decision (425 for all but GET/HEAD, see `crate::proxy`).
+pub fn quic_server_config(
+    lc: &LoadedConfig,
+    t: &ListenerTls,
+) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, ConfigError> {
+    let mut cfg = base_config(lc, t, &[&rustls::version::TLS13])?;
+    cfg.alpn_protocols = vec![b"h3".to_vec()];
+    cfg.max_early_data_size = if t.early_data { u32::MAX } else { 0 };
+    quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
+        .map(Arc::new)
+        .map_err(|e| lc.error_at(&t.cert, format!("QUIC TLS setup failed: {e}")))
+}
+
+/// Certificate, key and client authentication of a listener, with the
+/// given protocol versions and no ALPN yet.
+fn base_config(
+    lc: &LoadedConfig,
+    t: &ListenerTls,
+    versions: &[&'static rustls::SupportedProtocolVersion],
+) -> Result<ServerConfig, ConfigError> {
+    let certs = load_certs(lc, &t.cert)?;
+    let key = load_key(lc, &t.key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| lc.error_at(&t.cert, format!("TLS setup failed: {e}")))?;
@@ -85,14 +122,12 @@ pub fn server_config(
             .map_err(|e| lc.error_at(&t.client_ca, format!("bad client CA: {e}")))?;
         builder.with_client_cert_verifier(verifier)
     };
-    let mut cfg = builder.with_single_cert(certs, key).map_err(|e| {
+    builder.with_single_cert(certs, key).map_err(|e| {
         lc.error_at(
             &t.key,
             format!("key does not fit the certificate, or is unusable: {e}"),
         )
-    })?;
-    cfg.alpn_protocols = alpn(protocols);
-    Ok(Arc::new(cfg))
+    })
 }
 
 fn alpn(protocols: &[Protocol]) -> Vec<Vec<u8>> {

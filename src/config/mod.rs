@@ -495,10 +495,11 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
                 "protocols must list at least one of \"http1\", \"http2\", \"http3\"",
             ));
         }
-        if protos.contains(&Protocol::Http3) {
+        // QUIC always runs TLS 1.3: HTTP/3 needs the listener's certificate.
+        if protos.contains(&Protocol::Http3) && l.tls.is_none() {
             return Err(lc.error_at(
                 &l.protocols,
-                "protocol \"http3\" is not available in this build (HTTP/3 is not implemented yet)",
+                "protocol \"http3\" needs tls (QUIC is always encrypted): add tls.cert and tls.key",
             ));
         }
         if l.max_header_bytes < 1024 {
@@ -735,6 +736,25 @@ mod tests {
                 weight: 3
             }
         );
+    }
+
+    #[test]
+    fn http3_needs_tls_and_is_reported_at_protocols() {
+        let e = parse_str(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8443\"\nprotocols = [\"http1\", \"http3\"]\n",
+        )
+        .unwrap_err();
+        let s = e.to_string();
+        assert!(s.starts_with("/etc/portico/proxy.toml:4:13: "), "{s}");
+        assert!(s.contains("needs tls"), "{s}");
+        let lc = parse_str(
+            "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8443\"\nprotocols = [\"http3\"]\nalt_svc_port = 443\ntls = { cert = \"c.pem\", key = \"k.pem\", early_data = true }\n",
+        )
+        .unwrap();
+        let l = &lc.config.listeners[0];
+        assert_eq!(l.protocols.get_ref(), &vec![Protocol::Http3]);
+        assert_eq!(l.alt_svc_port, 443);
+        assert!(l.tls.as_ref().is_some_and(|t| t.early_data));
     }
 
     #[test]

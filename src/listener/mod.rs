@@ -16,12 +16,20 @@
 //!   defences (GOAWAY ENHANCE_YOUR_CALM);
 //! - on shutdown a listener stops accepting and every connection is asked to
 //!   finish gracefully (HTTP/1.1: after the response in flight; HTTP/2:
-//!   GOAWAY).
+//!   GOAWAY);
+//! - on a listener with http3, every response of the TCP side carries
+//!   `Alt-Svc: h3=":PORT"; ma=86400` (any upstream Alt-Svc is replaced: it
+//!   would describe the upstream, not this listener). The value is the one of
+//!   the settings the connection was accepted with.
+//!
+//! HTTP/3 (QUIC on UDP at the same address) is in [`quic`].
 
 mod conn_io;
+pub mod quic;
 
 pub use conn_io::{ConnActivity, ConnIo, Mode};
 
+use crate::config::Protocol;
 use crate::observe::metrics::{ConnGauge, ConnProtocol};
 use crate::proxy::{ConnInfo, Shared};
 use crate::snapshot::ListenerSettings;
@@ -237,7 +245,12 @@ async fn serve_connection(
                 request_id_header,
                 s.max_header_bytes + HEAD_SLACK,
             );
-            serve_http(io, builder, &fe, peer, true, activity, shared, stop).await;
+            let protocol = Some(match mode {
+                Mode::Http2 => Protocol::Http2,
+                _ => Protocol::Http1,
+            });
+            let conn = (peer, true, protocol);
+            serve_http(io, builder, &fe, conn, activity, shared, stop).await;
         }
         None => {
             let mode = match (s.http1, s.http2) {
@@ -254,18 +267,22 @@ async fn serve_connection(
                 request_id_header,
                 s.max_header_bytes + HEAD_SLACK,
             );
-            serve_http(io, &fe.detect, &fe, peer, false, activity, shared, stop).await;
+            let protocol = match mode {
+                Mode::Http1 => Some(Protocol::Http1),
+                Mode::Http2 => Some(Protocol::Http2),
+                Mode::Detect => None,
+            };
+            let conn = (peer, false, protocol);
+            serve_http(io, &fe.detect, &fe, conn, activity, shared, stop).await;
         }
     }
 }
 
-#[allow(clippy::too_many_arguments)]
 async fn serve_http<S>(
     io: ConnIo<S>,
     builder: &auto::Builder<TokioExecutor>,
     fe: &Frontend,
-    peer: SocketAddr,
-    https: bool,
+    (peer, https, protocol): (SocketAddr, bool, Option<Protocol>),
     activity: Arc<ConnActivity>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -287,12 +304,22 @@ async fn serve_http<S>(
         client_ip: http::HeaderValue::from_str(&peer.ip().to_string())
             .unwrap_or(http::HeaderValue::from_static("unknown")),
         https,
+        protocol,
         shared,
         activity: activity.clone(),
         gauge,
     });
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info.clone())
+        let info = info.clone();
+        async move {
+            let alt_svc = info.listener.alt_svc.clone();
+            let mut resp =
+                crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info).await?;
+            if let Some(v) = alt_svc {
+                resp.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            Ok::<_, std::convert::Infallible>(resp)
+        }
     });
     let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
     tokio::pin!(conn);

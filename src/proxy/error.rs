@@ -26,6 +26,9 @@ pub enum ProxyError {
     RequestTimeout,
     /// The request head is larger than max_header_bytes.
     HeaderTooLarge,
+    /// A request other than GET/HEAD arrived in HTTP/3 0-RTT data, before
+    /// the handshake completed (RFC 8470): the client retries it after.
+    TooEarly,
     /// The upstream refused, reset, or sent something that is not HTTP.
     BadGateway,
     /// No usable server in the pool.
@@ -52,6 +55,7 @@ impl ProxyError {
             ProxyError::CorsRejected => StatusCode::FORBIDDEN,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::TooEarly => StatusCode::TOO_EARLY,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
             ProxyError::GatewayTimeout => StatusCode::GATEWAY_TIMEOUT,
@@ -70,6 +74,7 @@ impl ProxyError {
             }
             ProxyError::RequestTimeout => "request head not received in time",
             ProxyError::HeaderTooLarge => "request header fields too large",
+            ProxyError::TooEarly => "request sent in TLS early data; retry after the handshake",
             ProxyError::BadGateway => "upstream unavailable or sent an invalid response",
             ProxyError::ServiceUnavailable => "no healthy upstream server",
             ProxyError::GatewayTimeout => "upstream did not answer in time",
@@ -100,7 +105,9 @@ impl ProxyError {
             ProxyError::CorsRejected => "7",
             ProxyError::RequestTimeout => "4",
             ProxyError::HeaderTooLarge => "8",
-            ProxyError::BadGateway
+            // UNAVAILABLE: gRPC clients retry it, as 425 asks.
+            ProxyError::TooEarly
+            | ProxyError::BadGateway
             | ProxyError::ServiceUnavailable
             | ProxyError::GatewayTimeout
             | ProxyError::AuthUnavailable => "14",
@@ -199,5 +206,12 @@ mod tests {
         let r = ProxyError::AuthUnavailable.response(false);
         assert_eq!(r.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(r.headers().get(WWW_AUTHENTICATE).is_none());
+    }
+
+    #[test]
+    fn too_early_is_425_without_connection_header() {
+        let r = ProxyError::TooEarly.response(false);
+        assert_eq!(r.status().as_u16(), 425);
+        assert!(r.headers().get(CONNECTION).is_none());
     }
 }

@@ -129,6 +129,13 @@ pub(super) async fn forward(
     parts
         .headers
         .insert(snap.request_id_header.clone(), request_id.clone());
+    if parts.extensions.get::<super::EarlyData>().is_some() {
+        // RFC 8470 5.1: an intermediary forwarding early data says so, so
+        // the origin can answer 425 itself.
+        parts
+            .headers
+            .insert("early-data", HeaderValue::from_static("1"));
+    }
     if let Some(h) = &host_value {
         if parts.headers.get(HOST) != Some(h) {
             parts.headers.insert(HOST, h.clone());

@@ -1,8 +1,10 @@
-//! The request pipeline, one for every front door (HTTP/1.1, HTTP/2).
+//! The request pipeline, one for every front door (HTTP/1.1, HTTP/2,
+//! HTTP/3).
 //!
 //! Phases, in order (the order is the architecture):
 //! 1. **admit**: load the config snapshot once; pick the request id; check
-//!    the head (size, Host rules);
+//!    the head (size, Host rules, 425 for a non-GET/HEAD request in TLS
+//!    early data);
 //! 2. **route**: find the route by listener, host, path and method;
 //! 3. **cors**: on a route with a CORS policy, answer preflights at the
 //!    edge and note what the response owes the request's origin
@@ -65,11 +67,22 @@ pub struct ConnInfo {
     /// The peer's IP as a header value, for x-forwarded-for.
     pub client_ip: HeaderValue,
     pub https: bool,
+    /// The connection's protocol when the front door knows it at accept
+    /// (ALPN, a one-protocol listener, QUIC); `None` on a plain listener
+    /// that tells HTTP/1.1 from HTTP/2 by the first bytes (each request's
+    /// version says which).
+    pub protocol: Option<crate::config::Protocol>,
     pub shared: Arc<Shared>,
     pub activity: Arc<ConnActivity>,
     /// The connection's place in portico_connections_active.
     pub gauge: ConnGauge,
 }
+
+/// Request extension set by a front door on a request that arrived in TLS
+/// early data (HTTP/3 0-RTT) on a connection whose handshake was not yet
+/// complete: such a request may be a replay (RFC 8470).
+#[derive(Debug, Clone, Copy)]
+pub struct EarlyData;
 
 /// What the pipeline learned on the way, for the finish phase.
 #[derive(Default)]
@@ -224,6 +237,10 @@ async fn serve(
     // admit
     if headers::head_size(req.headers()) > conn.listener.max_header_bytes {
         return Err(ProxyError::HeaderTooLarge);
+    }
+    let early = req.extensions().get::<EarlyData>().is_some();
+    if early && !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return Err(ProxyError::TooEarly);
     }
     if req.version() <= Version::HTTP_11 {
         if let Some(why) = headers::host_header_error(req.headers(), req.version()) {

@@ -1,0 +1,677 @@
+//! The HTTP/3 front door: QUIC (quinn) on UDP at a listener's address, and
+//! an adapter that turns each HTTP/3 request into an
+//! `http::Request<RequestBody>` for the one pipeline ([`crate::proxy::handle`])
+//! and its `Response<ProxyBody>` back into HTTP/3 frames. Routing,
+//! forwarding, errors, request ids and the access log are the pipeline's;
+//! nothing here answers a request by itself.
+//!
+//! Guarantees:
+//! - the UDP socket is bound once, at start or by the reload that adds
+//!   "http3" to a listener, and stays bound across reloads that keep it
+//!   (no re-bind that could misroute packets of live connections); a reload
+//!   swaps the endpoint's server config ([`QuicListener::update`]), so new
+//!   certificates and limits apply to new handshakes, and connections already
+//!   open keep theirs;
+//! - TLS 1.3 with ALPN `h3` and the listener's certificate (see
+//!   [`crate::tls::quic_server_config`]); the handshake must finish within
+//!   `header_read_timeout`, and so must each request head;
+//! - request bodies stream frame by frame under QUIC flow control (a stream
+//!   whose body nobody reads stops granting credit); response bodies are sent
+//!   frame by frame as the upstream produces them, trailers included; an
+//!   upstream body that fails midway resets the stream (H3_INTERNAL_ERROR)
+//!   so a truncated body is never taken for a whole one;
+//! - limits: at most `h2_max_concurrent_streams` concurrent requests per
+//!   connection (QUIC's bidirectional stream limit, the same knob as
+//!   HTTP/2's); `idle_timeout` is QUIC's max_idle_timeout (no packet either
+//!   way for that long closes the connection); `max_header_bytes` is enforced
+//!   by the pipeline (431, with request id and access log line), and
+//!   SETTINGS_MAX_FIELD_SECTION_SIZE advertises it plus [`FIELD_SLACK`]
+//!   (QPACK counts 32 bytes per field on top of names and values): a head
+//!   over that is refused by h3 itself with a bare 431;
+//! - `max_connections` bounds this listener's QUIC connections (separately
+//!   from its TCP ones): at the limit, accepting pauses. Once open connections
+//!   reach 90% of it, a client whose address is not yet validated gets a
+//!   stateless Retry first (RFC 9000 8.1), so spoofed sources cannot make the
+//!   listener spend handshakes near its limit;
+//! - connection migration (a client's new address) is allowed, as quinn
+//!   does by default; the pipeline sees the address in force when a request
+//!   starts;
+//! - 0-RTT only with tls.early_data; a request whose stream was opened before
+//!   the handshake completed carries [`EarlyData`], and the pipeline answers
+//!   425 unless it is a GET or HEAD;
+//! - shutdown (SIGTERM, or a reload that removes the listener or its
+//!   "http3"): no new connections; each open one gets GOAWAY, its requests in
+//!   flight finish, then it closes with H3_NO_ERROR once what was sent has
+//!   been delivered (see [`linger`]).
+
+use crate::body::{BoxError, RequestBody};
+use crate::config::Protocol;
+use crate::listener::{ConnActivity, ConnTracker};
+use crate::proxy::{ConnInfo, EarlyData, Shared};
+use crate::snapshot::ListenerSettings;
+use bytes::{Buf, Bytes};
+use futures_util::FutureExt;
+use h3::server::{RequestResolver, RequestStream};
+use http::{HeaderMap, Request, Response};
+use http_body::{Body, Frame, SizeHint};
+use http_body_util::BodyExt;
+use std::net::SocketAddr;
+use std::pin::Pin;
+use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{watch, Semaphore};
+use tokio::task::JoinSet;
+
+/// Room above max_header_bytes in the advertised field section size: QPACK
+/// counts each field as name + value + 32, the pipeline names + values.
+/// Heads between the two get the pipeline's 431 (with request id and access
+/// log line); larger ones h3's own.
+pub const FIELD_SLACK: usize = 8192;
+
+/// Open connections at or above this share (in tenths) of max_connections
+/// make unvalidated clients go through a stateless Retry first.
+const RETRY_AT_TENTHS: usize = 9;
+
+/// H3_NO_ERROR (RFC 9114 8.1), the code of a graceful close.
+const H3_NO_ERROR: u32 = 0x100;
+
+type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+
+/// The quinn server config of a listener's QUIC side: `tls` from
+/// [`crate::tls::quic_server_config`] and the transport limits above.
+pub fn server_config(
+    tls: Arc<quinn::crypto::rustls::QuicServerConfig>,
+    idle_timeout: Duration,
+    max_streams: u32,
+) -> quinn::ServerConfig {
+    let mut transport = quinn::TransportConfig::default();
+    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(max_streams));
+    // HTTP/3 needs 3 unidirectional streams per side (control, QPACK encoder
+    // and decoder); a few more for extensions and grease, no push.
+    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
+    // An idle_timeout beyond QUIC's range (2^62 ms) means "never", as does 0.
+    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
+    let mut cfg = quinn::ServerConfig::with_crypto(tls);
+    cfg.transport_config(Arc::new(transport));
+    cfg.migration(true);
+    cfg
+}
+
+/// Binds the UDP socket of a listener's QUIC side.
+pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
+    use socket2::{Domain, Protocol, Socket, Type};
+    let socket = Socket::new(Domain::for_address(addr), Type::DGRAM, Some(Protocol::UDP))?;
+    if addr.is_ipv6() {
+        // "[::]:443" serves IPv4 too, as on the TCP side.
+        let _ = socket.set_only_v6(false);
+    }
+    // No SO_REUSEADDR: on UDP it would let a second process share the port
+    // and receive part of this listener's packets.
+    socket.set_nonblocking(true)?;
+    socket.bind(&addr.into())?;
+    Ok(socket.into())
+}
+
+/// A running QUIC side of a listener: the endpoint and its accept loop.
+pub struct QuicListener {
+    endpoint: quinn::Endpoint,
+    stop: watch::Sender<bool>,
+}
+
+impl QuicListener {
+    /// Starts serving HTTP/3 on `socket` with `settings` (which must have a
+    /// `quic` config). `stopping`: the process is already shutting down.
+    pub fn start(
+        socket: std::net::UdpSocket,
+        settings: Arc<ListenerSettings>,
+        shared: Arc<Shared>,
+        tracker: Arc<ConnTracker>,
+        stopping: bool,
+    ) -> std::io::Result<QuicListener> {
+        let endpoint = quinn::Endpoint::new(
+            quinn::EndpointConfig::default(),
+            settings.quic.clone(),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        let (stop, stop_rx) = watch::channel(stopping);
+        tokio::spawn(accept_loop(
+            endpoint.clone(),
+            settings,
+            shared,
+            tracker,
+            stop_rx,
+        ));
+        Ok(QuicListener { endpoint, stop })
+    }
+
+    /// New handshakes use the certificates and limits of `settings` (a
+    /// reload that kept the listener and its "http3").
+    pub fn update(&self, settings: &ListenerSettings) {
+        if let Some(cfg) = &settings.quic {
+            self.endpoint.set_server_config(Some(cfg.clone()));
+        }
+    }
+
+    /// Stops accepting; open connections get GOAWAY and drain. The socket
+    /// closes when the last of them is gone.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+async fn accept_loop(
+    endpoint: quinn::Endpoint,
+    settings: Arc<ListenerSettings>,
+    shared: Arc<Shared>,
+    tracker: Arc<ConnTracker>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let name = settings.name.clone();
+    let mut settings = settings;
+    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let mut retrying = false;
+    while !*stop.borrow() {
+        let permit = tokio::select! {
+            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            _ = stop.changed() => break,
+        };
+        let incoming = tokio::select! {
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
+            _ = stop.changed() => break,
+        };
+        // Settings changed by a reload apply to connections accepted after it.
+        if let Some(current) = shared.snapshot.load().listener(&name) {
+            if !Arc::ptr_eq(current, &settings)
+                && current.bind == settings.bind
+                && current.quic.is_some()
+            {
+                let (old, new) = (settings.max_connections, current.max_connections);
+                if new > old {
+                    limit.add_permits(new - old);
+                } else {
+                    limit.forget_permits(old - new);
+                }
+                settings = current.clone();
+            }
+        }
+        // Connections open before this one (its permit is taken already).
+        let open = settings
+            .max_connections
+            .saturating_sub(limit.available_permits() + 1);
+        let near_limit = open * 10 >= settings.max_connections * RETRY_AT_TENTHS;
+        if near_limit != retrying {
+            retrying = near_limit;
+            match near_limit {
+                true => {
+                    tracing::info!(listener = %name, open, "QUIC: near max_connections; new clients must validate their address (stateless Retry)")
+                }
+                false => {
+                    tracing::info!(listener = %name, open, "QUIC: below 90% of max_connections; no more Retry")
+                }
+            }
+        }
+        if near_limit && !incoming.remote_address_validated() && incoming.may_retry() {
+            // A Retry costs the client one round trip and this process no
+            // state; the client comes back with a token proving its address.
+            if let Err(e) = incoming.retry() {
+                e.into_incoming().ignore();
+            }
+            continue;
+        }
+        let guard = tracker.track();
+        let (settings, shared, stop) = (settings.clone(), shared.clone(), stop.clone());
+        tokio::spawn(async move {
+            serve_connection(incoming, settings, shared, stop).await;
+            drop(permit);
+            drop(guard);
+        });
+    }
+    // Refuse new handshakes outright rather than leave them unanswered.
+    endpoint.set_server_config(None);
+    while let Some(Some(i)) = endpoint.accept().now_or_never() {
+        i.refuse();
+    }
+    tracing::info!(listener = %name, "QUIC: stopped accepting");
+}
+
+/// Whether the handshake of a connection is complete, for telling 0-RTT
+/// requests apart.
+enum Handshake {
+    Complete,
+    /// 0.5-RTT: serving before the handshake completes, so requests may
+    /// come in 0-RTT data; resolves when it completes.
+    Pending(quinn::ZeroRttAccepted),
+    /// The connection died before the handshake completed.
+    Failed,
+}
+
+impl Handshake {
+    /// Checks without waiting. quinn completes the handshake and signals it
+    /// under the same lock, before any stream opened after it can be
+    /// accepted: a stream accepted while this says "pending" was opened by
+    /// 0-RTT data (quinn's own `RecvStream::is_0rtt` rule).
+    ///
+    /// The signal carries whether 0-RTT was accepted (false after a plain
+    /// 1-RTT handshake); it is also false when the connection died before
+    /// completing, which quinn records (close reason) before signalling.
+    fn complete_now(&mut self, conn: &quinn::Connection) -> bool {
+        if let Handshake::Pending(z) = self {
+            match z.now_or_never() {
+                Some(true) => *self = Handshake::Complete,
+                Some(false) if conn.close_reason().is_none() => *self = Handshake::Complete,
+                Some(false) => *self = Handshake::Failed,
+                None => return false,
+            }
+        }
+        matches!(self, Handshake::Complete)
+    }
+}
+
+async fn serve_connection(
+    incoming: quinn::Incoming,
+    settings: Arc<ListenerSettings>,
+    shared: Arc<Shared>,
+    mut stop: watch::Receiver<bool>,
+) {
+    let peer = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "QUIC connection refused");
+            return;
+        }
+    };
+    let handshake_deadline = tokio::time::Instant::now() + settings.header_read_timeout;
+    // With early data the server serves from the first flight (0.5-RTT);
+    // otherwise only once the handshake is complete.
+    let early = if settings.early_data {
+        connecting.into_0rtt()
+    } else {
+        Err(connecting)
+    };
+    let (conn, mut handshake) = match early {
+        Ok((conn, accepted)) => (conn, Handshake::Pending(accepted)),
+        Err(connecting) => match tokio::time::timeout_at(handshake_deadline, connecting).await {
+            Ok(Ok(conn)) => (conn, Handshake::Complete),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                return;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "QUIC handshake timed out");
+                return;
+            }
+        },
+    };
+
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size((settings.max_header_bytes + FIELD_SLACK) as u64);
+    let mut h3 = match tokio::time::timeout_at(
+        handshake_deadline,
+        builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "HTTP/3 connection setup timed out");
+            conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+            return;
+        }
+    };
+
+    let mut info = Arc::new(ConnInfo {
+        listener: settings.clone(),
+        peer: conn.remote_address(),
+        client_ip: client_ip(conn.remote_address()),
+        https: true,
+        protocol: Some(Protocol::Http3),
+        shared,
+        activity: Arc::new(ConnActivity::default()),
+        gauge: h3_gauge(&settings),
+    });
+    let mut requests = JoinSet::new();
+    let mut closing = false;
+    // A dropped sender (the listener is gone) means stop too.
+    let mut stop_asked = *stop.borrow();
+    let hs_timer = tokio::time::sleep_until(handshake_deadline);
+    tokio::pin!(hs_timer);
+    loop {
+        if !closing && stop_asked {
+            closing = true;
+            // GOAWAY naming the stream after the last accepted one: every
+            // request accepted so far is processed (RFC 9114 5.2).
+            if let Err(e) = h3.shutdown(1).await {
+                tracing::debug!(%peer, error = %e, "HTTP/3 GOAWAY failed");
+                break;
+            }
+        }
+        if closing && requests.is_empty() {
+            linger(&conn, settings.idle_timeout).await;
+            conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+            break;
+        }
+        let pending = matches!(handshake, Handshake::Pending(_));
+        tokio::select! {
+            r = stop.changed(), if !stop_asked => {
+                stop_asked = r.is_err() || *stop.borrow();
+            }
+            _ = requests.join_next(), if !requests.is_empty() => {}
+            _ = &mut hs_timer, if pending => {
+                if !handshake.complete_now(&conn) {
+                    tracing::debug!(%peer, "QUIC handshake timed out (0-RTT)");
+                    conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"handshake timeout");
+                    break;
+                }
+            }
+            accepted = h3.accept() => match accepted {
+                Ok(Some(resolver)) => {
+                    let early = !handshake.complete_now(&conn);
+                    // The client may have moved (migration): the pipeline
+                    // sees the address in force now.
+                    let now_at = conn.remote_address();
+                    if now_at != info.peer {
+                        info = Arc::new(ConnInfo {
+                            listener: info.listener.clone(),
+                            peer: now_at,
+                            client_ip: client_ip(now_at),
+                            https: true,
+                            protocol: info.protocol,
+                            shared: info.shared.clone(),
+                            activity: info.activity.clone(),
+                            gauge: h3_gauge(&settings),
+                        });
+                    }
+                    requests.spawn(serve_request(
+                        resolver,
+                        info.clone(),
+                        early,
+                        settings.header_read_timeout,
+                    ));
+                }
+                // The client sent GOAWAY and its requests are done.
+                Ok(None) => {
+                    closing = true;
+                }
+                Err(e) => {
+                    if !e.is_h3_no_error() {
+                        tracing::debug!(%peer, error = %e, "HTTP/3 connection ended with an error");
+                    }
+                    break;
+                }
+            },
+        }
+    }
+    // The connection is gone: requests still running cannot answer anyway.
+    requests.shutdown().await;
+}
+
+/// Waits, before a graceful close, until the connection has delivered what
+/// the requests wrote: closing a QUIC connection discards stream data not
+/// yet acknowledged, and h3 exposes no per-stream acknowledgement. The
+/// connection counts as delivered once it has sent nothing for a few
+/// round trips (longer than a retransmission timeout, so nothing is
+/// outstanding), or when the client closes it; at most `bound`.
+async fn linger(conn: &quinn::Connection, bound: Duration) {
+    let deadline = tokio::time::Instant::now() + bound.min(Duration::from_secs(30));
+    let mut sent = conn.stats().udp_tx.datagrams;
+    loop {
+        let quiet = conn.rtt() * 4 + Duration::from_millis(50);
+        tokio::select! {
+            _ = conn.closed() => return,
+            _ = tokio::time::sleep(quiet) => {}
+        }
+        let now = conn.stats().udp_tx.datagrams;
+        if now == sent || tokio::time::Instant::now() >= deadline {
+            return;
+        }
+        sent = now;
+    }
+}
+
+/// Serves one HTTP/3 request through the pipeline.
+async fn serve_request(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    info: Arc<ConnInfo>,
+    early: bool,
+    header_timeout: Duration,
+) {
+    let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
+    {
+        Ok(Ok(r)) => r,
+        // A malformed head was reset, an oversized one answered 431, by h3.
+        Ok(Err(e)) => {
+            tracing::debug!(peer = %info.peer, error = %e, "HTTP/3 request head rejected");
+            return;
+        }
+        Err(_) => {
+            tracing::debug!(peer = %info.peer, "HTTP/3 request head timed out");
+            return;
+        }
+    };
+    let (mut send, recv) = stream.split();
+    let (parts, ()) = req.into_parts();
+    let declared = parts
+        .headers
+        .get(http::header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let body = H3Body::new(recv, declared).into_request_body();
+    let mut req = Request::from_parts(parts, body);
+    if early {
+        req.extensions_mut().insert(EarlyData);
+    }
+
+    let resp = match crate::proxy::handle(req, info).await {
+        Ok(r) => r,
+        Err(never) => match never {},
+    };
+    let (mut head, mut body) = resp.into_parts();
+    // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2);
+    // the pipeline's own errors may carry `Connection: close`.
+    crate::proxy::headers::strip_hop_by_hop(&mut head.headers);
+    if let Err(e) = send.send_response(Response::from_parts(head, ())).await {
+        tracing::debug!(error = %e, "HTTP/3 response head not sent");
+        return;
+    }
+    loop {
+        match body.frame().await {
+            None => {
+                let _ = send.finish().await;
+                return;
+            }
+            Some(Ok(frame)) => match frame.into_data() {
+                Ok(data) => {
+                    if !data.is_empty() && send.send_data(data).await.is_err() {
+                        // The client went away; dropping the body ends
+                        // the exchange (and the upstream connection).
+                        return;
+                    }
+                }
+                Err(frame) => {
+                    if let Ok(trailers) = frame.into_trailers() {
+                        if send.send_trailers(trailers).await.is_ok() {
+                            let _ = send.finish().await;
+                        }
+                        return;
+                    }
+                }
+            },
+            Some(Err(e)) => {
+                tracing::debug!(error = %e, "upstream body failed; resetting the HTTP/3 stream");
+                send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
+                return;
+            }
+        }
+    }
+}
+
+/// A request body read from HTTP/3 DATA frames, then trailers. Reading is
+/// what grants the client QUIC flow-control credit, so a body nobody reads
+/// stalls the client rather than filling memory. A Content-Length that the
+/// DATA frames do not match is an error (RFC 9114 4.1.2).
+struct H3Body {
+    recv: RecvHalf,
+    state: BodyState,
+    declared: Option<u64>,
+    received: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum BodyState {
+    Data,
+    Trailers,
+    Done,
+}
+
+impl H3Body {
+    fn new(recv: RecvHalf, declared: Option<u64>) -> H3Body {
+        H3Body {
+            recv,
+            state: BodyState::Data,
+            declared,
+            received: 0,
+        }
+    }
+
+    /// The pipeline's request body. A body already known to be empty (the
+    /// stream ended with the head, or Content-Length: 0) becomes an empty
+    /// one, so a GET goes upstream without chunked framing.
+    fn into_request_body(mut self) -> RequestBody {
+        if self.declared == Some(0) {
+            return RequestBody::empty();
+        }
+        let waker = futures_util::task::noop_waker();
+        let mut cx = Context::from_waker(&waker);
+        let first = match Pin::new(&mut self).poll_frame(&mut cx) {
+            Poll::Pending => None,
+            Poll::Ready(None) => return RequestBody::empty(),
+            Poll::Ready(Some(f)) => Some(f),
+        };
+        RequestBody::boxed(Prefixed { first, rest: self }.boxed())
+    }
+}
+
+impl Body for H3Body {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = &mut *self;
+        if this.state == BodyState::Data {
+            match this.recv.poll_recv_data(cx) {
+                Poll::Pending => return Poll::Pending,
+                Poll::Ready(Err(e)) => {
+                    this.state = BodyState::Done;
+                    return Poll::Ready(Some(Err(Box::new(e))));
+                }
+                Poll::Ready(Ok(Some(mut buf))) => {
+                    let data = buf.copy_to_bytes(buf.remaining());
+                    this.received += data.len() as u64;
+                    if this.declared.is_some_and(|d| this.received > d) {
+                        this.state = BodyState::Done;
+                        return Poll::Ready(Some(Err(
+                            "request body longer than content-length".into()
+                        )));
+                    }
+                    return Poll::Ready(Some(Ok(Frame::data(data))));
+                }
+                Poll::Ready(Ok(None)) => {
+                    if this.declared.is_some_and(|d| this.received != d) {
+                        this.state = BodyState::Done;
+                        return Poll::Ready(Some(Err(
+                            "request body shorter than content-length".into()
+                        )));
+                    }
+                    this.state = BodyState::Trailers;
+                }
+            }
+        }
+        if this.state == BodyState::Trailers {
+            let polled: Poll<Result<Option<HeaderMap>, _>> = this.recv.poll_recv_trailers(cx);
+            return match polled {
+                Poll::Pending => Poll::Pending,
+                Poll::Ready(r) => {
+                    this.state = BodyState::Done;
+                    match r {
+                        Ok(Some(t)) => Poll::Ready(Some(Ok(Frame::trailers(t)))),
+                        Ok(None) => Poll::Ready(None),
+                        Err(e) => Poll::Ready(Some(Err(Box::new(e)))),
+                    }
+                }
+            };
+        }
+        Poll::Ready(None)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.declared {
+            Some(d) => SizeHint::with_exact(d.saturating_sub(self.received)),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+/// A body whose first frame was already read.
+struct Prefixed {
+    first: Option<Result<Frame<Bytes>, BoxError>>,
+    rest: H3Body,
+}
+
+impl Body for Prefixed {
+    type Data = Bytes;
+    type Error = BoxError;
+
+    fn poll_frame(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self.first.take() {
+            Some(f) => Poll::Ready(Some(f)),
+            None => Pin::new(&mut self.rest).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.first.is_none() && self.rest.is_end_stream()
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        let mut h = self.rest.size_hint();
+        if let Some(Ok(f)) = &self.first {
+            if let Some(d) = f.data_ref() {
+                let n = d.len() as u64;
+                // Upper first: SizeHint keeps lower <= upper at every step.
+                if let Some(u) = h.upper() {
+                    h.set_upper(u + n);
+                }
+                h.set_lower(h.lower() + n);
+            }
+        }
+        h
+    }
+}
+
+fn client_ip(peer: std::net::SocketAddr) -> http::HeaderValue {
+    http::HeaderValue::from_str(&peer.ip().to_string())
+        .unwrap_or(http::HeaderValue::from_static("unknown"))
+}
+
+fn h3_gauge(settings: &crate::snapshot::ListenerSettings) -> crate::observe::metrics::ConnGauge {
+    let g = crate::observe::metrics::ConnGauge::new(settings.metrics.clone());
+    g.set_protocol(crate::observe::metrics::ConnProtocol::Http3);
+    g
+}
