@@ -85,7 +85,7 @@ impl VerifyingKey {
 
     /// Whether a token signed with `alg` may be checked with this key.
     pub fn fits(&self, alg: Algorithm) -> bool {
-        self.kind.fits(alg) && self.alg.map_or(true, |a| a == alg)
+        self.kind.fits(alg) && self.alg.is_none_or(|a| a == alg)
     }
 
     /// Checks `signature` (base64url, as in the token) over `message` (the

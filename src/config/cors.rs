@@ -144,7 +144,7 @@ fn is_origin(s: &str) -> bool {
                 .all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-'));
         (ok, port)
     };
-    let port_ok = port.map_or(true, |p| p.parse::<u16>().is_ok());
+    let port_ok = port.is_none_or(|p| p.parse::<u16>().is_ok());
     scheme_ok && host_ok && port_ok
 }
 
