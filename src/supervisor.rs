@@ -11,7 +11,8 @@
 //! socket and its connections; its settings (limits, timeouts, protocols,
 //! certificates) apply to connections accepted after the swap. A removed
 //! listener stops accepting, and its connections finish their requests in
-//! flight and close. Client connections are never cut by a reload: every
+//! flight and close. The build runs on the blocking pool, never on a worker
+//! thread. Client connections are never cut by a reload: every
 //! request, on any connection, reads the snapshot in force when it starts.
 //!
 //! A listener has up to two sides: TCP (when it serves http1 or http2) and
@@ -218,7 +219,17 @@ impl Supervisor {
             return Err(ConfigError::plain(&self.config_path, "shutting down"));
         }
         crate::server::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-        let result = self.try_reload();
+        // Reading files and building the snapshot is blocking work: off the
+        // workers, so that with few workers (worker_threads = 1) no request
+        // waits on a reload.
+        let this = self.clone();
+        let result = match tokio::task::spawn_blocking(move || this.try_reload()).await {
+            Ok(r) => r,
+            Err(e) => Err(ConfigError::plain(
+                &self.config_path,
+                format!("reload failed: {e}"),
+            )),
+        };
         crate::server::sd_notify("READY=1");
         match &result {
             Ok(g) => {
