@@ -197,7 +197,12 @@ fn conns(m: &Prom, listener: &str, protocol: &str) -> f64 {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn connections_active_follows_open_connections() {
     let (both, l1) = listener_toml("both", "");
-    let (h1, l2) = listener_toml("h1only", "protocols = [\"http1\"]");
+    // A long head timeout: the idle connection below sends nothing and must
+    // stay open however slow the machine is.
+    let (h1, l2) = listener_toml(
+        "h1only",
+        "protocols = [\"http1\"]\nheader_read_timeout = \"120s\"",
+    );
     let cfg = format!(
         "{l1}\n{l2}\n[[route]]\nname = \"ok\"\nrespond = {{ status = 200, body = \"ok\" }}\n"
     );
@@ -233,11 +238,13 @@ async fn connections_active_follows_open_connections() {
     get_n(&c1, &format!("http://{both}/"), 3, 200).await;
     let c2 = h2c_client();
     get_n(&c2, &format!("http://{both}/"), 3, 200).await;
+    // reqwest may open a second HTTP/1.1 connection when the first has not
+    // gone back to its pool yet (a slow machine): at least one each.
     let m = scrape_until(p.admin, |m| {
-        conns(m, "both", "http1") == 1.0 && conns(m, "both", "http2") == 1.0
+        conns(m, "both", "http1") >= 1.0 && conns(m, "both", "http2") == 1.0
     })
     .await;
-    assert_eq!(conns(&m, "both", "http1"), 1.0, "{}", m.text);
+    assert!(conns(&m, "both", "http1") >= 1.0, "{}", m.text);
     assert_eq!(conns(&m, "both", "http2"), 1.0, "{}", m.text);
 
     // Closing them brings the gauges back to zero.
