@@ -301,8 +301,7 @@ async fn serve_http<S>(
     let info = Arc::new(ConnInfo {
         listener: fe.settings.clone(),
         peer,
-        client_ip: http::HeaderValue::from_str(&peer.ip().to_string())
-            .unwrap_or(http::HeaderValue::from_static("unknown")),
+        client_ip: crate::proxy::client_ip_value(peer),
         https,
         protocol,
         shared,

@@ -329,7 +329,7 @@ async fn serve_connection(
     let mut info = Arc::new(ConnInfo {
         listener: settings.clone(),
         peer: conn.remote_address(),
-        client_ip: client_ip(conn.remote_address()),
+        client_ip: crate::proxy::client_ip_value(conn.remote_address()),
         https: true,
         protocol: Some(Protocol::Http3),
         shared,
@@ -380,7 +380,7 @@ async fn serve_connection(
                         info = Arc::new(ConnInfo {
                             listener: info.listener.clone(),
                             peer: now_at,
-                            client_ip: client_ip(now_at),
+                            client_ip: crate::proxy::client_ip_value(now_at),
                             https: true,
                             protocol: info.protocol,
                             shared: info.shared.clone(),
@@ -663,11 +663,6 @@ impl Body for Prefixed {
         }
         h
     }
-}
-
-fn client_ip(peer: std::net::SocketAddr) -> http::HeaderValue {
-    http::HeaderValue::from_str(&peer.ip().to_string())
-        .unwrap_or(http::HeaderValue::from_static("unknown"))
 }
 
 fn h3_gauge(settings: &crate::snapshot::ListenerSettings) -> crate::observe::metrics::ConnGauge {

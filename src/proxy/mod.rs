@@ -60,6 +60,11 @@ pub struct Shared {
     pub metrics: Arc<Metrics>,
 }
 
+/// The peer's IP as a header value (x-forwarded-for), made once per connection.
+pub fn client_ip_value(peer: SocketAddr) -> HeaderValue {
+    HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
+}
+
 /// What a request knows about the connection it came on.
 pub struct ConnInfo {
     pub listener: Arc<ListenerSettings>,
