@@ -4,7 +4,8 @@
 //! Run: `cargo bench --bench h3load` (release build of portico and of this
 //! client). Environment: `H3LOAD_SECS` (per run, default 5),
 //! `H3LOAD_CONNS` (connections, default 2), `H3LOAD_STREAMS` (concurrent
-//! requests per connection, default 16).
+//! requests per connection, default 16), `H3LOAD_ROUNDS` (default 2),
+//! `H3LOAD_ONLY` (`h2` or `h3`: load that protocol only, to profile it).
 //!
 //! Both protocols use a raw client (h2 over tokio-rustls, h3 over quinn),
 //! TLS 1.3 with the same certificate, the same route to the same backend
@@ -190,6 +191,9 @@ fn main() {
         let secs = env_or("H3LOAD_SECS", 5);
         let conns = env_or("H3LOAD_CONNS", 2);
         let streams = env_or("H3LOAD_STREAMS", 16);
+        let rounds = env_or("H3LOAD_ROUNDS", 2);
+        let only = std::env::var("H3LOAD_ONLY").unwrap_or_default();
+        let (do_h2, do_h3) = (only != "h3", only != "h2");
         let backend = Backend::start("bench").await;
         let dir = tempfile::tempdir().expect("tempdir");
         let pki = Pki::generate(dir.path());
@@ -201,7 +205,7 @@ fn main() {
         let p = Portico::start_in(dir, &cfg);
         let pid = p.pid();
         println!(
-            "portico worker_threads = 1; {conns} connections x {streams} concurrent requests; {secs} s per run; GET /bench (small body)"
+            "portico worker_threads = 1 (pid {pid}); {conns} connections x {streams} concurrent requests; {secs} s per run; GET /bench (small body)"
         );
         // Warm up both paths (connections to the backend, caches).
         let _ = h2_run(&pki, addr, 1, 4, 1).await;
@@ -209,21 +213,41 @@ fn main() {
         let mut h2_runs = Vec::new();
         let mut h3_runs = Vec::new();
         // Alternate, so drift on a shared machine hits both alike.
-        for round in 1..=2 {
-            let c0 = cpu_secs(pid);
-            let mut r2 = h2_run(&pki, addr, conns, streams, secs).await;
-            r2.cpu_secs = cpu_secs(pid) - c0;
-            report(&format!("round {round} h2"), &r2);
-            let c0 = cpu_secs(pid);
-            let mut r3 = h3_run(&pki, addr, conns, streams, secs).await;
-            r3.cpu_secs = cpu_secs(pid) - c0;
-            report(&format!("round {round} h3"), &r3);
-            h2_runs.push(r2);
-            h3_runs.push(r3);
+        for round in 1..=rounds {
+            if do_h2 {
+                let c0 = cpu_secs(pid);
+                let mut r2 = h2_run(&pki, addr, conns, streams, secs).await;
+                r2.cpu_secs = cpu_secs(pid) - c0;
+                report(&format!("round {round} h2"), &r2);
+                h2_runs.push(r2);
+            }
+            if do_h3 {
+                let c0 = cpu_secs(pid);
+                let mut r3 = h3_run(&pki, addr, conns, streams, secs).await;
+                r3.cpu_secs = cpu_secs(pid) - c0;
+                report(&format!("round {round} h3"), &r3);
+                h3_runs.push(r3);
+            }
+        }
+        if !(do_h2 && do_h3) {
+            return;
         }
         let total = |runs: &[Run]| runs.iter().map(Run::rps).sum::<f64>() / runs.len() as f64;
         let (h2, h3) = (total(&h2_runs), total(&h3_runs));
         println!("mean h2 {h2:.0} req/s, h3 {h3:.0} req/s: h3/h2 = {:.2}", h3 / h2);
+        // The machine's speed drifts between rounds; the ratio of the two
+        // runs of one round is steadier than the ratio of the means.
+        let mut ratios: Vec<f64> = h2_runs
+            .iter()
+            .zip(&h3_runs)
+            .map(|(a, b)| b.rps() / a.rps())
+            .collect();
+        ratios.sort_by(f64::total_cmp);
+        println!(
+            "h3/h2 per round: {}; median {:.2}",
+            ratios.iter().map(|r| format!("{r:.2}")).collect::<Vec<_>>().join(" "),
+            ratios[ratios.len() / 2]
+        );
         let per_req = |runs: &[Run]| {
             let cpu: f64 = runs.iter().map(|r| r.cpu_secs).sum();
             let n: u64 = runs.iter().map(|r| r.requests).sum();

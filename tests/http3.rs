@@ -454,3 +454,123 @@ fn http3_without_tls_is_a_config_error_at_its_line() {
         "{err}"
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn jwt_protected_route_over_h3() {
+    use serde_json::json;
+    use support::jwt::*;
+    let b = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let ec = TestKey::ec256();
+    write(dir.path(), "ec.pub", &ec.public_pem);
+    let (addr, l) = listener_toml("web", "");
+    let cfg = format!(
+        r#"{l}protocols = ["http1", "http2", "http3"]
+tls.cert = "certs/server.crt"
+tls.key = "certs/server.key"
+
+[auth.users]
+type = "jwt"
+algorithms = ["ES256"]
+keys = ["ec.pub"]
+issuer = ["https://idp.test"]
+required_scopes = ["write"]
+forward_claims = {{ sub = "x-user-id" }}
+forward_token = false
+revocation = true
+
+[[route]]
+name = "api"
+match.path_prefix = "/api/"
+upstream = "app"
+auth = "users"
+
+{}"#,
+        upstream_toml("app", &[&b], "")
+    );
+    let p = Portico::start_in(dir, &cfg);
+    let mut c = H3Client::new(&pki, false).connect(addr).await.unwrap();
+    let with_token = |path: &str, token: &str| {
+        let mut req = request("GET", path);
+        req.headers_mut()
+            .insert("authorization", format!("Bearer {token}").parse().unwrap());
+        req
+    };
+    let n = now();
+    let good_claims = json!({"sub": "erin", "iss": "https://idp.test", "scope": "read write",
+        "jti": "h3-1", "iat": n - 10, "exp": n + 600});
+
+    // No token: 401 with the RFC 6750 challenge and a request id, nothing upstream.
+    let r = c.get("/api/x").await.unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(r.headers["www-authenticate"], r#"Bearer realm="portico""#);
+    assert!(r.headers.contains_key("x-request-id"));
+
+    // A forged signature (another key) and a wrong issuer: 401.
+    let forged = TestKey::ec256().mint(Algorithm::ES256, None, &good_claims);
+    let r = c
+        .request(with_token("/api/x", &forged), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    let mut other_iss = good_claims.clone();
+    other_iss["iss"] = json!("https://evil.test");
+    let t = ec.mint(Algorithm::ES256, None, &other_iss);
+    let r = c
+        .request(with_token("/api/x", &t), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+
+    // Missing scope: 403 insufficient_scope.
+    let mut read_only = good_claims.clone();
+    read_only["scope"] = json!("read");
+    let t = ec.mint(Algorithm::ES256, None, &read_only);
+    let r = c
+        .request(with_token("/api/x", &t), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 403);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer realm="portico", error="insufficient_scope""#
+    );
+    assert_eq!(
+        b.request_count(),
+        0,
+        "a rejected request reached the backend"
+    );
+
+    // A good token: forwarded with the claim header, without the token.
+    let good = ec.mint(Algorithm::ES256, None, &good_claims);
+    let r = c
+        .request(with_token("/api/x", &good), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!((r.status, r.text().as_str()), (200, "api GET /api/x"));
+    let seen = b.last_seen();
+    assert_eq!(seen.headers["x-user-id"], "erin");
+    assert!(seen.headers.get("authorization").is_none());
+    assert_eq!(b.request_count(), 1);
+
+    // Revoked through the admin API: the next h3 request with it gets 401.
+    let revoked = client()
+        .post(format!("http://{}/revoke", p.admin))
+        .body(format!(r#"{{"jti": "h3-1", "exp": {}}}"#, n + 600))
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(revoked.status(), 204);
+    let r = c
+        .request(with_token("/api/x", &good), Bytes::new())
+        .await
+        .unwrap();
+    assert_eq!(r.status, 401);
+    assert_eq!(
+        r.headers["www-authenticate"],
+        r#"Bearer realm="portico", error="invalid_token""#
+    );
+    assert_eq!(b.request_count(), 1);
+    c.close();
+}
