@@ -212,29 +212,65 @@ impl Supervisor {
     }
 
     /// Reloads the config file. Returns the new generation, or the error
-    /// (the old config keeps serving).
+    /// (the old config keeps serving). A reload, once started, runs to its
+    /// end (swap, metrics, sd_notify) even if the caller goes away, so
+    /// that two builds never overlap.
     pub async fn reload(self: &Arc<Self>) -> Result<u64, ConfigError> {
+        let this = self.clone();
+        match tokio::spawn(async move { this.reload_now().await }).await {
+            Ok(r) => r,
+            Err(e) => Err(ConfigError::plain(
+                &self.config_path,
+                format!("reload failed: {e}"),
+            )),
+        }
+    }
+
+    async fn reload_now(self: &Arc<Self>) -> Result<u64, ConfigError> {
         let _one_at_a_time = self.reload_lock.lock().await;
         if *self.stopping.borrow() {
             return Err(ConfigError::plain(&self.config_path, "shutting down"));
         }
         crate::server::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-        // Reading files and building the snapshot is blocking work: off the
-        // workers, so that with few workers (worker_threads = 1) no request
-        // waits on a reload.
+        // Reading files and building the snapshot is blocking work, done on
+        // a thread of its own at the lowest scheduling priority: requests are
+        // served first, and a worker never waits on a reload (with few
+        // workers, a build on the same core as a worker would otherwise
+        // stall every connection of that worker for its duration).
+        let started = std::time::Instant::now();
+        let (tx, rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
-        let result = match tokio::task::spawn_blocking(move || this.try_reload()).await {
-            Ok(r) => r,
+        let runtime = tokio::runtime::Handle::current();
+        let spawned = std::thread::Builder::new()
+            .name("portico-reload".into())
+            .spawn(move || {
+                background_priority();
+                // The build starts tasks (reapers, JWKS refreshers) and
+                // registers sockets: it needs the runtime's context.
+                let _in_runtime = runtime.enter();
+                let _ = tx.send(this.try_reload());
+            });
+        let result = match spawned {
+            Ok(_) => rx.await.unwrap_or_else(|_| {
+                Err(ConfigError::plain(
+                    &self.config_path,
+                    "reload failed: the build thread ended without an answer",
+                ))
+            }),
             Err(e) => Err(ConfigError::plain(
                 &self.config_path,
-                format!("reload failed: {e}"),
+                format!("reload failed: cannot start the build thread: {e}"),
             )),
         };
         crate::server::sd_notify("READY=1");
         match &result {
             Ok(g) => {
                 self.shared.metrics.record_reload(true);
-                tracing::info!(generation = g, "configuration reloaded");
+                tracing::info!(
+                    generation = g,
+                    took_us = started.elapsed().as_micros() as u64,
+                    "configuration reloaded"
+                );
             }
             Err(e) => {
                 self.shared.metrics.record_reload(false);
@@ -325,6 +361,18 @@ impl Supervisor {
                 l.stop();
             }
         }
+    }
+}
+
+/// Puts the calling thread in SCHED_IDLE: it runs when no request work
+/// wants the CPU (and is not starved: the scheduler still gives it a
+/// small share). Best effort: a refusal leaves the normal priority.
+fn background_priority() {
+    let param = libc::sched_param { sched_priority: 0 };
+    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
+    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    if rc != 0 {
+        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
     }
 }
 
