@@ -37,6 +37,8 @@ struct Run {
     latencies_us: Vec<u64>,
     /// CPU seconds portico used during the run (user + system).
     cpu_secs: f64,
+    /// CPU seconds this process (client and backend, one thread) used.
+    client_cpu_secs: f64,
 }
 
 /// CPU seconds (user + system) used so far by process `pid`.
@@ -79,6 +81,7 @@ fn merge(parts: Vec<(u64, Vec<u64>)>, secs: f64) -> Run {
         secs,
         latencies_us,
         cpu_secs: 0.0,
+        client_cpu_secs: 0.0,
     }
 }
 
@@ -164,11 +167,13 @@ async fn h2_run(pki: &Pki, addr: SocketAddr, conns: u64, streams: u64, secs: u64
 
 fn report(name: &str, r: &Run) {
     println!(
-        "{name}: {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  portico CPU {:>5.1} us/req  ({} ok, {} errors, {:.1} s)",
+        "{name}: {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  portico CPU {:>5.1} us/req ({:>3.0}% busy), client {:>3.0}% busy  ({} ok, {} errors, {:.1} s)",
         r.rps(),
         r.pct(0.50),
         r.pct(0.99),
         r.cpu_secs * 1e6 / r.requests.max(1) as f64,
+        r.cpu_secs * 100.0 / r.secs,
+        r.client_cpu_secs * 100.0 / r.secs,
         r.requests,
         r.errors,
         r.secs
@@ -215,16 +220,18 @@ fn main() {
         // Alternate, so drift on a shared machine hits both alike.
         for round in 1..=rounds {
             if do_h2 {
-                let c0 = cpu_secs(pid);
+                let (c0, me0) = (cpu_secs(pid), cpu_secs(std::process::id()));
                 let mut r2 = h2_run(&pki, addr, conns, streams, secs).await;
                 r2.cpu_secs = cpu_secs(pid) - c0;
+                r2.client_cpu_secs = cpu_secs(std::process::id()) - me0;
                 report(&format!("round {round} h2"), &r2);
                 h2_runs.push(r2);
             }
             if do_h3 {
-                let c0 = cpu_secs(pid);
+                let (c0, me0) = (cpu_secs(pid), cpu_secs(std::process::id()));
                 let mut r3 = h3_run(&pki, addr, conns, streams, secs).await;
                 r3.cpu_secs = cpu_secs(pid) - c0;
+                r3.client_cpu_secs = cpu_secs(std::process::id()) - me0;
                 report(&format!("round {round} h3"), &r3);
                 h3_runs.push(r3);
             }
