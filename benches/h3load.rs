@@ -165,6 +165,15 @@ async fn h2_run(pki: &Pki, addr: SocketAddr, conns: u64, streams: u64, secs: u64
     merge(parts, start.elapsed().as_secs_f64())
 }
 
+/// Runs a load, adding the CPU time portico (`pid`) and this process used.
+async fn measured(pid: u32, load: impl std::future::Future<Output = Run>) -> Run {
+    let (portico0, me0) = (cpu_secs(pid), cpu_secs(std::process::id()));
+    let mut r = load.await;
+    r.cpu_secs = cpu_secs(pid) - portico0;
+    r.client_cpu_secs = cpu_secs(std::process::id()) - me0;
+    r
+}
+
 fn report(name: &str, r: &Run) {
     println!(
         "{name}: {:>9.0} req/s  p50 {:>7.2} ms  p99 {:>7.2} ms  portico CPU {:>5.1} us/req ({:>3.0}% busy), client {:>3.0}% busy  ({} ok, {} errors, {:.1} s)",
@@ -220,20 +229,14 @@ fn main() {
         // Alternate, so drift on a shared machine hits both alike.
         for round in 1..=rounds {
             if do_h2 {
-                let (c0, me0) = (cpu_secs(pid), cpu_secs(std::process::id()));
-                let mut r2 = h2_run(&pki, addr, conns, streams, secs).await;
-                r2.cpu_secs = cpu_secs(pid) - c0;
-                r2.client_cpu_secs = cpu_secs(std::process::id()) - me0;
-                report(&format!("round {round} h2"), &r2);
-                h2_runs.push(r2);
+                let r = measured(pid, h2_run(&pki, addr, conns, streams, secs)).await;
+                report(&format!("round {round} h2"), &r);
+                h2_runs.push(r);
             }
             if do_h3 {
-                let (c0, me0) = (cpu_secs(pid), cpu_secs(std::process::id()));
-                let mut r3 = h3_run(&pki, addr, conns, streams, secs).await;
-                r3.cpu_secs = cpu_secs(pid) - c0;
-                r3.client_cpu_secs = cpu_secs(std::process::id()) - me0;
-                report(&format!("round {round} h3"), &r3);
-                h3_runs.push(r3);
+                let r = measured(pid, h3_run(&pki, addr, conns, streams, secs)).await;
+                report(&format!("round {round} h3"), &r);
+                h3_runs.push(r);
             }
         }
         if !(do_h2 && do_h3) {

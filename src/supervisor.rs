@@ -11,8 +11,8 @@
 //! socket and its connections; its settings (limits, timeouts, protocols,
 //! certificates) apply to connections accepted after the swap. A removed
 //! listener stops accepting, and its connections finish their requests in
-//! flight and close. The build runs on the blocking pool, never on a worker
-//! thread. Client connections are never cut by a reload: every
+//! flight and close. The build runs on a low-priority thread of its own,
+//! never on a worker thread. Client connections are never cut by a reload: every
 //! request, on any connection, reads the snapshot in force when it starts.
 //!
 //! A listener has up to two sides: TCP (when it serves http1 or http2) and

@@ -25,13 +25,33 @@ use std::time::{Duration, Instant};
 
 pub type TestBody = BoxBody<Bytes, Box<dyn std::error::Error + Send + Sync>>;
 
-/// A port that was free a moment ago on 127.0.0.1.
+/// A port that is free on 127.0.0.1 for both TCP and UDP, and that no
+/// other call in this process returns.
+///
+/// Ports come from below the kernel's ephemeral range (32768–60999 here),
+/// so the outgoing connections that tests and portico open all the time
+/// never take one between this call and the bind that uses it; a counter
+/// keeps parallel tests of one binary apart, and a start derived from the
+/// pid keeps test processes that run at once (nextest) apart.
 pub fn free_port() -> u16 {
-    StdListener::bind("127.0.0.1:0")
-        .expect("bind 127.0.0.1:0")
-        .local_addr()
-        .expect("local addr")
-        .port()
+    use std::sync::atomic::{AtomicU32, Ordering};
+    const FIRST: u32 = 20_000;
+    const SPAN: u32 = 12_000;
+    static NEXT: AtomicU32 = AtomicU32::new(u32::MAX);
+    let _ = NEXT.compare_exchange(
+        u32::MAX,
+        std::process::id().wrapping_mul(7919) % SPAN,
+        Ordering::SeqCst,
+        Ordering::SeqCst,
+    );
+    for _ in 0..SPAN {
+        let port = (FIRST + NEXT.fetch_add(1, Ordering::SeqCst) % SPAN) as u16;
+        let addr = ("127.0.0.1", port);
+        if StdListener::bind(addr).is_ok() && std::net::UdpSocket::bind(addr).is_ok() {
+            return port;
+        }
+    }
+    panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
 /// What a backend saw of one request.
