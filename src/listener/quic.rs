@@ -388,12 +388,14 @@ async fn serve_connection(
                             gauge: h3_gauge(&settings),
                         });
                     }
-                    requests.spawn(serve_request(
+                    // Boxed: with h3's request resolver in it the future is
+                    // about 4 KB, which the task would otherwise copy around.
+                    requests.spawn(Box::pin(serve_request(
                         resolver,
                         info.clone(),
                         early,
                         settings.header_read_timeout,
-                    ));
+                    )));
                 }
                 // The client sent GOAWAY and its requests are done.
                 Ok(None) => {

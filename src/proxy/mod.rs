@@ -128,18 +128,24 @@ pub async fn handle(
 
     let mut trace = Trace::default();
     let span = tracing::error_span!("request", request_id = %RequestIdField(&request_id));
-    let mut resp = match serve(
-        req,
-        seq,
-        &snap,
-        &conn,
-        &request_id,
-        &mut trace,
-        log.is_some(),
-    )
-    .instrument(span)
-    .await
-    {
+    // Boxed: the pipeline's future is several KB, and the front doors move
+    // the request's future around (into a task per HTTP/2 or HTTP/3 stream,
+    // into hyper's HTTP/1.1 dispatcher, through each state change of the
+    // task). Behind a box only a pointer moves; one allocation is cheaper
+    // than those copies.
+    let pipeline = Box::pin(
+        serve(
+            req,
+            seq,
+            &snap,
+            &conn,
+            &request_id,
+            &mut trace,
+            log.is_some(),
+        )
+        .instrument(span),
+    );
+    let mut resp = match pipeline.await {
         Ok(r) => r,
         Err(e) => e.response(grpc),
     };
