@@ -398,11 +398,21 @@ impl JwtPolicy {
                 }
             }
         }
+        // The static keys, then (for a token without kid) every JWKS key:
+        // those that fit the algorithm, at most MAX_TRIES of them.
+        let jwks_keys = sets
+            .iter()
+            .flatten()
+            .filter(|_| parts.kid.is_none())
+            .flat_map(|set| set.keys.iter());
         let mut tried = 0;
-        for k in self.static_keys.iter().filter(|k| k.fits(alg)) {
-            if tried == MAX_TRIES {
-                break;
-            }
+        for k in self
+            .static_keys
+            .iter()
+            .chain(jwks_keys)
+            .filter(|k| k.fits(alg))
+            .take(MAX_TRIES)
+        {
             tried += 1;
             if k.verify(alg, msg, parts.signature) {
                 return KeyVerdict {
@@ -410,23 +420,6 @@ impl JwtPolicy {
                     tried,
                     kid_unknown: false,
                 };
-            }
-        }
-        if parts.kid.is_none() {
-            for set in sets.iter().flatten() {
-                for k in set.keys.iter().filter(|k| k.fits(alg)) {
-                    if tried == MAX_TRIES {
-                        break;
-                    }
-                    tried += 1;
-                    if k.verify(alg, msg, parts.signature) {
-                        return KeyVerdict {
-                            verified: true,
-                            tried,
-                            kid_unknown: false,
-                        };
-                    }
-                }
             }
         }
         KeyVerdict {
