@@ -574,3 +574,112 @@ auth = "users"
     assert_eq!(b.request_count(), 1);
     c.close();
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn grpc_over_h3_gets_its_trailers() {
+    // gRPC health check over HTTP/3 to portico, HTTP/2 to a tonic server:
+    // the response's DATA and its grpc-status trailers cross the adapter.
+    let (reporter, service) = tonic_health::server::health_reporter();
+    reporter
+        .set_service_status("portico.Test", tonic_health::ServingStatus::Serving)
+        .await;
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let grpc_addr = listener.local_addr().unwrap();
+    tokio::spawn(
+        tonic::transport::Server::builder()
+            .add_service(service)
+            .serve_with_incoming(incoming(listener)),
+    );
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml("web", "");
+    let _p = Portico::start_in(
+        dir,
+        &format!(
+            "{l}protocols = [\"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n[[route]]\nname = \"grpc\"\nupstream = \"grpc\"\n[upstream.grpc]\nservers = [\"{grpc_addr}\"]\nprotocol = \"http2\"\n"
+        ),
+    );
+    let mut c = H3Client::new(&pki, false).connect(addr).await.unwrap();
+    let grpc_call = |service: &str| {
+        let mut req = request("POST", "/grpc.health.v1.Health/Check");
+        let h = req.headers_mut();
+        h.insert("content-type", "application/grpc".parse().unwrap());
+        h.insert("te", "trailers".parse().unwrap());
+        // HealthCheckRequest { service } in one uncompressed gRPC frame.
+        let mut msg = vec![0x0a, service.len() as u8];
+        msg.extend_from_slice(service.as_bytes());
+        let mut frame = vec![0u8];
+        frame.extend_from_slice(&(msg.len() as u32).to_be_bytes());
+        frame.extend_from_slice(&msg);
+        (req, Bytes::from(frame))
+    };
+
+    let (req, body) = grpc_call("portico.Test");
+    let r = c.request(req, body).await.unwrap();
+    assert_eq!(r.status, 200);
+    // HealthCheckResponse { status: SERVING (1) }.
+    assert_eq!(&r.body[..], &[0, 0, 0, 0, 2, 0x08, 0x01]);
+    let trailers = r.trailers.expect("trailers");
+    assert_eq!(trailers["grpc-status"], "0");
+
+    // An unknown service: NOT_FOUND (5), from the server, in the answer.
+    let (req, body) = grpc_call("nope");
+    let r = c.request(req, body).await.unwrap();
+    assert_eq!(r.status, 200);
+    let status = r
+        .trailers
+        .as_ref()
+        .and_then(|t| t.get("grpc-status"))
+        .or_else(|| r.headers.get("grpc-status"))
+        .expect("grpc-status");
+    assert_eq!(status, "5");
+    c.close();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stream_limit_and_idle_timeout_hold_over_h3() {
+    let b = Backend::start("a").await;
+    let (_p, addr, pki) = start(
+        &b,
+        "h2_max_concurrent_streams = 2\nidle_timeout = \"1s\"",
+        "",
+    );
+    let c = H3Client::new(&pki, false).connect(addr).await.unwrap();
+
+    // Two slow requests use up the connection's two streams: a third
+    // cannot even open its stream until one of them ends.
+    let slow: Vec<_> = (0..2)
+        .map(|_| {
+            let mut c = c.clone();
+            tokio::spawn(async move { c.get("/slow/1500").await.map(|r| r.status) })
+        })
+        .collect();
+    wait_for(|| (b.request_count() == 2).then_some(())).await;
+    let mut third = c.clone();
+    let blocked = tokio::time::timeout(Duration::from_millis(500), third.get("/x")).await;
+    assert!(
+        blocked.is_err(),
+        "a third stream opened beyond the limit of 2"
+    );
+    for s in slow {
+        assert_eq!(s.await.unwrap().unwrap(), 200);
+    }
+    let mut again = c.clone();
+    assert_eq!(again.get("/x").await.unwrap().status, 200);
+
+    // Then idle: portico closes the connection (H3_NO_ERROR) after
+    // idle_timeout. The slow requests above outlived idle_timeout with
+    // nothing on the wire: in flight, a connection is not idle.
+    let t0 = std::time::Instant::now();
+    let closed = tokio::time::timeout(Duration::from_secs(10), c.quic.closed()).await;
+    match closed {
+        Ok(quinn::ConnectionError::ApplicationClosed(close)) => {
+            assert_eq!(close.error_code, quinn::VarInt::from_u32(0x100))
+        }
+        other => panic!("not closed as idle: {other:?}"),
+    }
+    assert!(
+        t0.elapsed() >= Duration::from_millis(500),
+        "closed too early"
+    );
+}

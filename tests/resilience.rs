@@ -288,7 +288,7 @@ async fn grpc_unary_and_server_streaming_pass_through() {
     let server = tokio::spawn(async move {
         tonic::transport::Server::builder()
             .add_service(service)
-            .serve_with_incoming_shutdown(tokio_stream_from(listener), async {
+            .serve_with_incoming_shutdown(incoming(listener), async {
                 let _ = stop_rx.await;
             })
             .await
@@ -349,15 +349,6 @@ async fn grpc_unary_and_server_streaming_pass_through() {
         .await
         .unwrap_err();
     assert_eq!(err.code(), tonic::Code::Unavailable, "{err:?}");
-}
-
-fn tokio_stream_from(
-    l: tokio::net::TcpListener,
-) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
-    futures_util::stream::unfold(l, |l| async move {
-        let r = l.accept().await.map(|(s, _)| s);
-        Some((r, l))
-    })
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

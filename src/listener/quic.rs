@@ -90,8 +90,20 @@ pub fn server_config(
     // HTTP/3 needs 3 unidirectional streams per side (control, QPACK encoder
     // and decoder); a few more for extensions and grease, no push.
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
+    // idle_timeout means what it means on TCP: no request for that long.
+    // QUIC's own idle timeout counts silence on the wire instead, which a
+    // request waiting on a slow upstream also is; so portico keeps its
+    // connections alive with PINGs (often enough for a client that
+    // negotiated a shorter timeout too) and closes idle ones itself, in
+    // `serve_connection`. The transport timeout, reset by every packet
+    // received, is left to detect peers that went away.
     // An idle_timeout beyond QUIC's range (2^62 ms) means "never", as does 0.
     transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
+    if !idle_timeout.is_zero() {
+        transport.keep_alive_interval(Some(
+            (idle_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(10)),
+        ));
+    }
     let mut cfg = quinn::ServerConfig::with_crypto(tls);
     cfg.transport_config(Arc::new(transport));
     cfg.migration(true);
@@ -342,6 +354,10 @@ async fn serve_connection(
     let mut stop_asked = *stop.borrow();
     let hs_timer = tokio::time::sleep_until(handshake_deadline);
     tokio::pin!(hs_timer);
+    // Runs while no request is in flight; re-armed when the last one ends.
+    let idle = settings.idle_timeout;
+    let idle_timer = tokio::time::sleep(idle);
+    tokio::pin!(idle_timer);
     loop {
         if !closing && stop_asked {
             closing = true;
@@ -362,7 +378,15 @@ async fn serve_connection(
             r = stop.changed(), if !stop_asked => {
                 stop_asked = r.is_err() || *stop.borrow();
             }
-            _ = requests.join_next(), if !requests.is_empty() => {}
+            _ = requests.join_next(), if !requests.is_empty() => {
+                if requests.is_empty() {
+                    idle_timer.as_mut().reset(tokio::time::Instant::now() + idle);
+                }
+            }
+            _ = &mut idle_timer, if requests.is_empty() && !closing && !idle.is_zero() => {
+                tracing::debug!(%peer, "HTTP/3 connection idle: closing");
+                stop_asked = true;
+            }
             _ = &mut hs_timer, if pending => {
                 if !handshake.complete_now(&conn) {
                     tracing::debug!(%peer, "QUIC handshake timed out (0-RTT)");

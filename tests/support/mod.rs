@@ -54,6 +54,17 @@ pub fn free_port() -> u16 {
     panic!("no free port in {FIRST}..{}", FIRST + SPAN);
 }
 
+/// The connections a listener accepts, as a stream (for servers such as
+/// tonic's that take one).
+pub fn incoming(
+    l: tokio::net::TcpListener,
+) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
+    futures_util::stream::unfold(l, |l| async move {
+        let r = l.accept().await.map(|(s, _)| s);
+        Some((r, l))
+    })
+}
+
 /// What a backend saw of one request.
 #[derive(Debug, Clone)]
 pub struct Seen {
