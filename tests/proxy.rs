@@ -455,6 +455,7 @@ async fn malformed_requests_get_400_and_close_only_their_connection() {
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n3\r\nabc\r\n0\r\n\r\n",
         b"POST / HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: gzip\r\n\r\n",
     ];
+    let mut ids = std::collections::HashSet::new();
     for req in bad {
         let raw = raw_exchange(addr, req, Duration::from_secs(5)).expect("answer");
         assert_eq!(
@@ -463,7 +464,15 @@ async fn malformed_requests_get_400_and_close_only_their_connection() {
             "for {:?} got {raw:?}",
             String::from_utf8_lossy(req)
         );
+        // Whether hyper's parser or the pipeline refused it: one request id.
+        let id_lines: Vec<&str> = raw
+            .lines()
+            .filter(|l| l.to_ascii_lowercase().starts_with("x-request-id:"))
+            .collect();
+        assert_eq!(id_lines.len(), 1, "for {req:?} got {raw:?}");
+        ids.insert(id_lines[0].to_string());
     }
+    assert_eq!(ids.len(), bad.len(), "request ids are not unique");
     assert_eq!(
         b.request_count(),
         0,
@@ -507,6 +516,7 @@ async fn slow_request_head_gets_408_and_oversized_head_431() {
     )
     .unwrap();
     assert_eq!(parse_status(&raw), Some(431), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("x-request-id: "), "{raw}");
     // Far over the limit: 431 from the parser's buffer cap.
     let huge = "v".repeat(64 * 1024);
     let raw = raw_exchange(
@@ -516,6 +526,7 @@ async fn slow_request_head_gets_408_and_oversized_head_431() {
     )
     .unwrap();
     assert_eq!(parse_status(&raw), Some(431), "{raw}");
+    assert!(raw.to_ascii_lowercase().contains("x-request-id: "), "{raw}");
     // HTTP/2: an over-limit header list is refused (431, or the stream reset).
     let r = h2c_client()
         .get(format!("http://{addr}/"))

@@ -15,6 +15,12 @@
 //!
 //! The timer is one `Sleep` per connection, re-armed only when the phase
 //! changes, so a busy keepalive connection costs a few atomic loads per read.
+//!
+//! It also gives hyper's own answers a request id: a response written
+//! while the connection is still reading a head that never reached the
+//! pipeline can only be the 4xx/5xx hyper sends for a head it could not
+//! parse (400, 414, 431, 505). The id header is added to it on its way
+//! out, so that every response carries one, as the pipeline's do.
 
 use futures_util::task::AtomicWaker;
 use http::HeaderName;
@@ -128,6 +134,9 @@ pub struct ConnIo<S> {
     armed_for: Option<Instant>,
     request_id_header: HeaderName,
     head_cap: usize,
+    /// hyper's error response with the request id added, reported to hyper
+    /// as written and still to be written to `inner`.
+    unsent: Vec<u8>,
 }
 
 impl<S> ConnIo<S> {
@@ -162,6 +171,7 @@ impl<S> ConnIo<S> {
             armed_for: None,
             request_id_header,
             head_cap,
+            unsent: Vec::new(),
         }
     }
 
@@ -231,6 +241,60 @@ impl<S> ConnIo<S> {
 }
 
 impl<S: AsyncWrite + Unpin> ConnIo<S> {
+    /// Whether `first` (the start of a write) is hyper's own error answer to
+    /// an HTTP/1.x head that never reached the pipeline.
+    fn is_parser_answer(&mut self, first: &[u8]) -> bool {
+        if self.mode != Mode::Http1 || !self.unsent.is_empty() {
+            return false;
+        }
+        // A request that reached the pipeline since the head began moves
+        // the phase on (to Busy, or to Idle if it is already done).
+        self.update_phase();
+        matches!(self.phase, Phase::Head { .. })
+            && first.len() > 12
+            && first.starts_with(b"HTTP/1.")
+            && matches!(first[9], b'4' | b'5')
+            // A pipelined client can make a pipeline's answer look like
+            // this; those already carry the id.
+            && !has_header(first, self.request_id_header.as_str().as_bytes())
+    }
+
+    /// Takes hyper's error answer (`parts`, the whole of one write), adds
+    /// the request id header after its status line and queues it.
+    fn queue_with_request_id(&mut self, parts: &[&[u8]]) -> usize {
+        let total: usize = parts.iter().map(|p| p.len()).sum();
+        let mut out = Vec::with_capacity(total + 64);
+        for p in parts {
+            out.extend_from_slice(p);
+        }
+        if let Some(eol) = out.windows(2).position(|w| w == b"\r\n") {
+            let id = crate::observe::request_id::generate();
+            let mut line = Vec::with_capacity(64);
+            line.extend_from_slice(self.request_id_header.as_str().as_bytes());
+            line.extend_from_slice(b": ");
+            line.extend_from_slice(id.as_bytes());
+            line.extend_from_slice(b"\r\n");
+            out.splice(eol + 2..eol + 2, line);
+        }
+        self.unsent = out;
+        total
+    }
+
+    /// Writes what `queue_with_request_id` queued; Ready(Ok) once it is out.
+    fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        while !self.unsent.is_empty() {
+            match Pin::new(&mut self.inner).poll_write(cx, &self.unsent) {
+                Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
+                Poll::Ready(Ok(n)) => {
+                    self.unsent.drain(..n);
+                }
+                Poll::Ready(Err(e)) => return Poll::Ready(Err(e)),
+                Poll::Pending => return Poll::Pending,
+            }
+        }
+        Poll::Ready(Ok(()))
+    }
+
     /// Best effort: the client may not be reading, and the connection
     /// closes right after either way.
     fn write_408(&mut self, cx: &mut Context<'_>) {
@@ -246,6 +310,16 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
         let _ = Pin::new(&mut self.inner).poll_write(cx, msg.as_bytes());
         let _ = Pin::new(&mut self.inner).poll_flush(cx);
     }
+}
+
+/// Whether the response head starting `head` has a field `name` (lower
+/// case).
+fn has_header(head: &[u8], name: &[u8]) -> bool {
+    head.split(|&b| b == b'\n').skip(1).any(|line| {
+        line.len() > name.len()
+            && line[name.len()] == b':'
+            && line[..name.len()].eq_ignore_ascii_case(name)
+    })
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
@@ -319,7 +393,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write(cx, buf)
+        let this = &mut *self;
+        if this.is_parser_answer(buf) {
+            return Poll::Ready(Ok(this.queue_with_request_id(&[buf])));
+        }
+        std::task::ready!(this.poll_unsent(cx))?;
+        Pin::new(&mut this.inner).poll_write(cx, buf)
     }
 
     fn poll_write_vectored(
@@ -327,7 +406,17 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         cx: &mut Context<'_>,
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
-        Pin::new(&mut self.inner).poll_write_vectored(cx, bufs)
+        let this = &mut *self;
+        let first = bufs
+            .iter()
+            .find(|b| !b.is_empty())
+            .map_or(&[][..], |b| &b[..]);
+        if this.is_parser_answer(first) {
+            let parts: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
+            return Poll::Ready(Ok(this.queue_with_request_id(&parts)));
+        }
+        std::task::ready!(this.poll_unsent(cx))?;
+        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
     }
 
     fn is_write_vectored(&self) -> bool {
@@ -335,10 +424,12 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_unsent(cx))?;
         Pin::new(&mut self.inner).poll_flush(cx)
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        std::task::ready!(self.poll_unsent(cx))?;
         Pin::new(&mut self.inner).poll_shutdown(cx)
     }
 }
