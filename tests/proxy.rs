@@ -709,3 +709,39 @@ async fn client_idle_timeout_closes_idle_connections() {
     assert_eq!(n, 0, "idle connection should be closed by the proxy");
     assert!(started.elapsed() < Duration::from_secs(4));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_idle_timeout_counts_requests_not_pings() {
+    let a = Backend::start("a").await;
+    let (addr, l) = listener_toml("web", "idle_timeout = \"500ms\"");
+    let _p = Portico::start(&basic_config(
+        &l,
+        &upstream_toml("a", &[&a], ""),
+        "[[route]]\nname = \"r\"\nupstream = \"a\"\n",
+    ));
+    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let (send, mut conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut pings = conn.ping_pong().expect("ping_pong");
+    let driver = tokio::spawn(conn);
+    let mut send = send.ready().await.unwrap();
+    let req = http::Request::get(format!("http://{addr}/x"))
+        .body(())
+        .unwrap();
+    let (resp, _) = send.send_request(req, true).unwrap();
+    assert_eq!(resp.await.unwrap().status(), 200);
+
+    // From now on only PINGs, every 100 ms: the connection has no request,
+    // so it is idle, and portico ends it (GOAWAY, then close).
+    let started = std::time::Instant::now();
+    let ended = tokio::time::timeout(Duration::from_secs(5), async {
+        while !driver.is_finished() {
+            let _ =
+                tokio::time::timeout(Duration::from_millis(300), pings.ping(h2::Ping::opaque()))
+                    .await;
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    })
+    .await;
+    assert!(ended.is_ok(), "PINGs kept an idle HTTP/2 connection open");
+    assert!(started.elapsed() >= Duration::from_millis(400));
+}

@@ -11,7 +11,9 @@
 //!   bounds the upstream side;
 //! - **idle** (keepalive, no request in flight): at `idle_timeout` an
 //!   HTTP/1.1 connection is closed, and an HTTP/2 one is asked to shut down
-//!   gracefully (GOAWAY) through [`ConnActivity::idle`].
+//!   gracefully (GOAWAY) through [`ConnActivity::idle`]. Idle time counts
+//!   from the end of the last request: HTTP/2 frames that are not requests
+//!   (PING, WINDOW_UPDATE) do not reset it.
 //!
 //! The timer is one `Sleep` per connection, re-armed only when the phase
 //! changes, so a busy keepalive connection costs a few atomic loads per read.
@@ -220,7 +222,10 @@ impl<S> ConnIo<S> {
                     got_bytes: true,
                 }
             }
-            (Phase::Idle { since }, _) => *since = Instant::now(),
+            // HTTP/2: bytes alone (PING, WINDOW_UPDATE, SETTINGS) do not make
+            // a connection busy; only a request does. A request whose
+            // HEADERS are arriving as the timer fires is still served: the
+            // shutdown is graceful (GOAWAY names the last stream taken).
             _ => {}
         }
         if self.mode == Mode::Http1 && matches!(self.phase, Phase::Head { .. }) {
