@@ -126,3 +126,102 @@ async fn http2_rapid_reset_ends_the_offending_connection_only() {
         200
     );
 }
+
+/// One HTTP/2 frame: header and payload.
+fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
+    let len = payload.len();
+    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
+    f.extend_from_slice(&stream.to_be_bytes());
+    f.extend_from_slice(payload);
+    f
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http2_ping_and_settings_floods_get_goaway_enhance_your_calm() {
+    let b = Backend::start("a").await;
+    let (addr, l) = listener_toml("web", "");
+    let _p = Portico::start(&format!(
+        "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\n{}",
+        upstream_toml("a", &[&b], "")
+    ));
+    let good = h2c_client();
+    let ok = |r: reqwest::Response| r.status() == 200;
+    assert!(ok(good
+        .get(format!("http://{addr}/before"))
+        .send()
+        .await
+        .unwrap()));
+
+    // A moderate number of PINGs is fine.
+    let mut calm = std::net::TcpStream::connect(addr).unwrap();
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(0x4, 0, 0, &[]));
+    for _ in 0..100 {
+        bytes.extend(h2_frame(0x6, 0, 0, &[7; 8]));
+    }
+    calm.write_all(&bytes).unwrap();
+
+    for (kind, payload) in [(0x6u8, &[1u8; 8][..]), (0x4, &[][..])] {
+        // SETTINGS + 500 frames of `kind`: the last one crosses the limit
+        // (500 in 10 s), and nothing is sent after it.
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+        let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+        bytes.extend(h2_frame(0x4, 0, 0, &[]));
+        for _ in 0..500 {
+            bytes.extend(h2_frame(kind, 0, 0, payload));
+        }
+        s.write_all(&bytes).unwrap();
+        let mut got = Vec::new();
+        let _ = s.read_to_end(&mut got); // ends: the connection is closed
+        let mut goaway = None;
+        let mut at = 0;
+        while at + 9 <= got.len() {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            if got[at + 3] == 0x7 && at + 9 + len <= got.len() && len >= 8 {
+                let p = &got[at + 9..at + 17];
+                goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
+            }
+            at += 9 + len;
+        }
+        assert_eq!(
+            goaway,
+            Some(0xb),
+            "no GOAWAY(ENHANCE_YOUR_CALM) for frame type {kind}"
+        );
+    }
+
+    // The calm connection and others are unhurt.
+    let mut ping = h2_frame(0x6, 0, 0, &[9; 8]);
+    ping.extend(h2_frame(0x1, 0x5, 1, &[0x82, 0x86, 0x84, 0x41, 0x01, b'a']));
+    calm.write_all(&ping).unwrap();
+    calm.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+    // Its answer: a HEADERS frame on stream 1, after all it was sent before.
+    let mut got = Vec::new();
+    let mut buf = vec![0u8; 65536];
+    let answered = loop {
+        let (mut at, mut seen) = (0, false);
+        while at + 9 <= got.len() {
+            let len = (usize::from(got[at]) << 16)
+                | (usize::from(got[at + 1]) << 8)
+                | usize::from(got[at + 2]);
+            seen |= got[at + 3] == 0x1 && got[at + 8] == 1;
+            at += 9 + len;
+        }
+        if seen {
+            break true;
+        }
+        match calm.read(&mut buf) {
+            Ok(0) | Err(_) => break false,
+            Ok(n) => got.extend_from_slice(&buf[..n]),
+        }
+    };
+    assert!(answered, "the calm connection got no answer");
+    assert!(ok(good
+        .get(format!("http://{addr}/after"))
+        .send()
+        .await
+        .unwrap()));
+}

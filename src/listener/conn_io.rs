@@ -137,8 +137,10 @@ pub struct ConnIo<S> {
     request_id_header: HeaderName,
     head_cap: usize,
     /// hyper's error response with the request id added, reported to hyper
-    /// as written and still to be written to `inner`.
+    /// as written and still to be written to `inner` (or portico's GOAWAY).
     unsent: Vec<u8>,
+    /// HTTP/2 control-frame flood detection, once the connection is HTTP/2.
+    h2: Option<super::h2_guard::H2Guard>,
 }
 
 impl<S> ConnIo<S> {
@@ -174,6 +176,7 @@ impl<S> ConnIo<S> {
             request_id_header,
             head_cap,
             unsent: Vec::new(),
+            h2: (mode == Mode::Http2).then(Default::default),
         }
     }
 
@@ -211,6 +214,7 @@ impl<S> ConnIo<S> {
                 self.phase = Phase::Idle {
                     since: Instant::now(),
                 };
+                self.h2 = Some(Default::default());
                 return;
             }
         }
@@ -300,6 +304,24 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
         Poll::Ready(Ok(()))
     }
 
+    /// Ends an HTTP/2 connection whose client floods control frames: its
+    /// GOAWAY(ENHANCE_YOUR_CALM), when hyper is between two frames, and the
+    /// error that makes hyper drop the connection. Best effort: a flooding
+    /// client may not be reading.
+    fn end_flood(&mut self, cx: &mut Context<'_>) -> io::Error {
+        tracing::warn!("HTTP/2 client flooded PING/SETTINGS frames: GOAWAY(ENHANCE_YOUR_CALM), connection closed");
+        if let Some(g) = self.h2.as_ref().filter(|g| g.between_frames()) {
+            self.unsent.extend_from_slice(&g.goaway());
+            if self.poll_unsent(cx).is_ready() {
+                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+            }
+        }
+        io::Error::new(
+            io::ErrorKind::ConnectionAborted,
+            "HTTP/2 control frame flood",
+        )
+    }
+
     /// Best effort: the client may not be reading, and the connection
     /// closes right after either way.
     fn write_408(&mut self, cx: &mut Context<'_>) {
@@ -339,7 +361,11 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
         match Pin::new(&mut this.inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
-                    this.on_bytes(&buf.filled()[before..]);
+                    let read = &buf.filled()[before..];
+                    this.on_bytes(read);
+                    if this.h2.as_mut().is_some_and(|g| g.on_read(read)) {
+                        return Poll::Ready(Err(this.end_flood(cx)));
+                    }
                 }
                 Poll::Ready(Ok(()))
             }
@@ -403,7 +429,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
             return Poll::Ready(Ok(this.queue_with_request_id(&[buf])));
         }
         std::task::ready!(this.poll_unsent(cx))?;
-        Pin::new(&mut this.inner).poll_write(cx, buf)
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        if let Some(g) = this.h2.as_mut() {
+            g.on_written(&buf[..written]);
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn poll_write_vectored(
@@ -421,7 +451,19 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
             return Poll::Ready(Ok(this.queue_with_request_id(&parts)));
         }
         std::task::ready!(this.poll_unsent(cx))?;
-        Pin::new(&mut this.inner).poll_write_vectored(cx, bufs)
+        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        if let Some(g) = this.h2.as_mut() {
+            let mut left = written;
+            for b in bufs {
+                if left == 0 {
+                    break;
+                }
+                let n = left.min(b.len());
+                g.on_written(&b[..n]);
+                left -= n;
+            }
+        }
+        Poll::Ready(Ok(written))
     }
 
     fn is_write_vectored(&self) -> bool {

@@ -25,6 +25,7 @@
 //! HTTP/3 (QUIC on UDP at the same address) is in [`quic`].
 
 mod conn_io;
+mod h2_guard;
 pub mod quic;
 
 pub use conn_io::{ConnActivity, ConnIo, Mode};
