@@ -579,17 +579,8 @@ auth = "users"
 async fn grpc_over_h3_gets_its_trailers() {
     // gRPC health check over HTTP/3 to portico, HTTP/2 to a tonic server:
     // the response's DATA and its grpc-status trailers cross the adapter.
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("portico.Test", tonic_health::ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = listener.local_addr().unwrap();
-    tokio::spawn(
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming(incoming(listener)),
-    );
+    let grpc = GrpcHealth::start().await;
+    let grpc_addr = grpc.addr;
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
     let (addr, l) = listener_toml("web", "");

@@ -54,14 +54,20 @@ async fn max_connections_pauses_accepting_without_hurting_open_connections() {
     assert!(out.starts_with("HTTP/1.1 200"), "{out}");
 }
 
+/// portico with a plain listener (HTTP/1.1 and h2c) and one route to `b`.
+fn start_one_route(b: &Backend) -> (std::net::SocketAddr, Portico) {
+    let (addr, l) = listener_toml("web", "");
+    let p = Portico::start(&format!(
+        "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\n{}",
+        upstream_toml("a", &[b], "")
+    ));
+    (addr, p)
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_ends_the_offending_connection_only() {
     let b = Backend::start("a").await;
-    let (addr, l) = listener_toml("web", "");
-    let _p = Portico::start(&format!(
-        "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\n{}",
-        upstream_toml("a", &[&b], "")
-    ));
+    let (addr, _p) = start_one_route(&b);
     // A well-behaved HTTP/2 connection, open across the attack.
     let good = h2c_client();
     assert_eq!(
@@ -136,14 +142,27 @@ fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The complete frames in `bytes`: (type, stream id, payload).
+fn h2_frames(bytes: &[u8]) -> Vec<(u8, u32, &[u8])> {
+    let mut out = Vec::new();
+    let mut at = 0;
+    while at + 9 <= bytes.len() {
+        let h = &bytes[at..at + 9];
+        let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
+        if at + 9 + len > bytes.len() {
+            break;
+        }
+        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
+        out.push((h[3], stream, &bytes[at + 9..at + 9 + len]));
+        at += 9 + len;
+    }
+    out
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_ping_and_settings_floods_get_goaway_enhance_your_calm() {
     let b = Backend::start("a").await;
-    let (addr, l) = listener_toml("web", "");
-    let _p = Portico::start(&format!(
-        "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\n{}",
-        upstream_toml("a", &[&b], "")
-    ));
+    let (addr, _p) = start_one_route(&b);
     let good = h2c_client();
     let ok = |r: reqwest::Response| r.status() == 200;
     assert!(ok(good
@@ -174,18 +193,11 @@ async fn http2_ping_and_settings_floods_get_goaway_enhance_your_calm() {
         s.write_all(&bytes).unwrap();
         let mut got = Vec::new();
         let _ = s.read_to_end(&mut got); // ends: the connection is closed
-        let mut goaway = None;
-        let mut at = 0;
-        while at + 9 <= got.len() {
-            let len = (usize::from(got[at]) << 16)
-                | (usize::from(got[at + 1]) << 8)
-                | usize::from(got[at + 2]);
-            if got[at + 3] == 0x7 && at + 9 + len <= got.len() && len >= 8 {
-                let p = &got[at + 9..at + 17];
-                goaway = Some(u32::from_be_bytes([p[4], p[5], p[6], p[7]]));
-            }
-            at += 9 + len;
-        }
+        let goaway = h2_frames(&got)
+            .into_iter()
+            .filter(|(kind, _, p)| *kind == 0x7 && p.len() >= 8)
+            .map(|(_, _, p)| u32::from_be_bytes([p[4], p[5], p[6], p[7]]))
+            .next_back();
         assert_eq!(
             goaway,
             Some(0xb),
@@ -202,15 +214,10 @@ async fn http2_ping_and_settings_floods_get_goaway_enhance_your_calm() {
     let mut got = Vec::new();
     let mut buf = vec![0u8; 65536];
     let answered = loop {
-        let (mut at, mut seen) = (0, false);
-        while at + 9 <= got.len() {
-            let len = (usize::from(got[at]) << 16)
-                | (usize::from(got[at + 1]) << 8)
-                | usize::from(got[at + 2]);
-            seen |= got[at + 3] == 0x1 && got[at + 8] == 1;
-            at += 9 + len;
-        }
-        if seen {
+        if h2_frames(&got)
+            .iter()
+            .any(|(kind, stream, _)| *kind == 0x1 && *stream == 1)
+        {
             break true;
         }
         match calm.read(&mut buf) {

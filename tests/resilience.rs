@@ -278,22 +278,8 @@ async fn grpc_unary_and_server_streaming_pass_through() {
     use tonic_health::pb::health_client::HealthClient;
     use tonic_health::pb::HealthCheckRequest;
 
-    let (reporter, service) = tonic_health::server::health_reporter();
-    reporter
-        .set_service_status("portico.Test", tonic_health::ServingStatus::Serving)
-        .await;
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let grpc_addr = listener.local_addr().unwrap();
-    let (stop_tx, stop_rx) = tokio::sync::oneshot::channel::<()>();
-    let server = tokio::spawn(async move {
-        tonic::transport::Server::builder()
-            .add_service(service)
-            .serve_with_incoming_shutdown(incoming(listener), async {
-                let _ = stop_rx.await;
-            })
-            .await
-    });
-
+    let mut grpc = GrpcHealth::start().await;
+    let grpc_addr = grpc.addr;
     let (addr, l) = listener_toml("grpc", "");
     let _p = Portico::start(&format!(
         "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"grpc\"\nupstream = \"grpc\"\n[upstream.grpc]\nservers = [\"{grpc_addr}\"]\nprotocol = \"http2\"\n"
@@ -323,7 +309,7 @@ async fn grpc_unary_and_server_streaming_pass_through() {
         stream.next().await.unwrap().unwrap().status,
         ServingStatus::Serving as i32
     );
-    reporter
+    grpc.reporter
         .set_service_status("portico.Test", tonic_health::ServingStatus::NotServing)
         .await;
     assert_eq!(
@@ -340,8 +326,7 @@ async fn grpc_unary_and_server_streaming_pass_through() {
     assert_eq!(err.code(), tonic::Code::NotFound);
     drop(stream);
 
-    let _ = stop_tx.send(());
-    let _ = server.await;
+    grpc.stop().await;
     let err = client
         .check(HealthCheckRequest {
             service: "portico.Test".into(),

@@ -56,13 +56,58 @@ pub fn free_port() -> u16 {
 
 /// The connections a listener accepts, as a stream (for servers such as
 /// tonic's that take one).
-pub fn incoming(
+fn incoming(
     l: tokio::net::TcpListener,
 ) -> impl futures_util::Stream<Item = std::io::Result<tokio::net::TcpStream>> {
     futures_util::stream::unfold(l, |l| async move {
         let r = l.accept().await.map(|(s, _)| s);
         Some((r, l))
     })
+}
+
+/// A real gRPC server on 127.0.0.1 (HTTP/2 cleartext): tonic's health
+/// service, with "portico.Test" SERVING.
+pub struct GrpcHealth {
+    pub addr: SocketAddr,
+    pub reporter: tonic_health::server::HealthReporter,
+    stop: Option<tokio::sync::oneshot::Sender<()>>,
+    task: Option<tokio::task::JoinHandle<()>>,
+}
+
+impl GrpcHealth {
+    pub async fn start() -> GrpcHealth {
+        let (reporter, service) = tonic_health::server::health_reporter();
+        reporter
+            .set_service_status("portico.Test", tonic_health::ServingStatus::Serving)
+            .await;
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let (stop, stopped) = tokio::sync::oneshot::channel::<()>();
+        let task = tokio::spawn(async move {
+            let _ = tonic::transport::Server::builder()
+                .add_service(service)
+                .serve_with_incoming_shutdown(incoming(listener), async {
+                    let _ = stopped.await;
+                })
+                .await;
+        });
+        GrpcHealth {
+            addr,
+            reporter,
+            stop: Some(stop),
+            task: Some(task),
+        }
+    }
+
+    /// Stops the server and waits until it is gone.
+    pub async fn stop(&mut self) {
+        if let Some(s) = self.stop.take() {
+            let _ = s.send(());
+        }
+        if let Some(t) = self.task.take() {
+            let _ = t.await;
+        }
+    }
 }
 
 /// What a backend saw of one request.
