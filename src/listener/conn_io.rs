@@ -263,6 +263,8 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
             && first.len() > 12
             && first.starts_with(b"HTTP/1.")
             && matches!(first[9], b'4' | b'5')
+            // hyper's answer is a head alone, written at once.
+            && first.ends_with(b"\r\n\r\n")
             // A pipelined client can make a pipeline's answer look like
             // this; those already carry the id.
             && !has_header(first, self.request_id_header.as_str().as_bytes())
