@@ -162,7 +162,7 @@ async fn alt_svc_is_on_the_tcp_side_with_the_advertised_port() {
         "{l1}protocols = [\"http1\", \"http2\", \"http3\"]\n{tls}\n{l2}protocols = [\"http1\", \"http2\", \"http3\"]\nalt_svc_port = 443\n{tls}\n{l3}{tls}\n[[route]]\nname = \"all\"\nupstream = \"app\"\n{}",
         upstream_toml("app", &[&b], "")
     );
-    let _p = Portico::start_in(dir, &cfg);
+    let p = Portico::start_in(dir, &cfg);
 
     for http2 in [false, true] {
         let c = pki.reqwest_client(http2);
@@ -191,7 +191,10 @@ async fn alt_svc_is_on_the_tcp_side_with_the_advertised_port() {
     assert!(r.headers().contains_key("alt-svc"));
     // And the advertised port really serves HTTP/3.
     let mut c = H3Client::new(&pki, false).connect(a1).await.unwrap();
-    assert_eq!(c.get("/y").await.unwrap().status, 200);
+    match c.get("/y").await {
+        Ok(r) => assert_eq!(r.status, 200),
+        Err(e) => panic!("h3 GET failed: {e:?}\nportico: {}", p.stderr()),
+    }
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

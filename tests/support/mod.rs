@@ -446,7 +446,11 @@ impl Portico {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
         cmd.arg("--config")
             .arg(&config_path)
-            .env("RUST_LOG", "info")
+            // PORTICO_TEST_LOG=portico=debug to see more of a failing test.
+            .env(
+                "RUST_LOG",
+                std::env::var("PORTICO_TEST_LOG").unwrap_or_else(|_| "info".into()),
+            )
             .stdout(stdout)
             .stderr(stderr);
         customize(&mut cmd);
