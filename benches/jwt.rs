@@ -3,14 +3,18 @@
 //! a reused token pays). Prints cold verifications per second for ES256,
 //! RS256 and EdDSA (one core) at the end.
 //!
-//! Run: `cargo bench --bench jwt`. RSA keys come from the `openssl` CLI.
+//! Run: `cargo bench --bench jwt`. Keys are the tests' [`TestKey`]s (RSA
+//! from the `openssl` CLI).
+
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use criterion::{black_box, criterion_group, Criterion};
 use futures_util::FutureExt;
-use jsonwebtoken::{Algorithm, EncodingKey, Header};
+use jsonwebtoken::{Algorithm, EncodingKey};
 use serde_json::json;
-use std::process::Command;
-use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+use std::time::{Duration, Instant};
+use support::jwt::{mint_with, now, TestKey};
 
 const SECRET: &[u8] = b"0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
@@ -20,41 +24,23 @@ struct Fixture {
     tokens: Vec<(Algorithm, String)>,
 }
 
-fn openssl(args: &[&str]) -> Vec<u8> {
-    let out = Command::new("openssl")
-        .args(args)
-        .output()
-        .expect("openssl");
-    assert!(out.status.success(), "openssl {args:?}");
-    out.stdout
-}
-
 fn fixture() -> Fixture {
     let dir = tempfile::tempdir().unwrap();
     let d = dir.path();
-    let key = d.join("rsa.pem");
-    let key_s = key.to_str().unwrap();
-    openssl(&[
-        "genpkey",
-        "-algorithm",
-        "RSA",
-        "-pkeyopt",
-        "rsa_keygen_bits:2048",
-        "-out",
-        key_s,
-    ]);
-    let rsa_der = openssl(&["rsa", "-in", key_s, "-traditional", "-outform", "DER"]);
-    std::fs::write(
-        d.join("rsa.pub"),
-        openssl(&["pkey", "-in", key_s, "-pubout"]),
-    )
-    .unwrap();
-    let ec256 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).unwrap();
-    let ec384 = rcgen::KeyPair::generate_for(&rcgen::PKCS_ECDSA_P384_SHA384).unwrap();
-    let ed = rcgen::KeyPair::generate_for(&rcgen::PKCS_ED25519).unwrap();
-    std::fs::write(d.join("ec256.pub"), ec256.public_key_pem()).unwrap();
-    std::fs::write(d.join("ec384.pub"), ec384.public_key_pem()).unwrap();
-    std::fs::write(d.join("ed.pub"), ed.public_key_pem()).unwrap();
+    let (rsa, ec256, ec384, ed) = (
+        TestKey::rsa(),
+        TestKey::ec256(),
+        TestKey::ec384(),
+        TestKey::ed25519(),
+    );
+    for (file, k) in [
+        ("rsa.pub", &rsa),
+        ("ec256.pub", &ec256),
+        ("ec384.pub", &ec384),
+        ("ed.pub", &ed),
+    ] {
+        std::fs::write(d.join(file), &k.public_pem).unwrap();
+    }
     std::fs::write(d.join("secret"), SECRET).unwrap();
     let text = r#"
 [[listener]]
@@ -75,50 +61,21 @@ forward_claims = { sub = "x-user-id" }
 "#;
     let lc = portico::config::parse(&d.join("proxy.toml"), text.to_string()).unwrap();
     let set = portico::auth::AuthSet::build(&lc, None).unwrap();
-    let now = SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs();
+    let n = now();
     let claims = json!({"sub": "user-1234", "iss": "https://idp.example", "aud": "api",
-        "iat": now, "exp": now + 3600, "jti": "0f9c2a7e-3d3b-4c1e-9a55-7d1f0c1b2a3d",
+        "iat": n, "exp": n + 3600, "jti": "0f9c2a7e-3d3b-4c1e-9a55-7d1f0c1b2a3d",
         "scope": "read write"});
-    let sign =
-        |alg, key: &EncodingKey| jsonwebtoken::encode(&Header::new(alg), &claims, key).unwrap();
-    let tokens = vec![
-        (
-            Algorithm::HS256,
-            sign(Algorithm::HS256, &EncodingKey::from_secret(SECRET)),
-        ),
-        (
-            Algorithm::RS256,
-            sign(Algorithm::RS256, &EncodingKey::from_rsa_der(&rsa_der)),
-        ),
-        (
-            Algorithm::PS256,
-            sign(Algorithm::PS256, &EncodingKey::from_rsa_der(&rsa_der)),
-        ),
-        (
-            Algorithm::ES256,
-            sign(
-                Algorithm::ES256,
-                &EncodingKey::from_ec_der(&ec256.serialize_der()),
-            ),
-        ),
-        (
-            Algorithm::ES384,
-            sign(
-                Algorithm::ES384,
-                &EncodingKey::from_ec_der(&ec384.serialize_der()),
-            ),
-        ),
-        (
-            Algorithm::EdDSA,
-            sign(
-                Algorithm::EdDSA,
-                &EncodingKey::from_ed_der(&ed.serialize_der()),
-            ),
-        ),
-    ];
+    let tokens = [
+        (Algorithm::HS256, EncodingKey::from_secret(SECRET)),
+        (Algorithm::RS256, rsa.encoding()),
+        (Algorithm::PS256, rsa.encoding()),
+        (Algorithm::ES256, ec256.encoding()),
+        (Algorithm::ES384, ec384.encoding()),
+        (Algorithm::EdDSA, ed.encoding()),
+    ]
+    .into_iter()
+    .map(|(alg, key)| (alg, mint_with(&key, alg, None, &claims)))
+    .collect();
     Fixture {
         _dir: dir,
         set,
@@ -130,13 +87,6 @@ fn policy_for(f: &Fixture, alg: Algorithm) -> std::sync::Arc<portico::auth::JwtP
     f.set
         .policy(if alg == Algorithm::HS256 { "hs" } else { "pk" })
         .unwrap()
-}
-
-fn now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .unwrap()
-        .as_secs() as i64
 }
 
 fn bench(c: &mut Criterion) {
