@@ -301,6 +301,50 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_normalised_path_goes_upstream_with_strip_prefix_and_over_http2() {
+    let h1 = RawBackend::start("h1").await;
+    let h2 = Backend::start("h2").await;
+    let (addr, l) = listener_toml("web", "");
+    let _p = Portico::start(&format!(
+        r#"[server]
+access_log = "off"
+{l}
+[upstream.h1]
+servers = ["{}"]
+
+[upstream.h2]
+servers = ["{}"]
+protocol = "http2"
+
+[[route]]
+name = "h1"
+match.path_prefix = "/v1/"
+strip_prefix = true
+upstream = "h1"
+
+[[route]]
+name = "h2"
+match.path_prefix = "/v2/"
+strip_prefix = true
+upstream = "h2"
+"#,
+        h1.addr, h2.addr
+    ));
+    let (status, _, _) = get(addr, "/x/../v1//%61b/./c?q=%2e", "").await;
+    assert_eq!(status, 200);
+    assert_eq!(request_line(&h1.last()), "GET /ab/c?q=%2e HTTP/1.1");
+    let (status, _, _) = get(addr, "/%76%32/a/../%62", "").await;
+    assert_eq!(status, 200);
+    let seen = h2.last_seen();
+    assert_eq!(seen.version, http::Version::HTTP_2);
+    assert!(seen.uri.ends_with("/b"), "{seen:?}");
+    assert!(
+        !seen.uri.contains("v2") && !seen.uri.contains(".."),
+        "{seen:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn methods_are_case_sensitive() {
     let (addr, _p, _admin, all) = start().await;
     for m in ["post", "Post", "pOST"] {
