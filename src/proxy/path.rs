@@ -280,4 +280,32 @@ mod tests {
             );
         }
     }
+
+    /// Every short path over the characters that matter: no panic, and
+    /// every accepted path comes out normal.
+    #[test]
+    fn short_paths_exhaustively() {
+        const ALPHABET: &[u8] = b"/.%2eEfF5ca";
+        let mut buf = Vec::new();
+        for len in 0..=5u32 {
+            for mut n in 0..ALPHABET.len().pow(len) {
+                buf.clear();
+                buf.push(b'/');
+                for _ in 0..len {
+                    buf.push(ALPHABET[n % ALPHABET.len()]);
+                    n /= ALPHABET.len();
+                }
+                let p = std::str::from_utf8(&buf).unwrap();
+                if let Ok(q) = normalize(p) {
+                    assert!(q.starts_with('/'), "{p} -> {q}");
+                    assert!(!q.contains("//"), "{p} -> {q}");
+                    assert!(!q.split('/').any(|s| s == "." || s == ".."), "{p} -> {q}");
+                    assert!(
+                        matches!(normalize(&q), Ok(Cow::Borrowed(r)) if r == q),
+                        "{p} -> {q}"
+                    );
+                }
+            }
+        }
+    }
 }
