@@ -17,6 +17,7 @@ use crate::config::{ConfigError, LoadedConfig, Protocol};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{ListenerMetrics, Metrics};
 use crate::proxy::cors::CorsPolicy;
+use crate::proxy::headers::ClaimHeaders;
 use crate::proxy::routing::{Action, HostMatch, Route, RouteTable};
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
@@ -68,6 +69,9 @@ pub struct Snapshot {
     pub access_log: Arc<AccessLog>,
     /// JWT policies and the revocation store.
     pub auth: crate::auth::AuthSet,
+    /// Every header any policy's forward_claims sets: removed, in any
+    /// spelling, from every request on every route.
+    pub claim_headers: ClaimHeaders,
     /// The metrics registry of the process (the same for every snapshot).
     pub metrics: Arc<Metrics>,
     /// What POST admin requests must present, when admin.token_file is set.
@@ -176,6 +180,11 @@ impl Snapshot {
         }
 
         let auth = crate::auth::AuthSet::build(&lc, previous.map(|p| &p.auth))?;
+        let claim_headers = ClaimHeaders::new(
+            auth.policies()
+                .flat_map(|(_, p)| p.forward_claim_headers())
+                .map(HeaderName::as_str),
+        );
 
         let mut cors = HashMap::new();
         for (name, p) in &c.cors {
@@ -279,6 +288,7 @@ impl Snapshot {
             trust_request_id: c.server.trust_request_id,
             access_log,
             auth,
+            claim_headers,
             metrics,
             admin_token,
             config: lc,

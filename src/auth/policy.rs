@@ -12,7 +12,9 @@
 //! 4. scopes (403 `insufficient_scope` when one is missing);
 //! 5. the headers: every forward_claims header is removed from the request
 //!    and then set from the token; Authorization is removed when
-//!    forward_token = false.
+//!    forward_token = false. (Before this phase the pipeline has removed
+//!    every spelling of every policy's claim headers from every request,
+//!    see `crate::proxy::headers::ClaimHeaders`.)
 //!
 //! Key choice (SPEC): a token's kid picks the JWKS key of that kid (and
 //! nothing else: a known kid whose key refuses the token is a bad
@@ -237,6 +239,11 @@ impl JwtPolicy {
     /// The JWKS source of this policy, if it has a jwks_url.
     pub fn jwks_source(&self) -> Option<&Arc<JwksSource>> {
         self.jwks_url.as_ref()
+    }
+
+    /// The headers forward_claims sets.
+    pub fn forward_claim_headers(&self) -> impl Iterator<Item = &HeaderName> {
+        self.forward_claims.iter().map(|(_, h)| h)
     }
 
     /// The leeway, in seconds.

@@ -14,7 +14,8 @@
 //!   server answered 502/503; a retry-safe body is replayed only if it is
 //!   known in full (Content-Length at most 64 KiB, read before sending);
 //! - no server in rotation (every one failed its active checks): 503;
-//! - an HTTP/1.1 Upgrade (WebSocket) that the server accepts with 101
+//! - an HTTP/1.1 WebSocket upgrade (the only upgrade tunnelled; others
+//!   were removed by `serve`) that the server accepts with 101
 //!   becomes a byte tunnel between client and server, closed after the
 //!   listener's idle_timeout without traffic either way.
 
@@ -86,17 +87,6 @@ impl Tried {
     }
 }
 
-fn is_upgrade(req: &Request<RequestBody>) -> bool {
-    req.version() == Version::HTTP_11
-        && req.headers().contains_key(UPGRADE)
-        && req.headers().get_all(CONNECTION).iter().any(|v| {
-            v.to_str().is_ok_and(|s| {
-                s.split(',')
-                    .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
-            })
-        })
-}
-
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     mut req: Request<RequestBody>,
@@ -106,19 +96,20 @@ pub(super) async fn forward(
     conn: &ConnInfo,
     request_id: &HeaderValue,
     host_value: Option<HeaderValue>,
+    websocket: Option<HeaderValue>,
     trace: &mut Trace,
     count_bytes: bool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     let deadline = tokio::time::Instant::now() + route.timeout;
-    let upgrade = if is_upgrade(&req) && pool.definition.protocol == UpstreamProtocol::Http1 {
-        let proto = req.headers().get(UPGRADE).cloned();
-        Some((hyper::upgrade::on(&mut req), proto))
-    } else {
-        None
+    let upgrade = match websocket {
+        Some(proto) if pool.definition.protocol == UpstreamProtocol::Http1 => {
+            Some((hyper::upgrade::on(&mut req), Some(proto)))
+        }
+        _ => None,
     };
 
+    // The client's hop-by-hop headers are gone already (see `serve`).
     let (mut parts, mut body) = req.into_parts();
-    headers::strip_hop_by_hop(&mut parts.headers);
     headers::strip_request_only(&mut parts.headers);
     headers::set_forwarded(
         &mut parts.headers,

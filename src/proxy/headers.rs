@@ -1,4 +1,5 @@
-//! Header rules of forwarding: hop-by-hop removal, x-forwarded-*, limits.
+//! Header rules of forwarding: hop-by-hop removal, upgrade, claim header
+//! spellings, x-forwarded-*, limits.
 
 use http::header::{
     CONNECTION, EXPECT, HOST, PROXY_AUTHENTICATE, PROXY_AUTHORIZATION, TE, TRAILER,
@@ -8,14 +9,28 @@ use http::{HeaderMap, HeaderName, HeaderValue};
 
 static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
 static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
+static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
 
 /// Removes hop-by-hop headers (RFC 9110 7.6.1): Connection and the headers
 /// it names, Keep-Alive, Proxy-*, TE (except "trailers", which gRPC needs),
-/// Trailer, Transfer-Encoding and Upgrade.
+/// Trailer, Transfer-Encoding, Upgrade and HTTP2-Settings.
 pub fn strip_hop_by_hop(h: &mut HeaderMap) {
+    strip_hop_by_hop_keeping(h, None);
+}
+
+/// As [`strip_hop_by_hop`], for what a client sent, before the proxy sets
+/// its own headers. Connection never names away Host (the proxy sets it
+/// from the request's host anyway) nor `keep` (the Authorization header on
+/// a route that checks it: the token that was checked is what is
+/// forwarded).
+pub fn strip_client_hop_by_hop(h: &mut HeaderMap, keep: Option<&HeaderName>) {
+    strip_hop_by_hop_keeping(h, keep);
+}
+
+fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
     // Most messages carry none: one pass over the names decides.
     if !h.keys().any(is_hop_by_hop) {
         return;
@@ -29,7 +44,9 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
                     let name = name.trim();
                     if !name.is_empty() {
                         if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                            h.remove(n);
+                            if n != HOST && Some(&n) != keep {
+                                h.remove(n);
+                            }
                         }
                     }
                 }
@@ -56,6 +73,7 @@ pub fn strip_hop_by_hop(h: &mut HeaderMap) {
         &UPGRADE,
         &PROXY_AUTHORIZATION,
         &PROXY_AUTHENTICATE,
+        &HTTP2_SETTINGS,
     ] {
         h.remove(name);
     }
@@ -68,7 +86,99 @@ fn is_hop_by_hop(n: &HeaderName) -> bool {
         || n == TRAILER
         || n == UPGRADE
         || n == KEEP_ALIVE
+        || n == HTTP2_SETTINGS
         || n.as_str().starts_with("proxy-")
+}
+
+/// The Upgrade value of an HTTP/1.1 request that asks for a WebSocket
+/// (`Connection: upgrade` and `Upgrade: websocket`, any case): the only
+/// upgrade the proxy tunnels. Any other upgrade (h2c above all) is not
+/// one: its headers are removed and the request goes on as a plain one.
+pub fn websocket_upgrade(version: http::Version, h: &HeaderMap) -> Option<HeaderValue> {
+    if version != http::Version::HTTP_11 {
+        return None;
+    }
+    let mut upgrades = h.get_all(UPGRADE).iter();
+    let value = match (upgrades.next(), upgrades.next()) {
+        (Some(v), None) => v,
+        _ => return None,
+    };
+    let websocket = value
+        .to_str()
+        .is_ok_and(|s| s.trim().eq_ignore_ascii_case("websocket"));
+    let connection_upgrade = h.get_all(CONNECTION).iter().any(|v| {
+        v.to_str().is_ok_and(|s| {
+            s.split(',')
+                .any(|t| t.trim().eq_ignore_ascii_case("upgrade"))
+        })
+    });
+    (websocket && connection_upgrade).then(|| value.clone())
+}
+
+/// The header names that any policy's forward_claims sets, in the one
+/// spelling an upstream may map them to: lower case, `_` as `-`. Built once
+/// per snapshot; [`ClaimHeaders::strip`] removes every spelling of them
+/// from a request (so a client cannot pass a claim header itself, on any
+/// route, whether it has auth or not).
+#[derive(Debug, Default)]
+pub struct ClaimHeaders {
+    names: Vec<Box<[u8]>>,
+}
+
+/// `a` and `b` name the same header for an upstream that reads `_` as `-`
+/// and ignores case (`b` is already in that spelling).
+fn same_claim_name(a: &[u8], canonical: &[u8]) -> bool {
+    a.len() == canonical.len()
+        && a.iter().zip(canonical).all(|(&x, &y)| {
+            let x = match x {
+                b'_' => b'-',
+                x => x.to_ascii_lowercase(),
+            };
+            x == y
+        })
+}
+
+impl ClaimHeaders {
+    /// The set of `names` (any spelling).
+    pub fn new<'a>(names: impl IntoIterator<Item = &'a str>) -> ClaimHeaders {
+        let mut set: Vec<Box<[u8]>> = Vec::new();
+        for n in names {
+            let canonical: Box<[u8]> = n
+                .bytes()
+                .map(|b| match b {
+                    b'_' => b'-',
+                    b => b.to_ascii_lowercase(),
+                })
+                .collect();
+            if !set.contains(&canonical) {
+                set.push(canonical);
+            }
+        }
+        ClaimHeaders { names: set }
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.names.is_empty()
+    }
+
+    /// Removes every header of `h` that is a spelling of a claim header.
+    pub fn strip(&self, h: &mut HeaderMap) {
+        if self.names.is_empty() {
+            return;
+        }
+        let is_claim = |n: &HeaderName| {
+            self.names
+                .iter()
+                .any(|c| same_claim_name(n.as_str().as_bytes(), c))
+        };
+        if !h.keys().any(is_claim) {
+            return;
+        }
+        let found: Vec<HeaderName> = h.keys().filter(|n| is_claim(n)).cloned().collect();
+        for n in found {
+            h.remove(n);
+        }
+    }
 }
 
 /// Removes what a client sends that the proxy itself answers (Expect is
@@ -78,24 +188,34 @@ pub fn strip_request_only(h: &mut HeaderMap) {
 }
 
 /// Sets x-forwarded-for (appended), x-forwarded-proto and x-forwarded-host
-/// (replacing any client copies).
-/// `client` is the client's IP as a header value (made once per connection).
+/// (replacing any client copies). Several x-forwarded-for fields are one
+/// list (RFC 9110 5.3): they are joined in order, then the client is
+/// appended. `client` is the client's IP as a header value (made once per
+/// connection).
 pub fn set_forwarded(
     h: &mut HeaderMap,
     client: &HeaderValue,
     https: bool,
     host: Option<&HeaderValue>,
 ) {
-    let appended = match h.get(&X_FORWARDED_FOR).and_then(|v| v.to_str().ok()) {
-        Some(prev) if !prev.trim().is_empty() => {
-            let mut s = String::with_capacity(prev.len() + 2 + client.len());
+    let mut appended = None;
+    if h.contains_key(&X_FORWARDED_FOR) {
+        let mut s = String::new();
+        for prev in h
+            .get_all(&X_FORWARDED_FOR)
+            .iter()
+            .filter_map(|v| v.to_str().ok())
+            .map(str::trim)
+            .filter(|v| !v.is_empty())
+        {
             s.push_str(prev);
             s.push_str(", ");
-            s.push_str(client.to_str().unwrap_or(""));
-            HeaderValue::from_str(&s).ok()
         }
-        _ => None,
-    };
+        if !s.is_empty() {
+            s.push_str(client.to_str().unwrap_or(""));
+            appended = HeaderValue::from_str(&s).ok();
+        }
+    }
     match appended {
         Some(v) => {
             h.remove(&X_FORWARDED_FOR);
@@ -117,6 +237,33 @@ pub fn set_forwarded(
             h.remove(&X_FORWARDED_HOST);
         }
     }
+}
+
+/// A method that equals a standard one (RFC 9110 9, PATCH) only
+/// case-insensitively (`post`, `Get`): methods are case-sensitive, and an
+/// upstream that folds case would read it as the standard one that routing
+/// did not see.
+pub fn miscased_method(m: &http::Method) -> bool {
+    use http::Method as M;
+    const STANDARD: [&str; 9] = [
+        "GET", "HEAD", "POST", "PUT", "DELETE", "CONNECT", "OPTIONS", "TRACE", "PATCH",
+    ];
+    if matches!(
+        *m,
+        M::GET
+            | M::HEAD
+            | M::POST
+            | M::PUT
+            | M::DELETE
+            | M::CONNECT
+            | M::OPTIONS
+            | M::TRACE
+            | M::PATCH
+    ) {
+        return false;
+    }
+    let s = m.as_str();
+    STANDARD.iter().any(|k| k.eq_ignore_ascii_case(s))
 }
 
 /// Names plus values of every header, the measure max_header_bytes limits.
@@ -169,6 +316,95 @@ mod tests {
         assert_eq!(h["x-forwarded-for"], "10.0.0.1, 127.0.0.1");
         assert_eq!(h["x-forwarded-proto"], "https");
         assert_eq!(h["x-forwarded-host"], "a.example");
+    }
+
+    #[test]
+    fn several_forwarded_for_fields_are_joined() {
+        let mut h = HeaderMap::new();
+        h.append("x-forwarded-for", HeaderValue::from_static("10.0.0.1"));
+        h.append("x-forwarded-for", HeaderValue::from_static(""));
+        h.append(
+            "x-forwarded-for",
+            HeaderValue::from_static("10.0.0.2, 10.0.0.3"),
+        );
+        set_forwarded(&mut h, &HeaderValue::from_static("127.0.0.1"), false, None);
+        assert_eq!(h.get_all("x-forwarded-for").iter().count(), 1);
+        assert_eq!(
+            h["x-forwarded-for"],
+            "10.0.0.1, 10.0.0.2, 10.0.0.3, 127.0.0.1"
+        );
+    }
+
+    #[test]
+    fn connection_never_names_away_host_or_the_kept_header() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            CONNECTION,
+            HeaderValue::from_static("host, authorization, x-a"),
+        );
+        h.insert(HOST, HeaderValue::from_static("a"));
+        h.insert("authorization", HeaderValue::from_static("Bearer t"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        h.insert(
+            "http2-settings",
+            HeaderValue::from_static("AAMAAABkAAQCAAAAAAIAAAAA"),
+        );
+        strip_client_hop_by_hop(&mut h, Some(&http::header::AUTHORIZATION));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert_eq!(h[HOST], "a");
+        assert_eq!(h["authorization"], "Bearer t");
+    }
+
+    #[test]
+    fn only_websocket_is_an_upgrade() {
+        let v11 = http::Version::HTTP_11;
+        let mut h = HeaderMap::new();
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive, Upgrade"));
+        h.insert(UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert_eq!(websocket_upgrade(v11, &h).unwrap(), "WebSocket");
+        assert!(websocket_upgrade(http::Version::HTTP_2, &h).is_none());
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(websocket_upgrade(v11, &h).is_none());
+        h.insert(UPGRADE, HeaderValue::from_static("websocket, h2c"));
+        assert!(websocket_upgrade(v11, &h).is_none());
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert(CONNECTION, HeaderValue::from_static("keep-alive"));
+        assert!(websocket_upgrade(v11, &h).is_none());
+    }
+
+    #[test]
+    fn claim_headers_in_every_spelling_are_removed() {
+        let c = ClaimHeaders::new(["X-User-Id", "x-tenant", "x-user-id"]);
+        assert_eq!(c.names.len(), 2);
+        let mut h = HeaderMap::new();
+        h.insert("x-user-id", HeaderValue::from_static("a"));
+        h.insert("x_user_id", HeaderValue::from_static("b"));
+        h.insert("x-user_id", HeaderValue::from_static("c"));
+        h.insert("x_tenant", HeaderValue::from_static("d"));
+        h.insert("x-user-idx", HeaderValue::from_static("e"));
+        h.insert("x-userid", HeaderValue::from_static("f"));
+        c.strip(&mut h);
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-user-idx") && h.contains_key("x-userid"));
+        let none = ClaimHeaders::default();
+        none.strip(&mut h);
+        assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn methods_are_case_sensitive() {
+        for m in ["post", "Get", "pAtCh", "options"] {
+            assert!(
+                miscased_method(&http::Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
+        for m in ["POST", "GET", "PROPFIND", "propfind", "GETX"] {
+            assert!(
+                !miscased_method(&http::Method::from_bytes(m.as_bytes()).unwrap()),
+                "{m}"
+            );
+        }
     }
 
     #[test]

@@ -5,12 +5,18 @@
 //! 1. **admit**: load the config snapshot once; pick the request id; check
 //!    the head (size, Host rules, 425 for a non-GET/HEAD request in TLS
 //!    early data);
+//!    refuse a miscased standard method; normalise the path ([`path`]):
+//!    what routing matches and what goes upstream;
 //! 2. **route**: find the route by listener, host, path and method;
 //! 3. **cors**: on a route with a CORS policy, answer preflights at the
 //!    edge and note what the response owes the request's origin
 //!    ([`cors`]);
-//! 4. **authenticate** (a route with `auth`): the route's JWT policy checks
-//!    the bearer token and rewrites the claim headers (`crate::auth`);
+//! 4. **authenticate**: the client's hop-by-hop headers (and any upgrade
+//!    but WebSocket) and every spelling of any policy's claim headers are
+//!    removed first, so nothing the client sends can remove or fake a
+//!    header the proxy sets; then, on a route with `auth`, the route's JWT
+//!    policy checks the bearer token and sets the claim headers
+//!    (`crate::auth`);
 //! 5. **respond** (a `respond` route) or **forward** ([`forward`]): rewrite
 //!    the head (hop-by-hop, x-forwarded-*, Host, path), choose a server
 //!    round-robin, send on a pooled connection, retry where safe, bounded by
@@ -31,6 +37,7 @@ pub mod cors;
 pub mod error;
 mod forward;
 pub mod headers;
+pub mod path;
 pub mod routing;
 
 use crate::body::{Completion, ProxyBody, RequestBody};
@@ -43,8 +50,10 @@ use crate::upstream::PoolReturn;
 use arc_swap::ArcSwap;
 use error::ProxyError;
 use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, REFERER, USER_AGENT};
-use http::{HeaderValue, Method, Request, Response, Version};
+use http::uri::PathAndQuery;
+use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use routing::Action;
+use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -265,6 +274,26 @@ async fn serve(
             ));
         }
     }
+    if headers::miscased_method(req.method()) {
+        return Err(ProxyError::BadRequest("method in the wrong case"));
+    }
+    // "*" (OPTIONS *) and "" (CONNECT's authority-form) have no path to
+    // normalise; the access log keeps the path as the client sent it.
+    if !matches!(req.uri().path(), "*" | "") {
+        if let Cow::Owned(mut p) =
+            path::normalize(req.uri().path()).map_err(|e| ProxyError::BadRequest(e.reason()))?
+        {
+            if let Some(q) = req.uri().query() {
+                p.push('?');
+                p.push_str(q);
+            }
+            let bad = |_| ProxyError::BadRequest("bad request target");
+            let mut parts = std::mem::take(req.uri_mut()).into_parts();
+            parts.path_and_query = Some(PathAndQuery::try_from(p).map_err(bad)?);
+            *req.uri_mut() =
+                Uri::from_parts(parts).map_err(|_| ProxyError::BadRequest("bad request target"))?;
+        }
+    }
     // The absolute-form target (HTTP/1.1) or :authority (HTTP/2) names the
     // host; otherwise the Host header does.
     let host_value = match req.uri().authority() {
@@ -305,7 +334,15 @@ async fn serve(
         }
     }
 
-    // authenticate
+    // authenticate: first what the client sent is cleaned, so that its
+    // Connection header cannot remove what the proxy sets below, nor a
+    // header it sends pass for one the proxy sets.
+    let websocket = headers::websocket_upgrade(req.version(), req.headers());
+    headers::strip_client_hop_by_hop(
+        req.headers_mut(),
+        route.auth.as_ref().map(|_| &http::header::AUTHORIZATION),
+    );
+    snap.claim_headers.strip(req.headers_mut());
     if let Some(policy) = &route.auth {
         policy.authenticate(req.headers_mut()).await?;
     }
@@ -338,6 +375,7 @@ async fn serve(
                 conn,
                 request_id,
                 host_value,
+                websocket,
                 trace,
                 count_bytes,
             )
