@@ -34,7 +34,7 @@ pub use connect::UpstreamTlsSettings;
 pub use health::ServerHealth;
 pub use retry::RetryBudget;
 
-use connect::UpstreamIo;
+pub use connect::UpstreamIo;
 
 use crate::body::RequestBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
