@@ -205,6 +205,9 @@ impl JwksSource {
                 for s in &parsed.skipped {
                     tracing::info!(url = %self.identity.url, "JWKS: skipped {s}");
                 }
+                for s in &parsed.malformed {
+                    tracing::warn!(url = %self.identity.url, "JWKS: ignored a broken key: {s}");
+                }
                 if parsed.keys.is_empty() {
                     tracing::warn!(url = %self.identity.url, "JWKS has no usable key; keeping the last good key set");
                     return;

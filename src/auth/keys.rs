@@ -318,8 +318,10 @@ struct JwkSetDoc {
 #[derive(Debug)]
 pub struct ParsedJwks {
     pub keys: Vec<VerifyingKey>,
-    /// Keys left out, with why (for the log).
+    /// Keys left out as not for signatures here, with why (for the log).
     pub skipped: Vec<String>,
+    /// Broken keys left out (only when not strict), with why (for the log).
+    pub malformed: Vec<String>,
 }
 
 /// Parses a JWKS document. `strict`: a key that is malformed (as opposed to
@@ -330,6 +332,7 @@ pub fn parse_jwks(doc: &[u8], strict: bool) -> Result<ParsedJwks, String> {
         .map_err(|e| format!("not a JWKS document ({{\"keys\": [...]}}): {e}"))?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
+    let mut malformed = Vec::new();
     for (i, v) in set.keys.into_iter().enumerate() {
         match parse_jwk(&v) {
             Ok(k) => keys.push(k),
@@ -338,11 +341,15 @@ pub fn parse_jwks(doc: &[u8], strict: bool) -> Result<ParsedJwks, String> {
                 if strict {
                     return Err(format!("key {i}: {why}"));
                 }
-                skipped.push(format!("key {i}: {why}"));
+                malformed.push(format!("key {i}: {why}"));
             }
         }
     }
-    Ok(ParsedJwks { keys, skipped })
+    Ok(ParsedJwks {
+        keys,
+        skipped,
+        malformed,
+    })
 }
 
 enum JwkError {
@@ -599,7 +606,7 @@ mod tests {
         assert!(e.contains("0 bits"), "{e}");
         let p = parse_jwks(doc, false).unwrap();
         assert!(p.keys.is_empty());
-        assert_eq!(p.skipped.len(), 2);
+        assert_eq!(p.malformed.len(), 2);
     }
 
     #[test]
