@@ -1,4 +1,5 @@
-//! TLS server configs for listeners, built from PEM files.
+//! TLS configs built from PEM files: listeners' server configs, and the
+//! one client config builder for upstreams and JWKS fetches.
 //!
 //! Guarantees: TLS 1.3 only unless a listener asks for 1.2 (its QUIC side
 //! is always 1.3); ALPN offers exactly the listener's protocols (h2 before
@@ -141,8 +142,86 @@ fn alpn(protocols: &[Protocol]) -> Vec<Vec<u8>> {
     v
 }
 
+/// The system's trust roots (the platform store, or the files named by
+/// `SSL_CERT_FILE` / `SSL_CERT_DIR`), read through rustls-native-certs.
+/// Read afresh on every call, so a reload sees an updated store.
+/// Unreadable or unparsable entries are logged and left out; an empty
+/// store is logged too (every handshake will then fail, as it should).
+pub fn system_roots() -> RootCertStore {
+    let found = rustls_native_certs::load_native_certs();
+    for e in &found.errors {
+        tracing::warn!(error = %e, "reading the system trust roots");
+    }
+    let mut roots = RootCertStore::empty();
+    let (_, ignored) = roots.add_parsable_certificates(found.certs);
+    if ignored > 0 {
+        tracing::warn!(
+            ignored,
+            "system trust roots that are not usable certificates were left out"
+        );
+    }
+    if roots.is_empty() {
+        tracing::warn!("no system trust roots found: TLS to servers verified by them will fail");
+    }
+    roots
+}
+
+/// A trust store of exactly `certs` (a configured CA bundle).
+pub fn roots_of(certs: Vec<CertificateDer<'static>>) -> Result<RootCertStore, String> {
+    let mut roots = RootCertStore::empty();
+    for c in certs {
+        roots
+            .add(c)
+            .map_err(|e| format!("bad CA certificate: {e}"))?;
+    }
+    Ok(roots)
+}
+
+/// The one builder of portico's TLS client configs (upstreams and JWKS
+/// fetches): ring, TLS 1.3 and 1.2, servers verified against `roots` by
+/// webpki, an optional client certificate (mTLS), ALPN exactly `alpn`.
+pub fn client_config(
+    roots: RootCertStore,
+    client_auth: Option<(Vec<CertificateDer<'static>>, PrivateKeyDer<'static>)>,
+    alpn: &[&[u8]],
+) -> Result<rustls::ClientConfig, ClientConfigError> {
+    let builder = rustls::ClientConfig::builder_with_provider(provider())
+        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
+        .map_err(ClientConfigError::Setup)?
+        .with_root_certificates(roots);
+    let mut cfg = match client_auth {
+        None => builder.with_no_client_auth(),
+        Some((certs, key)) => builder
+            .with_client_auth_cert(certs, key)
+            .map_err(ClientConfigError::ClientCert)?,
+    };
+    cfg.alpn_protocols = alpn.iter().map(|p| p.to_vec()).collect();
+    Ok(cfg)
+}
+
+/// Why [`client_config`] failed.
+#[derive(Debug)]
+pub enum ClientConfigError {
+    /// The provider refused the protocol versions (a build problem).
+    Setup(rustls::Error),
+    /// The client key does not fit the client certificate, or is unusable.
+    ClientCert(rustls::Error),
+}
+
+impl std::fmt::Display for ClientConfigError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ClientConfigError::Setup(e) => write!(f, "TLS setup failed: {e}"),
+            ClientConfigError::ClientCert(e) => write!(
+                f,
+                "client key does not fit the client certificate, or is unusable: {e}"
+            ),
+        }
+    }
+}
+
 /// Builds the TLS client settings of one upstream: roots from `ca` (or the
-/// public web roots), an optional client certificate (mTLS), ALPN by
+/// system's trust roots), an optional client certificate (mTLS), ALPN by
 /// protocol, and the SNI name.
 pub fn upstream_settings(
     lc: &LoadedConfig,
@@ -151,23 +230,17 @@ pub fn upstream_settings(
 ) -> Result<crate::upstream::UpstreamTlsSettings, ConfigError> {
     use std::hash::{Hash, Hasher};
     let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
-    let mut roots = RootCertStore::empty();
-    if t.ca.get_ref().is_empty() {
-        roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned());
+    let roots = if t.ca.get_ref().is_empty() {
+        system_roots()
     } else {
-        for c in load_certs(lc, &t.ca)? {
+        let certs = load_certs(lc, &t.ca)?;
+        for c in &certs {
             c.as_ref().hash(&mut fingerprint);
-            roots
-                .add(c)
-                .map_err(|e| lc.error_at(&t.ca, format!("bad CA certificate: {e}")))?;
         }
-    }
-    let builder = rustls::ClientConfig::builder_with_provider(provider())
-        .with_protocol_versions(&[&rustls::version::TLS13, &rustls::version::TLS12])
-        .map_err(|e| lc.error_at(&t.ca, format!("TLS setup failed: {e}")))?
-        .with_root_certificates(roots);
-    let mut cfg = if t.client_cert.get_ref().is_empty() {
-        builder.with_no_client_auth()
+        roots_of(certs).map_err(|e| lc.error_at(&t.ca, e))?
+    };
+    let client_auth = if t.client_cert.get_ref().is_empty() {
+        None
     } else {
         let certs = load_certs(lc, &t.client_cert)?;
         let key = load_key(lc, &t.client_key)?;
@@ -175,17 +248,16 @@ pub fn upstream_settings(
             c.as_ref().hash(&mut fingerprint);
         }
         key.secret_der().hash(&mut fingerprint);
-        builder.with_client_auth_cert(certs, key).map_err(|e| {
-            lc.error_at(
-                &t.client_key,
-                format!("client key does not fit the client certificate, or is unusable: {e}"),
-            )
-        })?
+        Some((certs, key))
     };
-    cfg.alpn_protocols = match protocol {
-        crate::config::UpstreamProtocol::Http1 => vec![b"http/1.1".to_vec()],
-        crate::config::UpstreamProtocol::Http2 => vec![b"h2".to_vec()],
+    let alpn: &[u8] = match protocol {
+        crate::config::UpstreamProtocol::Http1 => b"http/1.1",
+        crate::config::UpstreamProtocol::Http2 => b"h2",
     };
+    let cfg = client_config(roots, client_auth, &[alpn]).map_err(|e| match e {
+        ClientConfigError::Setup(_) => lc.error_at(&t.ca, e.to_string()),
+        ClientConfigError::ClientCert(_) => lc.error_at(&t.client_key, e.to_string()),
+    })?;
     let server_name = if t.server_name.get_ref().is_empty() {
         None
     } else {

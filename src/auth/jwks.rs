@@ -10,12 +10,17 @@
 //!   it and wait at most [`FETCH_TIMEOUT`];
 //! - a failed fetch (network, status, body, or a document with no usable
 //!   key) keeps the last good key set in force and is logged;
-//! - HTTPS is verified against `jwks_ca` when given, else the webpki roots;
-//!   no redirects are followed; the body is capped at [`MAX_BODY`];
+//! - HTTPS is verified against `jwks_ca` when given, else the system's
+//!   trust roots, with the same client config builder and connector as
+//!   upstream TLS; only a 200 answer counts: redirects are not followed (an
+//!   IdP that moved its JWKS is a config change, and following a redirect
+//!   would let whoever answers the URL point portico anywhere); the body
+//!   is capped at [`MAX_BODY`] and the whole fetch at [`FETCH_TIMEOUT`];
 //! - the refresh task holds only a weak reference: it ends once the last
 //!   snapshot using this source is gone.
 
 use super::keys::{self, KeySet};
+use crate::upstream::{UpstreamIo, UpstreamTlsSettings};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::uri::Authority;
@@ -49,7 +54,8 @@ pub struct JwksSource {
     https: bool,
     authority: Authority,
     path: String,
-    tls: Option<Arc<rustls::ClientConfig>>,
+    /// TLS as for an upstream: same builder, same connector.
+    tls: Option<UpstreamTlsSettings>,
     keys: ArcSwapOption<KeySet>,
     /// Raised whenever the key set changes (cached tokens verified under an
     /// older epoch are checked again).
@@ -68,7 +74,7 @@ pub struct JwksSource {
 
 impl JwksSource {
     /// A source for `url` (already validated by the config). `ca_certs`:
-    /// the jwks_ca certificates, or None for the webpki roots.
+    /// the jwks_ca certificates, or None for the system's trust roots.
     pub fn new(
         identity: JwksIdentity,
         ca_certs: Option<Vec<rustls_pki_types::CertificateDer<'static>>>,
@@ -76,24 +82,18 @@ impl JwksSource {
         let (https, authority, path) = crate::config::jwks_url_parts(&identity.url)
             .ok_or_else(|| "jwks_url must be an http:// or https:// URL".to_string())?;
         let tls = if https {
-            let mut roots = rustls::RootCertStore::empty();
-            match ca_certs {
-                Some(certs) => {
-                    for c in certs {
-                        roots
-                            .add(c)
-                            .map_err(|e| format!("bad jwks_ca certificate: {e}"))?;
-                    }
-                }
-                None => roots.extend(webpki_roots::TLS_SERVER_ROOTS.iter().cloned()),
-            }
-            let mut cfg = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
-                .with_safe_default_protocol_versions()
-                .map_err(|e| format!("TLS setup failed: {e}"))?
-                .with_root_certificates(roots)
-                .with_no_client_auth();
-            cfg.alpn_protocols = vec![b"http/1.1".to_vec()];
-            Some(Arc::new(cfg))
+            let roots = match ca_certs {
+                Some(certs) => crate::tls::roots_of(certs).map_err(|e| format!("jwks_ca: {e}"))?,
+                None => crate::tls::system_roots(),
+            };
+            let config = crate::tls::client_config(roots, None, &[b"http/1.1"])
+                .map_err(|e| e.to_string())?;
+            Some(UpstreamTlsSettings {
+                config: Arc::new(config),
+                // The URL's host is the name verified and sent as SNI.
+                server_name: None,
+                fingerprint: 0,
+            })
         } else {
             None
         };
@@ -205,6 +205,9 @@ impl JwksSource {
                 for s in &parsed.skipped {
                     tracing::info!(url = %self.identity.url, "JWKS: skipped {s}");
                 }
+                for s in &parsed.malformed {
+                    tracing::warn!(url = %self.identity.url, "JWKS: ignored a broken key: {s}");
+                }
                 if parsed.keys.is_empty() {
                     tracing::warn!(url = %self.identity.url, "JWKS has no usable key; keeping the last good key set");
                     return;
@@ -243,18 +246,10 @@ impl JwksSource {
         }
         let tcp = tcp.ok_or(last_err)?;
         let _ = tcp.set_nodelay(true);
-        match &self.tls {
-            Some(cfg) => {
-                let name = rustls_pki_types::ServerName::try_from(bare_host.to_string())
-                    .map_err(|e| format!("bad server name {host}: {e}"))?;
-                let tls = tokio_rustls::TlsConnector::from(cfg.clone())
-                    .connect(name, tcp)
-                    .await
-                    .map_err(|e| format!("TLS with {host}: {e}"))?;
-                self.get(tls).await
-            }
-            None => self.get(tcp).await,
-        }
+        let io = UpstreamIo::establish(tcp, self.tls.as_ref(), host)
+            .await
+            .map_err(|e| format!("TLS with {host}: {e}"))?;
+        self.get(io).await
     }
 
     async fn get<IO>(&self, io: IO) -> Result<Bytes, String>

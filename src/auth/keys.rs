@@ -8,11 +8,13 @@
 //!   algorithm only. [`VerifyingKey::verify`] refuses any other pairing, so
 //!   an RSA public key can never be used as an HMAC secret (the classic
 //!   HS/RS confusion), whatever the token's header says;
-//! - PEM and JWK material is parsed here (a small DER reader), not by
-//!   jsonwebtoken's PEM helpers, so a bad file is a precise error: a private
-//!   key, a certificate, an RSA modulus under 2048 bits, an EC point of the
-//!   wrong size are all refused at load time rather than failing every
-//!   token later;
+//! - PEM armour is decoded by rustls-pki-types, SubjectPublicKeyInfo and
+//!   PKCS#1 DER by the RustCrypto `spki` and `pkcs1` crates, JWKs are read
+//!   by jsonwebtoken's `jwk` types; the key material is then checked here,
+//!   so a bad file is a precise error: a private key, a certificate, an RSA
+//!   modulus outside 2048..=8192 bits (an empty one included), an EC point
+//!   of the wrong size are all refused at load time rather than failing
+//!   every token later;
 //! - JWKS keys meant for encryption (`"use": "enc"`), and key types or
 //!   curves no JWS algorithm here can use, are skipped, never errors, so an
 //!   IdP that publishes such keys beside its signing keys still works;
@@ -23,8 +25,13 @@
 
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
+use jsonwebtoken::jwk::{AlgorithmParameters, EllipticCurve, Jwk, KeyOperations, PublicKeyUse};
 use jsonwebtoken::{Algorithm, DecodingKey};
+use pkcs1::der::Decode;
+use rustls_pki_types::pem::PemObject;
+use rustls_pki_types::SubjectPublicKeyInfoDer;
 use serde::Deserialize;
+use spki::{ObjectIdentifier, SubjectPublicKeyInfoRef};
 use std::collections::HashMap;
 
 /// What a key is, which decides the algorithms it may verify.
@@ -135,15 +142,17 @@ impl KeySet {
 /// blocks). At least one must be there.
 pub fn from_pem(text: &[u8]) -> Result<Vec<VerifyingKey>, String> {
     let text = std::str::from_utf8(text).map_err(|_| "not a PEM file (not text)".to_string())?;
-    let blocks = pem_blocks(text)?;
-    if blocks.is_empty() {
+    // rustls-pki-types decodes the armour but silently skips labels it does
+    // not know (such as "RSA PUBLIC KEY" or "ENCRYPTED PRIVATE KEY"), so the
+    // labels are listed first: anything but a public key is a precise error
+    // instead of "no key found".
+    let labels = pem_labels(text);
+    if labels.is_empty() {
         return Err("no PEM block found (expected -----BEGIN PUBLIC KEY-----)".into());
     }
-    let mut keys = Vec::new();
-    for (label, der) in blocks {
-        let key = match label.as_str() {
-            "PUBLIC KEY" => from_spki(&der)?,
-            "RSA PUBLIC KEY" => rsa_from_pkcs1(&der)?,
+    for label in &labels {
+        match *label {
+            "PUBLIC KEY" | "RSA PUBLIC KEY" => {}
             l if l.contains("PRIVATE KEY") => {
                 return Err(format!(
                     "holds a {l}: give the public key (openssl pkey -pubout)"
@@ -155,76 +164,71 @@ pub fn from_pem(text: &[u8]) -> Result<Vec<VerifyingKey>, String> {
                 )
             }
             l => return Err(format!("unexpected PEM block \"{l}\"")),
-        };
-        keys.push(key);
+        }
     }
-    Ok(keys)
+    // A PKCS#1 block is decoded as if it were SPKI (the armour is the same);
+    // `labels` still says which DER is which.
+    let armour: std::borrow::Cow<'_, str> = if labels.contains(&"RSA PUBLIC KEY") {
+        text.replace(
+            "-----BEGIN RSA PUBLIC KEY-----",
+            "-----BEGIN PUBLIC KEY-----",
+        )
+        .replace("-----END RSA PUBLIC KEY-----", "-----END PUBLIC KEY-----")
+        .into()
+    } else {
+        text.into()
+    };
+    let ders = SubjectPublicKeyInfoDer::pem_slice_iter(armour.as_bytes())
+        .collect::<Result<Vec<_>, _>>()
+        .map_err(|e| format!("bad PEM: {e}"))?;
+    if ders.len() != labels.len() {
+        return Err("bad PEM: a block is not closed by its END line".into());
+    }
+    labels
+        .iter()
+        .zip(&ders)
+        .map(|(label, der)| match *label {
+            "RSA PUBLIC KEY" => rsa_from_pkcs1(der.as_ref()),
+            _ => from_spki(der.as_ref()),
+        })
+        .collect()
 }
 
-/// Splits PEM text into (label, DER) blocks.
-fn pem_blocks(text: &str) -> Result<Vec<(String, Vec<u8>)>, String> {
-    let mut out = Vec::new();
-    let mut lines = text.lines().map(str::trim);
-    while let Some(line) = lines.next() {
-        let Some(label) = line
-            .strip_prefix("-----BEGIN ")
-            .and_then(|l| l.strip_suffix("-----"))
-        else {
-            continue;
-        };
-        let end = format!("-----END {label}-----");
-        let mut b64 = String::new();
-        let mut closed = false;
-        for l in lines.by_ref() {
-            if l == end {
-                closed = true;
-                break;
-            }
-            if l.contains(':') {
-                continue; // RFC 1421 headers (Proc-Type...), not base64
-            }
-            b64.push_str(l);
-        }
-        if !closed {
-            return Err(format!("PEM block \"{label}\" has no END line"));
-        }
-        let der = base64::engine::general_purpose::STANDARD
-            .decode(b64.as_bytes())
-            .map_err(|e| format!("PEM block \"{label}\" is not valid base64: {e}"))?;
-        out.push((label.to_string(), der));
-    }
-    Ok(out)
+/// The labels of the PEM blocks of `text`, in order, by the same rule as
+/// rustls-pki-types uses to find a BEGIN line.
+fn pem_labels(text: &str) -> Vec<&str> {
+    text.split(['\n', '\r'])
+        .filter_map(|line| {
+            line.strip_prefix("-----BEGIN ")?
+                .trim_end_matches(' ')
+                .strip_suffix("-----")
+        })
+        .collect()
 }
 
-const OID_RSA: &[u8] = &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01];
-const OID_EC: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x02, 0x01];
-const OID_P256: &[u8] = &[0x2A, 0x86, 0x48, 0xCE, 0x3D, 0x03, 0x01, 0x07];
-const OID_P384: &[u8] = &[0x2B, 0x81, 0x04, 0x00, 0x22];
-const OID_ED25519: &[u8] = &[0x2B, 0x65, 0x70];
+const OID_RSA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.1.1");
+const OID_EC: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.2.1");
+const OID_P256: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.10045.3.1.7");
+const OID_P384: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.132.0.34");
+const OID_ED25519: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.101.112");
 
 /// A SubjectPublicKeyInfo (RFC 5280) holding an RSA, P-256, P-384 or
 /// Ed25519 key.
 fn from_spki(der: &[u8]) -> Result<VerifyingKey, String> {
-    let bad = |what: &str| format!("not a valid public key ({what})");
-    let (spki, rest) = der_take(der, 0x30).ok_or_else(|| bad("no SEQUENCE"))?;
-    if !rest.is_empty() {
-        return Err(bad("trailing data"));
-    }
-    let (alg_id, rest) = der_take(spki, 0x30).ok_or_else(|| bad("no algorithm"))?;
-    let (bits, rest) = der_take(rest, 0x03).ok_or_else(|| bad("no key bits"))?;
-    if !rest.is_empty() {
-        return Err(bad("trailing data"));
-    }
-    let key = match bits.split_first() {
-        Some((0, k)) => k,
-        _ => return Err(bad("bad BIT STRING")),
-    };
-    let (oid, params) = der_take(alg_id, 0x06).ok_or_else(|| bad("no algorithm OID"))?;
+    let spki = SubjectPublicKeyInfoRef::try_from(der)
+        .map_err(|e| format!("not a valid public key ({e})"))?;
+    let key = spki
+        .subject_public_key
+        .as_bytes()
+        .ok_or("not a valid public key (key bits not whole bytes)")?;
+    let oid = spki.algorithm.oid;
     if oid == OID_RSA {
         rsa_from_pkcs1(key)
     } else if oid == OID_EC {
-        let (curve, _) =
-            der_take(params, 0x06).ok_or_else(|| bad("EC key without a named curve"))?;
+        let curve = spki
+            .algorithm
+            .parameters_oid()
+            .map_err(|_| "EC key without a named curve".to_string())?;
         let kind = if curve == OID_P256 {
             KeyKind::EcP256
         } else if curve == OID_P384 {
@@ -242,24 +246,19 @@ fn from_spki(der: &[u8]) -> Result<VerifyingKey, String> {
 
 /// A PKCS#1 RSAPublicKey: SEQUENCE { n INTEGER, e INTEGER }.
 fn rsa_from_pkcs1(der: &[u8]) -> Result<VerifyingKey, String> {
-    let bad = || "not a valid RSA public key".to_string();
-    let (seq, rest) = der_take(der, 0x30).ok_or_else(bad)?;
-    if !rest.is_empty() {
-        return Err(bad());
-    }
-    let (n, rest) = der_take(seq, 0x02).ok_or_else(bad)?;
-    let (e, rest) = der_take(rest, 0x02).ok_or_else(bad)?;
-    if !rest.is_empty() {
-        return Err(bad());
-    }
-    rsa(n, e)
+    let k = pkcs1::RsaPublicKey::from_der(der)
+        .map_err(|e| format!("not a valid RSA public key ({e})"))?;
+    rsa(k.modulus.as_bytes(), k.public_exponent.as_bytes())
 }
 
 /// An RSA key from big-endian modulus and exponent (leading zeros allowed).
 fn rsa(n: &[u8], e: &[u8]) -> Result<VerifyingKey, String> {
     let n = strip_zeros(n);
     let e = strip_zeros(e);
-    let bits = n.len() * 8 - n.first().map_or(8, |b| b.leading_zeros() as usize);
+    // An empty (or all-zero) modulus is 0 bits, refused below.
+    let bits = n
+        .first()
+        .map_or(0, |b| n.len() * 8 - b.leading_zeros() as usize);
     if !(2048..=8192).contains(&bits) {
         return Err(format!(
             "RSA key of {bits} bits: 2048 to 8192 bits are supported"
@@ -307,64 +306,22 @@ fn ed25519(key: &[u8]) -> Result<VerifyingKey, String> {
     })
 }
 
-/// Takes one DER element of tag `tag` from the front of `input`: its
-/// contents and what follows it.
-fn der_take(input: &[u8], tag: u8) -> Option<(&[u8], &[u8])> {
-    let (&t, rest) = input.split_first()?;
-    if t != tag {
-        return None;
-    }
-    let (&l, rest) = rest.split_first()?;
-    let (len, rest) = if l < 0x80 {
-        (l as usize, rest)
-    } else {
-        let n = (l & 0x7F) as usize;
-        if n == 0 || n > 4 || rest.len() < n {
-            return None;
-        }
-        let len = rest[..n].iter().fold(0usize, |a, &b| (a << 8) | b as usize);
-        (len, &rest[n..])
-    };
-    if rest.len() < len {
-        return None;
-    }
-    Some(rest.split_at(len))
-}
-
-/// One JWK, as much of it as a signature check needs.
-#[derive(Deserialize)]
-struct Jwk {
-    kty: String,
-    #[serde(default)]
-    kid: Option<String>,
-    #[serde(default, rename = "use")]
-    usage: Option<String>,
-    #[serde(default)]
-    alg: Option<String>,
-    #[serde(default)]
-    key_ops: Option<Vec<String>>,
-    #[serde(default)]
-    crv: Option<String>,
-    #[serde(default)]
-    n: Option<String>,
-    #[serde(default)]
-    e: Option<String>,
-    #[serde(default)]
-    x: Option<String>,
-    #[serde(default)]
-    y: Option<String>,
-}
-
+/// A JWKS document, each key left as JSON: jsonwebtoken's `JwkSet` would
+/// refuse the whole set for one key it cannot read, where one bad or
+/// foreign key must only be skipped.
 #[derive(Deserialize)]
 struct JwkSetDoc {
     keys: Vec<serde_json::Value>,
 }
 
 /// What a JWKS document yielded.
+#[derive(Debug)]
 pub struct ParsedJwks {
     pub keys: Vec<VerifyingKey>,
-    /// Keys left out, with why (for the log).
+    /// Keys left out as not for signatures here, with why (for the log).
     pub skipped: Vec<String>,
+    /// Broken keys left out (only when not strict), with why (for the log).
+    pub malformed: Vec<String>,
 }
 
 /// Parses a JWKS document. `strict`: a key that is malformed (as opposed to
@@ -375,20 +332,24 @@ pub fn parse_jwks(doc: &[u8], strict: bool) -> Result<ParsedJwks, String> {
         .map_err(|e| format!("not a JWKS document ({{\"keys\": [...]}}): {e}"))?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
+    let mut malformed = Vec::new();
     for (i, v) in set.keys.into_iter().enumerate() {
-        match parse_jwk(v) {
-            Ok(Some(k)) => keys.push(k),
-            Ok(None) => {}
+        match parse_jwk(&v) {
+            Ok(k) => keys.push(k),
             Err(JwkError::Unusable(why)) => skipped.push(format!("key {i}: {why}")),
             Err(JwkError::Malformed(why)) => {
                 if strict {
                     return Err(format!("key {i}: {why}"));
                 }
-                skipped.push(format!("key {i}: {why}"));
+                malformed.push(format!("key {i}: {why}"));
             }
         }
     }
-    Ok(ParsedJwks { keys, skipped })
+    Ok(ParsedJwks {
+        keys,
+        skipped,
+        malformed,
+    })
 }
 
 enum JwkError {
@@ -398,78 +359,107 @@ enum JwkError {
     Malformed(String),
 }
 
-fn parse_jwk(v: serde_json::Value) -> Result<Option<VerifyingKey>, JwkError> {
-    let jwk: Jwk =
-        serde_json::from_value(v).map_err(|e| JwkError::Malformed(format!("bad JWK: {e}")))?;
-    if jwk.usage.as_deref().is_some_and(|u| u != "sig") {
-        return Err(JwkError::Unusable("not a signature key (\"use\")".into()));
+/// One JWK, read by jsonwebtoken's `Jwk` type. Key types, curves and
+/// algorithms that type cannot represent are sorted out first, from the
+/// raw JSON, so they are skipped as unusable rather than reported as
+/// malformed.
+fn parse_jwk(v: &serde_json::Value) -> Result<VerifyingKey, JwkError> {
+    let text = |name: &str| -> Result<Option<&str>, JwkError> {
+        match v.get(name) {
+            None => Ok(None),
+            Some(serde_json::Value::String(s)) => Ok(Some(s)),
+            Some(_) => Err(JwkError::Malformed(format!("\"{name}\" is not a string"))),
+        }
+    };
+    if !v.is_object() {
+        return Err(JwkError::Malformed("a key is not a JSON object".into()));
     }
-    if let Some(ops) = &jwk.key_ops {
-        if !ops.iter().any(|o| o == "verify") {
+    let kty = text("kty")?.ok_or_else(|| JwkError::Malformed("missing \"kty\"".into()))?;
+    let curve_unusable = |c: &str| JwkError::Unusable(format!("curve \"{c}\" is not supported"));
+    match (kty, text("crv")?) {
+        ("RSA", _) | ("EC", Some("P-256" | "P-384")) | ("OKP", Some("Ed25519")) => {}
+        ("EC" | "OKP", None) => {
+            return Err(JwkError::Malformed(format!("{kty} key without \"crv\"")))
+        }
+        ("EC" | "OKP", Some(c)) => return Err(curve_unusable(c)),
+        ("oct", _) => {
             return Err(JwkError::Unusable(
-                "key_ops does not include \"verify\"".into(),
-            ));
+                "symmetric key (HMAC secrets come only from secret_file)".into(),
+            ))
+        }
+        (k, _) => {
+            return Err(JwkError::Unusable(format!(
+                "key type \"{k}\" is not supported"
+            )))
         }
     }
-    let alg = match jwk.alg.as_deref() {
+    let alg = match text("alg")? {
         None => None,
         Some(a) => match a.parse::<Algorithm>() {
             Ok(a) => Some(a),
             Err(_) => return Err(JwkError::Unusable(format!("alg \"{a}\" is not supported"))),
         },
     };
-    let b64 = |field: &Option<String>, name: &str| -> Result<Vec<u8>, JwkError> {
-        let s = field
-            .as_deref()
-            .ok_or_else(|| JwkError::Malformed(format!("missing \"{name}\"")))?;
+    let jwk = Jwk::deserialize(v).map_err(|e| {
+        JwkError::Malformed(format!(
+            "bad {kty} JWK ({}): {e}",
+            match kty {
+                "RSA" => "needs string members n and e",
+                "EC" => "needs string members x and y",
+                _ => "needs a string member x",
+            }
+        ))
+    })?;
+    match &jwk.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => {}
+        Some(_) => return Err(JwkError::Unusable("not a signature key (\"use\")".into())),
+    }
+    if let Some(ops) = &jwk.common.key_operations {
+        if !ops.contains(&KeyOperations::Verify) {
+            return Err(JwkError::Unusable(
+                "key_ops does not include \"verify\"".into(),
+            ));
+        }
+    }
+    let b64 = |s: &str, name: &str| -> Result<Vec<u8>, JwkError> {
         URL_SAFE_NO_PAD
             .decode(s.trim_end_matches('='))
             .map_err(|_| JwkError::Malformed(format!("\"{name}\" is not base64url")))
     };
-    let mut key = match jwk.kty.as_str() {
-        "RSA" => rsa(&b64(&jwk.n, "n")?, &b64(&jwk.e, "e")?).map_err(JwkError::Malformed)?,
-        "EC" => {
-            let kind = match jwk.crv.as_deref() {
-                Some("P-256") => KeyKind::EcP256,
-                Some("P-384") => KeyKind::EcP384,
-                Some(c) => {
-                    return Err(JwkError::Unusable(format!(
-                        "curve \"{c}\" is not supported"
-                    )))
-                }
-                None => return Err(JwkError::Malformed("EC key without \"crv\"".into())),
+    // The key is built from the bytes checked here rather than by
+    // `DecodingKey::from_jwk`, which takes any size and would only fail (or
+    // not) when a token is checked.
+    let mut key = match &jwk.algorithm {
+        AlgorithmParameters::RSA(p) => {
+            rsa(&b64(&p.n, "n")?, &b64(&p.e, "e")?).map_err(JwkError::Malformed)?
+        }
+        AlgorithmParameters::EllipticCurve(p) => {
+            let kind = match p.curve {
+                EllipticCurve::P256 => KeyKind::EcP256,
+                EllipticCurve::P384 => KeyKind::EcP384,
+                ref c => return Err(curve_unusable(&format!("{c:?}"))),
             };
-            let (x, y) = (b64(&jwk.x, "x")?, b64(&jwk.y, "y")?);
-            let mut point = Vec::with_capacity(1 + x.len() + y.len());
-            point.push(0x04);
-            point.extend_from_slice(&x);
-            point.extend_from_slice(&y);
+            let (x, y) = (b64(&p.x, "x")?, b64(&p.y, "y")?);
             let coord = if kind == KeyKind::EcP256 { 32 } else { 48 };
             if x.len() != coord || y.len() != coord {
                 return Err(JwkError::Malformed(
                     "EC coordinates of the wrong size".into(),
                 ));
             }
+            let mut point = Vec::with_capacity(1 + 2 * coord);
+            point.push(0x04);
+            point.extend_from_slice(&x);
+            point.extend_from_slice(&y);
             ec_point(kind, &point).map_err(JwkError::Malformed)?
         }
-        "OKP" => match jwk.crv.as_deref() {
-            Some("Ed25519") => ed25519(&b64(&jwk.x, "x")?).map_err(JwkError::Malformed)?,
-            Some(c) => {
-                return Err(JwkError::Unusable(format!(
-                    "curve \"{c}\" is not supported"
-                )))
-            }
-            None => return Err(JwkError::Malformed("OKP key without \"crv\"".into())),
+        AlgorithmParameters::OctetKeyPair(p) => match p.curve {
+            EllipticCurve::Ed25519 => ed25519(&b64(&p.x, "x")?).map_err(JwkError::Malformed)?,
+            ref c => return Err(curve_unusable(&format!("{c:?}"))),
         },
-        "oct" => {
+        AlgorithmParameters::OctetKey(_) => {
             return Err(JwkError::Unusable(
                 "symmetric key (HMAC secrets come only from secret_file)".into(),
             ))
-        }
-        k => {
-            return Err(JwkError::Unusable(format!(
-                "key type \"{k}\" is not supported"
-            )))
         }
     };
     if let Some(a) = alg {
@@ -481,27 +471,13 @@ fn parse_jwk(v: serde_json::Value) -> Result<Option<VerifyingKey>, JwkError> {
         }
     }
     key.alg = alg;
-    key.kid = jwk.kid.map(String::into_boxed_str);
-    Ok(Some(key))
+    key.kid = jwk.common.key_id.map(String::into_boxed_str);
+    Ok(key)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn der_lengths() {
-        assert_eq!(
-            der_take(&[0x30, 0x01, 0xAA, 0xBB], 0x30),
-            Some((&[0xAA][..], &[0xBB][..]))
-        );
-        assert_eq!(
-            der_take(&[0x30, 0x81, 0x01, 0xAA], 0x30),
-            Some((&[0xAA][..], &[][..]))
-        );
-        assert_eq!(der_take(&[0x30, 0x05, 0xAA], 0x30), None);
-        assert_eq!(der_take(&[0x31, 0x01, 0xAA], 0x30), None);
-    }
 
     #[test]
     fn fits_is_strict() {
@@ -538,5 +514,141 @@ mod tests {
         let bad = br#"{"keys":[{"kty":"OKP","crv":"Ed25519","x":"AAAA"}]}"#;
         assert!(parse_jwks(bad, true).is_err());
         assert_eq!(parse_jwks(bad, false).unwrap().keys.len(), 0);
+    }
+
+    /// One DER element (short or long form length).
+    fn tlv(tag: u8, content: &[u8]) -> Vec<u8> {
+        let mut out = vec![tag];
+        let n = content.len();
+        if n < 0x80 {
+            out.push(n as u8);
+        } else if n < 0x100 {
+            out.extend([0x81, n as u8]);
+        } else {
+            out.extend([0x82, (n >> 8) as u8, n as u8]);
+        }
+        out.extend_from_slice(content);
+        out
+    }
+
+    fn pem(label: &str, der: &[u8]) -> String {
+        let b64 = base64::engine::general_purpose::STANDARD.encode(der);
+        let lines: Vec<&str> = b64
+            .as_bytes()
+            .chunks(64)
+            .map(|c| std::str::from_utf8(c).unwrap())
+            .collect();
+        format!(
+            "-----BEGIN {label}-----\n{}\n-----END {label}-----\n",
+            lines.join("\n")
+        )
+    }
+
+    /// PKCS#1 RSAPublicKey of a 2048-bit modulus (not a real key: only its
+    /// size is checked at load) and e = 65537.
+    fn pkcs1(n: &[u8]) -> Vec<u8> {
+        let mut seq = tlv(0x02, n);
+        seq.extend(tlv(0x02, &[0x01, 0x00, 0x01]));
+        tlv(0x30, &seq)
+    }
+
+    fn modulus_2048() -> Vec<u8> {
+        let mut n = vec![0x00, 0xC3];
+        n.extend([0x5A; 255]);
+        n
+    }
+
+    fn spki(alg_id: &[u8], key: &[u8]) -> Vec<u8> {
+        let mut bits = vec![0x00];
+        bits.extend_from_slice(key);
+        let mut seq = tlv(0x30, alg_id);
+        seq.extend(tlv(0x03, &bits));
+        tlv(0x30, &seq)
+    }
+
+    fn rsa_alg_id() -> Vec<u8> {
+        let mut a = tlv(
+            0x06,
+            &[0x2A, 0x86, 0x48, 0x86, 0xF7, 0x0D, 0x01, 0x01, 0x01],
+        );
+        a.extend([0x05, 0x00]);
+        a
+    }
+
+    #[test]
+    fn pem_public_keys_of_each_form() {
+        let ed = spki(&tlv(0x06, &[0x2B, 0x65, 0x70]), &[7; 32]);
+        let text = format!(
+            "{}{}{}",
+            pem("PUBLIC KEY", &ed),
+            pem("RSA PUBLIC KEY", &pkcs1(&modulus_2048())),
+            pem("PUBLIC KEY", &spki(&rsa_alg_id(), &pkcs1(&modulus_2048()))),
+        );
+        let keys = from_pem(text.as_bytes()).unwrap();
+        let kinds: Vec<KeyKind> = keys.iter().map(|k| k.kind).collect();
+        assert_eq!(kinds, [KeyKind::Ed25519, KeyKind::Rsa, KeyKind::Rsa]);
+    }
+
+    #[test]
+    fn empty_or_small_rsa_modulus_is_an_error_not_a_panic() {
+        // A zero-length INTEGER is not DER; a modulus of zero bytes after
+        // its sign byte is 0 bits.
+        for n in [&[][..], &[0x00][..], &[0x00, 0x00][..], &[0x01][..]] {
+            let e = from_pem(pem("RSA PUBLIC KEY", &pkcs1(n)).as_bytes()).unwrap_err();
+            assert!(e.contains("RSA"), "{e}");
+            let e = from_pem(pem("PUBLIC KEY", &spki(&rsa_alg_id(), &pkcs1(n))).as_bytes())
+                .unwrap_err();
+            assert!(e.contains("RSA"), "{e}");
+        }
+        let doc = br#"{"keys":[{"kty":"RSA","kid":"z","n":"","e":"AQAB"},
+                              {"kty":"RSA","kid":"y","n":"AA","e":"AQAB"}]}"#;
+        let e = parse_jwks(doc, true).unwrap_err();
+        assert!(e.contains("0 bits"), "{e}");
+        let p = parse_jwks(doc, false).unwrap();
+        assert!(p.keys.is_empty());
+        assert_eq!(p.malformed.len(), 2);
+    }
+
+    #[test]
+    fn unknown_pem_blocks_are_named() {
+        let e = from_pem(pem("ENCRYPTED PRIVATE KEY", &[1, 2, 3]).as_bytes()).unwrap_err();
+        assert!(e.contains("ENCRYPTED PRIVATE KEY"), "{e}");
+        let e = from_pem(pem("CERTIFICATE", &[1, 2, 3]).as_bytes()).unwrap_err();
+        assert!(e.contains("certificate"), "{e}");
+        let e = from_pem(pem("X509 CRL", &[1, 2, 3]).as_bytes()).unwrap_err();
+        assert!(e.contains("X509 CRL"), "{e}");
+        let unclosed = "-----BEGIN PUBLIC KEY-----\nAAAA\n";
+        assert!(from_pem(unclosed.as_bytes()).is_err());
+        let trailing = [spki(&tlv(0x06, &[0x2B, 0x65, 0x70]), &[7; 32]), vec![0]].concat();
+        assert!(from_pem(pem("PUBLIC KEY", &trailing).as_bytes()).is_err());
+    }
+
+    #[test]
+    fn jwk_alg_use_and_ops_decide() {
+        let ed = r#""kty":"OKP","crv":"Ed25519","x":"11qYAYKxCrfVS_7TyWQHOg7hcvPapiMlrwIaaPcHURo""#;
+        let doc = format!(
+            r#"{{"keys":[
+            {{{ed},"kid":"a","alg":"EdDSA","use":"sig","key_ops":["verify"]}},
+            {{{ed},"kid":"b","alg":"RSA-OAEP"}},
+            {{{ed},"kid":"c","key_ops":["sign"]}},
+            {{"kty":"XYZ"}},
+            {{"kty":"EC","crv":"secp256k1","x":"AA","y":"AA"}}
+            ]}}"#
+        );
+        let p = parse_jwks(doc.as_bytes(), true).unwrap();
+        assert_eq!(p.keys.len(), 1);
+        assert_eq!(p.keys[0].alg, Some(Algorithm::EdDSA));
+        assert_eq!(p.skipped.len(), 4, "{:?}", p.skipped);
+        // An alg that does not fit the key, a missing member, a key that is
+        // not an object: malformed.
+        for bad in [
+            format!(r#"{{"keys":[{{{ed},"alg":"ES256"}}]}}"#),
+            r#"{"keys":[{"kty":"RSA","e":"AQAB"}]}"#.to_string(),
+            r#"{"keys":[{"kty":"EC","crv":"P-256","x":"AA"}]}"#.to_string(),
+            r#"{"keys":[7]}"#.to_string(),
+        ] {
+            assert!(parse_jwks(bad.as_bytes(), true).is_err(), "{bad}");
+            assert!(parse_jwks(bad.as_bytes(), false).unwrap().keys.is_empty());
+        }
     }
 }

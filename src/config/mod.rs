@@ -267,7 +267,7 @@ pub struct UpstreamConfig {
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamTls {
-    /// PEM CA bundle; empty: the public web roots.
+    /// PEM CA bundle; empty: the system's trust roots.
     #[serde(default = "empty_spanned")]
     pub ca: Spanned<String>,
     /// Name to verify and send as SNI; empty: the server's host.

@@ -17,7 +17,7 @@
 //! - servers out of rotation (failed active checks, or passively ejected
 //!   after a refused connect or a reset) get no traffic; see [`health`];
 //! - HTTPS upstreams verify the server with the configured CA (or the
-//!   public web roots), send SNI, offer ALPN h2 or http/1.1 by protocol,
+//!   system's trust roots), send SNI, offer ALPN h2 or http/1.1 by protocol,
 //!   and present a client certificate when configured.
 //!
 //! Built on hyper's `client::conn` directly: checkout is a mutex-guarded
@@ -34,7 +34,7 @@ pub use connect::UpstreamTlsSettings;
 pub use health::ServerHealth;
 pub use retry::RetryBudget;
 
-use connect::UpstreamIo;
+pub use connect::UpstreamIo;
 
 use crate::body::RequestBody;
 use crate::config::{UpstreamConfig, UpstreamProtocol};
