@@ -63,6 +63,97 @@ async fn read_head(s: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn h2_stream_reset_before_the_head_is_a_499_and_the_connection_goes_idle() {
+    let a = Backend::start("a").await;
+    let (addr, l) = listener_toml("web", "idle_timeout = \"1s\"\n");
+    let p = Portico::start(&config(&l, &a.addr.to_string(), "timeout = \"60s\"\n"));
+
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (mut h2, conn) = h2::client::handshake(tcp).await.unwrap();
+    let mut conn = tokio::spawn(conn);
+    let req = http::Request::get(format!("http://{addr}/slow/30000"))
+        .header("x-request-id", "cancelled-h2-stream")
+        .body(())
+        .unwrap();
+    let (resp, mut stream) = h2.send_request(req, false).unwrap();
+    wait_for("the upstream to get the request", || {
+        a.count_path("/slow/30000") == 1
+    })
+    .await;
+    stream.send_reset(h2::Reason::CANCEL);
+    drop(resp);
+
+    let line = log_line(&p, "cancelled-h2-stream").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(line["route"], "r", "{line}");
+    assert_eq!(count_499(&p).await, 1.0);
+    // The upstream exchange was given up: its connection is closed.
+    wait_for("the upstream connection to close", || {
+        a.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+    // Nothing is in flight any more, so idle_timeout ends the connection
+    // (GOAWAY), although the client keeps its handle open.
+    let ended = tokio::time::timeout(Duration::from_secs(20), &mut conn).await;
+    assert!(
+        ended.is_ok(),
+        "the HTTP/2 connection was not closed by idle_timeout"
+    );
+    drop(h2);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http1_client_closing_while_waiting_is_a_499_and_aborts_upstream() {
+    // A raw upstream: reads the head, never answers, reports the close.
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    let (got_tx, mut got_rx) = tokio::sync::mpsc::channel::<String>(4);
+    let (closed_tx, mut closed_rx) = tokio::sync::mpsc::channel::<()>(4);
+    tokio::spawn(async move {
+        while let Ok((mut s, _)) = up.accept().await {
+            let (got_tx, closed_tx) = (got_tx.clone(), closed_tx.clone());
+            tokio::spawn(async move {
+                let Some(head) = read_head(&mut s).await else {
+                    return;
+                };
+                let _ = got_tx.send(head).await;
+                let mut b = [0u8; 1024];
+                while let Ok(n) = s.read(&mut b).await {
+                    if n == 0 {
+                        break;
+                    }
+                }
+                let _ = closed_tx.send(()).await;
+            });
+        }
+    });
+    let (addr, l) = listener_toml("web", "");
+    let p = Portico::start(&config(&l, &up_addr.to_string(), "timeout = \"60s\"\n"));
+
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        b"GET /wait HTTP/1.1\r\nHost: localhost\r\nx-request-id: cancelled-h1-request\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = tokio::time::timeout(Duration::from_secs(15), got_rx.recv())
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(head.starts_with("GET /wait "), "{head}");
+    drop(c);
+
+    let line = log_line(&p, "cancelled-h1-request").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(count_499(&p).await, 1.0);
+    let closed = tokio::time::timeout(Duration::from_secs(15), closed_rx.recv()).await;
+    assert!(
+        closed.is_ok(),
+        "the upstream connection stayed open after the client left"
+    );
+}
+
 /// An HTTP/1.1 upstream that answers every request at once, without reading
 /// any request body: `/upload` gets "early", anything else "next". It keeps
 /// every connection open (and unread) until the test ends.
