@@ -227,3 +227,177 @@ async fn an_upstream_connection_with_an_unsent_upload_is_not_reused() {
     writer.abort();
     drop(p);
 }
+
+/// A WebSocket echo server (tungstenite) on 127.0.0.1.
+async fn ws_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_close() || ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
+
+type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
+
+async fn ws_connect(addr: SocketAddr) -> Ws {
+    let tcp = TcpStream::connect(addr).await.unwrap();
+    let (ws, resp) = tokio_tungstenite::client_async(format!("ws://{addr}/chat"), tcp)
+        .await
+        .unwrap();
+    assert_eq!(resp.status(), 101);
+    ws
+}
+
+async fn echo(ws: &mut Ws, text: &str) {
+    use futures_util::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+    ws.send(Message::text(text)).await.unwrap();
+    let got = tokio::time::timeout(Duration::from_secs(15), ws.next())
+        .await
+        .expect("no echo")
+        .expect("tunnel closed")
+        .expect("tunnel failed");
+    assert_eq!(got, Message::text(text));
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_holds_its_connection_slot_and_is_counted_active() {
+    let ws_addr = ws_echo().await;
+    let (addr, l) = listener_toml("web", "max_connections = 1\n");
+    let p = Portico::start(&config(&l, &ws_addr.to_string(), ""));
+    let mut ws = ws_connect(addr).await;
+    echo(&mut ws, "one").await;
+
+    let active = |m: &support::prom::Prom| {
+        m.value_or_zero(
+            "portico_connections_active",
+            &[("listener", "web"), ("protocol", "http1")],
+        )
+    };
+    assert_eq!(
+        active(&scrape_until(p.admin, |m| active(m) == 1.0).await),
+        1.0
+    );
+
+    // A second client is not served while the tunnel holds the only slot.
+    let mut second = TcpStream::connect(addr).await.unwrap();
+    second
+        .write_all(b"GET /x HTTP/1.1\r\nHost: localhost\r\nConnection: close\r\n\r\n")
+        .await
+        .unwrap();
+    let mut b = [0u8; 1024];
+    let early = tokio::time::timeout(Duration::from_millis(1500), second.read(&mut b)).await;
+    assert!(
+        early.is_err(),
+        "served while the tunnel was open: {early:?} {}",
+        String::from_utf8_lossy(&b)
+    );
+    echo(&mut ws, "two").await;
+    assert_eq!(active(&scrape_until(p.admin, |_| true).await), 1.0);
+
+    // Once the tunnel closes, the waiting client is served.
+    drop(ws);
+    let mut answer = Vec::new();
+    let read = tokio::time::timeout(Duration::from_secs(15), second.read_to_end(&mut answer)).await;
+    assert!(read.is_ok(), "not served after the tunnel closed");
+    let answer = String::from_utf8_lossy(&answer);
+    assert!(parse_status(&answer).is_some(), "{answer}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_waits_for_a_tunnel_then_closes_it() {
+    use futures_util::StreamExt;
+    let ws_addr = ws_echo().await;
+    let (addr, l) = listener_toml("web", "idle_timeout = \"60s\"\n");
+    let mut p = Portico::start(&format!(
+        "{}",
+        config(&l, &ws_addr.to_string(), "")
+            .replace("[server]\n", "[server]\nshutdown_timeout = \"3s\"\n")
+    ));
+    let mut ws = ws_connect(addr).await;
+    echo(&mut ws, "before").await;
+
+    p.signal("TERM");
+    // The drain does not cut the tunnel short...
+    echo(&mut ws, "draining").await;
+    // ...and shutdown_timeout ends it with the process.
+    let deadline = Instant::now() + Duration::from_secs(30);
+    let status = loop {
+        if let Some(s) = p.child.try_wait().unwrap() {
+            break s;
+        }
+        assert!(Instant::now() < deadline, "portico did not exit");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    assert!(status.success(), "{status}: {}", p.stderr());
+    let end = tokio::time::timeout(Duration::from_secs(15), ws.next()).await;
+    assert!(
+        matches!(end, Ok(None) | Ok(Some(Err(_))) | Ok(Some(Ok(_)))),
+        "{end:?}"
+    );
+    assert!(
+        !matches!(
+            end,
+            Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(_))))
+        ),
+        "{end:?}"
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_tunnel_whose_backend_stops_reading_is_closed_after_idle_timeout() {
+    // A backend that accepts the upgrade, then never reads again.
+    let up = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let up_addr = up.local_addr().unwrap();
+    tokio::spawn(async move {
+        let mut held = Vec::new();
+        while let Ok((mut s, _)) = up.accept().await {
+            if read_head(&mut s).await.is_none() {
+                continue;
+            }
+            let _ = s
+                .write_all(
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                )
+                .await;
+            held.push(s);
+        }
+    });
+    let (addr, l) = listener_toml("web", "idle_timeout = \"1s\"\n");
+    let _p = Portico::start(&config(&l, &up_addr.to_string(), ""));
+
+    let mut c = TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        b"GET /chat HTTP/1.1\r\nHost: localhost\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+          Sec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\nSec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let head = read_head(&mut c).await.expect("no answer to the upgrade");
+    assert_eq!(parse_status(&head), Some(101), "{head}");
+
+    // The client writes for ever; the backend reads nothing, so buffers fill
+    // and nothing moves. The tunnel must give up: the client's writes fail.
+    let chunk = vec![0x42u8; 64 * 1024];
+    let wrote = tokio::time::timeout(Duration::from_secs(60), async {
+        while c.write_all(&chunk).await.is_ok() {}
+    })
+    .await;
+    assert!(
+        wrote.is_ok(),
+        "the tunnel stayed open with a backend that does not read"
+    );
+}

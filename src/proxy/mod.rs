@@ -81,6 +81,10 @@ pub struct ConnInfo {
     pub activity: Arc<ConnActivity>,
     /// The connection's place in portico_connections_active.
     pub gauge: ConnGauge,
+    /// The TCP connection's max_connections permit and drain guard (QUIC
+    /// connections hold theirs in their own task): released with the last
+    /// holder of this ConnInfo, a tunnel included.
+    pub slot: Option<crate::listener::ConnSlot>,
 }
 
 /// Request extension set by a front door on a request that arrived in TLS
@@ -100,9 +104,9 @@ struct Trace {
     upstream: Option<Arc<str>>,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
-    /// The connection became a tunnel (WebSocket): the tunnel task, not the
-    /// response body, ends the request.
-    tunnel: bool,
+    /// The connection is becoming a tunnel (WebSocket): both sides'
+    /// upgrades, for the tunnel task that then ends the request.
+    tunnel: Option<forward::Tunnel>,
 }
 
 /// The status logged and counted for a request the client cancelled before
@@ -147,6 +151,7 @@ pub async fn handle(
         status: CLIENT_CLOSED,
         log,
         start,
+        tunnel: false,
         finished: false,
     });
     let d = &mut *done;
@@ -183,6 +188,12 @@ pub async fn handle(
         {
             pending.finish(policy, resp.headers_mut());
         }
+    }
+    if let Some(t) = done.trace.tunnel.take() {
+        // The tunnel holds the connection (its ConnInfo: slot, gauge) and
+        // ends the request when it closes.
+        done.tunnel = true;
+        forward::spawn_tunnel(t, done.conn.clone());
     }
     done.status = resp.status().as_u16();
     resp.body_mut().on_complete(done);
@@ -366,6 +377,8 @@ struct Done {
     status: u16,
     log: Option<LogEntry>,
     start: Instant,
+    /// A tunnel task took the request over: it ends the request.
+    tunnel: bool,
     finished: bool,
 }
 
@@ -382,7 +395,7 @@ impl Done {
                 p.discard();
             }
         }
-        if !trace.tunnel {
+        if !self.tunnel {
             self.conn.activity.request_finished();
         }
         let elapsed = self.start.elapsed();
