@@ -18,7 +18,9 @@
 //! 6. **finish**: every response, the proxy's own included, carries the
 //!    request id (and the CORS headers its route's policy owes it); when its
 //!    body ends the upstream connection returns to its pool, the request is
-//!    counted in the route's metrics and the access log line is written.
+//!    counted in the route's metrics and the access log line is written. A
+//!    request dropped before it has a response (the client cancelled it) is
+//!    finished too, with status 499.
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
 //!
