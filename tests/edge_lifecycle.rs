@@ -322,11 +322,10 @@ async fn shutdown_waits_for_a_tunnel_then_closes_it() {
     use futures_util::StreamExt;
     let ws_addr = ws_echo().await;
     let (addr, l) = listener_toml("web", "idle_timeout = \"60s\"\n");
-    let mut p = Portico::start(&format!(
-        "{}",
-        config(&l, &ws_addr.to_string(), "")
-            .replace("[server]\n", "[server]\nshutdown_timeout = \"3s\"\n")
-    ));
+    let mut p = Portico::start(
+        &config(&l, &ws_addr.to_string(), "")
+            .replace("[server]\n", "[server]\nshutdown_timeout = \"3s\"\n"),
+    );
     let mut ws = ws_connect(addr).await;
     echo(&mut ws, "before").await;
 
@@ -400,4 +399,42 @@ async fn a_tunnel_whose_backend_stops_reading_is_closed_after_idle_timeout() {
         wrote.is_ok(),
         "the tunnel stayed open with a backend that does not read"
     );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_client_closing_while_waiting_is_a_499() {
+    let a = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml(
+        "web",
+        "protocols = [\"http1\", \"http2\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n",
+    );
+    let p = Portico::start_in(dir, &config(&l, &a.addr.to_string(), "timeout = \"60s\"\n"));
+    let c = support::http3::H3Client::new(&pki, false)
+        .connect(addr)
+        .await
+        .unwrap();
+    let mut req = support::http3::request("GET", "/slow/30000");
+    req.headers_mut()
+        .insert("x-request-id", "cancelled-h3-request".parse().unwrap());
+    let waiting = {
+        let mut c = c.clone();
+        tokio::spawn(async move { c.request(req, bytes::Bytes::new()).await })
+    };
+    wait_for("the upstream to get the request", || {
+        a.count_path("/slow/30000") == 1
+    })
+    .await;
+    c.close();
+    let _ = waiting.await;
+
+    let line = log_line(&p, "cancelled-h3-request").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(count_499(&p).await, 1.0);
+    wait_for("the upstream connection to close", || {
+        a.open.load(std::sync::atomic::Ordering::SeqCst) == 0
+    })
+    .await;
+    drop(c);
 }

@@ -423,7 +423,11 @@ where
             return Poll::Ready(Ok(()));
         }
         if moved {
-            timer.as_mut().reset(tokio::time::Instant::now() + idle);
+            // A duration too far out to add is no timeout at all (as
+            // `tokio::time::sleep` has it).
+            if let Some(at) = tokio::time::Instant::now().checked_add(idle) {
+                timer.as_mut().reset(at);
+            }
         }
         match timer.as_mut().poll(cx) {
             Poll::Ready(()) => {
