@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -20,10 +20,12 @@ use std::task::{Context, Poll};
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to an upstream, optionally counting its bytes
-/// (for the access log).
+/// (for the access log) and telling whether it was read to its end (so an
+/// upstream connection is reused only after the whole request went out).
 pub struct RequestBody {
     kind: ReqKind,
     counter: Option<Arc<AtomicU64>>,
+    ended: Option<Arc<AtomicBool>>,
 }
 
 enum ReqKind {
@@ -44,6 +46,7 @@ impl RequestBody {
         RequestBody {
             kind: ReqKind::Full(if b.is_empty() { None } else { Some(b) }),
             counter: None,
+            ended: None,
         }
     }
 
@@ -51,6 +54,7 @@ impl RequestBody {
         RequestBody {
             kind: ReqKind::Incoming(b),
             counter: None,
+            ended: None,
         }
     }
 
@@ -58,12 +62,22 @@ impl RequestBody {
         RequestBody {
             kind: ReqKind::Boxed(b),
             counter: None,
+            ended: None,
         }
     }
 
     /// Counts the data bytes that pass from now on into `counter`.
     pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
         self.counter = Some(counter);
+    }
+
+    /// A flag that turns true once the body has been read to its end (its
+    /// last frame, or its end, handed out).
+    pub fn watch_end(&mut self) -> Arc<AtomicBool> {
+        let end = Body::is_end_stream(self);
+        self.ended
+            .get_or_insert_with(|| Arc::new(AtomicBool::new(end)))
+            .clone()
     }
 }
 
@@ -86,6 +100,17 @@ impl Body for RequestBody {
         if let (Some(n), Poll::Ready(Some(Ok(f)))) = (&this.counter, &polled) {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, Ordering::Relaxed);
+            }
+        }
+        if let Some(e) = &this.ended {
+            // hyper stops polling once is_end_stream says so.
+            let end = match &polled {
+                Poll::Ready(None) => true,
+                Poll::Ready(Some(Ok(_))) => this.is_end_stream(),
+                _ => false,
+            };
+            if end {
+                e.store(true, Ordering::Release);
             }
         }
         polled

@@ -43,7 +43,7 @@ use std::sync::Arc;
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::net::{TcpListener, TcpStream};
-use tokio::sync::{watch, Notify, Semaphore};
+use tokio::sync::{watch, Notify, OwnedSemaphorePermit, Semaphore};
 
 /// Room beyond max_header_bytes for the request line and the ": " and CRLF
 /// of each header: hyper's parser answers 431 past max_header_bytes plus
@@ -88,6 +88,16 @@ impl Drop for ConnGuard {
             self.0.drained.notify_waiters();
         }
     }
+}
+
+/// A TCP client connection's claim on its listener: one of its
+/// max_connections permits and its place in the shutdown drain. The
+/// connection's [`ConnInfo`] owns it, so it is given back when the last
+/// user of the connection is gone: the HTTP exchange, or a WebSocket tunnel
+/// that outlives it.
+pub struct ConnSlot {
+    _permit: OwnedSemaphorePermit,
+    _guard: ConnGuard,
 }
 
 /// Binds a listening socket as the settings say.
@@ -188,12 +198,12 @@ pub async fn accept_loop(
             }
         }
         let guard = tracker.track();
+        let slot = ConnSlot {
+            _permit: permit,
+            _guard: guard,
+        };
         let (fe, shared, stop) = (fe.clone(), shared.clone(), stop.clone());
-        tokio::spawn(async move {
-            serve_connection(stream, peer, fe, shared, stop).await;
-            drop(permit);
-            drop(guard);
-        });
+        tokio::spawn(serve_connection(stream, peer, fe, shared, stop, slot));
     }
     tracing::info!(listener = %name, "stopped accepting");
 }
@@ -204,6 +214,7 @@ async fn serve_connection(
     fe: Arc<Frontend>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
+    slot: ConnSlot,
 ) {
     let _ = stream.set_nodelay(true);
     let s = &fe.settings;
@@ -250,7 +261,7 @@ async fn serve_connection(
                 Mode::Http2 => Protocol::Http2,
                 _ => Protocol::Http1,
             });
-            let conn = (peer, true, protocol);
+            let conn = (peer, true, protocol, slot);
             serve_http(io, builder, &fe, conn, activity, shared, stop).await;
         }
         None => {
@@ -273,7 +284,7 @@ async fn serve_connection(
                 Mode::Http2 => Some(Protocol::Http2),
                 Mode::Detect => None,
             };
-            let conn = (peer, false, protocol);
+            let conn = (peer, false, protocol, slot);
             serve_http(io, &fe.detect, &fe, conn, activity, shared, stop).await;
         }
     }
@@ -283,7 +294,7 @@ async fn serve_http<S>(
     io: ConnIo<S>,
     builder: &auto::Builder<TokioExecutor>,
     fe: &Frontend,
-    (peer, https, protocol): (SocketAddr, bool, Option<Protocol>),
+    (peer, https, protocol, slot): (SocketAddr, bool, Option<Protocol>, ConnSlot),
     activity: Arc<ConnActivity>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
@@ -308,6 +319,7 @@ async fn serve_http<S>(
         shared,
         activity: activity.clone(),
         gauge,
+        slot: Some(slot),
     });
     let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
         let info = info.clone();

@@ -347,6 +347,7 @@ async fn serve_connection(
         shared,
         activity: Arc::new(ConnActivity::default()),
         gauge: h3_gauge(&settings),
+        slot: None,
     });
     let mut requests = JoinSet::new();
     let mut closing = false;
@@ -410,6 +411,7 @@ async fn serve_connection(
                             shared: info.shared.clone(),
                             activity: info.activity.clone(),
                             gauge: h3_gauge(&settings),
+                            slot: None,
                         });
                     }
                     // Boxed: with h3's request resolver in it the future is

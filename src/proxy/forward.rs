@@ -17,7 +17,9 @@
 //! - an HTTP/1.1 WebSocket upgrade (the only upgrade tunnelled; others
 //!   were removed by `serve`) that the server accepts with 101
 //!   becomes a byte tunnel between client and server, closed after the
-//!   listener's idle_timeout without traffic either way.
+//!   listener's idle_timeout without a byte moving either way (a side that
+//!   stops reading does not keep it open); it holds the client
+//!   connection's max_connections slot and drain place until it closes.
 
 use super::error::ProxyError;
 use super::{headers, ConnInfo, Trace};
@@ -33,9 +35,14 @@ use http::uri::{Authority, PathAndQuery, Scheme};
 use http::{HeaderMap, HeaderValue, Method, Request, Response, StatusCode, Uri, Version};
 use http_body_util::BodyExt;
 use hyper_util::rt::TokioIo;
+use std::future::Future;
+use std::io;
+use std::pin::Pin;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::task::{Context, Poll};
 use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
 /// Bodies up to this size are kept so a retry-safe request can be replayed.
 const REPLAY_LIMIT: u64 = 64 * 1024;
@@ -238,14 +245,10 @@ pub(super) async fn forward(
                 {
                     // The upstream connection now belongs to the tunnel.
                     trace.pooled = None;
-                    trace.tunnel = true;
-                    let upstream_upgrade = hyper::upgrade::on(&mut response);
-                    spawn_tunnel(
-                        client_upgrade,
-                        upstream_upgrade,
-                        conn,
-                        conn.listener.idle_timeout,
-                    );
+                    trace.tunnel = Some(Tunnel {
+                        client: client_upgrade,
+                        upstream: hyper::upgrade::on(&mut response),
+                    });
                     let (mut rp, _) = response.into_parts();
                     let upgrade_value = rp.headers.get(UPGRADE).cloned();
                     headers::strip_hop_by_hop(&mut rp.headers);
@@ -287,16 +290,21 @@ pub(super) async fn forward(
     }
 }
 
-/// Joins the client's and the server's upgraded connections.
-fn spawn_tunnel(
+/// Both sides of a connection that is becoming a tunnel, once the 101 is
+/// on its way to the client.
+pub(super) struct Tunnel {
     client: hyper::upgrade::OnUpgrade,
     upstream: hyper::upgrade::OnUpgrade,
-    conn: &ConnInfo,
-    idle: Duration,
-) {
-    let activity = conn.activity.clone();
+}
+
+/// Joins the client's and the server's upgraded connections. The task owns
+/// `conn` until the tunnel closes, so the client connection keeps its
+/// max_connections slot, its place in portico_connections_active and in
+/// the shutdown drain (which ends it after shutdown_timeout) for as long.
+pub(super) fn spawn_tunnel(t: Tunnel, conn: Arc<ConnInfo>) {
+    let idle = conn.listener.idle_timeout;
     tokio::spawn(async move {
-        match tokio::try_join!(client, upstream) {
+        match tokio::try_join!(t.client, t.upstream) {
             Ok((c, u)) => {
                 let mut c = TokioIo::new(c);
                 let mut u = TokioIo::new(u);
@@ -306,46 +314,121 @@ fn spawn_tunnel(
             }
             Err(e) => tracing::debug!(error = %e, "upgrade failed"),
         }
-        activity.request_finished();
+        conn.activity.request_finished();
     });
 }
 
-/// Copies both ways until either side closes or nothing moves for `idle`.
-async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B, idle: Duration) -> std::io::Result<()>
-where
-    A: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-    B: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin,
-{
-    use tokio::io::{AsyncReadExt, AsyncWriteExt};
-    let (mut ar, mut aw) = tokio::io::split(a);
-    let (mut br, mut bw) = tokio::io::split(b);
-    let mut abuf = vec![0u8; 16 * 1024];
-    let mut bbuf = vec![0u8; 16 * 1024];
-    let (mut a_open, mut b_open) = (true, true);
-    while a_open || b_open {
-        let step = tokio::time::timeout(idle, async {
-            tokio::select! {
-                r = ar.read(&mut abuf), if a_open => r.map(|n| (true, n)),
-                r = br.read(&mut bbuf), if b_open => r.map(|n| (false, n)),
-            }
-        })
-        .await;
-        match step {
-            Err(_) => return Ok(()),
-            Ok(Err(e)) => return Err(e),
-            Ok(Ok((true, 0))) => {
-                a_open = false;
-                bw.shutdown().await?;
-            }
-            Ok(Ok((false, 0))) => {
-                b_open = false;
-                aw.shutdown().await?;
-            }
-            Ok(Ok((true, n))) => bw.write_all(&abuf[..n]).await?,
-            Ok(Ok((false, n))) => aw.write_all(&bbuf[..n]).await?,
+/// One direction of a tunnel: bytes read from one side, waiting to be
+/// written to the other.
+struct OneWay {
+    buf: Box<[u8]>,
+    pos: usize,
+    len: usize,
+    /// Written bytes not flushed yet (TLS buffers them).
+    unflushed: bool,
+    /// The source ended; its end is passed on as a write shutdown.
+    eof: bool,
+    done: bool,
+}
+
+impl OneWay {
+    fn new() -> OneWay {
+        OneWay {
+            buf: vec![0u8; 16 * 1024].into_boxed_slice(),
+            pos: 0,
+            len: 0,
+            unflushed: false,
+            eof: false,
+            done: false,
         }
     }
-    Ok(())
+
+    /// Moves what it can from `from` to `to` without waiting; whether any
+    /// byte moved (read or written).
+    fn pump<R, W>(&mut self, cx: &mut Context<'_>, from: &mut R, to: &mut W) -> io::Result<bool>
+    where
+        R: AsyncRead + Unpin,
+        W: AsyncWrite + Unpin,
+    {
+        let mut moved = false;
+        while !self.done {
+            if self.pos < self.len {
+                match Pin::new(&mut *to).poll_write(cx, &self.buf[self.pos..self.len]) {
+                    Poll::Ready(Ok(0)) => return Err(io::ErrorKind::WriteZero.into()),
+                    Poll::Ready(Ok(n)) => {
+                        self.pos += n;
+                        self.unflushed = true;
+                        moved = true;
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Ok(moved),
+                }
+            } else if self.unflushed {
+                match Pin::new(&mut *to).poll_flush(cx) {
+                    Poll::Ready(Ok(())) => self.unflushed = false,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Ok(moved),
+                }
+            } else if self.eof {
+                match Pin::new(&mut *to).poll_shutdown(cx) {
+                    Poll::Ready(Ok(())) => self.done = true,
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Ok(moved),
+                }
+            } else {
+                let mut rb = ReadBuf::new(&mut self.buf);
+                match Pin::new(&mut *from).poll_read(cx, &mut rb) {
+                    Poll::Ready(Ok(())) => {
+                        let n = rb.filled().len();
+                        if n == 0 {
+                            self.eof = true;
+                        } else {
+                            (self.pos, self.len) = (0, n);
+                            moved = true;
+                        }
+                    }
+                    Poll::Ready(Err(e)) => return Err(e),
+                    Poll::Pending => return Ok(moved),
+                }
+            }
+        }
+        Ok(moved)
+    }
+}
+
+/// Copies both ways, each direction on its own, until both sides have
+/// closed, or until no byte moved either way for `idle`: a write the peer
+/// does not take is no movement, so a side that stops reading cannot hold
+/// the tunnel (and both sockets) open.
+async fn copy_with_idle_timeout<A, B>(a: &mut A, b: &mut B, idle: Duration) -> io::Result<()>
+where
+    A: AsyncRead + AsyncWrite + Unpin,
+    B: AsyncRead + AsyncWrite + Unpin,
+{
+    let (mut ab, mut ba) = (OneWay::new(), OneWay::new());
+    let timer = tokio::time::sleep(idle);
+    tokio::pin!(timer);
+    std::future::poll_fn(|cx| {
+        let moved = ab.pump(cx, a, b)? | ba.pump(cx, b, a)?;
+        if ab.done && ba.done {
+            return Poll::Ready(Ok(()));
+        }
+        if moved {
+            // A duration too far out to add is no timeout at all (as
+            // `tokio::time::sleep` has it).
+            if let Some(at) = tokio::time::Instant::now().checked_add(idle) {
+                timer.as_mut().reset(at);
+            }
+        }
+        match timer.as_mut().poll(cx) {
+            Poll::Ready(()) => {
+                tracing::debug!("tunnel idle: closing");
+                Poll::Ready(Ok(()))
+            }
+            Poll::Pending => Poll::Pending,
+        }
+    })
+    .await
 }
 
 /// The request target to send upstream: origin-form for HTTP/1.1 (the

@@ -24,7 +24,9 @@
 //! 6. **finish**: every response, the proxy's own included, carries the
 //!    request id (and the CORS headers its route's policy owes it); when its
 //!    body ends the upstream connection returns to its pool, the request is
-//!    counted in the route's metrics and the access log line is written.
+//!    counted in the route's metrics and the access log line is written. A
+//!    request dropped before it has a response (the client cancelled it) is
+//!    finished too, with status 499.
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
 //!
@@ -90,6 +92,10 @@ pub struct ConnInfo {
     pub activity: Arc<ConnActivity>,
     /// The connection's place in portico_connections_active.
     pub gauge: ConnGauge,
+    /// The TCP connection's max_connections permit and drain guard (QUIC
+    /// connections hold theirs in their own task): released with the last
+    /// holder of this ConnInfo, a tunnel included.
+    pub slot: Option<crate::listener::ConnSlot>,
 }
 
 /// Request extension set by a front door on a request that arrived in TLS
@@ -109,13 +115,24 @@ struct Trace {
     upstream: Option<Arc<str>>,
     pooled: Option<PoolReturn>,
     bytes_in: Option<Arc<AtomicU64>>,
-    /// The connection became a tunnel (WebSocket): the tunnel task, not the
-    /// response body, ends the request.
-    tunnel: bool,
+    /// The connection is becoming a tunnel (WebSocket): both sides'
+    /// upgrades, for the tunnel task that then ends the request.
+    tunnel: Option<forward::Tunnel>,
 }
+
+/// The status logged and counted for a request the client cancelled before
+/// its response head (nginx's "client closed request").
+pub const CLIENT_CLOSED: u16 = 499;
 
 /// Serves one request from any front door. Never fails: errors become the
 /// proxy's own responses.
+///
+/// The finish phase ([`Done`]) exists from the first line: if the front
+/// door drops this future before a response exists (an HTTP/2 or HTTP/3
+/// stream reset, a closed HTTP/1.1 connection), dropping it logs and counts
+/// the request as [`CLIENT_CLOSED`] and gives back what it held (the
+/// connection's in-flight count; an upstream exchange under way is dropped
+/// with the pipeline, which aborts it).
 pub async fn handle(
     req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
@@ -130,12 +147,25 @@ pub async fn handle(
         _ => request_id::generate(),
     };
     let grpc = is_grpc(&req);
-    let mut log = snap
-        .access_log
-        .enabled()
-        .then(|| log_entry(&req, &conn, &snap.access_log));
+    let log = snap.access_log.enabled().then(|| {
+        let mut l = log_entry(&req, &conn, &snap.access_log);
+        l.request_id = request_id.to_str().unwrap_or("").to_string();
+        l
+    });
+    let count_bytes = log.is_some();
 
-    let mut trace = Trace::default();
+    // One allocation: this box goes on to be the response body's completion.
+    let mut done = Box::new(Done {
+        conn,
+        snap,
+        trace: Trace::default(),
+        status: CLIENT_CLOSED,
+        log,
+        start,
+        tunnel: false,
+        finished: false,
+    });
+    let d = &mut *done;
     let span = tracing::error_span!("request", request_id = %RequestIdField(&request_id));
     // Boxed: the pipeline's future is several KB, and the front doors move
     // the request's future around (into a task per HTTP/2 or HTTP/3 stream,
@@ -146,11 +176,11 @@ pub async fn handle(
         serve(
             req,
             seq,
-            &snap,
-            &conn,
+            &d.snap,
+            &d.conn,
             &request_id,
-            &mut trace,
-            log.is_some(),
+            &mut d.trace,
+            count_bytes,
         )
         .instrument(span),
     );
@@ -159,37 +189,25 @@ pub async fn handle(
         Err(e) => e.response(grpc),
     };
     resp.headers_mut()
-        .insert(snap.request_id_header.clone(), request_id.clone());
-    if let Some(pending) = trace.cors.take() {
-        if let Some(policy) = trace
+        .insert(done.snap.request_id_header.clone(), request_id);
+    if let Some(pending) = done.trace.cors.take() {
+        if let Some(policy) = done
+            .trace
             .route_index
-            .and_then(|i| snap.routes.get(i))
+            .and_then(|i| done.snap.routes.get(i))
             .and_then(|r| r.cors.as_deref())
         {
             pending.finish(policy, resp.headers_mut());
         }
     }
-
-    if let Some(l) = log.as_mut() {
-        l.status = resp.status().as_u16();
-        l.route = trace.route.take();
-        l.upstream = trace.upstream.take();
-        l.request_id = request_id.to_str().unwrap_or("").to_string();
-        l.duration = start.elapsed();
+    if let Some(t) = done.trace.tunnel.take() {
+        // The tunnel holds the connection (its ConnInfo: slot, gauge) and
+        // ends the request when it closes.
+        done.tunnel = true;
+        forward::spawn_tunnel(t, done.conn.clone());
     }
-    let status = resp.status().as_u16();
-    let log = log.map(|l| (Box::new(l), snap.access_log.clone()));
-    resp.body_mut().on_complete(Box::new(Done {
-        conn,
-        snap,
-        route_index: trace.route_index,
-        status,
-        pooled: trace.pooled,
-        bytes_in: trace.bytes_in,
-        log,
-        tunnel: trace.tunnel,
-        start,
-    }));
+    done.status = resp.status().as_u16();
+    resp.body_mut().on_complete(done);
     Ok(resp)
 }
 
@@ -384,52 +402,72 @@ async fn serve(
     }
 }
 
-/// The finish phase, run when the response body ends or is dropped.
+/// The finish phase: run once, when the response body ends or is dropped,
+/// or when the request is dropped before it has a response (then with
+/// status [`CLIENT_CLOSED`]). It gives the upstream connection back to its
+/// pool (only after a complete exchange), ends the request on its
+/// connection, counts it in the route's metrics and writes its access log
+/// line.
 struct Done {
     conn: Arc<ConnInfo>,
     /// The snapshot the request started with, for its route's metrics.
     snap: Arc<Snapshot>,
-    route_index: Option<usize>,
+    trace: Trace,
     /// The status sent to the client.
     status: u16,
-    pooled: Option<PoolReturn>,
-    bytes_in: Option<Arc<AtomicU64>>,
-    log: Option<(Box<LogEntry>, Arc<AccessLog>)>,
+    log: Option<LogEntry>,
     start: Instant,
+    /// A tunnel task took the request over: it ends the request.
     tunnel: bool,
+    finished: bool,
+}
+
+impl Done {
+    fn finish(&mut self, bytes_out: u64, ended: bool) {
+        if std::mem::replace(&mut self.finished, true) {
+            return;
+        }
+        let trace = &mut self.trace;
+        if let Some(p) = trace.pooled.take() {
+            if ended {
+                p.release();
+            } else {
+                p.discard();
+            }
+        }
+        if !self.tunnel {
+            self.conn.activity.request_finished();
+        }
+        let elapsed = self.start.elapsed();
+        match trace.route_index.and_then(|i| self.snap.routes.get(i)) {
+            Some(r) => r.metrics.record(self.status, elapsed),
+            None => self.snap.metrics.no_route.record(self.status, elapsed),
+        }
+        if let Some(mut l) = self.log.take() {
+            l.status = self.status;
+            l.route = trace.route.take();
+            l.upstream = trace.upstream.take();
+            l.bytes_out = bytes_out;
+            l.bytes_in = trace
+                .bytes_in
+                .as_ref()
+                .map_or(0, |c| c.load(Ordering::Relaxed));
+            l.duration = elapsed;
+            self.snap.access_log.write(l);
+        }
+    }
 }
 
 impl Completion for Done {
-    fn complete(self: Box<Self>, bytes_out: u64, ended: bool) {
-        let Done {
-            conn,
-            snap,
-            route_index,
-            status,
-            pooled,
-            bytes_in,
-            log,
-            start,
-            tunnel,
-        } = *self;
-        if let Some(p) = pooled {
-            if ended {
-                p.release();
-            }
-        }
-        if !tunnel {
-            conn.activity.request_finished();
-        }
-        let elapsed = start.elapsed();
-        match route_index.and_then(|i| snap.routes.get(i)) {
-            Some(r) => r.metrics.record(status, elapsed),
-            None => snap.metrics.no_route.record(status, elapsed),
-        }
-        if let Some((mut l, sink)) = log {
-            l.bytes_out = bytes_out;
-            l.bytes_in = bytes_in.map_or(0, |c| c.load(Ordering::Relaxed));
-            l.duration = elapsed;
-            sink.write(*l);
-        }
+    fn complete(mut self: Box<Self>, bytes_out: u64, ended: bool) {
+        self.finish(bytes_out, ended);
+    }
+}
+
+impl Drop for Done {
+    /// Reached unfinished only when the request's future was dropped before
+    /// its response existed: the client cancelled it.
+    fn drop(&mut self) {
+        self.finish(0, false);
     }
 }

@@ -5,7 +5,10 @@
 //! - servers are chosen by [`Balancer`] (round-robin, smooth weighted),
 //!   never by anything about the client;
 //! - an HTTP/1.1 connection goes back to its server's idle stack only after
-//!   its response body was read to the end; the stack is LIFO (hot
+//!   its response body was read to the end and its request body was sent to
+//!   the end; an exchange that ends otherwise (the client went away, the
+//!   server answered before reading the whole upload) closes the
+//!   connection; the stack is LIFO (hot
 //!   connections stay hot, surplus ones age out), capped at
 //!   `max_idle_per_server`, and a reaper task closes connections idle longer
 //!   than `idle_timeout` even when no request comes;
@@ -44,9 +47,11 @@ use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
+use tokio::task::AbortHandle;
 
 /// Why an upstream exchange failed, in the terms of metrics and of the
 /// status the client gets.
@@ -142,6 +147,8 @@ enum Target {
 
 struct IdleConn {
     sender: http1::SendRequest<RequestBody>,
+    /// The task driving the connection, to close it at once when needed.
+    task: AbortHandle,
     since: Instant,
 }
 
@@ -166,15 +173,37 @@ pub struct UpstreamServer {
 }
 
 /// A pooled HTTP/1.1 connection on loan to one exchange; give it back with
-/// [`PoolReturn::release`] once the response body was read to the end.
+/// [`PoolReturn::release`] once the response body was read to the end, or
+/// close it with [`PoolReturn::discard`].
 pub struct PoolReturn {
     sender: http1::SendRequest<RequestBody>,
+    task: AbortHandle,
     server: Arc<UpstreamServer>,
+    /// Set once the request body was read to its end; `None`: the body was
+    /// empty (nothing to wait for).
+    body_sent: Option<Arc<AtomicBool>>,
 }
 
 impl PoolReturn {
+    /// Returns the connection to its server's idle stack if the request
+    /// went out in full too; otherwise closes it: hyper would send the next
+    /// request only after the rest of this one's body, which may never come
+    /// (a server that answered an upload early, without reading it).
     pub fn release(self) {
-        self.server.put_idle(self.sender);
+        if self
+            .body_sent
+            .as_ref()
+            .is_some_and(|s| !s.load(Ordering::Acquire))
+        {
+            return self.discard();
+        }
+        self.server.put_idle(self.sender, self.task);
+    }
+
+    /// Closes the connection now, ending whatever of the exchange is still
+    /// under way (a request body still being sent, a response body unread).
+    pub fn discard(self) {
+        self.task.abort();
     }
 }
 
@@ -353,7 +382,9 @@ impl UpstreamPool {
         server: &Arc<UpstreamServer>,
         mut req: Request<RequestBody>,
     ) -> Result<Exchange, SendFailure> {
-        while let Some(mut sender) = server.take_idle(self.settings.idle_timeout) {
+        let body_sent =
+            (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch_end());
+        while let Some((mut sender, task)) = server.take_idle(self.settings.idle_timeout) {
             if sender.ready().await.is_err() {
                 continue;
             }
@@ -363,7 +394,9 @@ impl UpstreamPool {
                         response,
                         pooled: Some(PoolReturn {
                             sender,
+                            task,
                             server: server.clone(),
+                            body_sent,
                         }),
                     })
                 }
@@ -375,7 +408,7 @@ impl UpstreamPool {
             }
         }
         // The rare path, boxed so the hot path's future stays small.
-        let mut sender = match Box::pin(self.connect_h1(server)).await {
+        let (mut sender, task) = match Box::pin(self.connect_h1(server)).await {
             Ok(s) => s,
             Err(error) => {
                 return Err(SendFailure {
@@ -392,7 +425,9 @@ impl UpstreamPool {
             response,
             pooled: Some(PoolReturn {
                 sender,
+                task,
                 server: server.clone(),
+                body_sent,
             }),
         })
     }
@@ -400,18 +435,18 @@ impl UpstreamPool {
     async fn connect_h1(
         &self,
         server: &UpstreamServer,
-    ) -> Result<http1::SendRequest<RequestBody>, UpstreamError> {
+    ) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), UpstreamError> {
         let io = self.connect(server).await?;
         let (sender, conn) = http1::Builder::new()
             .handshake(io)
             .await
             .map_err(UpstreamError::Reset)?;
-        tokio::spawn(async move {
+        let task = tokio::spawn(async move {
             if let Err(e) = conn.with_upgrades().await {
                 tracing::debug!(error = %e, "upstream connection ended");
             }
         });
-        Ok(sender)
+        Ok((sender, task.abort_handle()))
     }
 
     async fn send_h2(
@@ -548,17 +583,20 @@ impl UpstreamServer {
         self.health.is_healthy()
     }
 
-    fn take_idle(&self, idle_timeout: Duration) -> Option<http1::SendRequest<RequestBody>> {
+    fn take_idle(
+        &self,
+        idle_timeout: Duration,
+    ) -> Option<(http1::SendRequest<RequestBody>, AbortHandle)> {
         let mut idle = self.idle.lock().ok()?;
         while let Some(c) = idle.pop() {
             if c.since.elapsed() < idle_timeout && !c.sender.is_closed() {
-                return Some(c.sender);
+                return Some((c.sender, c.task));
             }
         }
         None
     }
 
-    fn put_idle(&self, sender: http1::SendRequest<RequestBody>) {
+    fn put_idle(&self, sender: http1::SendRequest<RequestBody>, task: AbortHandle) {
         if sender.is_closed() || self.max_idle == 0 {
             return;
         }
@@ -566,6 +604,7 @@ impl UpstreamServer {
             if idle.len() < self.max_idle {
                 idle.push(IdleConn {
                     sender,
+                    task,
                     since: Instant::now(),
                 });
             }
