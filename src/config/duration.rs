@@ -13,8 +13,9 @@ pub struct Dur(pub Duration);
 
 impl Dur {
     /// The longest duration a config may give: a year. Longer ones are
-    /// typos, and values near `Duration::MAX` would overflow the clock
-    /// arithmetic (`Instant + Duration`) that timeouts are made of.
+    /// typos, values near `Duration::MAX` overflow the clock arithmetic
+    /// (`Instant + Duration`) that timeouts are made of, and a year stays
+    /// within the reach of tokio's timer (about two years).
     pub const MAX: Duration = Duration::from_secs(365 * 24 * 3600);
 
     pub const fn secs(s: u64) -> Dur {
