@@ -81,7 +81,7 @@ fn main() -> std::process::ExitCode {
             .map(|l| l.bind.get_ref().clone())
             .unwrap_or_default();
         eprintln!("\nportico is up. Try:\n\n    curl -i http://{bind}/hello\n");
-        match portico::server::run(lc).await {
+        match portico::server::run(lc, Default::default()).await {
             Ok(()) => std::process::ExitCode::SUCCESS,
             Err(e) => {
                 eprintln!("{e}");

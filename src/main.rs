@@ -95,6 +95,9 @@ fn main() -> ExitCode {
         };
     }
 
+    // Before the runtime starts: taking the sockets clears LISTEN_* from the
+    // environment, which is only sound while no other thread runs.
+    let inherited = portico::supervisor::inherited_sockets();
     let workers = match lc.config.server.worker_threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())
@@ -119,7 +122,7 @@ fn main() -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    match rt.block_on(portico::server::run(lc)) {
+    match rt.block_on(portico::server::run(lc, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             eprintln!("{e}");

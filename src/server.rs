@@ -11,6 +11,8 @@
 use crate::admin::AdminState;
 use crate::config::{ConfigError, LoadedConfig};
 use crate::supervisor::Supervisor;
+use std::collections::HashMap;
+use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
@@ -18,8 +20,16 @@ use std::time::Duration;
 use tokio::signal::unix::{signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
-/// Runs portico until a stop signal; returns after draining.
-pub async fn run(lc: LoadedConfig) -> Result<(), ConfigError> {
+/// How long exit waits for the access log to write the lines still queued.
+const ACCESS_LOG_FLUSH_LIMIT: Duration = Duration::from_secs(10);
+
+/// Runs portico until a stop signal; returns after draining and writing out
+/// the access log. `inherited` are the sockets passed by systemd
+/// ([`crate::supervisor::inherited_sockets`]).
+pub async fn run(
+    lc: LoadedConfig,
+    inherited: HashMap<SocketAddr, std::net::TcpListener>,
+) -> Result<(), ConfigError> {
     let config_path = lc.source.path.clone();
     let signal_error = |e: std::io::Error| {
         ConfigError::plain(&config_path, format!("cannot install signal handlers: {e}"))
@@ -28,7 +38,7 @@ pub async fn run(lc: LoadedConfig) -> Result<(), ConfigError> {
     let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
 
-    let (sup, bound) = Supervisor::new(lc, config_path.clone())?;
+    let (sup, bound) = Supervisor::new(lc, config_path.clone(), inherited)?;
     let snap = sup.shared.snapshot.load_full();
     let admin_cfg = &snap.config.config.admin;
     let admin_addr: std::net::SocketAddr = admin_cfg
@@ -109,6 +119,10 @@ pub async fn run(lc: LoadedConfig) -> Result<(), ConfigError> {
     }
     let _ = admin_stop_tx.send(true);
     admin_task.abort();
+    let access_log = sup.shared.snapshot.load().access_log.clone();
+    if !access_log.flush(ACCESS_LOG_FLUSH_LIMIT).await {
+        tracing::warn!("access log: lines still queued at exit may be lost");
+    }
     tracing::info!("stopped");
     Ok(())
 }

@@ -83,11 +83,13 @@ pub struct Supervisor {
 }
 
 impl Supervisor {
-    /// Builds the first snapshot (generation 1) and binds every listener.
-    /// Nothing is served until [`Supervisor::start`].
+    /// Builds the first snapshot (generation 1) and binds every listener,
+    /// adopting `inherited` sockets (from [`inherited_sockets`]) where their
+    /// address matches. Nothing is served until [`Supervisor::start`].
     pub fn new(
         lc: config::LoadedConfig,
         config_path: PathBuf,
+        inherited: HashMap<SocketAddr, std::net::TcpListener>,
     ) -> Result<(Arc<Supervisor>, BoundListeners), ConfigError> {
         let lc = Arc::new(lc);
         let snapshot = Snapshot::build(lc.clone(), 1, None, BuildMode::Run)?;
@@ -99,7 +101,7 @@ impl Supervisor {
             config_path,
             tracker: Arc::new(ConnTracker::default()),
             listeners: Mutex::new(HashMap::new()),
-            inherited: Mutex::new(inherited_sockets()),
+            inherited: Mutex::new(inherited),
             reload_lock: tokio::sync::Mutex::new(()),
             stopping: watch::channel(false).0,
         });
@@ -393,7 +395,11 @@ fn monotonic_usec() -> u64 {
 /// Takes the listening sockets systemd passed (LISTEN_PID/LISTEN_FDS, from
 /// fd 3 on), by local address. The variables are removed so that nothing
 /// started later inherits them.
-fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
+///
+/// Call it once, from `main` before any other thread exists (the tokio
+/// runtime included): changing the environment while another thread may
+/// read it is undefined behaviour.
+pub fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
     use std::os::fd::FromRawFd;
     let mut out = HashMap::new();
     let pid_ok = std::env::var("LISTEN_PID")

@@ -505,8 +505,26 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
         if l.max_header_bytes < 1024 {
             return Err(lc.error_at(&l.name, "max_header_bytes must be at least 1024"));
         }
-        if l.max_connections == 0 {
-            return Err(lc.error_at(&l.name, "max_connections must be at least 1"));
+        if l.max_header_bytes > MAX_HEADER_BYTES {
+            return Err(lc.error_at(
+                &l.name,
+                format!("max_header_bytes must be at most {MAX_HEADER_BYTES}"),
+            ));
+        }
+        if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS {
+            return Err(lc.error_at(
+                &l.name,
+                format!("max_connections must be 1 to {MAX_CONNECTIONS}"),
+            ));
+        }
+        if l.backlog > i32::MAX as u32 {
+            return Err(lc.error_at(
+                &l.name,
+                format!(
+                    "backlog must be at most {} (the kernel caps it at net.core.somaxconn anyway)",
+                    i32::MAX
+                ),
+            ));
         }
         if l.h2_max_concurrent_streams == 0 {
             return Err(lc.error_at(&l.name, "h2_max_concurrent_streams must be at least 1"));
@@ -548,6 +566,14 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
                 return Err(lc.error_at(
                     &u.servers,
                     format!("server \"{}\": weight must be 1 to 1000", s.addr),
+                ));
+            }
+        }
+        if let Some(h) = &u.health {
+            if h.interval.0.is_zero() {
+                return Err(lc.error_at(
+                    &u.servers,
+                    format!("upstream \"{name}\": health.interval must be more than 0"),
                 ));
             }
         }
@@ -652,6 +678,14 @@ fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
     auth::validate(lc)?;
     Ok(())
 }
+
+/// Largest max_header_bytes: Envoy's ceiling too; hyper, h2 and h3 size
+/// their head buffers and advertised limits from it.
+pub const MAX_HEADER_BYTES: usize = 1024 * 1024;
+
+/// Largest max_connections: far above what file descriptor limits allow, and
+/// far below what would overflow a semaphore or the arithmetic on it.
+pub const MAX_CONNECTIONS: usize = 10_000_000;
 
 fn valid_host_port(s: &str) -> bool {
     if s.parse::<std::net::SocketAddr>().is_ok() {

@@ -6,17 +6,34 @@
 //! does few write syscalls. If the writer falls behind by more than
 //! [`QUEUE_LIMIT`] lines, new lines are dropped (and counted) rather than
 //! letting memory grow or requests wait.
+//!
+//! At shutdown [`AccessLog::flush`] waits until every line queued so far is
+//! written, also by the writers of logs that a reload replaced, so a process
+//! that exits loses no line it had accepted.
 
 use crate::config::AccessLogFormat;
 use std::io::Write;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
+use std::thread::JoinHandle;
 use std::time::{Duration, SystemTime};
 
 /// Lines that may wait for the writer before new ones are dropped.
 pub const QUEUE_LIMIT: usize = 65_536;
+
+/// What the writer thread is sent.
+#[allow(clippy::large_enum_variant)] // boxing lines would allocate per request
+enum Msg {
+    Line(LogEntry),
+    /// Answered once every line sent before it is written and flushed.
+    Flush(tokio::sync::oneshot::Sender<()>),
+}
+
+/// Writer threads of logs that were dropped (a reload changed the target):
+/// each ends once its queue is written; [`AccessLog::flush`] joins them.
+static RETIRED: Mutex<Vec<JoinHandle<()>>> = Mutex::new(Vec::new());
 
 /// Everything one access log line says.
 pub struct LogEntry {
@@ -39,7 +56,8 @@ pub struct LogEntry {
 
 /// Where access log lines go; `None` when the log is off.
 pub struct AccessLog {
-    sender: Option<SyncSender<LogEntry>>,
+    sender: Option<SyncSender<Msg>>,
+    writer: Option<JoinHandle<()>>,
     pub dropped: AtomicU64,
     queued: Arc<AtomicUsize>,
     format: AccessLogFormat,
@@ -50,6 +68,7 @@ impl AccessLog {
     pub fn off() -> AccessLog {
         AccessLog {
             sender: None,
+            writer: None,
             dropped: AtomicU64::new(0),
             queued: Arc::new(AtomicUsize::new(0)),
             format: AccessLogFormat::Json,
@@ -73,11 +92,12 @@ impl AccessLog {
         let (tx, rx) = sync_channel(QUEUE_LIMIT);
         let queued = Arc::new(AtomicUsize::new(0));
         let q = queued.clone();
-        std::thread::Builder::new()
+        let writer = std::thread::Builder::new()
             .name("access-log".into())
             .spawn(move || write_loop(rx, out, format, q))?;
         Ok(AccessLog {
             sender: Some(tx),
+            writer: Some(writer),
             dropped: AtomicU64::new(0),
             queued,
             format,
@@ -95,17 +115,58 @@ impl AccessLog {
 
     pub fn write(&self, e: LogEntry) {
         if let Some(tx) = &self.sender {
-            if tx.try_send(e).is_err() {
+            if tx.try_send(Msg::Line(e)).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
             } else {
                 self.queued.fetch_add(1, Ordering::Relaxed);
             }
         }
     }
+
+    /// Waits until every line queued so far is written and flushed, by this
+    /// log and by the logs it replaced, for at most `limit` (a log target
+    /// that blocks, such as a pipe nobody reads, must not hold up exit for
+    /// ever). Returns whether everything was written.
+    pub async fn flush(&self, limit: Duration) -> bool {
+        let retired = std::mem::take(&mut *RETIRED.lock().unwrap_or_else(|e| e.into_inner()));
+        let sender = self.sender.clone();
+        let (ack, done) = tokio::sync::oneshot::channel();
+        // Joins and a send that may block (a full queue): on a thread of
+        // their own, which exit does not wait for.
+        let spawned = std::thread::Builder::new()
+            .name("access-log-flush".into())
+            .spawn(move || {
+                for h in retired {
+                    let _ = h.join();
+                }
+                match sender {
+                    Some(tx) => {
+                        let _ = tx.send(Msg::Flush(ack));
+                    }
+                    None => {
+                        let _ = ack.send(());
+                    }
+                }
+            });
+        if spawned.is_err() {
+            return false;
+        }
+        matches!(tokio::time::timeout(limit, done).await, Ok(Ok(())))
+    }
+}
+
+impl Drop for AccessLog {
+    fn drop(&mut self) {
+        // The sender goes with `self`, so the writer ends after the lines
+        // already queued; a later flush waits for them.
+        if let Some(h) = self.writer.take() {
+            RETIRED.lock().unwrap_or_else(|e| e.into_inner()).push(h);
+        }
+    }
 }
 
 fn write_loop(
-    rx: Receiver<LogEntry>,
+    rx: Receiver<Msg>,
     out: Box<dyn Write + Send>,
     format: AccessLogFormat,
     queued: Arc<AtomicUsize>,
@@ -123,6 +184,14 @@ fn write_loop(
                 }
             }
             Err(TryRecvError::Disconnected) => break,
+        };
+        let e = match e {
+            Msg::Line(e) => e,
+            Msg::Flush(ack) => {
+                let _ = w.flush();
+                let _ = ack.send(());
+                continue;
+            }
         };
         queued.fetch_sub(1, Ordering::Relaxed);
         line.clear();

@@ -76,20 +76,42 @@ fn retry_safe(method: &Method, headers: &HeaderMap) -> bool {
     ) || headers.contains_key(&IDEMPOTENCY_KEY)
 }
 
-/// Servers tried for one request, without allocating for the usual few.
+/// Servers tried for one request, in order: inline for the usual few, on
+/// the heap beyond that, so a pool of any size is never tried twice.
 struct Tried {
-    idx: [usize; 8],
+    inline: [usize; 8],
     len: usize,
+    spilled: Vec<usize>,
 }
 
 impl Tried {
+    fn new() -> Tried {
+        Tried {
+            inline: [0; 8],
+            len: 0,
+            spilled: Vec::new(),
+        }
+    }
     fn as_slice(&self) -> &[usize] {
-        &self.idx[..self.len]
+        if self.spilled.is_empty() {
+            &self.inline[..self.len]
+        } else {
+            &self.spilled
+        }
+    }
+    /// How many attempts were made.
+    fn len(&self) -> usize {
+        self.as_slice().len()
     }
     fn push(&mut self, i: usize) {
-        if self.len < self.idx.len() {
-            self.idx[self.len] = i;
+        if self.spilled.is_empty() && self.len < self.inline.len() {
+            self.inline[self.len] = i;
             self.len += 1;
+        } else {
+            if self.spilled.is_empty() {
+                self.spilled.extend_from_slice(&self.inline);
+            }
+            self.spilled.push(i);
         }
     }
 }
@@ -191,10 +213,7 @@ pub(super) async fn forward(
     let mut req = Some(Request::from_parts(parts, body));
 
     pool.retry_budget.request();
-    let mut tried = Tried {
-        idx: [0; 8],
-        len: 0,
-    };
+    let mut tried = Tried::new();
     let mut last_error = ProxyError::BadGateway;
     loop {
         let Some(request) = req.take() else {
@@ -208,7 +227,7 @@ pub(super) async fn forward(
         tried.push(idx);
         let server = &pool.servers[idx];
         trace.upstream = Some(server.label.clone());
-        let attempts_left = (tried.len as u32) <= route.retries;
+        let attempts_left = tried.len() <= route.retries as usize;
 
         let failure = match tokio::time::timeout_at(deadline, pool.send(server, request)).await {
             Err(_) => {
@@ -228,7 +247,7 @@ pub(super) async fn forward(
                     status,
                     StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                 ) && attempts_left
-                    && pool.servers.len() > tried.len
+                    && pool.servers.len() > tried.len()
                 {
                     if let Some(r) = &replay {
                         if pool.retry_budget.try_retry() {
