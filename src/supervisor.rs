@@ -116,9 +116,12 @@ impl Supervisor {
     }
 
     /// Starts accept loops for listeners bound by [`Supervisor::new`], and
-    /// the snapshot's background work (JWKS fetches).
+    /// the snapshot's background work (JWKS fetches, health checks).
     pub fn start(self: &Arc<Self>, bound: BoundListeners) {
-        self.shared.snapshot.load().auth.start();
+        let snap = self.shared.snapshot.load();
+        snap.auth.start();
+        snap.take_over(None);
+        drop(snap);
         for (sockets, settings) in bound {
             self.spawn_listener(sockets, settings);
         }
@@ -318,6 +321,7 @@ impl Supervisor {
         next.auth.start();
         let next = Arc::new(next);
         self.shared.snapshot.store(next.clone());
+        next.take_over(Some(&current));
 
         for (sockets, settings) in fresh {
             self.spawn_listener(sockets, settings);

@@ -1,0 +1,157 @@
+//! Reload edges: health checks across generations, listener renames at the
+//! same address, lowering max_connections, counters across reloads.
+
+mod support;
+
+use std::io::{Read, Write};
+use std::net::{SocketAddr, TcpStream};
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+use support::prom::{scrape, scrape_until};
+use support::*;
+
+/// GET `path` through portico (a fresh connection each time): the status.
+async fn status_of(addr: SocketAddr, path: &str) -> u16 {
+    client()
+        .get(format!("http://{addr}{path}"))
+        .send()
+        .await
+        .map(|r| r.status().as_u16())
+        .unwrap_or(0)
+}
+
+/// Polls until `ok` holds, at most 10 s.
+async fn eventually(mut ok: impl FnMut() -> bool) -> bool {
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while Instant::now() < deadline {
+        if ok() {
+            return true;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    ok()
+}
+
+fn health(path: &str) -> String {
+    format!(
+        "health = {{ path = \"{path}\", interval = \"100ms\", timeout = \"1s\", healthy_threshold = 1, unhealthy_threshold = 1 }}"
+    )
+}
+
+fn one_pool(l: &str, b: &Backend, pool_extra: &str, more: &str) -> String {
+    format!(
+        "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"u\"\n{}{more}",
+        upstream_toml("u", &[b], pool_extra)
+    )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn removing_the_health_table_puts_servers_back_in_rotation() {
+    let b = Backend::start("b").await;
+    let (addr, l) = listener_toml("web", "");
+    let p = Portico::start(&one_pool(&l, &b, &health("/health"), ""));
+    b.health.store(500, Ordering::SeqCst);
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while status_of(addr, "/x").await != 503 {
+        assert!(
+            Instant::now() < deadline,
+            "the failing server never left rotation"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+
+    p.write_config(&one_pool(&l, &b, "", ""));
+    let (status, body) = p.reload().await;
+    assert_eq!((status, body.as_str()), (200, "{\"generation\":2}"));
+    for i in 0..5 {
+        assert_eq!(status_of(addr, &format!("/after/{i}")).await, 200);
+    }
+    assert_eq!(http_get_raw(p.admin, "/ready").unwrap().0, 200);
+    let m = scrape(p.admin).await;
+    assert_eq!(
+        m.value(
+            "portico_upstream_healthy",
+            &[("upstream", "u"), ("server", &b.addr.to_string())]
+        ),
+        Some(1.0),
+        "{}",
+        m.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_rejected_reload_sends_no_probe() {
+    let b = Backend::start("b").await;
+    let (addr, l) = listener_toml("web", "");
+    let dir = tempfile::tempdir().unwrap();
+    // A policy with many keys makes the build run on for a while after
+    // the pools exist, so a checker started at build time gets to probe.
+    let key = support::jwt::TestKey::ec256().public_pem;
+    std::fs::write(dir.path().join("many.pem"), key.repeat(20_000)).unwrap();
+    let p = Portico::start_in(dir, &one_pool(&l, &b, &health("/hc-old"), ""));
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let taken_addr = taken.local_addr().unwrap();
+    // Each fails after its pools were built: a listener whose address is
+    // taken (bound after the whole build), or an auth key file that does
+    // not exist (the policies are built after the pools).
+    let policy = |file: &str| {
+        format!("[auth.a]\ntype = \"jwt\"\nalgorithms = [\"ES256\"]\nkeys = [\"{file}\"]\n")
+    };
+    let failing = [
+        format!(
+            "{}[[listener]]\nname = \"taken\"\nbind = \"{taken_addr}\"\n",
+            policy("many.pem")
+        ),
+        policy("missing.pem"),
+    ];
+    for round in 0..6 {
+        let extra = &failing[round % failing.len()];
+        p.write_config(&one_pool(&l, &b, &health("/hc-rejected"), extra));
+        let (status, body) = p.reload().await;
+        assert_eq!(status, 400, "{body}");
+    }
+    let before = b.count_path("/hc-old");
+    assert!(
+        eventually(|| b.count_path("/hc-old") >= before + 3).await,
+        "the config in force stopped checking"
+    );
+    assert_eq!(
+        b.count_path("/hc-rejected"),
+        0,
+        "a rejected config probed its servers"
+    );
+    assert_eq!(status_of(addr, "/").await, 200);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_superseded_checker_stops_at_the_swap() {
+    let b = Backend::start("b").await;
+    let (addr, l) = listener_toml("web", "");
+    let p = Portico::start(&one_pool(&l, &b, &health("/hc-a"), ""));
+    assert!(eventually(|| b.count_path("/hc-a") > 0).await);
+    // A slow request keeps generation 1's snapshot (and its pool) alive.
+    let slow = tokio::spawn(async move { status_of(addr, "/slow/4000").await });
+    assert!(eventually(|| b.count_path("/slow/4000") == 1).await);
+
+    p.write_config(&one_pool(&l, &b, &health("/hc-b"), ""));
+    assert_eq!(p.reload().await.0, 200);
+    // A probe already on the wire at the swap may still arrive.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let old = b.count_path("/hc-a");
+    let new = b.count_path("/hc-b");
+    tokio::time::sleep(Duration::from_millis(1000)).await;
+    assert!(
+        !slow.is_finished(),
+        "the old snapshot was not held throughout"
+    );
+    assert_eq!(
+        b.count_path("/hc-a"),
+        old,
+        "the superseded generation went on probing"
+    );
+    assert!(
+        b.count_path("/hc-b") > new,
+        "the new generation does not probe"
+    );
+    assert_eq!(slow.await.unwrap(), 200);
+}
