@@ -155,3 +155,78 @@ async fn a_superseded_checker_stops_at_the_swap() {
     );
     assert_eq!(slow.await.unwrap(), 200);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn counters_go_on_across_reloads() {
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let secret = b"0123456789abcdef0123456789abcdef";
+    std::fs::write(dir.path().join("secret.txt"), secret).unwrap();
+    let (addr, l) = listener_toml("web", "");
+    let config = |more: &str, pool_extra: &str| {
+        format!(
+            "[server]\naccess_log = \"off\"\n{l}\n[auth.users]\ntype = \"jwt\"\nalgorithms = [\"HS256\"]\nsecret_file = \"secret.txt\"\n\n[[route]]\nname = \"r\"\nupstream = \"u\"\nauth = \"users\"\n{more}\n{}",
+            upstream_toml("u", &[&b], pool_extra)
+        )
+    };
+    let p = Portico::start_in(dir, &config("", ""));
+    let token = support::jwt::raw_token(
+        &serde_json::json!({"alg": "HS256", "typ": "JWT"}),
+        &support::jwt::claims("alice"),
+        Some(secret),
+    );
+    let send = |with_token: bool| {
+        let token = token.clone();
+        async move {
+            let mut r = client().get(format!("http://{addr}/x"));
+            if with_token {
+                r = r.bearer_auth(token);
+            }
+            let r = r.send().await.unwrap();
+            let status = r.status().as_u16();
+            r.bytes().await.unwrap();
+            status
+        }
+    };
+    let server = b.addr.to_string();
+    let counts = move |m: &support::prom::Prom| {
+        [
+            m.value_or_zero(
+                "portico_jwt_validations_total",
+                &[("policy", "users"), ("result", "ok")],
+            ),
+            m.value_or_zero(
+                "portico_jwt_validations_total",
+                &[("policy", "users"), ("result", "missing")],
+            ),
+            m.value_or_zero("portico_requests_total", &[("route", "r"), ("code", "200")]),
+            m.value_or_zero("portico_requests_total", &[("route", "r"), ("code", "401")]),
+            m.value_or_zero(
+                "portico_upstream_requests_total",
+                &[("upstream", "u"), ("server", &server), ("outcome", "ok")],
+            ),
+        ]
+    };
+    assert_eq!(send(true).await, 200);
+    assert_eq!(send(true).await, 200);
+    assert_eq!(send(false).await, 401);
+    let m = scrape_until(p.admin, |m| counts(m) == [2.0, 1.0, 2.0, 1.0, 2.0]).await;
+    assert_eq!(counts(&m), [2.0, 1.0, 2.0, 1.0, 2.0], "{}", m.text);
+
+    // Unrelated changes: a new route, and a pool setting (the pool is
+    // rebuilt; its servers keep their names).
+    p.write_config(&config(
+        "[[route]]\nname = \"other\"\nmatch.path_prefix = \"/other\"\nrespond = { status = 204 }\n",
+        "connect_timeout = \"3s\"",
+    ));
+    assert_eq!(p.reload().await.0, 200);
+    assert_eq!(send(true).await, 200);
+    assert_eq!(send(false).await, 401);
+    let m = scrape_until(p.admin, |m| counts(m) == [3.0, 2.0, 3.0, 2.0, 3.0]).await;
+    assert_eq!(
+        counts(&m),
+        [3.0, 2.0, 3.0, 2.0, 3.0],
+        "[jwt ok, jwt missing, 200s, 401s, upstream ok]\n{}",
+        m.text
+    );
+}
