@@ -230,3 +230,181 @@ async fn counters_go_on_across_reloads() {
         m.text
     );
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn renaming_a_listener_at_the_same_bind_keeps_serving() {
+    let b = Backend::start("b").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    // The route only serves the listener of that name, so an answer from
+    // it shows which listener took the connection.
+    let config = |name: &str| {
+        format!(
+            "[server]\naccess_log = \"off\"\n[[listener]]\nname = \"{name}\"\nbind = \"{addr}\"\nprotocols = [\"http1\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n\n[[route]]\nname = \"r\"\nlisteners = [\"{name}\"]\nupstream = \"u\"\n{}",
+            upstream_toml("u", &[&b], "")
+        )
+    };
+    let p = Portico::start_in(dir, &config("web"));
+    let https = |path: &'static str| {
+        let c = pki.reqwest_client(false);
+        async move {
+            let r = c.get(format!("https://{addr}{path}")).send().await;
+            r.expect("HTTPS request").status().as_u16()
+        }
+    };
+    let h3 = support::http3::H3Client::new(&pki, false);
+    assert_eq!(https("/one").await, 200);
+    assert_eq!(
+        h3.connect(addr)
+            .await
+            .unwrap()
+            .get("/one")
+            .await
+            .unwrap()
+            .status,
+        200
+    );
+
+    for (generation, name) in [(2, "edge"), (3, "web")] {
+        p.write_config(&config(name));
+        let (status, body) = p.reload().await;
+        assert_eq!(
+            (status, body.as_str()),
+            (200, format!("{{\"generation\":{generation}}}").as_str()),
+            "renaming the listener to {name}"
+        );
+        for _ in 0..3 {
+            assert_eq!(https("/after").await, 200, "HTTPS after renaming to {name}");
+            let r = h3.connect(addr).await.unwrap().get("/after").await.unwrap();
+            assert_eq!(r.status, 200, "HTTP/3 after renaming to {name}");
+        }
+    }
+}
+
+/// Opens a connection, sends one keepalive request and reads its answer
+/// (the connection stays open).
+fn open_served(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /k HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let answer = read_head(&mut s).expect("an answer");
+    assert!(answer.starts_with("HTTP/1.1 200"), "{answer}");
+    s
+}
+
+/// Reads one response head and its Content-Length body; None on timeout.
+fn read_head(s: &mut TcpStream) -> Option<String> {
+    let mut got = Vec::new();
+    let mut byte = [0u8; 1];
+    while !got.ends_with(b"\r\n\r\n") {
+        match s.read(&mut byte) {
+            Ok(1) => got.push(byte[0]),
+            _ => return None,
+        }
+    }
+    let head = String::from_utf8_lossy(&got).into_owned();
+    let len: usize = head
+        .lines()
+        .find_map(|l| {
+            l.to_ascii_lowercase()
+                .strip_prefix("content-length: ")
+                .map(|v| v.trim().parse().unwrap())
+        })
+        .unwrap_or(0);
+    let mut body = vec![0u8; len];
+    s.read_exact(&mut body).ok()?;
+    Some(head)
+}
+
+/// Connects and sends a request; does not wait for the answer.
+fn send_request(addr: SocketAddr) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    s.write_all(b"GET /w HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    s
+}
+
+/// Whether `s` gets an answer within `wait`.
+fn answered_within(s: &mut TcpStream, wait: Duration) -> bool {
+    s.set_read_timeout(Some(wait)).unwrap();
+    read_head(s).is_some()
+}
+
+async fn open_connections(admin: SocketAddr, n: f64) {
+    let m = scrape_until(admin, |m| {
+        m.value_or_zero(
+            "portico_connections_active",
+            &[("listener", "web"), ("protocol", "http1")],
+        ) == n
+    })
+    .await;
+    assert_eq!(
+        m.value_or_zero(
+            "portico_connections_active",
+            &[("listener", "web"), ("protocol", "http1")]
+        ),
+        n,
+        "{}",
+        m.text
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lowering_max_connections_holds_while_connections_are_open() {
+    let b = Backend::start("b").await;
+    let addr: SocketAddr = format!("127.0.0.1:{}", free_port()).parse().unwrap();
+    let config = |max: usize| {
+        format!(
+            "[server]\naccess_log = \"off\"\n[[listener]]\nname = \"web\"\nbind = \"{addr}\"\nprotocols = [\"http1\"]\nmax_connections = {max}\n\n[[route]]\nname = \"r\"\nupstream = \"u\"\n{}",
+            upstream_toml("u", &[&b], "")
+        )
+    };
+    let p = Portico::start(&config(3));
+    let never = Duration::from_millis(700);
+    let blocking = |f: Box<dyn FnOnce() -> bool + Send>| tokio::task::spawn_blocking(f);
+
+    // Two open, then the limit drops to 1: a third waits until both closed.
+    let first = tokio::task::spawn_blocking(move || (open_served(addr), open_served(addr)))
+        .await
+        .unwrap();
+    open_connections(p.admin, 2.0).await;
+    p.write_config(&config(1));
+    assert_eq!(p.reload().await.0, 200);
+    let mut third = send_request(addr);
+    let (mut third, early) = tokio::task::spawn_blocking(move || {
+        let early = answered_within(&mut third, never);
+        (third, early)
+    })
+    .await
+    .unwrap();
+    assert!(!early, "served beyond the lowered max_connections");
+    drop(first.0);
+    open_connections(p.admin, 1.0).await;
+    let (mut third, early) = tokio::task::spawn_blocking(move || {
+        let early = answered_within(&mut third, never);
+        (third, early)
+    })
+    .await
+    .unwrap();
+    assert!(!early, "served with 2 open under max_connections = 1");
+    drop(first.1);
+    let (third, served) = tokio::task::spawn_blocking(move || {
+        let served = answered_within(&mut third, Duration::from_secs(10));
+        (third, served)
+    })
+    .await
+    .unwrap();
+    assert!(served, "not served once the others closed");
+
+    // The limit stays 1: with `third` open, a fourth waits for it.
+    open_connections(p.admin, 1.0).await;
+    let mut fourth = send_request(addr);
+    let ok = blocking(Box::new(move || {
+        let early = answered_within(&mut fourth, never);
+        drop(third);
+        !early && answered_within(&mut fourth, Duration::from_secs(10))
+    }))
+    .await
+    .unwrap();
+    assert!(ok, "max_connections = 1 did not hold after the reload");
+}
