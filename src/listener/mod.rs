@@ -160,6 +160,11 @@ impl ConnLimit {
 
     /// Moves the limit from `old` to `new`.
     pub(crate) fn resize(&self, old: usize, new: usize) {
+        // As in `new`: a semaphore holds at most MAX_PERMITS.
+        let (old, new) = (
+            old.min(Semaphore::MAX_PERMITS),
+            new.min(Semaphore::MAX_PERMITS),
+        );
         if new >= old {
             let up = new - old;
             let owed = self
