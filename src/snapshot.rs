@@ -295,6 +295,23 @@ impl Snapshot {
         })
     }
 
+    /// Called once this snapshot is the one in force (swapped in, or the
+    /// first): stops the health checks of the pools of `previous` that it
+    /// does not keep, then starts its own. So only the generation in force
+    /// ever checks, and a build that is never swapped in sends no probe.
+    pub fn take_over(&self, previous: Option<&Snapshot>) {
+        if let Some(prev) = previous {
+            for (name, old) in &prev.pools {
+                if !self.pools.get(name).is_some_and(|p| Arc::ptr_eq(p, old)) {
+                    old.retire();
+                }
+            }
+        }
+        for pool in self.pools.values() {
+            pool.activate();
+        }
+    }
+
     pub fn listener(&self, name: &str) -> Option<&Arc<ListenerSettings>> {
         self.listeners.iter().find(|l| &*l.name == name)
     }

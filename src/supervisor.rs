@@ -9,11 +9,17 @@
 //!
 //! Listeners are keyed by (name, bind). One whose key is unchanged keeps its
 //! socket and its connections; its settings (limits, timeouts, protocols,
-//! certificates) apply to connections accepted after the swap. A removed
-//! listener stops accepting, and its connections finish their requests in
-//! flight and close. The build runs on a low-priority thread of its own,
-//! never on a worker thread. Client connections are never cut by a reload: every
-//! request, on any connection, reads the snapshot in force when it starts.
+//! certificates) apply to connections accepted after the swap, and a lower
+//! max_connections holds even while more connections than that are open
+//! (new ones wait until enough have closed). A listener renamed at the
+//! same bind takes over the running sockets of the one it replaces, which
+//! is the same as keeping them. A removed listener stops accepting, and
+//! its connections finish their requests in flight and close. The build
+//! runs on a thread of its own at nice 10 (never on a worker thread):
+//! requests come first, yet a reload still finishes in well under a second
+//! when portico's own load saturates every core. Client connections are
+//! never cut by a reload: every request, on any connection, reads the
+//! snapshot in force when it starts.
 //!
 //! A listener has up to two sides: TCP (when it serves http1 or http2) and
 //! QUIC on UDP at the same address (when it serves http3). A reload that
@@ -27,10 +33,10 @@ use crate::listener::quic::QuicListener;
 use crate::listener::ConnTracker;
 use crate::proxy::Shared;
 use crate::snapshot::{BuildMode, ListenerSettings, Snapshot};
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError};
 use tokio::net::TcpListener;
 use tokio::sync::watch;
 
@@ -45,18 +51,25 @@ pub struct BoundSockets {
 /// Listening sockets bound at start, not yet serving.
 pub type BoundListeners = Vec<(BoundSockets, Arc<ListenerSettings>)>;
 
+/// The running TCP side of a listener: what its accept loop listens to.
+struct TcpSide {
+    /// True: stop accepting (and drain).
+    stop: watch::Sender<bool>,
+    /// The settings for connections accepted from now on.
+    settings: watch::Sender<Arc<ListenerSettings>>,
+}
+
 /// The running sides of one listener.
 #[derive(Default)]
 struct RunningListener {
-    /// Stops the TCP accept loop.
-    tcp: Option<watch::Sender<bool>>,
+    tcp: Option<TcpSide>,
     quic: Option<QuicListener>,
 }
 
 impl RunningListener {
     fn stop(&mut self) {
         if let Some(t) = self.tcp.take() {
-            let _ = t.send(true);
+            let _ = t.stop.send(true);
         }
         if let Some(q) = self.quic.take() {
             q.stop();
@@ -118,9 +131,12 @@ impl Supervisor {
     }
 
     /// Starts accept loops for listeners bound by [`Supervisor::new`], and
-    /// the snapshot's background work (JWKS fetches).
+    /// the snapshot's background work (JWKS fetches, health checks).
     pub fn start(self: &Arc<Self>, bound: BoundListeners) {
-        self.shared.snapshot.load().auth.start();
+        let snap = self.shared.snapshot.load();
+        snap.auth.start();
+        snap.take_over(None);
+        drop(snap);
         for (sockets, settings) in bound {
             self.spawn_listener(sockets, settings);
         }
@@ -131,12 +147,23 @@ impl Supervisor {
         self.shared.snapshot.load().generation
     }
 
+    /// The running listeners. A panic elsewhere while the table was held
+    /// leaves it poisoned but whole (every change to it is one map
+    /// operation), so it is used as it is: refusing it would stop listeners
+    /// from starting, or their accept loops would see their senders dropped
+    /// and end without a word.
+    fn running(&self) -> MutexGuard<'_, HashMap<ListenerKey, RunningListener>> {
+        self.listeners
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
     fn bind(&self, s: &ListenerSettings) -> std::io::Result<TcpListener> {
         let inherited = self
             .inherited
             .lock()
-            .ok()
-            .and_then(|mut m| m.remove(&s.bind));
+            .unwrap_or_else(PoisonError::into_inner)
+            .remove(&s.bind);
         match inherited {
             Some(l) => {
                 tracing::info!(listener = %s.name, bind = %s.bind, "adopting socket passed by the service manager");
@@ -173,16 +200,20 @@ impl Supervisor {
     fn spawn_listener(self: &Arc<Self>, sockets: BoundSockets, settings: Arc<ListenerSettings>) {
         let stopping = *self.stopping.borrow();
         let tcp = sockets.tcp.map(|l| {
-            let (stop_tx, stop_rx) = watch::channel(stopping);
+            let (stop, stop_rx) = watch::channel(stopping);
+            let (settings_tx, settings_rx) = watch::channel(settings.clone());
             tracing::info!(listener = %settings.name, bind = %settings.bind, tls = settings.tls.is_some(), "listening (TCP)");
             tokio::spawn(crate::listener::accept_loop(
                 l,
-                settings.clone(),
+                settings_rx,
                 self.shared.clone(),
                 self.tracker.clone(),
                 stop_rx,
             ));
-            stop_tx
+            TcpSide {
+                stop,
+                settings: settings_tx,
+            }
         });
         let quic = sockets.udp.and_then(|u| {
             match QuicListener::start(
@@ -202,14 +233,13 @@ impl Supervisor {
                 }
             }
         });
-        if let Ok(mut m) = self.listeners.lock() {
-            let entry = m.entry((settings.name.clone(), settings.bind)).or_default();
-            if tcp.is_some() {
-                entry.tcp = tcp;
-            }
-            if quic.is_some() {
-                entry.quic = quic;
-            }
+        let mut m = self.running();
+        let entry = m.entry((settings.name.clone(), settings.bind)).or_default();
+        if tcp.is_some() {
+            entry.tcp = tcp;
+        }
+        if quic.is_some() {
+            entry.quic = quic;
         }
     }
 
@@ -235,10 +265,10 @@ impl Supervisor {
         }
         crate::server::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
         // Reading files and building the snapshot is blocking work, done on
-        // a thread of its own at the lowest scheduling priority: requests are
-        // served first, and a worker never waits on a reload (with few
-        // workers, a build on the same core as a worker would otherwise
-        // stall every connection of that worker for its duration).
+        // a thread of its own at a lower priority: requests are served
+        // first, and a worker never waits on a reload (with few workers, a
+        // build on the same core as a worker would otherwise stall every
+        // connection of that worker for its duration).
         let started = std::time::Instant::now();
         let (tx, rx) = tokio::sync::oneshot::channel();
         let this = self.clone();
@@ -295,24 +325,61 @@ impl Supervisor {
         // Bind what is new (listeners, and sides of kept ones) before
         // anything changes; on failure the sockets bound so far are dropped
         // (closed) with `fresh`.
-        let running: HashMap<ListenerKey, (bool, bool)> = match self.listeners.lock() {
-            Ok(m) => m
+        let running: HashMap<ListenerKey, (bool, bool)> = self
+            .running()
+            .iter()
+            .map(|(k, r)| (k.clone(), (r.tcp.is_some(), r.quic.is_some())))
+            .collect();
+        let staying: HashSet<ListenerKey> = next
+            .listeners
+            .iter()
+            .map(|s| (s.name.clone(), s.bind))
+            .collect();
+        // A side of a listener that leaves the config, at the bind of a new
+        // one that wants that side (a rename): handed over after the swap
+        // rather than bound twice, which the OS would refuse.
+        let mut handovers = Vec::new();
+        let mut claimed: HashSet<(ListenerKey, bool)> = HashSet::new();
+        let mut donor = |bind: SocketAddr, tcp: bool| {
+            let found = running
                 .iter()
-                .map(|(k, r)| (k.clone(), (r.tcp.is_some(), r.quic.is_some())))
-                .collect(),
-            Err(_) => HashMap::new(),
+                .filter(|(k, _)| k.1 == bind && !staying.contains(*k))
+                .find(|(k, (has_tcp, has_quic))| {
+                    (if tcp { *has_tcp } else { *has_quic })
+                        && !claimed.contains(&((*k).clone(), tcp))
+                })
+                .map(|(k, _)| k.clone());
+            if let Some(k) = &found {
+                claimed.insert((k.clone(), tcp));
+            }
+            found
         };
         let mut fresh = Vec::new();
         for (settings, cfg) in next.listeners.iter().zip(&lc.config.listeners) {
             let key = (settings.name.clone(), settings.bind);
             let (has_tcp, has_quic) = running.get(&key).copied().unwrap_or_default();
+            let tcp_from = (!has_tcp && wants_tcp(settings))
+                .then(|| donor(settings.bind, true))
+                .flatten();
+            let quic_from = (!has_quic && settings.http3)
+                .then(|| donor(settings.bind, false))
+                .flatten();
             let sockets = self
-                .bind_sides(settings, (!has_tcp, !has_quic))
+                .bind_sides(
+                    settings,
+                    (
+                        !has_tcp && tcp_from.is_none(),
+                        !has_quic && quic_from.is_none(),
+                    ),
+                )
                 .map_err(|e| {
                     lc.error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind))
                 })?;
             if sockets.tcp.is_some() || sockets.udp.is_some() {
                 fresh.push((sockets, settings.clone()));
+            }
+            if tcp_from.is_some() || quic_from.is_some() {
+                handovers.push((key, tcp_from, quic_from));
             }
         }
 
@@ -320,11 +387,28 @@ impl Supervisor {
         next.auth.start();
         let next = Arc::new(next);
         self.shared.snapshot.store(next.clone());
+        next.take_over(Some(&current));
 
+        {
+            let mut m = self.running();
+            for (to, tcp_from, quic_from) in handovers {
+                let tcp = tcp_from.and_then(|k| m.get_mut(&k)?.tcp.take());
+                let quic = quic_from.and_then(|k| m.get_mut(&k)?.quic.take());
+                tracing::info!(listener = %to.0, bind = %to.1, "listener renamed: it keeps the running socket");
+                let entry = m.entry(to).or_default();
+                if tcp.is_some() {
+                    entry.tcp = tcp;
+                }
+                if quic.is_some() {
+                    entry.quic = quic;
+                }
+            }
+        }
         for (sockets, settings) in fresh {
             self.spawn_listener(sockets, settings);
         }
-        if let Ok(mut m) = self.listeners.lock() {
+        {
+            let mut m = self.running();
             m.retain(|key, running| {
                 let Some(s) = next.listeners.iter().find(|s| (&s.name, s.bind) == (&key.0, key.1))
                 else {
@@ -332,11 +416,17 @@ impl Supervisor {
                     running.stop();
                     return false;
                 };
-                if !wants_tcp(s) {
-                    if let Some(t) = running.tcp.take() {
-                        tracing::info!(listener = %key.0, bind = %key.1, "TCP side removed: draining");
-                        let _ = t.send(true);
+                match (&running.tcp, wants_tcp(s)) {
+                    (Some(t), true) => {
+                        t.settings.send_replace(s.clone());
                     }
+                    (Some(_), false) => {
+                        tracing::info!(listener = %key.0, bind = %key.1, "TCP side removed: draining");
+                        if let Some(t) = running.tcp.take() {
+                            let _ = t.stop.send(true);
+                        }
+                    }
+                    (None, _) => {}
                 }
                 match (&running.quic, s.http3) {
                     (Some(q), true) => q.update(s),
@@ -358,21 +448,38 @@ impl Supervisor {
     /// finish gracefully.
     pub fn stop_all(&self) {
         let _ = self.stopping.send(true);
-        if let Ok(mut m) = self.listeners.lock() {
-            for l in m.values_mut() {
-                l.stop();
-            }
+        for l in self.running().values_mut() {
+            l.stop();
         }
     }
 }
 
-/// Puts the calling thread in SCHED_IDLE: it runs when no request work
-/// wants the CPU (and is not starved: the scheduler still gives it a
-/// small share). Best effort: a refusal leaves the normal priority.
+/// The nice value of the reload thread.
+const RELOAD_NICE: libc::c_int = 10;
+
+/// Lowers the calling thread to nice [`RELOAD_NICE`] (or leaves it where
+/// it is if already lower). At nice 10 a thread gets about a tenth of a
+/// core that busy workers (nice 0) also want: requests come first, and a
+/// build of a few tens of milliseconds still ends within a second when
+/// portico's own load saturates every core. SCHED_IDLE would give it a
+/// few thousandths, so a reload could take a minute on a busy host.
+/// Best effort: a refusal leaves the normal priority.
 fn background_priority() {
-    let param = libc::sched_param { sched_priority: 0 };
-    // SAFETY: pid 0 is the calling thread; `param` is a valid sched_param.
-    let rc = unsafe { libc::sched_setscheduler(0, libc::SCHED_IDLE, &param) };
+    // SAFETY: gettid has no preconditions and returns the calling thread's id.
+    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
+    // getpriority may legitimately return -1: clear errno to tell.
+    // SAFETY: errno is thread-local; getpriority only reads.
+    let current = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, tid)
+    };
+    let target = if std::io::Error::last_os_error().raw_os_error() == Some(0) {
+        current.max(RELOAD_NICE)
+    } else {
+        RELOAD_NICE
+    };
+    // SAFETY: on Linux PRIO_PROCESS with a thread id sets that thread only.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, target) };
     if rc != 0 {
         tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
     }
@@ -435,4 +542,88 @@ pub fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
         }
     }
     out
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::io::{Read, Write};
+
+    fn free_addr() -> SocketAddr {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap()
+    }
+
+    fn config(listeners: &[(&str, SocketAddr)]) -> String {
+        let mut text = String::from("[server]\naccess_log = \"off\"\n");
+        for (name, addr) in listeners {
+            text.push_str(&format!(
+                "[[listener]]\nname = \"{name}\"\nbind = \"{addr}\"\n"
+            ));
+        }
+        text.push_str("[[route]]\nname = \"r\"\nrespond = { status = 200, body = \"hi\" }\n");
+        text
+    }
+
+    /// A GET on a fresh connection: the status line, or what went wrong.
+    async fn get(addr: SocketAddr) -> String {
+        tokio::task::spawn_blocking(move || {
+            let mut s = std::net::TcpStream::connect(addr).map_err(|e| e.to_string())?;
+            s.set_read_timeout(Some(std::time::Duration::from_secs(5)))
+                .map_err(|e| e.to_string())?;
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n")
+                .map_err(|e| e.to_string())?;
+            let mut out = String::new();
+            s.read_to_string(&mut out).map_err(|e| e.to_string())?;
+            Ok::<_, String>(out.lines().next().unwrap_or_default().to_string())
+        })
+        .await
+        .unwrap()
+        .unwrap_or_else(|e| e)
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn a_poisoned_listener_table_still_starts_listeners() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("proxy.toml");
+        let (a, b) = (free_addr(), free_addr());
+        std::fs::write(&path, config(&[("a", a)])).unwrap();
+        let (sup, bound) = Supervisor::new(config::load(&path).unwrap(), path.clone()).unwrap();
+        let s = sup.clone();
+        let _ = std::thread::spawn(move || {
+            let _held = s.listeners.lock();
+            panic!("poisoning the listener table on purpose");
+        })
+        .join();
+        assert!(sup.listeners.is_poisoned());
+
+        sup.start(bound);
+        assert_eq!(get(a).await, "HTTP/1.1 200 OK");
+        std::fs::write(&path, config(&[("a", a), ("b", b)])).unwrap();
+        assert_eq!(sup.reload().await.map_err(|e| e.to_string()), Ok(2));
+        assert_eq!(get(b).await, "HTTP/1.1 200 OK");
+        assert_eq!(get(a).await, "HTTP/1.1 200 OK");
+        sup.stop_all();
+    }
+
+    #[test]
+    fn the_reload_thread_runs_at_nice_10_in_the_normal_class() {
+        let (nice, policy) = std::thread::spawn(|| {
+            background_priority();
+            // SAFETY: plain queries about the calling thread.
+            unsafe {
+                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
+                (
+                    libc::getpriority(libc::PRIO_PROCESS, tid),
+                    libc::sched_getscheduler(0),
+                )
+            }
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_OTHER, "not SCHED_IDLE");
+        // SAFETY: a plain query about the calling thread.
+        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
+        assert_eq!(nice, own.max(RELOAD_NICE));
+    }
 }

@@ -304,5 +304,7 @@ fn build_policy(
         revocation: p.revocation.then(|| store.clone()),
         cache_entries: cache::DEFAULT_MAX_ENTRIES,
         cache_bytes: cache::DEFAULT_MAX_BYTES,
+        // Counters go on across reloads for a policy that keeps its name.
+        counts: previous.map_or_else(Default::default, |p| p.counters().clone()),
     }))
 }

@@ -32,11 +32,11 @@ use super::keys::{KeySet, VerifyingKey};
 use super::revocation::RevocationStore;
 use super::token::{self, Checked, ClaimRules, Parts, Rejection};
 use crate::config::OnStoreError;
+use crate::observe::metrics::{JwtMetrics, JwtResult};
 use crate::proxy::error::ProxyError;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
-use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::{SystemTime, UNIX_EPOCH};
 
@@ -144,7 +144,9 @@ pub struct JwtPolicy {
     forward_token: bool,
     revocation: Option<Arc<RevocationStore>>,
     cache: TokenCache<VerifiedToken>,
-    counts: [AtomicU64; 7],
+    /// portico_jwt_validations_total of this policy; handed from one
+    /// generation of the policy to the next by name, so reloads keep it.
+    counts: Arc<JwtMetrics>,
 }
 
 /// What [`JwtPolicy`] is made of; built by [`super::AuthSet`].
@@ -164,6 +166,9 @@ pub struct PolicyParts {
     pub revocation: Option<Arc<RevocationStore>>,
     pub cache_entries: usize,
     pub cache_bytes: usize,
+    /// The counters to record into: the previous generation's, for a
+    /// policy a reload keeps.
+    pub counts: Arc<JwtMetrics>,
 }
 
 /// Seconds since the epoch.
@@ -227,13 +232,18 @@ impl JwtPolicy {
             forward_token: p.forward_token,
             revocation: p.revocation,
             cache: TokenCache::new(p.cache_entries, p.cache_bytes),
-            counts: Default::default(),
+            counts: p.counts,
         }
     }
 
     /// Validations so far, by result: `(label, count)` in [`RESULTS`] order.
     pub fn counts(&self) -> [(&'static str, u64); 7] {
-        std::array::from_fn(|i| (RESULTS[i], self.counts[i].load(Ordering::Relaxed)))
+        std::array::from_fn(|i| (RESULTS[i], self.counts.get(JwtResult::ALL[i])))
+    }
+
+    /// The counters this policy records into.
+    pub fn counters(&self) -> &Arc<JwtMetrics> {
+        &self.counts
     }
 
     /// The JWKS source of this policy, if it has a jwks_url.
@@ -261,7 +271,7 @@ impl JwtPolicy {
     }
 
     fn count(&self, result: usize) {
-        self.counts[result].fetch_add(1, Ordering::Relaxed);
+        self.counts.record(JwtResult::ALL[result]);
     }
 
     /// The authenticate phase for one request: passes (the request's

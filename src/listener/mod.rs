@@ -5,7 +5,9 @@
 //! - sockets are bound with SO_REUSEADDR and the configured backlog;
 //!   accepted ones get TCP_NODELAY;
 //! - at `max_connections` open connections a listener stops accepting until
-//!   one closes; nothing already open is hurt;
+//!   one closes; nothing already open is hurt; a reload that lowers the
+//!   limit below the connections open keeps new ones waiting until enough
+//!   have closed;
 //! - TLS handshakes use the TLS config of the snapshot in force at the
 //!   handshake (so new certificates apply to new connections) and must finish
 //!   within `header_read_timeout`;
@@ -115,6 +117,89 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
+/// A listener's max_connections, changeable while connections are open.
+///
+/// Lowering it takes free permits out of circulation at once and, for the
+/// rest, leaves a debt that the next connections to close pay with their
+/// permits instead of returning them, so the lower limit holds however many
+/// connections were open (a semaphore alone can only forget free permits).
+pub(crate) struct ConnLimit {
+    permits: Arc<Semaphore>,
+    debt: Arc<AtomicUsize>,
+}
+
+/// One connection's place under a [`ConnLimit`]; given back (or used to
+/// pay a debt) when dropped.
+pub(crate) struct ConnPermit {
+    permit: Option<OwnedSemaphorePermit>,
+    debt: Arc<AtomicUsize>,
+}
+
+/// Takes one unit of `debt`, if there is any.
+fn take_one(debt: &AtomicUsize) -> bool {
+    debt.fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| d.checked_sub(1))
+        .is_ok()
+}
+
+impl Drop for ConnPermit {
+    fn drop(&mut self) {
+        if let Some(p) = self.permit.take() {
+            if take_one(&self.debt) {
+                p.forget();
+            }
+        }
+    }
+}
+
+impl ConnLimit {
+    pub(crate) fn new(max: usize) -> ConnLimit {
+        ConnLimit {
+            permits: Arc::new(Semaphore::new(max.min(Semaphore::MAX_PERMITS))),
+            debt: Arc::new(AtomicUsize::new(0)),
+        }
+    }
+
+    /// Waits for room for one more connection.
+    pub(crate) async fn acquire(&self) -> Option<ConnPermit> {
+        let permit = self.permits.clone().acquire_owned().await.ok()?;
+        Some(ConnPermit {
+            permit: Some(permit),
+            debt: self.debt.clone(),
+        })
+    }
+
+    /// Moves the limit from `old` to `new`.
+    pub(crate) fn resize(&self, old: usize, new: usize) {
+        // As in `new`: a semaphore holds at most MAX_PERMITS.
+        let (old, new) = (
+            old.min(Semaphore::MAX_PERMITS),
+            new.min(Semaphore::MAX_PERMITS),
+        );
+        if new >= old {
+            let up = new - old;
+            let owed = self
+                .debt
+                .fetch_update(Ordering::AcqRel, Ordering::Acquire, |d| {
+                    Some(d.saturating_sub(up))
+                })
+                .unwrap_or(0);
+            self.permits.add_permits(up - owed.min(up));
+        } else {
+            let down = old - new;
+            let forgotten = self.permits.forget_permits(down);
+            self.debt.fetch_add(down - forgotten, Ordering::AcqRel);
+            // A connection that closed between the two steps returned its
+            // permit instead of paying: take such permits out now.
+            while take_one(&self.debt) {
+                if self.permits.forget_permits(1) == 0 {
+                    self.debt.fetch_add(1, Ordering::AcqRel);
+                    break;
+                }
+            }
+        }
+    }
+}
+
 /// The hyper server builders of one listener.
 struct Frontend {
     settings: Arc<ListenerSettings>,
@@ -156,47 +241,51 @@ impl Frontend {
     }
 }
 
-/// Accepts connections until `stop` turns true. Settings changed by a
-/// reload (the listener keeps its name and bind) apply to connections
-/// accepted afterwards.
+/// Accepts connections until `stop` turns true. The settings a reload
+/// sends on `settings` (the listener kept its bind; its name may be new)
+/// apply to connections accepted afterwards; a new max_connections applies
+/// at once, also while the loop waits for room or for a connection.
 pub async fn accept_loop(
     listener: TcpListener,
-    settings: Arc<ListenerSettings>,
+    mut settings: watch::Receiver<Arc<ListenerSettings>>,
     shared: Arc<Shared>,
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let name = settings.name.clone();
-    let mut fe = Arc::new(Frontend::new(settings));
-    let limit = Arc::new(Semaphore::new(fe.settings.max_connections));
+    let mut fe = Arc::new(Frontend::new(settings.borrow_and_update().clone()));
+    let limit = ConnLimit::new(fe.settings.max_connections);
+    // False once the sender is gone (the listener is being removed).
+    let mut updates = true;
     loop {
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = limit.acquire() => match p { Some(p) => p, None => break },
             _ = stop.changed() => break,
+            r = settings.changed(), if updates => {
+                updates = r.is_ok();
+                fe = apply_settings(&listener, &limit, &fe, &mut settings);
+                continue;
+            }
         };
         let (stream, peer) = tokio::select! {
             r = listener.accept() => match r {
                 Ok(x) => x,
                 Err(e) => {
                     // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %name, error = %e, "accept failed");
+                    tracing::warn!(listener = %fe.settings.name, error = %e, "accept failed");
                     tokio::time::sleep(Duration::from_millis(50)).await;
                     continue;
                 }
             },
             _ = stop.changed() => break,
-        };
-        if let Some(current) = shared.snapshot.load().listener(&name) {
-            if !Arc::ptr_eq(current, &fe.settings) && current.bind == fe.settings.bind {
-                let (old, new) = (fe.settings.max_connections, current.max_connections);
-                if new > old {
-                    limit.add_permits(new - old);
-                } else {
-                    limit.forget_permits(old - new);
-                }
-                fe = Arc::new(Frontend::new(current.clone()));
+            r = settings.changed(), if updates => {
+                updates = r.is_ok();
+                // The permit held goes back (or pays a debt) and is taken
+                // again under the new limit.
+                drop(permit);
+                fe = apply_settings(&listener, &limit, &fe, &mut settings);
+                continue;
             }
-        }
+        };
         let guard = tracker.track();
         let slot = ConnSlot {
             _permit: permit,
@@ -205,7 +294,31 @@ pub async fn accept_loop(
         let (fe, shared, stop) = (fe.clone(), shared.clone(), stop.clone());
         tokio::spawn(serve_connection(stream, peer, fe, shared, stop, slot));
     }
-    tracing::info!(listener = %name, "stopped accepting");
+    tracing::info!(listener = %fe.settings.name, "stopped accepting");
+}
+
+/// The frontend for the settings last sent on `settings`, with the limit
+/// and the listen backlog moved to them.
+fn apply_settings(
+    listener: &TcpListener,
+    limit: &ConnLimit,
+    fe: &Arc<Frontend>,
+    settings: &mut watch::Receiver<Arc<ListenerSettings>>,
+) -> Arc<Frontend> {
+    let new = settings.borrow_and_update().clone();
+    if Arc::ptr_eq(&new, &fe.settings) {
+        return fe.clone();
+    }
+    let old = &fe.settings;
+    limit.resize(old.max_connections, new.max_connections);
+    if new.backlog != old.backlog {
+        // listen() again on a listening socket only changes its backlog.
+        let backlog = new.backlog.min(i32::MAX as u32) as i32;
+        if let Err(e) = socket2::SockRef::from(listener).listen(backlog) {
+            tracing::warn!(listener = %new.name, error = %e, "cannot change the backlog");
+        }
+    }
+    Arc::new(Frontend::new(new))
 }
 
 async fn serve_connection(

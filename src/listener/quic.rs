@@ -180,7 +180,7 @@ async fn accept_loop(
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let name = settings.name.clone();
+    let mut name = settings.name.clone();
     let mut settings = settings;
     let limit = Arc::new(Semaphore::new(settings.max_connections));
     let mut retrying = false;
@@ -193,12 +193,16 @@ async fn accept_loop(
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = stop.changed() => break,
         };
-        // Settings changed by a reload apply to connections accepted after it.
-        if let Some(current) = shared.snapshot.load().listener(&name) {
-            if !Arc::ptr_eq(current, &settings)
-                && current.bind == settings.bind
-                && current.quic.is_some()
-            {
+        // Settings changed by a reload apply to connections accepted after
+        // it. Found by bind, as one socket serves one listener: a listener
+        // renamed at the same bind keeps this socket.
+        let snap = shared.snapshot.load();
+        let current = snap
+            .listeners
+            .iter()
+            .find(|l| l.bind == settings.bind && l.quic.is_some());
+        if let Some(current) = current {
+            if !Arc::ptr_eq(current, &settings) {
                 let (old, new) = (settings.max_connections, current.max_connections);
                 if new > old {
                     limit.add_permits(new - old);
@@ -206,8 +210,10 @@ async fn accept_loop(
                     limit.forget_permits(old - new);
                 }
                 settings = current.clone();
+                name = settings.name.clone();
             }
         }
+        drop(snap);
         // Connections open before this one (its permit is taken already).
         let open = settings
             .max_connections

@@ -4,10 +4,11 @@
 //! A [`Metrics`] registry lives for the whole process. It is created with the
 //! first [`Snapshot`] and handed on to every later one through
 //! `Snapshot::build(.., previous)`; `proxy::Shared` holds the same `Arc`.
-//! While a snapshot is built, each route, upstream server, listener (and JWT
-//! policy) asks the registry for its handle by name
-//! ([`Metrics::route`], [`Metrics::server`], ...), and the compiled runtime
-//! object keeps that `Arc`. A request then records through the handle it
+//! While a snapshot is built, each route, upstream server and listener asks
+//! the registry for its handle by name ([`Metrics::route`],
+//! [`Metrics::server`], ...), and the compiled runtime object keeps that
+//! `Arc`; a JWT policy takes its [`JwtMetrics`] from the policy of the same
+//! name in the snapshot it replaces (`crate::auth`). A request then records through the handle it
 //! already holds: no lookup, no string hashing, no lock.
 //!
 //! # Guarantees
@@ -548,9 +549,9 @@ impl Metrics {
             }
         }
 
-        // JWT policies keep their own counters (crate::auth); policies that
-        // are no longer in the config are not exported. Handles registered
-        // through `jwt_policy` are exported too.
+        // JWT policies carry their counters across reloads (crate::auth);
+        // policies that are no longer in the config are not exported.
+        // Handles registered through `jwt_policy` are exported too.
         let policies = self.jwt.live();
         let mut auth = snap.auth.policies().peekable();
         if !policies.is_empty() || auth.peek().is_some() {

@@ -2,13 +2,17 @@
 //!
 //! Each server has one [`ServerHealth`], shared by every generation of its
 //! pool (matched by upstream name and address), so a reload keeps what the
-//! checks learned. Guarantees:
+//! checks learned. Only the generation in force checks: a pool's checker
+//! starts when its snapshot is swapped in and stops when a reload replaces
+//! the pool (see [`ActiveChecks`]). Guarantees:
 //! - a server counts as healthy until active checks say otherwise: it turns
 //!   unhealthy after `unhealthy_threshold` failed checks in a row and
 //!   healthy again after `healthy_threshold` good ones; a check is a GET of
 //!   `health.path` on a fresh connection, good when it answers 2xx or 3xx
 //!   within `health.timeout`; checks are not upstream requests (not counted,
 //!   not pooled);
+//! - a pool without a `health` table (also one whose table a reload
+//!   removed) has no active checks: its servers count as healthy;
 //! - a refused connect or a connection reset takes the server out for
 //!   `passive_eject` (0 turns this off); 5xx answers do not;
 //! - the choice order: servers healthy and not ejected; if every healthy
@@ -20,8 +24,9 @@ use crate::body::RequestBody;
 use crate::config::HealthCheck;
 use http::{Method, Request};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, Weak};
+use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
 use std::time::{Duration, Instant};
+use tokio::sync::watch;
 
 /// Milliseconds since the process's first use of this clock.
 pub(crate) fn now_ms() -> u64 {
@@ -69,8 +74,79 @@ impl ServerHealth {
     }
 }
 
-/// Runs the active checks of a pool while the pool exists.
-pub(super) fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck) {
+/// The active checks of one pool, as built for one generation of the
+/// config.
+///
+/// Guarantees: no probe is sent before [`UpstreamPool::activate`] (a pool
+/// built for a reload that is then rejected never probes), and no result
+/// is written after [`UpstreamPool::retire`] returns (a superseded
+/// generation stops at the swap, even while requests in flight still hold
+/// its snapshot).
+pub(super) struct ActiveChecks {
+    cfg: Option<HealthCheck>,
+    /// Set by the first `activate`: the checker runs at most once.
+    started: AtomicBool,
+    /// True once retired. Held while a round's results are written, so a
+    /// write never lands after `retire`.
+    retired: Mutex<bool>,
+    stop: watch::Sender<bool>,
+}
+
+impl ActiveChecks {
+    pub(super) fn new(cfg: Option<HealthCheck>) -> ActiveChecks {
+        ActiveChecks {
+            cfg,
+            started: AtomicBool::new(false),
+            retired: Mutex::new(false),
+            stop: watch::channel(false).0,
+        }
+    }
+
+    fn retired(&self) -> MutexGuard<'_, bool> {
+        // A bool cannot be left half-written by a panic.
+        self.retired.lock().unwrap_or_else(PoisonError::into_inner)
+    }
+}
+
+impl UpstreamPool {
+    /// Puts this pool's health checking in force: called once its snapshot
+    /// is the one serving (after [`UpstreamPool::retire`] on the pool it
+    /// replaces). With a `health` table the checker starts; without one the
+    /// servers count as healthy, whatever checks of an earlier generation
+    /// had found. Idempotent: a pool a reload keeps goes on as it was.
+    pub fn activate(self: &Arc<Self>) {
+        if self.checks.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let retired = self.checks.retired();
+        if *retired {
+            return;
+        }
+        match &self.checks.cfg {
+            Some(cfg) => spawn_checker(
+                Arc::downgrade(self),
+                cfg.clone(),
+                self.checks.stop.subscribe(),
+            ),
+            None => {
+                for s in self.servers.iter() {
+                    s.health.set_healthy(true);
+                }
+            }
+        }
+    }
+
+    /// Stops this pool's checks for good: a reload replaced the pool. Once
+    /// this returns, its checker writes no more health state (which the
+    /// next generation's servers share).
+    pub fn retire(&self) {
+        *self.checks.retired() = true;
+        let _ = self.checks.stop.send(true);
+    }
+}
+
+/// Runs the active checks of a pool until it is retired or dropped.
+fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         let n = match pool.upgrade() {
             Some(p) => p.servers.len(),
@@ -81,7 +157,11 @@ pub(super) fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck) {
         let mut interval = tokio::time::interval(cfg.interval.0);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
-            interval.tick().await;
+            // A dropped sender (the pool is gone) ends the checker too.
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
             let Some(p) = pool.upgrade() else { break };
             let checks = p.servers.iter().map(|s| {
                 let p = p.clone();
@@ -89,7 +169,14 @@ pub(super) fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck) {
                 let path = cfg.path.get_ref().clone();
                 async move { check_once(&p, &s, &path, cfg.timeout.0).await }
             });
-            let results = futures_util::future::join_all(checks).await;
+            let results = tokio::select! {
+                r = futures_util::future::join_all(checks) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let retired = p.checks.retired();
+            if *retired {
+                break;
+            }
             for (i, ok) in results.into_iter().enumerate() {
                 let server = &p.servers[i];
                 if ok {

@@ -125,6 +125,7 @@ pub struct UpstreamPool {
     /// Whether active checks run (so /ready waits for a healthy server).
     pub has_health_checks: bool,
     pub retry_budget: RetryBudget,
+    checks: health::ActiveChecks,
     balancer: Balancer,
     settings: PoolSettings,
 }
@@ -255,7 +256,8 @@ pub struct Exchange {
 }
 
 impl UpstreamPool {
-    /// Builds a pool and starts its idle reaper and health checker. Health
+    /// Builds a pool and starts its idle reaper; its health checks start
+    /// with [`UpstreamPool::activate`]. Health
     /// state is carried over from `previous` (the pool of the same name in
     /// the config being replaced). Each server's counters come from
     /// `metrics`, keyed by (pool, address), so they go on when a reload
@@ -311,13 +313,11 @@ impl UpstreamPool {
             tls,
             has_health_checks: def.health.is_some(),
             retry_budget: RetryBudget::default(),
+            checks: health::ActiveChecks::new(def.health.clone()),
             balancer: Balancer::new(&weights),
             settings,
         });
         spawn_reaper(Arc::downgrade(&pool), pool.settings.idle_timeout);
-        if let Some(h) = &def.health {
-            health::spawn_checker(Arc::downgrade(&pool), h.clone());
-        }
         pool
     }
 
