@@ -98,7 +98,7 @@ impl Drop for ConnGuard {
 /// user of the connection is gone: the HTTP exchange, or a WebSocket tunnel
 /// that outlives it.
 pub struct ConnSlot {
-    _permit: OwnedSemaphorePermit,
+    _permit: ConnPermit,
     _guard: ConnGuard,
 }
 
