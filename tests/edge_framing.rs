@@ -447,3 +447,103 @@ async fn split_h2c_preface_still_gets_the_flood_guard() {
         .next_back();
     assert_eq!(goaway, Some(0xb), "no GOAWAY(ENHANCE_YOUR_CALM)");
 }
+
+// ------------------------------------------------- closing after an error
+
+/// A head of 4 MiB: far over any max_header_bytes.
+fn huge_head() -> Vec<u8> {
+    let mut h = b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: ".to_vec();
+    h.resize(h.len() + 4 * 1024 * 1024, b'v');
+    h.extend_from_slice(b"\r\n\r\n");
+    h
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_head_answer_is_readable_after_writing_it_all_plain() {
+    let up = RawUpstream::start().await;
+    let (addr, _p) = start_plain(up.addr, "", "access_log = \"off\"");
+    let head = huge_head();
+    let answer = tokio::task::spawn_blocking(move || {
+        let mut s = std::net::TcpStream::connect(addr).unwrap();
+        s.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        s.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        if let Err(e) = s.write_all(&head) {
+            panic!("writing the head failed: {e}");
+        }
+        String::from_utf8_lossy(&read_until(&mut s, |_| false)).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(parse_status(&answer), Some(431), "{answer:?}");
+    assert_eq!(up.seen(), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn oversized_head_answer_is_readable_after_writing_it_all_tls() {
+    let up = RawUpstream::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml(
+        "web",
+        "tls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n",
+    );
+    let _p = Portico::start_in(
+        dir,
+        &format!(
+            "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\n[upstream.a]\nservers = [\"{}\"]\n",
+            up.addr
+        ),
+    );
+    let tls = Arc::new(pki.client_config(&[b"http/1.1"], &[&rustls::version::TLS13]));
+    let head = huge_head();
+    let answer = tokio::task::spawn_blocking(move || {
+        let tcp = std::net::TcpStream::connect(addr).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
+        let conn =
+            rustls::ClientConnection::new(tls, "localhost".try_into().unwrap()).unwrap();
+        let mut s = rustls::StreamOwned::new(conn, tcp);
+        if let Err(e) = s.write_all(&head).and_then(|_| s.flush()) {
+            panic!("writing the head failed: {e}");
+        }
+        String::from_utf8_lossy(&read_until(&mut s, |_| false)).into_owned()
+    })
+    .await
+    .unwrap();
+    assert_eq!(parse_status(&answer), Some(431), "{answer:?}");
+    assert_eq!(up.seen(), "");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn parser_answers_are_logged_and_counted() {
+    let up = RawUpstream::start().await;
+    let (addr, p) = start_plain(up.addr, "", "");
+    let raw = raw_exchange(
+        addr,
+        b"GET / HTTP/1.1\r\nHost: a\r\nX-Folded: one\r\n two\r\n\r\n",
+        Duration::from_secs(10),
+    )
+    .unwrap();
+    assert_eq!(parse_status(&raw), Some(400), "{raw}");
+    let deadline = std::time::Instant::now() + Duration::from_secs(10);
+    let line = loop {
+        let out = p.stdout();
+        if let Some(l) = out.lines().find(|l| l.contains("\"status\":400")) {
+            break l.to_string();
+        }
+        assert!(std::time::Instant::now() < deadline, "no log line: {out}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let v: serde_json::Value = serde_json::from_str(&line).unwrap();
+    assert!(
+        v["request_id"].as_str().is_some_and(|id| !id.is_empty()),
+        "{line}"
+    );
+    assert_eq!(v["route"], "", "{line}");
+    let prom = support::prom::scrape(p.admin).await;
+    assert_eq!(
+        prom.value("portico_requests_total", &[("route", ""), ("code", "400")]),
+        Some(1.0)
+    );
+    assert_eq!(up.seen(), "");
+}
