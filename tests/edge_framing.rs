@@ -547,3 +547,89 @@ async fn parser_answers_are_logged_and_counted() {
     );
     assert_eq!(up.seen(), "");
 }
+
+// ------------------------------------------------- HTTP/3 resource bounds
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_receive_windows_are_bounded_per_connection() {
+    // An upstream whose one-slot accept queue is taken: portico's connect
+    // to it hangs (the kernel drops its SYNs), so no request body is read
+    // and the client can send only what QUIC flow control grants.
+    let stuck = socket2::Socket::new(socket2::Domain::IPV4, socket2::Type::STREAM, None).unwrap();
+    stuck
+        .bind(&"127.0.0.1:0".parse::<SocketAddr>().unwrap().into())
+        .unwrap();
+    stuck.listen(0).unwrap();
+    let up = stuck.local_addr().unwrap().as_socket().unwrap();
+    let _filler = std::net::TcpStream::connect(up).unwrap();
+
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml(
+        "web",
+        "protocols = [\"http1\", \"http2\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n",
+    );
+    let _p = Portico::start_in(
+        dir,
+        &format!(
+            "[server]\naccess_log = \"off\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\ntimeout = \"60s\"\n[upstream.a]\nservers = [\"{up}\"]\nconnect_timeout = \"60s\"\n"
+        ),
+    );
+    // A client of its own: the uploads need h3's request handle.
+    let tls = pki.client_config(&[b"h3"], &[&rustls::version::TLS13]);
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let quic = endpoint
+        .connect_with(
+            quinn::ClientConfig::new(Arc::new(crypto)),
+            addr,
+            "localhost",
+        )
+        .unwrap()
+        .await
+        .unwrap();
+    let (mut driver, send) = h3::client::new(h3_quinn::Connection::new(quic.clone()))
+        .await
+        .unwrap();
+    let driver = tokio::spawn(async move {
+        let _ = driver.wait_idle().await;
+    });
+
+    // Eight uploads at once, each writing until flow control stops it.
+    let mut tasks = Vec::new();
+    for i in 0..8 {
+        let mut send = send.clone();
+        tasks.push(tokio::spawn(async move {
+            // The head itself needs connection credit.
+            let stall = Duration::from_secs(2);
+            let req = request("POST", &format!("/upload/{i}"));
+            let Ok(opened) = tokio::time::timeout(stall, send.send_request(req)).await else {
+                return 0;
+            };
+            let mut stream = opened.unwrap();
+            let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
+            let mut sent = 0usize;
+            while let Ok(Ok(())) =
+                tokio::time::timeout(stall, stream.send_data(chunk.clone()))
+                    .await
+            {
+                sent += chunk.len();
+                assert!(sent <= 64 << 20, "no flow control at all");
+            }
+            sent
+        }));
+    }
+    let mut total = 0;
+    for t in tasks {
+        let sent = t.await.unwrap();
+        // 1 MiB per stream, plus what portico read before forwarding.
+        assert!(sent <= (1 << 20) + (256 << 10), "one stream took {sent} bytes");
+        total += sent;
+    }
+    // 4 MiB per connection (quinn's default has no connection limit: 8
+    // streams of 1.25 MB would get 10 MB), plus what portico read.
+    assert!(total <= (4 << 20) + (1 << 20), "the connection took {total} bytes");
+    assert!(total >= 1 << 20, "the uploads got almost no credit: {total}");
+    quic.close(quinn::VarInt::from_u32(0x100), b"");
+    driver.abort();
+}
