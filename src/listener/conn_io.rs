@@ -749,3 +749,55 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in pieces of `step`; (first CL+TE request, untracked from).
+    fn follow(bytes: &[u8], step: usize) -> (u64, u64) {
+        let activity = ConnActivity::default();
+        let mut f = H1Framing::new(1024);
+        for piece in bytes.chunks(step) {
+            f.feed(piece, &activity);
+        }
+        (
+            activity.length_and_chunked.load(Ordering::Relaxed),
+            activity.untracked_from.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn finds_the_request_with_length_and_chunked_in_any_piece_sizes() {
+        let mut stream = b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n\r\n".to_vec();
+        // A body that looks like a head with both fields: it is a body.
+        stream.extend_from_slice(
+            b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 63\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
+        );
+        stream.extend_from_slice(
+            b"POST /2 HTTP/1.1\nHost: a\nTransfer-Encoding: gzip, chunked\n\n5;ext=\"v\"\r\nhello\r\nA \r\n0123456789\r\n0\r\nTrailer: 1\r\n\r\n",
+        );
+        stream.extend_from_slice(
+            b"POST /3 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        );
+        for step in [1, 2, 3, 7, 64, stream.len()] {
+            assert_eq!(follow(&stream, step), (3, NONE), "pieces of {step}");
+        }
+    }
+
+    #[test]
+    fn bytes_it_cannot_follow_make_later_requests_suspect() {
+        let activity = ConnActivity::default();
+        let mut f = H1Framing::new(1024);
+        f.feed(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            &activity,
+        );
+        assert!(!activity.head_has_length_and_chunked(0));
+        assert!(!activity.head_has_length_and_chunked(1));
+        assert!(activity.head_has_length_and_chunked(2));
+        // A head over the cap.
+        let (_, untracked) = follow(&vec![b'a'; 4096], 100);
+        assert_eq!(untracked, 0);
+    }
+}
