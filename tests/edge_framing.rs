@@ -84,8 +84,7 @@ async fn serve_raw(mut s: tokio::net::TcpStream, all: Arc<Mutex<Vec<u8>>>) {
             if slow {
                 tokio::time::sleep(Duration::from_millis(500)).await;
             }
-            if s
-                .write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
+            if s.write_all(b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok")
                 .await
                 .is_err()
             {
@@ -206,10 +205,7 @@ async fn http3_agreeing_content_lengths_reach_the_upstream_as_one() {
         .append("content-length", "5".parse().unwrap());
     req.headers_mut()
         .append("host", "localhost".parse().unwrap());
-    let r = c
-        .request(req, Bytes::from_static(b"hello"))
-        .await
-        .unwrap();
+    let r = c.request(req, Bytes::from_static(b"hello")).await.unwrap();
     assert_eq!(r.status, 200, "{}", r.text());
     let seen = up.seen();
     assert_eq!(count(&seen, "\r\ncontent-length:"), 1, "{seen}");
@@ -439,7 +435,10 @@ async fn split_h2c_preface_still_gets_the_flood_guard() {
     s.write_all(&bytes).unwrap();
     let mut got = Vec::new();
     let _ = s.read_to_end(&mut got);
-    assert!(!got.starts_with(b"HTTP/1"), "HTTP/1 bytes on an HTTP/2 connection");
+    assert!(
+        !got.starts_with(b"HTTP/1"),
+        "HTTP/1 bytes on an HTTP/2 connection"
+    );
     let goaway = h2_frames(&got)
         .into_iter()
         .filter(|(kind, _, p)| *kind == 0x7 && p.len() >= 8)
@@ -498,10 +497,10 @@ async fn oversized_head_answer_is_readable_after_writing_it_all_tls() {
     let head = huge_head();
     let answer = tokio::task::spawn_blocking(move || {
         let tcp = std::net::TcpStream::connect(addr).unwrap();
-        tcp.set_write_timeout(Some(Duration::from_secs(30))).unwrap();
+        tcp.set_write_timeout(Some(Duration::from_secs(30)))
+            .unwrap();
         tcp.set_read_timeout(Some(Duration::from_secs(30))).unwrap();
-        let conn =
-            rustls::ClientConnection::new(tls, "localhost".try_into().unwrap()).unwrap();
+        let conn = rustls::ClientConnection::new(tls, "localhost".try_into().unwrap()).unwrap();
         let mut s = rustls::StreamOwned::new(conn, tcp);
         if let Err(e) = s.write_all(&head).and_then(|_| s.flush()) {
             panic!("writing the head failed: {e}");
@@ -610,8 +609,7 @@ async fn http3_receive_windows_are_bounded_per_connection() {
             let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
             let mut sent = 0usize;
             while let Ok(Ok(())) =
-                tokio::time::timeout(stall, stream.send_data(chunk.clone()))
-                    .await
+                tokio::time::timeout(stall, stream.send_data(chunk.clone())).await
             {
                 sent += chunk.len();
                 assert!(sent <= 64 << 20, "no flow control at all");
@@ -623,13 +621,22 @@ async fn http3_receive_windows_are_bounded_per_connection() {
     for t in tasks {
         let sent = t.await.unwrap();
         // 1 MiB per stream, plus what portico read before forwarding.
-        assert!(sent <= (1 << 20) + (256 << 10), "one stream took {sent} bytes");
+        assert!(
+            sent <= (1 << 20) + (256 << 10),
+            "one stream took {sent} bytes"
+        );
         total += sent;
     }
     // 4 MiB per connection (quinn's default has no connection limit: 8
     // streams of 1.25 MB would get 10 MB), plus what portico read.
-    assert!(total <= (4 << 20) + (1 << 20), "the connection took {total} bytes");
-    assert!(total >= 1 << 20, "the uploads got almost no credit: {total}");
+    assert!(
+        total <= (4 << 20) + (1 << 20),
+        "the connection took {total} bytes"
+    );
+    assert!(
+        total >= 1 << 20,
+        "the uploads got almost no credit: {total}"
+    );
     quic.close(quinn::VarInt::from_u32(0x100), b"");
     driver.abort();
 }

@@ -252,8 +252,7 @@ impl H1Framing {
         }
         let before = self.head.len();
         let room = self.cap.saturating_sub(before);
-        self.head
-            .extend_from_slice(&bytes[..bytes.len().min(room)]);
+        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
         // The end may straddle two reads: look from a little before.
         let from = before.saturating_sub(2);
         let Some(end) = head_end(&self.head[from..]).map(|e| from + e) else {
@@ -271,7 +270,10 @@ impl H1Framing {
     fn parse_head(&mut self, end: usize, activity: &ConnActivity) -> Framing {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
-        if !matches!(req.parse(&self.head[..end]), Ok(httparse::Status::Complete(_))) {
+        if !matches!(
+            req.parse(&self.head[..end]),
+            Ok(httparse::Status::Complete(_))
+        ) {
             return Framing::Lost;
         }
         let seq = self.heads;

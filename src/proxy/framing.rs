@@ -70,8 +70,7 @@ fn connection_specific(h: &HeaderMap) -> Option<&'static str> {
     if h.contains_key(UPGRADE) {
         return Some("connection-specific field Upgrade");
     }
-    if h
-        .get_all(TE)
+    if h.get_all(TE)
         .iter()
         .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
     {
