@@ -87,12 +87,22 @@ fn host_rules<B>(req: &Request<B>) -> Result<(), ProxyError> {
     if hosts.next().is_some() {
         return Err(ProxyError::BadRequest("more than one Host header"));
     }
-    match req.uri().authority() {
-        Some(a) if !a.as_str().as_bytes().eq_ignore_ascii_case(host.as_bytes()) => {
-            Err(ProxyError::BadRequest("Host differs from :authority"))
-        }
-        _ => Ok(()),
+    let Some(authority) = req.uri().authority() else {
+        return Ok(());
+    };
+    // Compared as RFC 3986 6.2 normalises them: case-insensitively, and
+    // with the scheme's default port the same as no port.
+    let default_port = match req.uri().scheme_str() {
+        Some("http") => ":80",
+        _ => ":443",
+    };
+    let port = default_port.as_bytes();
+    if !without_suffix(authority.as_str().as_bytes(), port)
+        .eq_ignore_ascii_case(without_suffix(host.as_bytes(), port))
+    {
+        return Err(ProxyError::BadRequest("Host differs from :authority"));
     }
+    Ok(())
 }
 
 fn content_length(req: &mut Request<RequestBody>) -> Result<(), ProxyError> {
@@ -118,6 +128,10 @@ fn content_length(req: &mut Request<RequestBody>) -> Result<(), ProxyError> {
             .insert(CONTENT_LENGTH, HeaderValue::from(len));
     }
     Ok(())
+}
+
+fn without_suffix<'a>(v: &'a [u8], suffix: &[u8]) -> &'a [u8] {
+    v.strip_suffix(suffix).unwrap_or(v)
 }
 
 /// A Content-Length value: one or more ASCII digits, nothing else.
@@ -175,6 +189,8 @@ mod tests {
             );
             assert!(admit(&mut r, 1 << 20).is_ok());
             assert_eq!(r.headers().get_all(CONTENT_LENGTH).iter().count(), 1);
+            assert!(admit(&mut req(v, &[("host", "a.example:443")]), 1 << 20).is_ok());
+            assert!(admit(&mut req(v, &[("host", "a.example:8443")]), 1 << 20).is_err());
         }
     }
 
