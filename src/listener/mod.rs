@@ -402,7 +402,7 @@ fn log_parser_answer(
     let snap = shared.snapshot.load();
     let id = crate::observe::request_id::generate();
     let id = id.to_str().unwrap_or("");
-    tracing::info!(%peer, request_id = id, status, error = %e, "request head rejected by the HTTP/1 parser");
+    tracing::debug!(%peer, request_id = id, status, error = %e, "request head rejected by the HTTP/1 parser");
     snap.metrics.no_route.record(status, Duration::ZERO);
     if snap.access_log.enabled() {
         snap.access_log.write(crate::observe::access_log::LogEntry {
