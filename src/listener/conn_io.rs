@@ -18,28 +18,37 @@
 //! The timer is one `Sleep` per connection, re-armed only when the phase
 //! changes, so a busy keepalive connection costs a few atomic loads per read.
 //!
-//! It also gives hyper's own answers a request id: a response written
-//! while the connection is still reading a head that never reached the
-//! pipeline can only be the 4xx/5xx hyper sends for a head it could not
-//! parse (400, 414, 431, 505). The id header is added to it on its way
-//! out, so that every response carries one, as the pipeline's do.
+//! On HTTP/1.x it also follows the request stream byte by byte (heads,
+//! then bodies by Content-Length or chunked: [`H1Framing`]), so that the
+//! checks hyper's parsed request can no longer answer (Content-Length and
+//! Transfer-Encoding together) hold for every request of the connection,
+//! pipelined or not. A plain listener that serves both protocols decides
+//! between them only once the bytes are, or cannot be, the whole HTTP/2
+//! preface, as hyper does.
+//!
+//! An error answer that closes the connection hands the stream over, when
+//! this is dropped, for a lingering close ([`linger`]).
 
 use futures_util::task::AtomicWaker;
 use http::HeaderName;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
-use std::sync::Mutex;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::Notify;
+use tokio::sync::{oneshot, Notify};
 use tokio::time::{Instant, Sleep};
+
+/// The HTTP/2 connection preface (RFC 9113 3.4).
+const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
+
+/// No request (a sequence number no connection reaches).
+const NONE: u64 = u64::MAX;
 
 /// Request counters of one client connection, shared by its [`ConnIo`] and
 /// the requests on it.
-#[derive(Default)]
 pub struct ConnActivity {
     in_flight: AtomicUsize,
     started: AtomicU64,
@@ -48,16 +57,29 @@ pub struct ConnActivity {
     reader: AtomicWaker,
     /// Signalled when an HTTP/2 connection has been idle for idle_timeout.
     pub idle: Notify,
-    /// The raw bytes of the HTTP/1.x request head being read (see
-    /// [`ConnActivity::head_has_length_and_chunked`]).
-    head: Mutex<HeadCapture>,
+    /// HTTP/1.x: the first request whose head carried both Content-Length
+    /// and Transfer-Encoding (hyper closes the connection after it).
+    length_and_chunked: AtomicU64,
+    /// HTTP/1.x: from this request on, the byte layer lost track of where
+    /// heads start (bytes hyper rejects too, or a tunnel).
+    untracked_from: AtomicU64,
+    /// The connection ends with an error answer the client must be able to
+    /// read: close it lingering (see [`linger`]).
+    linger: AtomicBool,
 }
 
-#[derive(Default)]
-struct HeadCapture {
-    /// Requests started on the connection before this head.
-    seq: u64,
-    bytes: Vec<u8>,
+impl Default for ConnActivity {
+    fn default() -> Self {
+        ConnActivity {
+            in_flight: AtomicUsize::new(0),
+            started: AtomicU64::new(0),
+            reader: AtomicWaker::new(),
+            idle: Notify::new(),
+            length_and_chunked: AtomicU64::new(NONE),
+            untracked_from: AtomicU64::new(NONE),
+            linger: AtomicBool::new(false),
+        }
+    }
 }
 
 impl ConnActivity {
@@ -68,29 +90,16 @@ impl ConnActivity {
         self.started.fetch_add(1, Ordering::Relaxed)
     }
 
-    /// Whether the raw head of request `seq` carried both Content-Length and
-    /// Transfer-Encoding. hyper resolves that conflict by dropping
-    /// Content-Length (RFC 9112 6.1 allows it); portico answers 400 instead,
-    /// as SPEC requires, so it looks at the bytes hyper parsed. `false` when
-    /// the head was not captured (a pipelined request).
+    /// Whether the raw head of HTTP/1.x request `seq` carried both
+    /// Content-Length and Transfer-Encoding, or may have (the byte layer
+    /// lost track of the request stream before it). hyper resolves that
+    /// conflict by dropping Content-Length (RFC 9112 6.1 allows it);
+    /// portico answers 400 instead, as SPEC requires, so the byte layer
+    /// follows every head and body of the connection to know. Callers ask
+    /// only about requests with Transfer-Encoding.
     pub fn head_has_length_and_chunked(&self, seq: u64) -> bool {
-        let Ok(h) = self.head.lock() else {
-            return false;
-        };
-        if h.seq != seq || h.bytes.is_empty() {
-            return false;
-        }
-        let mut headers = [httparse::EMPTY_HEADER; 128];
-        let mut req = httparse::Request::new(&mut headers);
-        if req.parse(&h.bytes).is_err() {
-            return false;
-        }
-        let has = |name: &str| {
-            req.headers
-                .iter()
-                .any(|x| x.name.eq_ignore_ascii_case(name))
-        };
-        has("content-length") && has("transfer-encoding")
+        seq == self.length_and_chunked.load(Ordering::Acquire)
+            || seq >= self.untracked_from.load(Ordering::Acquire)
     }
 
     pub fn request_finished(&self) {
@@ -98,6 +107,272 @@ impl ConnActivity {
             self.reader.wake();
         }
     }
+
+    /// Whether the connection, when it ends, closes lingering: after an
+    /// error answer that closes it (400, 408, 413, 431). The last answer
+    /// decides, so a normal keepalive close does not linger.
+    pub fn set_linger(&self, on: bool) {
+        self.linger.store(on, Ordering::Relaxed);
+    }
+
+    pub fn lingers(&self) -> bool {
+        self.linger.load(Ordering::Relaxed)
+    }
+}
+
+/// Closes a client connection after an error answer the way NGINX's
+/// lingering close does: shut down the write side (the answer is out), then
+/// read and discard what the client still sends, up to 30 s in all or 5 s
+/// without a byte, so that its writes do not fail with a reset before it
+/// reads the answer. Ends early when `stop` fires (shutdown).
+pub async fn linger<S: AsyncRead + AsyncWrite + Unpin>(mut io: S, stop: impl Future<Output = ()>) {
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    const TOTAL: Duration = Duration::from_secs(30);
+    const QUIET: Duration = Duration::from_secs(5);
+    let drain = async {
+        let end = Instant::now() + TOTAL;
+        if tokio::time::timeout_at(end.min(Instant::now() + QUIET), io.shutdown())
+            .await
+            .is_err()
+        {
+            return;
+        }
+        let mut buf = vec![0u8; 16 * 1024];
+        while let Ok(Ok(n)) =
+            tokio::time::timeout_at(end.min(Instant::now() + QUIET), io.read(&mut buf)).await
+        {
+            if n == 0 {
+                break;
+            }
+        }
+    };
+    tokio::select! {
+        _ = drain => {}
+        _ = stop => {}
+    }
+}
+
+/// Follows the HTTP/1.x request stream of a connection from the bytes read:
+/// each head, then its body (Content-Length or chunked), so that it knows
+/// where every head starts, pipelined or not, and records in
+/// [`ConnActivity`] which request had both Content-Length and
+/// Transfer-Encoding. Bytes it cannot follow (which hyper rejects as well,
+/// or a tunnel after an upgrade) end the tracking for the rest of the
+/// connection; requests after that count as suspect.
+struct H1Framing {
+    state: Framing,
+    /// The head being read, up to `cap` bytes.
+    head: Vec<u8>,
+    cap: usize,
+    /// Heads completed so far: the sequence number of the next request.
+    heads: u64,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Framing {
+    Head,
+    Length(u64),
+    Chunked(Chunk),
+    Lost,
+}
+
+/// Where a chunked body is (RFC 9112 7.1), as strictly as hyper reads it.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Chunk {
+    Size { size: u64, digits: bool },
+    SizeSpace(u64),
+    Extension(u64),
+    SizeLf(u64),
+    Data(u64),
+    DataCr,
+    DataLf,
+    TrailerStart,
+    Trailer,
+    TrailerLf,
+    EndLf,
+}
+
+impl H1Framing {
+    fn new(cap: usize) -> H1Framing {
+        H1Framing {
+            state: Framing::Head,
+            head: Vec::new(),
+            cap,
+            heads: 0,
+        }
+    }
+
+    fn feed(&mut self, mut bytes: &[u8], activity: &ConnActivity) {
+        while !bytes.is_empty() {
+            match self.state {
+                Framing::Lost => return,
+                Framing::Head => bytes = self.feed_head(bytes, activity),
+                Framing::Length(n) => {
+                    let k = n.min(bytes.len() as u64);
+                    bytes = &bytes[k as usize..];
+                    self.state = match n - k {
+                        0 => Framing::Head,
+                        left => Framing::Length(left),
+                    };
+                }
+                Framing::Chunked(Chunk::Data(n)) => {
+                    let k = n.min(bytes.len() as u64);
+                    bytes = &bytes[k as usize..];
+                    self.state = Framing::Chunked(match n - k {
+                        0 => Chunk::DataCr,
+                        left => Chunk::Data(left),
+                    });
+                }
+                Framing::Chunked(c) => {
+                    self.state = chunk_step(c, bytes[0]);
+                    bytes = &bytes[1..];
+                }
+            }
+            if self.state == Framing::Lost {
+                activity
+                    .untracked_from
+                    .fetch_min(self.heads, Ordering::AcqRel);
+                return;
+            }
+        }
+    }
+
+    /// Takes head bytes; returns what follows the head, if it ended.
+    fn feed_head<'a>(&mut self, mut bytes: &'a [u8], activity: &ConnActivity) -> &'a [u8] {
+        if self.head.is_empty() {
+            // Empty lines before a request line are ignored (RFC 9112 2.2).
+            let skip = bytes
+                .iter()
+                .position(|b| !matches!(b, b'\r' | b'\n'))
+                .unwrap_or(bytes.len());
+            bytes = &bytes[skip..];
+            if bytes.is_empty() {
+                return bytes;
+            }
+        }
+        let before = self.head.len();
+        let room = self.cap.saturating_sub(before);
+        self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        // The end may straddle two reads: look from a little before.
+        let from = before.saturating_sub(2);
+        let Some(end) = head_end(&self.head[from..]).map(|e| from + e) else {
+            if self.head.len() >= self.cap {
+                self.state = Framing::Lost;
+            }
+            return &[];
+        };
+        self.state = self.parse_head(end, activity);
+        self.head.clear();
+        &bytes[end.saturating_sub(before)..]
+    }
+
+    /// The framing of the body after the head `self.head[..end]`.
+    fn parse_head(&mut self, end: usize, activity: &ConnActivity) -> Framing {
+        let mut headers = [httparse::EMPTY_HEADER; 128];
+        let mut req = httparse::Request::new(&mut headers);
+        if !matches!(
+            req.parse(&self.head[..end]),
+            Ok(httparse::Status::Complete(_))
+        ) {
+            return Framing::Lost;
+        }
+        let seq = self.heads;
+        self.heads += 1;
+        let mut length = None;
+        let mut te = None;
+        for h in req.headers.iter() {
+            if h.name.eq_ignore_ascii_case("transfer-encoding") {
+                te = Some(h.value);
+            } else if h.name.eq_ignore_ascii_case("content-length") && length.is_none() {
+                length = Some(h.value);
+            }
+        }
+        match (te, length) {
+            (Some(te), length) => {
+                if length.is_some() {
+                    let _ = activity.length_and_chunked.compare_exchange(
+                        NONE,
+                        seq,
+                        Ordering::AcqRel,
+                        Ordering::Acquire,
+                    );
+                }
+                let last = te.rsplit(|&b| b == b',').next().unwrap_or(te);
+                if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
+                    Framing::Chunked(Chunk::Size {
+                        size: 0,
+                        digits: false,
+                    })
+                } else {
+                    Framing::Lost
+                }
+            }
+            (None, Some(v)) => {
+                match std::str::from_utf8(v.trim_ascii())
+                    .ok()
+                    .filter(|s| !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit()))
+                    .and_then(|s| s.parse::<u64>().ok())
+                {
+                    Some(0) => Framing::Head,
+                    Some(n) => Framing::Length(n),
+                    None => Framing::Lost,
+                }
+            }
+            (None, None) => Framing::Head,
+        }
+    }
+}
+
+/// Where a head ends in `b`: just after its empty line (CRLF or bare LF).
+fn head_end(b: &[u8]) -> Option<usize> {
+    let mut i = 0;
+    while let Some(p) = b[i..].iter().position(|&c| c == b'\n') {
+        let at = i + p + 1;
+        match b.get(at..) {
+            Some([b'\n', ..]) => return Some(at + 1),
+            Some([b'\r', b'\n', ..]) => return Some(at + 2),
+            _ => i = at,
+        }
+        if i >= b.len() {
+            break;
+        }
+    }
+    None
+}
+
+fn chunk_step(c: Chunk, b: u8) -> Framing {
+    let next = match (c, b) {
+        (Chunk::Size { size, .. }, _) if b.is_ascii_hexdigit() => {
+            let d = u64::from((b as char).to_digit(16).unwrap_or(0));
+            match size.checked_mul(16).and_then(|s| s.checked_add(d)) {
+                Some(size) => Chunk::Size { size, digits: true },
+                None => return Framing::Lost,
+            }
+        }
+        (Chunk::Size { size, digits: true }, b' ' | b'\t') => Chunk::SizeSpace(size),
+        (Chunk::Size { size, digits: true } | Chunk::SizeSpace(size), b';') => {
+            Chunk::Extension(size)
+        }
+        (Chunk::Size { size, digits: true } | Chunk::SizeSpace(size), b'\r') => Chunk::SizeLf(size),
+        (Chunk::SizeSpace(size), b' ' | b'\t') => Chunk::SizeSpace(size),
+        (Chunk::Extension(size), b'\r') => Chunk::SizeLf(size),
+        (Chunk::Extension(_), b'\n') => return Framing::Lost,
+        (Chunk::Extension(size), _) => Chunk::Extension(size),
+        (Chunk::SizeLf(0), b'\n') => Chunk::TrailerStart,
+        (Chunk::SizeLf(size), b'\n') => Chunk::Data(size),
+        (Chunk::DataCr, b'\r') => Chunk::DataLf,
+        (Chunk::DataLf, b'\n') => Chunk::Size {
+            size: 0,
+            digits: false,
+        },
+        (Chunk::TrailerStart, b'\r') => Chunk::EndLf,
+        (Chunk::Trailer, b'\r') => Chunk::TrailerLf,
+        (Chunk::TrailerStart | Chunk::Trailer, _) => Chunk::Trailer,
+        (Chunk::TrailerLf, b'\n') => Chunk::TrailerStart,
+        (Chunk::EndLf, b'\n') => return Framing::Head,
+        _ => return Framing::Lost,
+    };
+    Framing::Chunked(next)
 }
 
 /// Which protocol the connection speaks, as far as timeouts care.
@@ -125,7 +400,8 @@ enum Phase {
 
 /// A client stream with head and idle timeouts.
 pub struct ConnIo<S> {
-    inner: S,
+    /// `None` only once dropped (handed over for a lingering close).
+    inner: Option<S>,
     activity: std::sync::Arc<ConnActivity>,
     mode: Mode,
     phase: Phase,
@@ -135,12 +411,18 @@ pub struct ConnIo<S> {
     timer: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
     request_id_header: HeaderName,
+    /// The first bytes of a connection in `Detect` mode, while they are a
+    /// prefix of the HTTP/2 preface (the preface may arrive in pieces).
+    detect: Vec<u8>,
+    /// HTTP/1.x framing, once the connection is HTTP/1.x.
+    h1: Option<H1Framing>,
     head_cap: usize,
-    /// hyper's error response with the request id added, reported to hyper
-    /// as written and still to be written to `inner` (or portico's GOAWAY).
+    /// portico's GOAWAY, still to be written to `inner`.
     unsent: Vec<u8>,
     /// HTTP/2 control-frame flood detection, once the connection is HTTP/2.
     h2: Option<super::h2_guard::H2Guard>,
+    /// Where the stream goes when dropped after an error answer.
+    handoff: Option<oneshot::Sender<S>>,
 }
 
 impl<S> ConnIo<S> {
@@ -162,7 +444,7 @@ impl<S> ConnIo<S> {
             },
         };
         ConnIo {
-            inner,
+            inner: Some(inner),
             activity,
             mode,
             phase,
@@ -174,14 +456,21 @@ impl<S> ConnIo<S> {
             )),
             armed_for: None,
             request_id_header,
+            detect: Vec::new(),
+            h1: (mode == Mode::Http1).then(|| H1Framing::new(head_cap)),
             head_cap,
             unsent: Vec::new(),
             h2: (mode == Mode::Http2).then(Default::default),
+            handoff: None,
         }
     }
 
-    pub fn get_ref(&self) -> &S {
-        &self.inner
+    /// The stream, once this is dropped while the connection's last answer
+    /// asks for a lingering close ([`ConnActivity::set_linger`]).
+    pub fn lingering(&mut self) -> oneshot::Receiver<S> {
+        let (tx, rx) = oneshot::channel();
+        self.handoff = Some(tx);
+        rx
     }
 
     /// The protocol as far as known (`Detect` until the first bytes of a
@@ -203,18 +492,33 @@ impl<S> ConnIo<S> {
         self.seen_started = started;
     }
 
-    fn on_bytes(&mut self, first: &[u8]) {
+    fn on_bytes(&mut self, read: &[u8]) {
         if self.mode == Mode::Detect {
-            self.mode = if first.starts_with(b"PRI * HTTP/2.0") {
-                Mode::Http2
-            } else {
-                Mode::Http1
-            };
-            if self.mode == Mode::Http2 {
+            // hyper tells the protocols apart by the whole preface; so does
+            // this, whatever pieces it comes in.
+            let earlier = self.detect.len();
+            let take = (H2_PREFACE.len() - earlier).min(read.len());
+            self.detect.extend_from_slice(&read[..take]);
+            if !H2_PREFACE.starts_with(&self.detect) {
+                self.mode = Mode::Http1;
+                let mut h1 = H1Framing::new(self.head_cap);
+                h1.feed(&self.detect[..earlier], &self.activity);
+                self.h1 = Some(h1);
+                self.detect = Vec::new();
+            } else if self.detect.len() == H2_PREFACE.len() {
+                self.mode = Mode::Http2;
                 self.phase = Phase::Idle {
                     since: Instant::now(),
                 };
-                self.h2 = Some(Default::default());
+                let mut guard = super::h2_guard::H2Guard::default();
+                guard.on_read(&self.detect[..earlier]);
+                self.h2 = Some(guard);
+                self.detect = Vec::new();
+                return;
+            } else {
+                if let Phase::Head { got_bytes, .. } = &mut self.phase {
+                    *got_bytes = true;
+                }
                 return;
             }
         }
@@ -232,69 +536,34 @@ impl<S> ConnIo<S> {
             // shutdown is graceful (GOAWAY names the last stream taken).
             _ => {}
         }
-        if self.mode == Mode::Http1 && matches!(self.phase, Phase::Head { .. }) {
-            self.capture_head(first);
-        }
-    }
-
-    fn capture_head(&self, bytes: &[u8]) {
-        if let Ok(mut h) = self.activity.head.lock() {
-            if h.seq != self.seen_started {
-                h.bytes.clear();
-                h.seq = self.seen_started;
-            }
-            let room = self.head_cap.saturating_sub(h.bytes.len());
-            h.bytes.extend_from_slice(&bytes[..bytes.len().min(room)]);
+        if let Some(h1) = self.h1.as_mut() {
+            h1.feed(read, &self.activity);
         }
     }
 }
 
+impl<S> Drop for ConnIo<S> {
+    fn drop(&mut self) {
+        if self.activity.lingers() {
+            if let (Some(tx), Some(io)) = (self.handoff.take(), self.inner.take()) {
+                let _ = tx.send(io);
+            }
+        }
+    }
+}
+
+fn gone() -> io::Error {
+    io::ErrorKind::NotConnected.into()
+}
+
 impl<S: AsyncWrite + Unpin> ConnIo<S> {
-    /// Whether `first` (the start of a write) is hyper's own error answer to
-    /// an HTTP/1.x head that never reached the pipeline.
-    fn is_parser_answer(&mut self, first: &[u8]) -> bool {
-        if self.mode != Mode::Http1 || !self.unsent.is_empty() {
-            return false;
-        }
-        // A request that reached the pipeline since the head began moves
-        // the phase on (to Busy, or to Idle if it is already done).
-        self.update_phase();
-        matches!(self.phase, Phase::Head { .. })
-            && first.len() > 12
-            && first.starts_with(b"HTTP/1.")
-            && matches!(first[9], b'4' | b'5')
-            // hyper's answer is a head alone, written at once.
-            && first.ends_with(b"\r\n\r\n")
-            // A pipelined client can make a pipeline's answer look like
-            // this; those already carry the id.
-            && !has_header(first, self.request_id_header.as_str().as_bytes())
-    }
-
-    /// Takes hyper's error answer (`parts`, the whole of one write), adds
-    /// the request id header after its status line and queues it.
-    fn queue_with_request_id(&mut self, parts: &[&[u8]]) -> usize {
-        let total: usize = parts.iter().map(|p| p.len()).sum();
-        let mut out = Vec::with_capacity(total + 64);
-        for p in parts {
-            out.extend_from_slice(p);
-        }
-        if let Some(eol) = out.windows(2).position(|w| w == b"\r\n") {
-            let id = crate::observe::request_id::generate();
-            let mut line = Vec::with_capacity(64);
-            line.extend_from_slice(self.request_id_header.as_str().as_bytes());
-            line.extend_from_slice(b": ");
-            line.extend_from_slice(id.as_bytes());
-            line.extend_from_slice(b"\r\n");
-            out.splice(eol + 2..eol + 2, line);
-        }
-        self.unsent = out;
-        total
-    }
-
-    /// Writes what `queue_with_request_id` queued; Ready(Ok) once it is out.
+    /// Writes the queued GOAWAY; Ready(Ok) once it is out.
     fn poll_unsent(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         while !self.unsent.is_empty() {
-            match Pin::new(&mut self.inner).poll_write(cx, &self.unsent) {
+            let Some(inner) = self.inner.as_mut() else {
+                return Poll::Ready(Err(gone()));
+            };
+            match Pin::new(inner).poll_write(cx, &self.unsent) {
                 Poll::Ready(Ok(0)) => return Poll::Ready(Err(io::ErrorKind::WriteZero.into())),
                 Poll::Ready(Ok(n)) => {
                     self.unsent.drain(..n);
@@ -315,7 +584,9 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
         if let Some(g) = self.h2.as_ref().filter(|g| g.between_frames()) {
             self.unsent.extend_from_slice(&g.goaway());
             if self.poll_unsent(cx).is_ready() {
-                let _ = Pin::new(&mut self.inner).poll_flush(cx);
+                if let Some(inner) = self.inner.as_mut() {
+                    let _ = Pin::new(inner).poll_flush(cx);
+                }
             }
         }
         io::Error::new(
@@ -324,8 +595,8 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
         )
     }
 
-    /// Best effort: the client may not be reading, and the connection
-    /// closes right after either way.
+    /// Best effort: the client may not be reading; the close lingers so
+    /// that it can.
     fn write_408(&mut self, cx: &mut Context<'_>) {
         let id = crate::observe::request_id::generate();
         let body = "408 request head not received in time\n";
@@ -336,19 +607,12 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
             id.to_str().unwrap_or(""),
             body
         );
-        let _ = Pin::new(&mut self.inner).poll_write(cx, msg.as_bytes());
-        let _ = Pin::new(&mut self.inner).poll_flush(cx);
+        self.activity.set_linger(true);
+        if let Some(inner) = self.inner.as_mut() {
+            let _ = Pin::new(&mut *inner).poll_write(cx, msg.as_bytes());
+            let _ = Pin::new(inner).poll_flush(cx);
+        }
     }
-}
-
-/// Whether the response head starting `head` has a field `name` (lower
-/// case).
-fn has_header(head: &[u8], name: &[u8]) -> bool {
-    head.split(|&b| b == b'\n').skip(1).any(|line| {
-        line.len() > name.len()
-            && line[name.len()] == b':'
-            && line[..name.len()].eq_ignore_ascii_case(name)
-    })
 }
 
 impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
@@ -360,7 +624,10 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
         let this = &mut *self;
         this.update_phase();
         let before = buf.filled().len();
-        match Pin::new(&mut this.inner).poll_read(cx, buf) {
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        match Pin::new(inner).poll_read(cx, buf) {
             Poll::Ready(Ok(())) => {
                 if buf.filled().len() > before {
                     let read = &buf.filled()[before..];
@@ -399,7 +666,8 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
                 }
                 match this.phase {
                     Phase::Head { got_bytes, .. } => {
-                        if got_bytes && this.mode != Mode::Http2 {
+                        // Not while the bytes may yet be an HTTP/2 preface.
+                        if got_bytes && this.mode == Mode::Http1 {
                             this.write_408(cx);
                         }
                         Poll::Ready(Err(io::Error::new(
@@ -427,11 +695,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         buf: &[u8],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        if this.is_parser_answer(buf) {
-            return Poll::Ready(Ok(this.queue_with_request_id(&[buf])));
-        }
         std::task::ready!(this.poll_unsent(cx))?;
-        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write(cx, buf))?;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let written = std::task::ready!(Pin::new(inner).poll_write(cx, buf))?;
         if let Some(g) = this.h2.as_mut() {
             g.on_written(&buf[..written]);
         }
@@ -444,16 +712,11 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
         bufs: &[io::IoSlice<'_>],
     ) -> Poll<io::Result<usize>> {
         let this = &mut *self;
-        let first = bufs
-            .iter()
-            .find(|b| !b.is_empty())
-            .map_or(&[][..], |b| &b[..]);
-        if this.is_parser_answer(first) {
-            let parts: Vec<&[u8]> = bufs.iter().map(|b| &b[..]).collect();
-            return Poll::Ready(Ok(this.queue_with_request_id(&parts)));
-        }
         std::task::ready!(this.poll_unsent(cx))?;
-        let written = std::task::ready!(Pin::new(&mut this.inner).poll_write_vectored(cx, bufs))?;
+        let Some(inner) = this.inner.as_mut() else {
+            return Poll::Ready(Err(gone()));
+        };
+        let written = std::task::ready!(Pin::new(inner).poll_write_vectored(cx, bufs))?;
         if let Some(g) = this.h2.as_mut() {
             let mut left = written;
             for b in bufs {
@@ -469,16 +732,74 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn is_write_vectored(&self) -> bool {
-        self.inner.is_write_vectored()
+        self.inner.as_ref().is_some_and(|i| i.is_write_vectored())
     }
 
     fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.poll_unsent(cx))?;
-        Pin::new(&mut self.inner).poll_flush(cx)
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_flush(cx),
+            None => Poll::Ready(Err(gone())),
+        }
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         std::task::ready!(self.poll_unsent(cx))?;
-        Pin::new(&mut self.inner).poll_shutdown(cx)
+        match self.inner.as_mut() {
+            Some(inner) => Pin::new(inner).poll_shutdown(cx),
+            None => Poll::Ready(Err(gone())),
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Feeds `bytes` in pieces of `step`; (first CL+TE request, untracked from).
+    fn follow(bytes: &[u8], step: usize) -> (u64, u64) {
+        let activity = ConnActivity::default();
+        let mut f = H1Framing::new(1024);
+        for piece in bytes.chunks(step) {
+            f.feed(piece, &activity);
+        }
+        (
+            activity.length_and_chunked.load(Ordering::Relaxed),
+            activity.untracked_from.load(Ordering::Relaxed),
+        )
+    }
+
+    #[test]
+    fn finds_the_request_with_length_and_chunked_in_any_piece_sizes() {
+        let mut stream = b"GET /0 HTTP/1.1\r\nHost: a\r\n\r\n\r\n".to_vec();
+        // A body that looks like a head with both fields: it is a body.
+        stream.extend_from_slice(
+            b"POST /1 HTTP/1.1\r\nHost: a\r\nContent-Length: 63\r\n\r\nPOST /x HTTP/1.1\r\nContent-Length: 1\r\nTransfer-Encoding: chunked",
+        );
+        stream.extend_from_slice(
+            b"POST /2 HTTP/1.1\nHost: a\nTransfer-Encoding: gzip, chunked\n\n5;ext=\"v\"\r\nhello\r\nA \r\n0123456789\r\n0\r\nTrailer: 1\r\n\r\n",
+        );
+        stream.extend_from_slice(
+            b"POST /3 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
+        );
+        for step in [1, 2, 3, 7, 64, stream.len()] {
+            assert_eq!(follow(&stream, step), (3, NONE), "pieces of {step}");
+        }
+    }
+
+    #[test]
+    fn bytes_it_cannot_follow_make_later_requests_suspect() {
+        let activity = ConnActivity::default();
+        let mut f = H1Framing::new(1024);
+        f.feed(
+            b"GET / HTTP/1.1\r\nHost: a\r\n\r\nPOST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n",
+            &activity,
+        );
+        assert!(!activity.head_has_length_and_chunked(0));
+        assert!(!activity.head_has_length_and_chunked(1));
+        assert!(activity.head_has_length_and_chunked(2));
+        // A head over the cap.
+        let (_, untracked) = follow(&vec![b'a'; 4096], 100);
+        assert_eq!(untracked, 0);
     }
 }

@@ -404,7 +404,7 @@ async fn serve_connection(
 }
 
 async fn serve_http<S>(
-    io: ConnIo<S>,
+    mut io: ConnIo<S>,
     builder: &auto::Builder<TokioExecutor>,
     fe: &Frontend,
     (peer, https, protocol, slot): (SocketAddr, bool, Option<Protocol>, ConnSlot),
@@ -423,13 +423,14 @@ async fn serve_http<S>(
         Mode::Http2 => gauge.set_protocol(ConnProtocol::Http2),
         Mode::Detect => {}
     }
+    let lingering = io.lingering();
     let info = Arc::new(ConnInfo {
         listener: fe.settings.clone(),
         peer,
         client_ip: crate::proxy::client_ip_value(peer),
         https,
         protocol,
-        shared,
+        shared: shared.clone(),
         activity: activity.clone(),
         gauge,
         slot: Some(slot),
@@ -438,36 +439,114 @@ async fn serve_http<S>(
         let info = info.clone();
         async move {
             let alt_svc = info.listener.alt_svc.clone();
+            let http1 = req.version() <= http::Version::HTTP_11;
             let mut resp =
-                crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info).await?;
+                crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info.clone())
+                    .await?;
             if let Some(v) = alt_svc {
                 resp.headers_mut().insert(http::header::ALT_SVC, v);
+            }
+            // An error answer after which the client may still be writing
+            // (the request body, the rest of a head): if the connection
+            // ends after it, it closes lingering.
+            if http1 {
+                info.activity
+                    .set_linger(matches!(resp.status().as_u16(), 400 | 408 | 413 | 431));
             }
             Ok::<_, std::convert::Infallible>(resp)
         }
     });
-    let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
-    tokio::pin!(conn);
-    let mut closing = *stop.borrow();
-    if closing {
-        conn.as_mut().graceful_shutdown();
-    }
-    loop {
-        tokio::select! {
-            r = conn.as_mut() => {
-                if let Err(e) = r {
-                    tracing::debug!(%peer, error = %e, "client connection ended with an error");
+    {
+        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        tokio::pin!(conn);
+        let mut closing = *stop.borrow();
+        if closing {
+            conn.as_mut().graceful_shutdown();
+        }
+        loop {
+            tokio::select! {
+                r = conn.as_mut() => {
+                    if let Err(e) = r {
+                        match parser_answer(&*e) {
+                            Some(status) => {
+                                activity.set_linger(true);
+                                log_parser_answer(&shared, &fe.settings, peer, status, &*e);
+                            }
+                            None => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
+                        }
+                    }
+                    break;
                 }
-                break;
-            }
-            _ = stop.changed(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
-            }
-            _ = activity.idle.notified(), if !closing => {
-                closing = true;
-                conn.as_mut().graceful_shutdown();
+                _ = stop.changed(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
+                _ = activity.idle.notified(), if !closing => {
+                    closing = true;
+                    conn.as_mut().graceful_shutdown();
+                }
             }
         }
+        // Dropping the connection drops its ConnIo, which hands the stream
+        // over if the close is to linger.
+    }
+    // Only then: a connection that became a tunnel keeps its stream.
+    if !activity.lingers() {
+        return;
+    }
+    if let Ok(io) = lingering.await {
+        let stopped = async move {
+            let _ = stop.wait_for(|s| *s).await;
+        };
+        conn_io::linger(io, stopped).await;
+    }
+}
+
+/// The status hyper answered an HTTP/1.x head it could not parse with, if
+/// `e` is such an error (hyper answers 431 for a head over its buffer, 400
+/// for the rest, and nothing to an HTTP/2 preface on an HTTP/1-only
+/// connection).
+fn parser_answer(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
+    let e = e.downcast_ref::<hyper::Error>()?;
+    if !e.is_parse() || e.is_parse_version_h2() || e.is_parse_status() {
+        return None;
+    }
+    Some(if e.is_parse_too_large() { 431 } else { 400 })
+}
+
+/// hyper's answer to a head it could not parse never reaches the pipeline:
+/// it is logged and counted here, as a request that matched no route, with
+/// a request id of its own.
+fn log_parser_answer(
+    shared: &Shared,
+    settings: &ListenerSettings,
+    peer: SocketAddr,
+    status: u16,
+    e: &(dyn std::error::Error + 'static),
+) {
+    let snap = shared.snapshot.load();
+    let id = crate::observe::request_id::generate();
+    let id = id.to_str().unwrap_or("");
+    tracing::debug!(%peer, request_id = id, status, error = %e, "request head rejected by the HTTP/1 parser");
+    snap.metrics.no_route.record(status, Duration::ZERO);
+    if snap.access_log.enabled() {
+        snap.access_log.write(crate::observe::access_log::LogEntry {
+            time: std::time::SystemTime::now(),
+            request_id: id.to_string(),
+            listener: settings.name.clone(),
+            route: None,
+            // Nothing of the head is known for sure.
+            method: http::Method::from_bytes(b"-").unwrap_or_default(),
+            path: String::new(),
+            version: http::Version::HTTP_11,
+            status,
+            upstream: None,
+            duration: Duration::ZERO,
+            bytes_in: 0,
+            bytes_out: 0,
+            client: peer,
+            referer: None,
+            user_agent: None,
+        });
     }
 }

@@ -20,7 +20,9 @@
 //!   frame by frame as the upstream produces them, trailers included; an
 //!   upstream body that fails midway resets the stream (H3_INTERNAL_ERROR)
 //!   so a truncated body is never taken for a whole one;
-//! - limits: at most `h2_max_concurrent_streams` concurrent requests per
+//! - limits: flow-control windows of 1 MiB per stream and 4 MiB per
+//!   connection (receiving and sending), as on HTTP/2; at most
+//!   `h2_max_concurrent_streams` concurrent requests per
 //!   connection (QUIC's bidirectional stream limit, the same knob as
 //!   HTTP/2's); `idle_timeout` is QUIC's max_idle_timeout (no packet either
 //!   way for that long closes the connection); `max_header_bytes` is enforced
@@ -69,6 +71,13 @@ use tokio::task::JoinSet;
 /// log line); larger ones h3's own.
 pub const FIELD_SLACK: usize = 8192;
 
+/// Flow-control windows of a QUIC connection, the same as HTTP/2's on the
+/// TCP side: what a client may send on one request stream, and on all of
+/// them together, before portico reads it; `CONNECTION_WINDOW` also bounds
+/// the response bytes buffered for a client that does not read.
+pub const STREAM_WINDOW: u32 = 1 << 20;
+pub const CONNECTION_WINDOW: u32 = 4 << 20;
+
 /// Open connections at or above this share (in tenths) of max_connections
 /// make unvalidated clients go through a stateless Retry first.
 const RETRY_AT_TENTHS: usize = 9;
@@ -87,6 +96,12 @@ pub fn server_config(
 ) -> quinn::ServerConfig {
     let mut transport = quinn::TransportConfig::default();
     transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(max_streams));
+    // Memory per connection is bounded as on HTTP/2: quinn's default
+    // receive window has no connection-level limit (only 1.25 MB per
+    // stream, times the stream limit).
+    transport.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
+    transport.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
+    transport.send_window(u64::from(CONNECTION_WINDOW));
     // HTTP/3 needs 3 unidirectional streams per side (control, QPACK encoder
     // and decoder); a few more for extensions and grease, no push.
     transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));

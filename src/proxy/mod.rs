@@ -38,6 +38,7 @@
 pub mod cors;
 pub mod error;
 mod forward;
+mod framing;
 pub mod headers;
 pub mod path;
 pub mod routing;
@@ -276,6 +277,7 @@ async fn serve(
     if headers::head_size(req.headers()) > conn.listener.max_header_bytes {
         return Err(ProxyError::HeaderTooLarge);
     }
+    framing::admit(&mut req, conn.listener.max_header_bytes)?;
     let early = req.extensions().get::<EarlyData>().is_some();
     if early && !matches!(*req.method(), Method::GET | Method::HEAD) {
         return Err(ProxyError::TooEarly);
