@@ -64,6 +64,31 @@ fn start_one_route(b: &Backend) -> (std::net::SocketAddr, Portico) {
     (addr, p)
 }
 
+/// HPACK for `GET http://127.0.0.1/<path>`: indexed :method GET and
+/// :scheme http, literal :path and :authority (indexed names, no indexing).
+fn h2_get(path: &str) -> Vec<u8> {
+    let mut block = vec![0x82, 0x86, 0x04, path.len() as u8];
+    block.extend_from_slice(path.as_bytes());
+    block.extend_from_slice(&[0x01, 9]);
+    block.extend_from_slice(b"127.0.0.1");
+    block
+}
+
+/// Reads from `s` into `buf` until `done` holds for the frames read so far
+/// (panics on EOF or a read error).
+fn h2_read_until(
+    s: &mut std::net::TcpStream,
+    buf: &mut Vec<u8>,
+    done: impl Fn(&[(u8, u32, &[u8])]) -> bool,
+) {
+    let mut chunk = [0u8; 16 * 1024];
+    while !done(&h2_frames(buf)) {
+        let n = s.read(&mut chunk).expect("read from portico");
+        assert!(n > 0, "connection closed; frames: {:?}", h2_frames(buf));
+        buf.extend_from_slice(&chunk[..n]);
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn http2_rapid_reset_ends_the_offending_connection_only() {
     let b = Backend::start("a").await;
@@ -79,48 +104,60 @@ async fn http2_rapid_reset_ends_the_offending_connection_only() {
         200
     );
 
-    let tcp = tokio::net::TcpStream::connect(addr).await.unwrap();
-    let (mut send, conn) = h2::client::handshake(tcp).await.unwrap();
-    let conn_task = tokio::spawn(conn);
-    let mut sent = 0;
-    for i in 0..5000 {
-        let req = http::Request::builder()
-            .method("POST")
-            .uri(format!("http://{addr}/slow/1000?{i}"))
-            .body(())
+    // The attacker opens a stream, waits until portico has taken it (the
+    // request reached the upstream, which holds it unanswered), then resets
+    // it: hyper's own limit on streams reset before they were accepted
+    // never sees these, whatever the timing.
+    let mut s = std::net::TcpStream::connect(addr).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(20))).unwrap();
+    let mut preface = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    preface.extend(h2_frame(0x4, 0, 0, &[]));
+    s.write_all(&preface).unwrap();
+    let open_and_reset = |s: &mut std::net::TcpStream, id: u32| {
+        let before = b.requests.load(std::sync::atomic::Ordering::SeqCst);
+        s.write_all(&h2_frame(
+            0x1,
+            0x5,
+            id,
+            &h2_get(&format!("/slow/600000?{id}")),
+        ))
+        .unwrap();
+        while b.requests.load(std::sync::atomic::Ordering::SeqCst) == before {
+            std::thread::sleep(Duration::from_millis(2));
+        }
+        // RST_STREAM(CANCEL)
+        s.write_all(&h2_frame(0x3, 0, id, &8u32.to_be_bytes()))
             .unwrap();
-        match send.send_request(req, false) {
-            Ok((_resp, mut stream)) => {
-                stream.send_reset(h2::Reason::CANCEL);
-                sent += 1;
-            }
-            Err(_) => break,
-        }
-        if i % 50 == 0 {
-            tokio::task::yield_now().await;
-            if send.clone().ready().await.is_err() {
-                break;
-            }
-        }
-    }
-    let ended = tokio::time::timeout(Duration::from_secs(10), conn_task).await;
-    let err = match ended {
-        Ok(Ok(Err(e))) => e,
-        other => panic!(
-            "the flooding connection was not ended with an error after {sent} resets: {other:?}"
-        ),
     };
-    // Either the GOAWAY is read, or the client, still writing its flood,
-    // finds the connection already closed behind it.
-    if err.is_go_away() {
-        assert_eq!(err.reason(), Some(h2::Reason::ENHANCE_YOUR_CALM), "{err:?}");
-    } else {
-        assert!(
-            err.is_io(),
-            "expected GOAWAY or a closed connection, got {err:?}"
-        );
+    // 100 premature resets are tolerated: the connection still serves.
+    for i in 0..100 {
+        open_and_reset(&mut s, 2 * i + 1);
     }
-    assert!(sent < 5000, "all {sent} resets were accepted");
+    s.write_all(&h2_frame(0x1, 0x5, 201, &h2_get("/fine")))
+        .unwrap();
+    let mut buf = Vec::new();
+    h2_read_until(&mut s, &mut buf, |frames| {
+        frames
+            .iter()
+            .any(|&(kind, id, p)| kind == 0x1 && id == 201 && p.first() == Some(&0x88))
+    });
+    // The 101st (more than half of the 101 streams opened) ends it.
+    open_and_reset(&mut s, 203);
+    h2_read_until(&mut s, &mut buf, |frames| {
+        frames.iter().any(|&(kind, _, _)| kind == 0x7)
+    });
+    let frames = h2_frames(&buf);
+    let goaway = frames.iter().find(|f| f.0 == 0x7).unwrap().2;
+    assert_eq!(u32::from_be_bytes(goaway[0..4].try_into().unwrap()), 203);
+    assert_eq!(
+        u32::from_be_bytes(goaway[4..8].try_into().unwrap()),
+        0xb,
+        "GOAWAY(ENHANCE_YOUR_CALM)"
+    );
+    // And the connection is closed.
+    let mut rest = Vec::new();
+    let _ = s.read_to_end(&mut rest);
+    assert_eq!(b.requests.load(std::sync::atomic::Ordering::SeqCst), 103);
 
     // Others are unhurt.
     assert_eq!(

@@ -419,7 +419,7 @@ pub struct ConnIo<S> {
     head_cap: usize,
     /// portico's GOAWAY, still to be written to `inner`.
     unsent: Vec<u8>,
-    /// HTTP/2 control-frame flood detection, once the connection is HTTP/2.
+    /// HTTP/2 flood and rapid-reset detection, once the connection is HTTP/2.
     h2: Option<super::h2_guard::H2Guard>,
     /// Where the stream goes when dropped after an error answer.
     handoff: Option<oneshot::Sender<S>>,
@@ -575,12 +575,16 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
         Poll::Ready(Ok(()))
     }
 
-    /// Ends an HTTP/2 connection whose client floods control frames: its
-    /// GOAWAY(ENHANCE_YOUR_CALM), when hyper is between two frames, and the
-    /// error that makes hyper drop the connection. Best effort: a flooding
-    /// client may not be reading.
+    /// Ends an HTTP/2 connection whose client floods control frames or
+    /// resets streams rapidly: its GOAWAY(ENHANCE_YOUR_CALM), when hyper is
+    /// between two frames, and the error that makes hyper drop the
+    /// connection. Best effort: a flooding client may not be reading.
     fn end_flood(&mut self, cx: &mut Context<'_>) -> io::Error {
-        tracing::warn!("HTTP/2 client flooded PING/SETTINGS frames: GOAWAY(ENHANCE_YOUR_CALM), connection closed");
+        let abuse = self.h2.as_ref().map_or("", |g| g.abuse());
+        tracing::warn!(
+            abuse,
+            "HTTP/2 client abuse: GOAWAY(ENHANCE_YOUR_CALM), connection closed"
+        );
         if let Some(g) = self.h2.as_ref().filter(|g| g.between_frames()) {
             self.unsent.extend_from_slice(&g.goaway());
             if self.poll_unsent(cx).is_ready() {
@@ -589,10 +593,7 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
                 }
             }
         }
-        io::Error::new(
-            io::ErrorKind::ConnectionAborted,
-            "HTTP/2 control frame flood",
-        )
+        io::Error::new(io::ErrorKind::ConnectionAborted, "HTTP/2 client abuse")
     }
 
     /// Best effort: the client may not be reading; the close lingers so

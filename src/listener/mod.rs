@@ -547,6 +547,8 @@ fn log_parser_answer(
             client: peer,
             referer: None,
             user_agent: None,
+            // hyper's parse error kind, e.g. "invalid HTTP method parsed".
+            error: e.to_string().into(),
         });
     }
 }

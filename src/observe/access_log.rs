@@ -52,6 +52,9 @@ pub struct LogEntry {
     pub client: SocketAddr,
     pub referer: Option<String>,
     pub user_agent: Option<String>,
+    /// Why portico made the answer itself (a parse error, no route, an
+    /// upstream timeout...); empty for an answer from the upstream.
+    pub error: std::borrow::Cow<'static, str>,
 }
 
 /// Where access log lines go; `None` when the log is off.
@@ -223,6 +226,7 @@ fn format_json(e: &LogEntry, out: &mut String) {
         "bytes_in": e.bytes_in,
         "bytes_out": e.bytes_out,
         "client": e.client.ip().to_string(),
+        "error": e.error,
     });
     out.push_str(&v.to_string());
 }

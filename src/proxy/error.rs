@@ -85,6 +85,25 @@ impl ProxyError {
         }
     }
 
+    /// A short reason for logs (the access log's `error` field).
+    pub fn reason(self) -> &'static str {
+        match self {
+            ProxyError::BadRequest(why) => why,
+            ProxyError::NotFound => "no route",
+            ProxyError::CorsRejected => "CORS preflight rejected",
+            ProxyError::RequestTimeout => "request head timeout",
+            ProxyError::HeaderTooLarge => "request header fields too large",
+            ProxyError::TooEarly => "non-idempotent request in early data",
+            ProxyError::BadGateway => "upstream failed",
+            ProxyError::ServiceUnavailable => "no healthy upstream",
+            ProxyError::GatewayTimeout => "upstream timeout",
+            ProxyError::Unauthorized => "token missing",
+            ProxyError::InvalidToken => "token invalid",
+            ProxyError::InsufficientScope => "insufficient scope",
+            ProxyError::AuthUnavailable => "authentication unavailable",
+        }
+    }
+
     /// The RFC 6750 challenge of an authentication error.
     fn www_authenticate(self) -> Option<&'static str> {
         match self {

@@ -187,7 +187,12 @@ pub async fn handle(
     );
     let mut resp = match pipeline.await {
         Ok(r) => r,
-        Err(e) => e.response(grpc),
+        Err(e) => {
+            if let Some(l) = done.log.as_mut() {
+                l.error = std::borrow::Cow::Borrowed(e.reason());
+            }
+            e.response(grpc)
+        }
     };
     resp.headers_mut()
         .insert(done.snap.request_id_header.clone(), request_id);
@@ -260,6 +265,7 @@ fn log_entry(req: &Request<RequestBody>, conn: &ConnInfo, sink: &AccessLog) -> L
         client: conn.peer,
         referer: header(REFERER),
         user_agent: header(USER_AGENT),
+        error: std::borrow::Cow::Borrowed(""),
     }
 }
 
