@@ -367,8 +367,12 @@ async fn lowering_max_connections_holds_for_http3_while_connections_are_open() {
         !fourth.is_finished(),
         "max_connections = 1 did not hold after the reload"
     );
-    third.close();
-    drop(third);
+
+    // Raised again, the limit applies at once: the waiting fourth is
+    // served while the third is still open.
+    p.write_config(&config(2));
+    assert_eq!(p.reload().await.0, 200);
     let (status, _client4, _fourth) = fourth.await.unwrap().unwrap();
     assert_eq!(status, 200);
+    assert_eq!(third.clone().get("/3-again").await.unwrap().status, 200);
 }
