@@ -117,7 +117,8 @@ pub fn bind(addr: SocketAddr, backlog: u32) -> std::io::Result<TcpListener> {
     TcpListener::from_std(socket.into())
 }
 
-/// A listener's max_connections, changeable while connections are open.
+/// A listener's max_connections (one for its TCP side, one for its QUIC
+/// side), changeable while connections are open.
 ///
 /// Lowering it takes free permits out of circulation at once and, for the
 /// rest, leaves a debt that the next connections to close pay with their
@@ -166,6 +167,14 @@ impl ConnLimit {
             permit: Some(permit),
             debt: self.debt.clone(),
         })
+    }
+
+    /// The connections holding a permit, `max` being the limit in force:
+    /// the free permits are what it leaves, the debt what closing ones
+    /// still owe. A snapshot, for heuristics.
+    pub(crate) fn in_use(&self, max: usize) -> usize {
+        let max = max.min(Semaphore::MAX_PERMITS);
+        (max + self.debt.load(Ordering::Acquire)).saturating_sub(self.permits.available_permits())
     }
 
     /// Moves the limit from `old` to `new`.

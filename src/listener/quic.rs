@@ -31,7 +31,10 @@
 //!   (QPACK counts 32 bytes per field on top of names and values): a head
 //!   over that is refused by h3 itself with a bare 431;
 //! - `max_connections` bounds this listener's QUIC connections (separately
-//!   from its TCP ones): at the limit, accepting pauses. Once open connections
+//!   from its TCP ones): at the limit, accepting pauses (a new client's
+//!   handshake waits in quinn's queue until a connection closes); a reload
+//!   that lowers it below the connections open keeps new ones waiting
+//!   until enough have closed. Once open connections
 //!   reach 90% of it, a client whose address is not yet validated gets a
 //!   stateless Retry first (RFC 9000 8.1), so spoofed sources cannot make the
 //!   listener spend handshakes near its limit;
@@ -48,7 +51,7 @@
 
 use crate::body::{BoxError, RequestBody};
 use crate::config::Protocol;
-use crate::listener::{ConnActivity, ConnTracker};
+use crate::listener::{ConnActivity, ConnLimit, ConnTracker};
 use crate::proxy::{ConnInfo, EarlyData, Shared};
 use crate::snapshot::ListenerSettings;
 use bytes::{Buf, Bytes};
@@ -62,7 +65,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::{watch, Semaphore};
+use tokio::sync::watch;
 use tokio::task::JoinSet;
 
 /// Room above max_header_bytes in the advertised field section size: QPACK
@@ -144,6 +147,8 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
     stop: watch::Sender<bool>,
+    /// The settings for connections accepted from now on.
+    settings: watch::Sender<Arc<ListenerSettings>>,
 }
 
 impl QuicListener {
@@ -163,22 +168,29 @@ impl QuicListener {
             Arc::new(quinn::TokioRuntime),
         )?;
         let (stop, stop_rx) = watch::channel(stopping);
+        let (settings, settings_rx) = watch::channel(settings);
         tokio::spawn(accept_loop(
             endpoint.clone(),
-            settings,
+            settings_rx,
             shared,
             tracker,
             stop_rx,
         ));
-        Ok(QuicListener { endpoint, stop })
+        Ok(QuicListener {
+            endpoint,
+            stop,
+            settings,
+        })
     }
 
     /// New handshakes use the certificates and limits of `settings` (a
-    /// reload that kept the listener and its "http3").
-    pub fn update(&self, settings: &ListenerSettings) {
+    /// reload that kept the listener and its "http3", perhaps renamed);
+    /// a new max_connections applies at once.
+    pub fn update(&self, settings: &Arc<ListenerSettings>) {
         if let Some(cfg) = &settings.quic {
             self.endpoint.set_server_config(Some(cfg.clone()));
         }
+        self.settings.send_replace(settings.clone());
     }
 
     /// Stops accepting; open connections get GOAWAY and drain. The socket
@@ -188,54 +200,56 @@ impl QuicListener {
     }
 }
 
+/// Accepts QUIC connections until `stop` turns true. The settings a reload
+/// sends on `settings` apply to connections accepted afterwards; a new
+/// max_connections applies at once, also while the loop waits for room or
+/// for a connection, and a lower one holds however many connections are
+/// open (see [`ConnLimit`]).
+///
+/// At the limit the loop takes no handshake off the endpoint: a new
+/// client's Initial packets wait in quinn's queue of incoming connections
+/// (its handshake stalls, nothing is refused) until a connection closes;
+/// a client whose own timeout ends first is never served.
 async fn accept_loop(
     endpoint: quinn::Endpoint,
-    settings: Arc<ListenerSettings>,
+    mut settings_rx: watch::Receiver<Arc<ListenerSettings>>,
     shared: Arc<Shared>,
     tracker: Arc<ConnTracker>,
     mut stop: watch::Receiver<bool>,
 ) {
-    let mut name = settings.name.clone();
-    let mut settings = settings;
-    let limit = Arc::new(Semaphore::new(settings.max_connections));
+    let mut settings = settings_rx.borrow_and_update().clone();
+    let limit = ConnLimit::new(settings.max_connections);
+    // False once the sender is gone (the listener is being removed).
+    let mut updates = true;
     let mut retrying = false;
     while !*stop.borrow() {
         let permit = tokio::select! {
-            p = limit.clone().acquire_owned() => match p { Ok(p) => p, Err(_) => break },
+            p = limit.acquire() => match p { Some(p) => p, None => break },
             _ = stop.changed() => break,
+            r = settings_rx.changed(), if updates => {
+                updates = r.is_ok();
+                settings = apply_settings(&limit, settings, &mut settings_rx);
+                continue;
+            }
         };
         let incoming = tokio::select! {
             i = endpoint.accept() => match i { Some(i) => i, None => break },
             _ = stop.changed() => break,
-        };
-        // Settings changed by a reload apply to connections accepted after
-        // it. Found by bind, as one socket serves one listener: a listener
-        // renamed at the same bind keeps this socket.
-        let snap = shared.snapshot.load();
-        let current = snap
-            .listeners
-            .iter()
-            .find(|l| l.bind == settings.bind && l.quic.is_some());
-        if let Some(current) = current {
-            if !Arc::ptr_eq(current, &settings) {
-                let (old, new) = (settings.max_connections, current.max_connections);
-                if new > old {
-                    limit.add_permits(new - old);
-                } else {
-                    limit.forget_permits(old - new);
-                }
-                settings = current.clone();
-                name = settings.name.clone();
+            r = settings_rx.changed(), if updates => {
+                updates = r.is_ok();
+                // The permit held goes back (or pays a debt) and is taken
+                // again under the new limit.
+                drop(permit);
+                settings = apply_settings(&limit, settings, &mut settings_rx);
+                continue;
             }
-        }
-        drop(snap);
+        };
         // Connections open before this one (its permit is taken already).
-        let open = settings
-            .max_connections
-            .saturating_sub(limit.available_permits() + 1);
+        let open = limit.in_use(settings.max_connections).saturating_sub(1);
         let near_limit = open * 10 >= settings.max_connections * RETRY_AT_TENTHS;
         if near_limit != retrying {
             retrying = near_limit;
+            let name = &settings.name;
             match near_limit {
                 true => {
                     tracing::info!(listener = %name, open, "QUIC: near max_connections; new clients must validate their address (stateless Retry)")
@@ -266,7 +280,21 @@ async fn accept_loop(
     while let Some(Some(i)) = endpoint.accept().now_or_never() {
         i.refuse();
     }
-    tracing::info!(listener = %name, "QUIC: stopped accepting");
+    tracing::info!(listener = %settings.name, "QUIC: stopped accepting");
+}
+
+/// The settings last sent on `rx`, with the limit moved from `current`'s
+/// max_connections to theirs.
+fn apply_settings(
+    limit: &ConnLimit,
+    current: Arc<ListenerSettings>,
+    rx: &mut watch::Receiver<Arc<ListenerSettings>>,
+) -> Arc<ListenerSettings> {
+    let new = rx.borrow_and_update().clone();
+    if !Arc::ptr_eq(&new, &current) {
+        limit.resize(current.max_connections, new.max_connections);
+    }
+    new
 }
 
 /// Whether the handshake of a connection is complete, for telling 0-RTT

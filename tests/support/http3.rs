@@ -114,11 +114,16 @@ impl H3Conn {
     ) -> Result<H3Response, H3Error> {
         let mut stream = self.send.send_request(req).await?;
         let mut rest = body;
+        // A server that answers without the rest of the request stops it
+        // (RFC 9114 4.1): the response still counts, so a failed send only
+        // ends the sending.
         while !rest.is_empty() {
             let chunk = rest.split_to(rest.len().min(64 * 1024));
-            stream.send_data(chunk).await?;
+            if stream.send_data(chunk).await.is_err() {
+                break;
+            }
         }
-        stream.finish().await?;
+        let _ = stream.finish().await;
         let resp = stream.recv_response().await?;
         let mut body = Vec::new();
         while let Some(mut chunk) = stream.recv_data().await? {
