@@ -358,3 +358,43 @@ async fn overlong_utf8_in_the_path_is_refused() {
     assert_eq!((status, body.as_str()), (200, "all"));
     assert_eq!(request_line(&all.last()), "GET /caf%C3%A9 HTTP/1.1");
 }
+
+/// An upstream that maps `_` to `-` in header names (CGI, WSGI, NGINX with
+/// underscores_in_headers) reads `X_Forwarded_Host` as x-forwarded-host: a
+/// client must not pass such a spelling of a header portico sets.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn underscore_spellings_of_the_headers_portico_sets_are_removed() {
+    let (addr, _p, _admin, all) = start().await;
+    let (status, head, _) = send(
+        addr,
+        "GET /x HTTP/1.1\r\nHost: public.example.com\r\nX_Forwarded_Host: admin.example.com\r\n\
+         X_Forwarded_Proto: https\r\nX-Forwarded_For: 10.9.9.9\r\nx_request_id: forged\r\n\
+         X_Other: kept\r\n\r\n",
+    )
+    .await;
+    assert_eq!(status, 200, "{head}");
+    let up = all.last();
+    let names: Vec<String> = up
+        .split("\r\n")
+        .skip(1)
+        .filter_map(|l| l.split_once(':'))
+        .map(|(n, _)| n.to_ascii_lowercase())
+        .collect();
+    assert_eq!(
+        names.iter().filter(|n| n.contains('_')).collect::<Vec<_>>(),
+        vec!["x_other"],
+        "{up}"
+    );
+    assert_eq!(
+        header_values(&up, "x-forwarded-host"),
+        vec!["public.example.com".to_string()]
+    );
+    assert_eq!(
+        header_values(&up, "x-forwarded-proto"),
+        vec!["http".to_string()]
+    );
+    assert_eq!(
+        header_values(&up, "x-forwarded-for"),
+        vec!["127.0.0.1".to_string()]
+    );
+}

@@ -181,6 +181,36 @@ impl ClaimHeaders {
     }
 }
 
+/// Removes the headers a client spelled with `_` for `-` that name one the
+/// proxy sets (x-forwarded-for, -proto, -host and `request_id`): an
+/// upstream that maps `_` to `-` (CGI and WSGI servers, NGINX with
+/// underscores_in_headers) would read the client's copy as the proxy's.
+pub fn strip_underscore_spellings(h: &mut HeaderMap, request_id: &HeaderName) {
+    // Most requests have no `_` in any name: one pass over the names decides.
+    if !h.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let set = [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        request_id,
+    ];
+    let found: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| {
+            n.as_str().contains('_')
+                && set
+                    .iter()
+                    .any(|s| same_claim_name(n.as_str().as_bytes(), s.as_str().as_bytes()))
+        })
+        .cloned()
+        .collect();
+    for n in found {
+        h.remove(n);
+    }
+}
+
 /// Removes what a client sends that the proxy itself answers (Expect is
 /// answered by the proxy's own 100 Continue).
 pub fn strip_request_only(h: &mut HeaderMap) {
@@ -389,6 +419,24 @@ mod tests {
         let none = ClaimHeaders::default();
         none.strip(&mut h);
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn underscore_spellings_of_set_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x_forwarded_for",
+            "x_forwarded-proto",
+            "x-forwarded_host",
+            "x_request_id",
+            "x-forwarded-for",
+            "x_other",
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("1"));
+        }
+        strip_underscore_spellings(&mut h, &HeaderName::from_static("x-request-id"));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-forwarded-for") && h.contains_key("x_other"));
     }
 
     #[test]

@@ -12,8 +12,8 @@
 //!    edge and note what the response owes the request's origin
 //!    ([`cors`]);
 //! 4. **authenticate**: the client's hop-by-hop headers (and any upgrade
-//!    but WebSocket) and every spelling of any policy's claim headers are
-//!    removed first, so nothing the client sends can remove or fake a
+//!    but WebSocket), every spelling of any policy's claim headers and the
+//!    `_` spellings of the headers the proxy sets are removed first, so nothing the client sends can remove or fake a
 //!    header the proxy sets; then, on a route with `auth`, the route's JWT
 //!    policy checks the bearer token and sets the claim headers
 //!    (`crate::auth`);
@@ -376,6 +376,7 @@ async fn serve(
         route.auth.as_ref().map(|_| &http::header::AUTHORIZATION),
     );
     snap.claim_headers.strip(req.headers_mut());
+    headers::strip_underscore_spellings(req.headers_mut(), &snap.request_id_header);
     if let Some(policy) = &route.auth {
         policy.authenticate(req.headers_mut()).await?;
     }
