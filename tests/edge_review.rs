@@ -16,9 +16,9 @@ use tokio::io::{AsyncReadExt, AsyncWriteExt};
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// An HTTP/1.1 upstream on raw TCP that records every request head it
-/// receives, byte for byte, and answers `200 ok` (or, to a request that
-/// asks for an h2c upgrade, `101 Switching Protocols`, as an h2c server
-/// would).
+/// receives, byte for byte, and answers `200` with its name (or, to a
+/// target with `status=101`, a bare `101 Switching Protocols`, after which
+/// it goes on reading HTTP requests).
 struct RawBackend {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
@@ -69,7 +69,17 @@ async fn serve_raw(mut s: tokio::net::TcpStream, name: &str, heads: Arc<Mutex<Ve
             buf.drain(..n);
             left -= n;
         }
+        // A status the client picks (as some test and health endpoints
+        // allow), answered as an HTTP server that stays HTTP.
+        let reflect = request_line(&head).contains("status=101");
         heads.lock().unwrap().push(head);
+        if reflect {
+            let switch = "HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n";
+            if s.write_all(switch.as_bytes()).await.is_err() {
+                return;
+            }
+            continue;
+        }
         let answer = format!(
             "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
             name.len()
@@ -397,4 +407,48 @@ async fn underscore_spellings_of_the_headers_portico_sets_are_removed() {
         header_values(&up, "x-forwarded-for"),
         vec!["127.0.0.1".to_string()]
     );
+}
+
+/// A 101 that is not a WebSocket handshake (an endpoint that answers the
+/// status a client asks for) must not open a tunnel: through it the client
+/// would talk to the upstream's HTTP parser directly, past routing and auth.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_101_without_the_websocket_handshake_opens_no_tunnel() {
+    let (addr, _p, admin, all) = start().await;
+    let mut c = tokio::net::TcpStream::connect(addr).await.unwrap();
+    c.write_all(
+        b"GET /reflect?status=101 HTTP/1.1\r\nHost: x\r\nUpgrade: websocket\r\n\
+          Connection: Upgrade\r\nSec-WebSocket-Key: dGhlIHNhbXBsZSBub25jZQ==\r\n\
+          Sec-WebSocket-Version: 13\r\n\r\n",
+    )
+    .await
+    .unwrap();
+    let mut buf = Vec::new();
+    let end = tokio::time::timeout(Duration::from_secs(20), read_head(&mut c, &mut buf))
+        .await
+        .unwrap()
+        .expect("an answer to the upgrade");
+    let head = String::from_utf8_lossy(&buf[..end]).into_owned();
+    // The smuggled request: if a tunnel were open it would go straight to
+    // the catch-all's upstream; otherwise portico reads it (and asks for
+    // a token) or has closed the connection.
+    let _ = c
+        .write_all(b"GET /admin/secret HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await;
+    let body = content_length(&head);
+    while buf.len() < end + body && fill(&mut c, &mut buf).await {}
+    buf.drain(..(end + body).min(buf.len()));
+    let second = tokio::time::timeout(Duration::from_secs(20), read_head(&mut c, &mut buf)).await;
+    assert!(
+        !all.heads().iter().any(|h| h.contains("/admin/secret")),
+        "the smuggled request reached the upstream: {:?}",
+        all.heads()
+    );
+    assert_eq!(parse_status(&head), Some(502), "{head}");
+    if let Ok(Some(end)) = second {
+        let h = String::from_utf8_lossy(&buf[..end]).into_owned();
+        assert_eq!(parse_status(&h), Some(401), "{h}");
+    }
+    assert_eq!(all.count(), 1, "{:?}", all.heads());
+    assert_eq!(admin.count(), 0);
 }
