@@ -156,14 +156,6 @@ async fn exchange(addr: SocketAddr, req: &[u8]) -> (u16, String, String) {
         .expect("no answer from portico")
 }
 
-async fn get(addr: SocketAddr, target: &str, extra: &str) -> (u16, String, String) {
-    exchange(
-        addr,
-        format!("GET {target} HTTP/1.1\r\nHost: localhost\r\n{extra}\r\n").as_bytes(),
-    )
-    .await
-}
-
 fn token(sub: &str) -> String {
     mint_with(
         &EncodingKey::from_secret(SECRET.as_bytes()),
