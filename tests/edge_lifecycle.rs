@@ -369,7 +369,8 @@ async fn a_tunnel_whose_backend_stops_reading_is_closed_after_idle_timeout() {
             }
             let _ = s
                 .write_all(
-                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+                    b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\
+                      Sec-WebSocket-Accept: s3pPLMBiTxaQ9kYGzzhZRbK+xOo=\r\n\r\n",
                 )
                 .await;
             held.push(s);

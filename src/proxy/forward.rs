@@ -16,7 +16,9 @@
 //! - no server in rotation (every one failed its active checks): 503;
 //! - an HTTP/1.1 WebSocket upgrade (the only upgrade tunnelled; others
 //!   were removed by `serve`) that the server accepts with 101
-//!   becomes a byte tunnel between client and server, closed after the
+//!   with a valid WebSocket handshake (`Upgrade: websocket` and the
+//!   Sec-WebSocket-Accept of the client's key; else 502) becomes a byte
+//!   tunnel between client and server, closed after the
 //!   listener's idle_timeout without a byte moving either way (a side that
 //!   stops reading does not keep it open); it holds the client
 //!   connection's max_connections slot and drain place until it closes.
@@ -161,6 +163,13 @@ pub(super) async fn forward(
             parts.headers.insert(HOST, h.clone());
         }
     }
+    // What the server's 101 must carry for the tunnel to open.
+    let websocket_accept = upgrade.as_ref().and_then(|_| {
+        parts
+            .headers
+            .get("sec-websocket-key")
+            .map(headers::websocket_accept)
+    });
     if let Some((_, Some(proto))) = &upgrade {
         parts
             .headers
@@ -262,6 +271,18 @@ pub(super) async fn forward(
                 if let (StatusCode::SWITCHING_PROTOCOLS, Some((client_upgrade, _))) =
                     (status, upgrade)
                 {
+                    if !headers::is_websocket_handshake(
+                        response.headers(),
+                        websocket_accept.as_ref(),
+                    ) {
+                        // Not a WebSocket server's answer: tunnelling would
+                        // hand the client the upstream's HTTP parser.
+                        if let Some(p) = trace.pooled.take() {
+                            p.discard();
+                        }
+                        tracing::warn!(upstream = %pool.name, server = %server.label, "101 without a valid WebSocket handshake");
+                        return Err(ProxyError::BadGateway);
+                    }
                     // The upstream connection now belongs to the tunnel.
                     trace.pooled = None;
                     trace.tunnel = Some(Tunnel {

@@ -115,6 +115,36 @@ pub fn websocket_upgrade(version: http::Version, h: &HeaderMap) -> Option<Header
     (websocket && connection_upgrade).then(|| value.clone())
 }
 
+/// The Sec-WebSocket-Accept a real WebSocket server answers to `key`
+/// (RFC 6455 4.2.2): base64 of the SHA-1 of the key and the protocol's GUID.
+pub fn websocket_accept(key: &HeaderValue) -> HeaderValue {
+    use base64::Engine;
+    const GUID: &[u8] = b"258EAFA5-E914-47DA-95CA-C5AB0DC85B11";
+    let mut ctx = ring::digest::Context::new(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY);
+    ctx.update(key.as_bytes());
+    ctx.update(GUID);
+    let b64 = base64::engine::general_purpose::STANDARD.encode(ctx.finish());
+    // Base64 is always a valid header value.
+    HeaderValue::from_str(&b64).unwrap_or(HeaderValue::from_static(""))
+}
+
+/// Whether a 101 answer is the WebSocket handshake the client asked for:
+/// `Upgrade: websocket` and the Sec-WebSocket-Accept that `accept` (from
+/// [`websocket_accept`]) expects. A 101 that is not (an endpoint that lets
+/// a client pick its status) would turn the tunnel into a raw channel to
+/// the upstream's HTTP parser, past routing and auth.
+pub fn is_websocket_handshake(response: &HeaderMap, accept: Option<&HeaderValue>) -> bool {
+    let upgrade = response
+        .get(UPGRADE)
+        .is_some_and(|v| v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"websocket"));
+    let mut answers = response.get_all("sec-websocket-accept").iter();
+    let accepted = match (answers.next(), answers.next(), accept) {
+        (Some(a), None, Some(want)) => a.as_bytes().trim_ascii() == want.as_bytes(),
+        _ => false,
+    };
+    upgrade && accepted
+}
+
 /// The header names that any policy's forward_claims sets, in the one
 /// spelling an upstream may map them to: lower case, `_` as `-`. Built once
 /// per snapshot; [`ClaimHeaders::strip`] removes every spelling of them
@@ -178,6 +208,36 @@ impl ClaimHeaders {
         for n in found {
             h.remove(n);
         }
+    }
+}
+
+/// Removes the headers a client spelled with `_` for `-` that name one the
+/// proxy sets (x-forwarded-for, -proto, -host and `request_id`): an
+/// upstream that maps `_` to `-` (CGI and WSGI servers, NGINX with
+/// underscores_in_headers) would read the client's copy as the proxy's.
+pub fn strip_underscore_spellings(h: &mut HeaderMap, request_id: &HeaderName) {
+    // Most requests have no `_` in any name: one pass over the names decides.
+    if !h.keys().any(|n| n.as_str().contains('_')) {
+        return;
+    }
+    let set = [
+        &X_FORWARDED_FOR,
+        &X_FORWARDED_PROTO,
+        &X_FORWARDED_HOST,
+        request_id,
+    ];
+    let found: Vec<HeaderName> = h
+        .keys()
+        .filter(|n| {
+            n.as_str().contains('_')
+                && set
+                    .iter()
+                    .any(|s| same_claim_name(n.as_str().as_bytes(), s.as_str().as_bytes()))
+        })
+        .cloned()
+        .collect();
+    for n in found {
+        h.remove(n);
     }
 }
 
@@ -389,6 +449,42 @@ mod tests {
         let none = ClaimHeaders::default();
         none.strip(&mut h);
         assert_eq!(h.len(), 2);
+    }
+
+    #[test]
+    fn underscore_spellings_of_set_headers_are_removed() {
+        let mut h = HeaderMap::new();
+        for n in [
+            "x_forwarded_for",
+            "x_forwarded-proto",
+            "x-forwarded_host",
+            "x_request_id",
+            "x-forwarded-for",
+            "x_other",
+        ] {
+            h.insert(HeaderName::from_static(n), HeaderValue::from_static("1"));
+        }
+        strip_underscore_spellings(&mut h, &HeaderName::from_static("x-request-id"));
+        assert_eq!(h.len(), 2, "{h:?}");
+        assert!(h.contains_key("x-forwarded-for") && h.contains_key("x_other"));
+    }
+
+    #[test]
+    fn websocket_handshake() {
+        // RFC 6455 1.3's example.
+        let want = websocket_accept(&HeaderValue::from_static("dGhlIHNhbXBsZSBub25jZQ=="));
+        assert_eq!(want, "s3pPLMBiTxaQ9kYGzzhZRbK+xOo=");
+        let mut h = HeaderMap::new();
+        h.insert(UPGRADE, HeaderValue::from_static("WebSocket"));
+        assert!(!is_websocket_handshake(&h, Some(&want)));
+        h.insert("sec-websocket-accept", want.clone());
+        assert!(is_websocket_handshake(&h, Some(&want)));
+        assert!(!is_websocket_handshake(&h, None));
+        h.insert(UPGRADE, HeaderValue::from_static("h2c"));
+        assert!(!is_websocket_handshake(&h, Some(&want)));
+        h.insert(UPGRADE, HeaderValue::from_static("websocket"));
+        h.insert("sec-websocket-accept", HeaderValue::from_static("x"));
+        assert!(!is_websocket_handshake(&h, Some(&want)));
     }
 
     #[test]

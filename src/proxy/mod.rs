@@ -12,8 +12,8 @@
 //!    edge and note what the response owes the request's origin
 //!    ([`cors`]);
 //! 4. **authenticate**: the client's hop-by-hop headers (and any upgrade
-//!    but WebSocket) and every spelling of any policy's claim headers are
-//!    removed first, so nothing the client sends can remove or fake a
+//!    but WebSocket), every spelling of any policy's claim headers and the
+//!    `_` spellings of the headers the proxy sets are removed first, so nothing the client sends can remove or fake a
 //!    header the proxy sets; then, on a route with `auth`, the route's JWT
 //!    policy checks the bearer token and sets the claim headers
 //!    (`crate::auth`);
@@ -332,8 +332,9 @@ async fn serve(
     let host = match &host_value {
         Some(v) => Some(
             v.to_str()
-                .map(routing::host_without_port)
-                .map_err(|_| ProxyError::BadRequest("bad Host header"))?,
+                .ok()
+                .and_then(routing::route_host)
+                .ok_or(ProxyError::BadRequest("bad Host header"))?,
         ),
         None => None,
     };
@@ -343,12 +344,24 @@ async fn serve(
     let listener = &conn.listener.name;
     let path = req.uri().path();
     let preflight = cors::preflight_method(&req);
-    let (index, route) = preflight
-        .as_ref()
-        .and_then(|m| snap.routes.find_indexed(listener, host, path, m))
-        .filter(|(_, r)| r.cors.is_some())
-        .or_else(|| snap.routes.find_indexed(listener, host, path, req.method()))
-        .ok_or(ProxyError::NotFound)?;
+    let find = |path: &str| {
+        preflight
+            .as_ref()
+            .and_then(|m| snap.routes.find_indexed(listener, host, path, m))
+            .filter(|(_, r)| r.cors.is_some())
+            .or_else(|| snap.routes.find_indexed(listener, host, path, req.method()))
+    };
+    let (index, route) = find(path).ok_or(ProxyError::NotFound)?;
+    // Upstreams that drop path parameters (`/admin;x/y` is `/admin/y` to
+    // Tomcat) must not reach a route, or miss an auth, that the path
+    // without them would not.
+    if let Cow::Owned(plain) =
+        path::without_params(path).map_err(|e| ProxyError::BadRequest(e.reason()))?
+    {
+        if find(&plain).map(|(i, _)| i) != Some(index) {
+            return Err(ProxyError::BadRequest("path parameters change the route"));
+        }
+    }
     trace.route = Some(route.name.clone());
     trace.route_index = Some(index);
 
@@ -369,6 +382,7 @@ async fn serve(
         route.auth.as_ref().map(|_| &http::header::AUTHORIZATION),
     );
     snap.claim_headers.strip(req.headers_mut());
+    headers::strip_underscore_spellings(req.headers_mut(), &snap.request_id_header);
     if let Some(policy) = &route.auth {
         policy.authenticate(req.headers_mut()).await?;
     }

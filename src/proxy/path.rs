@@ -13,9 +13,16 @@
 //!
 //! It refuses (the request gets 400): a path that does not start with `/`,
 //! an encoded `/` or `\` (`%2F`, `%5C`, any case), a NUL (raw or `%00`), a
-//! malformed percent-encoding, dot segments that climb above the root, and a
+//! malformed percent-encoding, dot segments that climb above the root, a
 //! raw `\`: some upstreams (Windows servers, some frameworks) read `\` as
-//! `/`, so a backslash could hide a dot segment or a prefix from the edge.
+//! `/`, so a backslash could hide a dot segment or a prefix from the edge;
+//! and an overlong UTF-8 encoding (`%C0%AE`, `%E0%80%AE`): a lax decoder
+//! reads it as the ASCII character (a dot, a slash) that routing did not
+//! see.
+//!
+//! [`without_params`] gives the path as upstreams that drop path
+//! parameters (`;...` in each segment: Tomcat, Jetty, older Spring) read
+//! it, so that the pipeline can check that it routes the same way.
 //!
 //! An already normal path (the usual case) is returned borrowed, after one
 //! pass over its bytes and no allocation.
@@ -38,6 +45,8 @@ pub enum PathError {
     BadEscape,
     /// `..` segments that climb above the root.
     AboveRoot,
+    /// An overlong UTF-8 encoding (`%C0%AE`).
+    Overlong,
 }
 
 impl PathError {
@@ -50,6 +59,7 @@ impl PathError {
             PathError::Nul => "NUL in path",
             PathError::BadEscape => "bad percent-encoding in path",
             PathError::AboveRoot => "path climbs above the root",
+            PathError::Overlong => "overlong UTF-8 in path",
         }
     }
 }
@@ -90,6 +100,23 @@ fn escape_at(b: &[u8], i: usize) -> Result<u8, PathError> {
     }
 }
 
+/// Whether the escape `%XY` at `i`, which encodes `v`, begins an overlong
+/// UTF-8 sequence: a lead byte C0 or C1 (always overlong), or E0 followed by
+/// 80-9F, or F0 followed by 80-8F (RFC 3629 4).
+fn overlong(b: &[u8], i: usize, v: u8) -> bool {
+    let next = || {
+        (b.get(i + 3) == Some(&b'%'))
+            .then(|| escape_at(b, i + 3).ok())
+            .flatten()
+    };
+    match v {
+        0xC0 | 0xC1 => true,
+        0xE0 => next().is_some_and(|n| (0x80..=0x9F).contains(&n)),
+        0xF0 => next().is_some_and(|n| (0x80..=0x8F).contains(&n)),
+        _ => false,
+    }
+}
+
 /// Whether the segment starting at `b[i]` (just after a `/`) is empty, `.`
 /// or `..`: one that the slow path rewrites.
 fn odd_segment(b: &[u8], i: usize) -> bool {
@@ -115,6 +142,9 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             b'\\' => return Err(PathError::Backslash),
             b'%' => {
                 let v = escape_at(b, i)?;
+                if v >= 0xC0 && overlong(b, i, v) {
+                    return Err(PathError::Overlong);
+                }
                 if is_unreserved(v) || b[i + 1..i + 3].iter().any(u8::is_ascii_lowercase) {
                     normal = false;
                 }
@@ -179,6 +209,24 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         out.push('/');
     }
     Ok(Cow::Owned(out))
+}
+
+/// `path` (normal, as [`normalize`] gives it) as an upstream that drops
+/// path parameters reads it: each segment cut at its first `;`, then
+/// normalised again (so `/a/..;/b` is `/b`). Borrowed when `path` has no
+/// `;`.
+pub fn without_params(path: &str) -> Result<Cow<'_, str>, PathError> {
+    if !path.contains(';') {
+        return Ok(Cow::Borrowed(path));
+    }
+    let mut plain = String::with_capacity(path.len());
+    for (n, seg) in path.split('/').enumerate() {
+        if n > 0 {
+            plain.push('/');
+        }
+        plain.push_str(seg.split(';').next().unwrap_or(""));
+    }
+    Ok(Cow::Owned(normalize(&plain)?.into_owned()))
 }
 
 #[cfg(test)]
@@ -255,12 +303,41 @@ mod tests {
             ("/a%", PathError::BadEscape),
             ("/a%4", PathError::BadEscape),
             ("/a%zz", PathError::BadEscape),
+            ("/static/%C0%AE%C0%AE/admin", PathError::Overlong),
+            ("/%c0%af", PathError::Overlong),
+            ("/%C1%9C", PathError::Overlong),
+            ("/%E0%80%AE", PathError::Overlong),
+            ("/%e0%9f%bf", PathError::Overlong),
+            ("/%F0%80%80%AE", PathError::Overlong),
             ("", PathError::NotAbsolute),
             ("*", PathError::NotAbsolute),
             ("a/b", PathError::NotAbsolute),
         ] {
             assert_eq!(normalize(p), Err(e), "{p}");
         }
+    }
+
+    #[test]
+    fn valid_multibyte_escapes_are_kept() {
+        for p in ["/%E0%A4%85", "/%F0%9F%98%80", "/%C3%A9", "/%E0", "/%C0"] {
+            let r = normalize(p);
+            if p == "/%C0" {
+                assert_eq!(r, Err(PathError::Overlong));
+            } else {
+                assert!(matches!(r, Ok(Cow::Borrowed(q)) if q == p), "{p}: {r:?}");
+            }
+        }
+    }
+
+    #[test]
+    fn path_parameters_removed() {
+        let w = |p| without_params(p).map(Cow::into_owned);
+        assert!(matches!(without_params("/a/b"), Ok(Cow::Borrowed("/a/b"))));
+        assert_eq!(w("/admin;x/y").unwrap(), "/admin/y");
+        assert_eq!(w("/public/..;/admin/x").unwrap(), "/admin/x");
+        assert_eq!(w("/a/.;x/b;c=d").unwrap(), "/a/b");
+        assert_eq!(w("/;x/a").unwrap(), "/a");
+        assert_eq!(w("/..;/a"), Err(PathError::AboveRoot));
     }
 
     #[test]

@@ -153,6 +153,42 @@ impl RouteTable {
     }
 }
 
+/// The host a request routes on, from its Host header or authority
+/// (`host[:port]`): port removed, IPv6 brackets kept, one trailing dot
+/// removed (`a.example.` is the fully qualified `a.example`, and upstreams
+/// read it so). `None` when the value is not `host[:port]` (RFC 9110 7.2):
+/// userinfo (`a@b`), a second port, a `/`, `,`, `%` or space, an empty
+/// label: spellings that routing would read as one host and an upstream's
+/// URL parser as another.
+pub fn route_host(h: &str) -> Option<&str> {
+    let host = host_without_port(h);
+    let port = &h[host.len()..];
+    if !(port.is_empty() || port.starts_with(':') && port[1..].bytes().all(|b| b.is_ascii_digit()))
+    {
+        return None;
+    }
+    if let Some(inner) = host.strip_prefix('[') {
+        let inner = inner.strip_suffix(']')?;
+        return (!inner.is_empty()
+            && inner
+                .bytes()
+                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')))
+        .then_some(host);
+    }
+    // An empty Host (allowed by RFC 9112 3.2 when the target has no
+    // authority) names no host.
+    if host.is_empty() {
+        return Some(host);
+    }
+    let name = host.strip_suffix('.').unwrap_or(host);
+    let label_ok = |l: &str| {
+        !l.is_empty()
+            && l.bytes()
+                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~'))
+    };
+    name.split('.').all(label_ok).then_some(name)
+}
+
 /// The host part of a Host header or authority: port removed, IPv6 brackets kept.
 pub fn host_without_port(h: &str) -> &str {
     if h.starts_with('[') {
@@ -247,5 +283,41 @@ mod tests {
         assert_eq!(host_without_port("a.example.com:8443"), "a.example.com");
         assert_eq!(host_without_port("a.example.com"), "a.example.com");
         assert_eq!(host_without_port("[::1]:80"), "[::1]");
+    }
+
+    #[test]
+    fn route_hosts() {
+        for (h, want) in [
+            ("a.example.com", "a.example.com"),
+            ("a.example.com:8443", "a.example.com"),
+            ("a.example.com:", "a.example.com"),
+            ("a.example.com.", "a.example.com"),
+            ("A.Example.com.:80", "A.Example.com"),
+            ("[::1]:80", "[::1]"),
+            ("127.0.0.1", "127.0.0.1"),
+            ("my_host", "my_host"),
+            ("", ""),
+        ] {
+            assert_eq!(route_host(h), Some(want), "{h}");
+        }
+        for h in [
+            "evil@a.example.com",
+            "a.example.com:80:80",
+            "a.example.com, b",
+            "b/a.example.com",
+            "a%2eexample.com",
+            "a..example.com",
+            ".a.example.com",
+            "a.example.com..",
+            ".",
+            "a b",
+            "[::1",
+            "[]",
+            "[::1]x",
+            "[a@b]",
+            "a.example.com:8x",
+        ] {
+            assert_eq!(route_host(h), None, "{h}");
+        }
     }
 }
