@@ -21,7 +21,10 @@ fuzz_target!(|data: &[u8]| {
         Ok(l) => l,
         Err(e) => {
             assert!(e.line >= 1 && e.col >= 1, "error position {e:?}");
-            assert!(e.line <= text.lines().count().max(1) + 1, "line past end: {e:?}");
+            assert!(
+                e.line <= text.lines().count().max(1) + 1,
+                "line past end: {e:?}"
+            );
             let shown = e.to_string();
             assert!(shown.starts_with("fuzz.toml:"), "{shown}");
             return;
@@ -36,6 +39,8 @@ fuzz_target!(|data: &[u8]| {
             l.config == loaded.config,
             "config changed on a TOML round trip\n--- in\n{text}\n--- out\n{again}"
         ),
-        Err(e) => panic!("a loaded config, re-serialised, does not load: {e}\n--- in\n{text}\n--- out\n{again}"),
+        Err(e) => panic!(
+            "a loaded config, re-serialised, does not load: {e}\n--- in\n{text}\n--- out\n{again}"
+        ),
     }
 });

@@ -75,20 +75,25 @@ async fn exchange(data: &[u8], cap: usize, half_close: bool, seen: Arc<Seen>) ->
     let (client, server) = tokio::io::duplex(cap);
     let activity = Arc::new(ConnActivity::default());
     let conn_activity = activity.clone();
-    let io = move |server| ConnIo::new(
-        server,
-        conn_activity,
-        Mode::Http1,
-        HEADER_TIMEOUT,
-        IDLE_TIMEOUT,
-        HeaderName::from_static("x-request-id"),
-        MAX_BUF,
-    );
+    let io = move |server| {
+        ConnIo::new(
+            server,
+            conn_activity,
+            Mode::Http1,
+            HEADER_TIMEOUT,
+            IDLE_TIMEOUT,
+            HeaderName::from_static("x-request-id"),
+            MAX_BUF,
+        )
+    };
     let svc = service_fn(move |req: Request<Incoming>| {
         let (activity, seen) = (activity.clone(), seen.clone());
         async move {
             let seq = activity.request_started();
-            seen.head.lock().unwrap().push(req.method() == http::Method::HEAD);
+            seen.head
+                .lock()
+                .unwrap()
+                .push(req.method() == http::Method::HEAD);
             if seq == 0 {
                 let both = activity.head_has_length_and_chunked(0);
                 *seen.first_cl_te.lock().unwrap() = Some(both);
@@ -153,7 +158,10 @@ async fn exchange(data: &[u8], cap: usize, half_close: bool, seen: Arc<Seen>) ->
     let both = async {
         let (served, out) = tokio::join!(server, client);
         if debug() {
-            eprintln!("hyper: {served:?}\nclient got: {:?}", String::from_utf8_lossy(&out));
+            eprintln!(
+                "hyper: {served:?}\nclient got: {:?}",
+                String::from_utf8_lossy(&out)
+            );
         }
         out
     };
@@ -198,7 +206,10 @@ fn check_responses(data: &[u8], out: &[u8], half_close: bool, seen: &Seen) {
     let mut answered = 0usize;
     let mut own_error = false;
     while !rest.is_empty() {
-        assert!(!own_error, "bytes after the connection's last answer: {shown:?}");
+        assert!(
+            !own_error,
+            "bytes after the connection's last answer: {shown:?}"
+        );
         let mut headers = [httparse::EMPTY_HEADER; 32];
         let mut resp = httparse::Response::new(&mut headers);
         let head_len = match resp.parse(rest) {
@@ -246,7 +257,10 @@ fn check_responses(data: &[u8], out: &[u8], half_close: bool, seen: &Seen) {
             assert_eq!(seq, answered, "answers out of order: {shown:?}");
             answered += 1;
         } else {
-            assert!((400..600).contains(&code), "unexpected answer {code} in {shown:?}");
+            assert!(
+                (400..600).contains(&code),
+                "unexpected answer {code} in {shown:?}"
+            );
             // A head pipelined behind a served request, in the same read,
             // gets hyper's answer without the id (fuzz/artifacts-known/):
             // checked only with FUZZ_STRICT=1 until ConnIo covers it.

@@ -37,7 +37,11 @@ fuzz_target!(|data: &[u8]| {
     let strict_res = parse_jwks(data, true);
     match (&strict_res, &lenient) {
         (Ok(s), Ok(l)) => {
-            assert_eq!(s.keys.len(), l.keys.len(), "strict and lenient keep different keys");
+            assert_eq!(
+                s.keys.len(),
+                l.keys.len(),
+                "strict and lenient keep different keys"
+            );
             assert_eq!(s.skipped.len(), l.skipped.len());
         }
         (Ok(_), Err(e)) => panic!("strict accepts what lenient refuses: {e}"),
@@ -63,7 +67,9 @@ fuzz_target!(|data: &[u8]| {
             assert_eq!(fitting, [&alg], "{key:?} fits beyond its own alg");
         }
         assert!(
-            !fitting.iter().any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)),
+            !fitting
+                .iter()
+                .any(|a| matches!(a, Algorithm::HS256 | Algorithm::HS384 | Algorithm::HS512)),
             "a JWKS key fits an HMAC algorithm: {key:?}"
         );
         for alg in ALGS {

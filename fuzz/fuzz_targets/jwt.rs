@@ -76,7 +76,10 @@ fuzz_target!(|data: &[u8]| {
     assert!(segs.iter().all(|s| is_b64url(s)), "segments are base64url");
     assert_eq!(parts.payload, segs[1]);
     assert_eq!(parts.signature, segs[2]);
-    assert_eq!(parts.signing_input, &tok[..segs[0].len() + 1 + segs[1].len()]);
+    assert_eq!(
+        parts.signing_input,
+        &tok[..segs[0].len() + 1 + segs[1].len()]
+    );
 
     let header = b64url_decode(segs[0]);
     // A header whose ignored members hold bytes that are not UTF-8 is
@@ -88,7 +91,10 @@ fuzz_target!(|data: &[u8]| {
     let header: Value = serde_json::from_slice(&header).expect("an accepted header is JSON");
     let obj = header.as_object().expect("an accepted header is an object");
     assert!(!obj.contains_key("crit"), "crit accepted");
-    let alg = obj.get("alg").and_then(Value::as_str).expect("alg is a string");
+    let alg = obj
+        .get("alg")
+        .and_then(Value::as_str)
+        .expect("alg is a string");
     assert!(KNOWN.contains(&alg), "alg {alg:?} accepted");
     assert_eq!(format!("{:?}", parts.alg), alg, "alg read as another");
     match obj.get("kid") {
@@ -111,7 +117,12 @@ fn check_claims(m: &serde_json::Map<String, Value>) {
     let audience = ["api".to_string()];
     let required = ["sub".to_string()];
     let scopes = ["read".to_string()];
-    for (leeway, now) in [(0, 0), (60, 1_700_000_000), (i64::MAX, i64::MAX), (60, i64::MIN)] {
+    for (leeway, now) in [
+        (0, 0),
+        (60, 1_700_000_000),
+        (i64::MAX, i64::MAX),
+        (60, i64::MIN),
+    ] {
         let rules = ClaimRules {
             issuer: &issuer,
             audience: &audience,

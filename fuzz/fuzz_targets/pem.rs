@@ -33,7 +33,10 @@ fuzz_target!(|data: &[u8]| {
     };
     assert!(!keys.is_empty(), "a PEM file loaded with no key");
     for key in &keys {
-        assert!(ALGS.iter().any(|a| key.fits(*a)), "{key:?} fits no algorithm");
+        assert!(
+            ALGS.iter().any(|a| key.fits(*a)),
+            "{key:?} fits no algorithm"
+        );
         for hs in [Algorithm::HS256, Algorithm::HS384, Algorithm::HS512] {
             assert!(!key.fits(hs), "a PEM public key fits {hs:?}");
         }
