@@ -7,12 +7,19 @@
 //! All in memory (a duplex pipe) on a current-thread runtime whose clock
 //! is paused, so a stalled connection meets its head timeout at once.
 //!
+//! The service marks its requests started and finished on the
+//! connection's `ConnActivity`, as the pipeline does, so ConnIo's phases
+//! and head capture work as in portico.
+//!
 //! Properties, beyond "never panics":
-//! - the connection ends (the client's bytes end, then hyper or the head
-//!   timeout closes it);
+//! - the connection ends (hyper closes it, or ConnIo's head or idle
+//!   timeout does, on the paused clock);
 //! - what the client gets back is a well-framed sequence of responses:
 //!   one per request the service answered, in order, plus at most one last
-//!   error answer of hyper's or ConnIo's own (4xx/5xx); nothing after it;
+//!   error answer of hyper's or ConnIo's own (4xx/5xx) carrying a request
+//!   id; nothing after it. Allowed short: the last answer when the client
+//!   half-closed (hyper then drops the connection), and ConnIo's 408 (one
+//!   best-effort write);
 //! - for the first request, the captured head says "Content-Length and
 //!   Transfer-Encoding" exactly when the head the client sent has both
 //!   (the pipeline's 400 for CL+TE depends on it).
