@@ -588,7 +588,8 @@ mod tests {
         let path = dir.path().join("proxy.toml");
         let (a, b) = (free_addr(), free_addr());
         std::fs::write(&path, config(&[("a", a)])).unwrap();
-        let (sup, bound) = Supervisor::new(config::load(&path).unwrap(), path.clone(), HashMap::new()).unwrap();
+        let (sup, bound) =
+            Supervisor::new(config::load(&path).unwrap(), path.clone(), HashMap::new()).unwrap();
         let s = sup.clone();
         let _ = std::thread::spawn(move || {
             let _held = s.listeners.lock();
