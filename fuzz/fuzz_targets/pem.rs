@@ -5,7 +5,9 @@
 //! - a file that loads yields at least one key;
 //! - every key fits at least one JWS algorithm and never an HMAC one (an
 //!   RSA or EC public key must never serve as an HMAC secret);
-//! - verifying garbage with any key and any algorithm is false.
+//! - verifying garbage with any key and any algorithm is false;
+//! - an RSA key with a zero modulus is refused, not a panic (an overflow in
+//!   the key size check once; builds have overflow checks on).
 #![no_main]
 
 use jsonwebtoken::Algorithm;
