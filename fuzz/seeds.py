@@ -223,3 +223,12 @@ for i, p in enumerate(["/", "/a/b/../c", "/./a//b/", "//evil.example/x", "/a/%2e
                        "/a/%2F/b", "/a/..", "/../../etc/passwd", "/a/b/./", "/a?x=/../",
                        "/%2e/%2E%2e/", "/a\\..\\b", "/caf%C3%A9"]):
     put("path", f"p{i:02}", p)
+# The attack paths of tests/edge_requests.rs, and the spellings normalize
+# refuses outright.
+for i, p in enumerate(["/%61dmin/x", "//admin/x", "/./admin/x", "/static/../admin/x",
+                       "/static/..//%61dmin/./x/", "/open/caf%c3%a9%20x", "/open/a.b/%7Bc%7D",
+                       "/%2e%2e/x", "/%2E%2E/admin/x", "/a/%2F/b", "/admin%2fx", "/a%5cb",
+                       "/a%5Cb", "/a%00b", "/../x", "/open/../../x", "/a\\b", "/open/%zz",
+                       "/x/../v1//%61b/./c", "/%76%32/a/../%62", "/static/../%61dmin//x", "*",
+                       "", "/a/b/.%2e/", "/%2e/", "/a/..%2F"]):
+    put("path", f"edge-{i:02}", p)
