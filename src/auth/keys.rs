@@ -328,8 +328,17 @@ pub struct ParsedJwks {
 /// merely not for signatures here) is an error rather than skipped; used
 /// for jwks_file, where the operator can fix it, not for a jwks_url.
 pub fn parse_jwks(doc: &[u8], strict: bool) -> Result<ParsedJwks, String> {
-    let set: JwkSetDoc = serde_json::from_slice(doc)
-        .map_err(|e| format!("not a JWKS document ({{\"keys\": [...]}}): {e}"))?;
+    const NOT_JWKS: &str = "not a JWKS document ({\"keys\": [...]})";
+    // A JWK Set is a JSON object (RFC 7517 5); serde would also read the
+    // struct from an array. And it is valid JSON throughout, members
+    // ignored here included, which serde alone does not check.
+    if doc.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
+        return Err(format!("{NOT_JWKS}: not a JSON object"));
+    }
+    if !super::token::is_json(doc) {
+        return Err(format!("{NOT_JWKS}: not valid UTF-8 JSON"));
+    }
+    let set: JwkSetDoc = serde_json::from_slice(doc).map_err(|e| format!("{NOT_JWKS}: {e}"))?;
     let mut keys = Vec::new();
     let mut skipped = Vec::new();
     let mut malformed = Vec::new();
@@ -497,6 +506,27 @@ mod tests {
         assert!(e.contains("PRIVATE KEY"), "{e}");
         assert!(from_pem(b"hello").is_err());
         assert!(from_pem(b"-----BEGIN PUBLIC KEY-----\nAAAA\n-----END PUBLIC KEY-----\n").is_err());
+    }
+
+    #[test]
+    fn jwks_must_be_an_object_of_valid_json() {
+        for strict in [true, false] {
+            assert!(parse_jwks(br#" {"keys": []}"#, strict).is_ok());
+            // An array, even one shaped like the struct's fields.
+            for doc in [&b" [ []]"[..], b"[[{\"kty\":\"oct\"}]]", b"[]"] {
+                let e = parse_jwks(doc, strict).unwrap_err();
+                assert!(e.contains("not a JSON object"), "{e}");
+            }
+            // Not UTF-8, or a number out of range, in a member nothing reads.
+            for doc in [
+                &b"{\"use\": \"\x88ct\", \"keys\": []}"[..],
+                b"{\"n\": 1e400, \"keys\": []}",
+                b"{\"keys\": [{\"kty\": \"EC\", \"x\": 1763e2980038}]}",
+            ] {
+                let e = parse_jwks(doc, strict).unwrap_err();
+                assert!(e.contains("not valid UTF-8 JSON"), "{e}");
+            }
+        }
     }
 
     #[test]

@@ -3,7 +3,9 @@
 //! Guarantees:
 //! - a token is exactly three non-empty base64url segments; the header is a
 //!   JSON object whose `alg` is a string and whose `kid`, if present, is a
-//!   string; duplicate header members are refused;
+//!   string; duplicate header members are refused, and so is a header that
+//!   is not valid UTF-8 JSON anywhere, ignored members included (RFC 7515
+//!   5.2), so that no other JWT library reads it differently;
 //! - a header with `crit` is refused: this proxy understands no JWS
 //!   extension, and RFC 7515 4.1.11 says a recipient that does not must
 //!   reject the token;
@@ -17,6 +19,7 @@
 use base64::engine::general_purpose::URL_SAFE_NO_PAD;
 use base64::Engine;
 use jsonwebtoken::Algorithm;
+use serde::de::{MapAccess, SeqAccess, Visitor};
 use serde::{Deserialize, Deserializer};
 use serde_json::{Map, Value};
 
@@ -54,6 +57,59 @@ fn present<'de, D: Deserializer<'de>>(d: D) -> Result<bool, D::Error> {
     serde::de::IgnoredAny::deserialize(d).map(|_| true)
 }
 
+/// Whether `bytes` are one JSON text (RFC 8259): UTF-8 throughout, every
+/// string and number well-formed and every number in range. A struct read
+/// by serde skips the members it ignores without checking them, so this
+/// pass comes first. It allocates nothing (escaped strings aside).
+pub(crate) fn is_json(bytes: &[u8]) -> bool {
+    std::str::from_utf8(bytes).is_ok() && serde_json::from_slice::<AnyJson>(bytes).is_ok()
+}
+
+/// Any JSON value, visited in full and kept nowhere.
+struct AnyJson;
+
+impl<'de> Deserialize<'de> for AnyJson {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<AnyJson, D::Error> {
+        d.deserialize_any(AnyJsonVisitor)
+    }
+}
+
+struct AnyJsonVisitor;
+
+impl<'de> Visitor<'de> for AnyJsonVisitor {
+    type Value = AnyJson;
+
+    fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+        f.write_str("a JSON value")
+    }
+    fn visit_bool<E>(self, _: bool) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_i64<E>(self, _: i64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_u64<E>(self, _: u64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_f64<E>(self, _: f64) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_str<E>(self, _: &str) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_unit<E>(self) -> Result<AnyJson, E> {
+        Ok(AnyJson)
+    }
+    fn visit_seq<A: SeqAccess<'de>>(self, mut seq: A) -> Result<AnyJson, A::Error> {
+        while seq.next_element::<AnyJson>()?.is_some() {}
+        Ok(AnyJson)
+    }
+    fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<AnyJson, A::Error> {
+        while map.next_entry::<AnyJson, AnyJson>()?.is_some() {}
+        Ok(AnyJson)
+    }
+}
+
 fn is_b64url(s: &str) -> bool {
     !s.is_empty()
         && s.bytes()
@@ -75,6 +131,9 @@ pub fn split(token: &str) -> Result<Parts<'_>, Rejection> {
     // serde would also read a JSON array into the struct: insist on an object.
     if header.iter().find(|b| !b.is_ascii_whitespace()) != Some(&b'{') {
         return Err(Rejection::Invalid("header is not a JSON object"));
+    }
+    if !is_json(&header) {
+        return Err(Rejection::Invalid("header is not a valid JSON object"));
     }
     let header: JoseHeader = serde_json::from_slice(&header)
         .map_err(|_| Rejection::Invalid("header is not a valid JSON object"))?;
@@ -261,6 +320,34 @@ mod tests {
             leeway: 30,
             required_claims: req,
             required_scopes: scopes,
+        }
+    }
+
+    /// A token whose header is `header` (raw bytes), with a dummy payload
+    /// and signature.
+    fn with_raw_header(header: &[u8]) -> String {
+        format!("{}.e30.c2ln", URL_SAFE_NO_PAD.encode(header))
+    }
+
+    #[test]
+    fn header_must_be_utf8_json_even_in_ignored_members() {
+        assert!(split(&with_raw_header(br#"{"alg":"HS256","x":["ok"]}"#)).is_ok());
+        // A string that is not UTF-8, in a member nothing reads.
+        let bad = with_raw_header(b"{\"alg\":\"HS256\",\"x\":[\"expf&\xad\"]}");
+        assert_eq!(
+            split(&bad).err(),
+            Some(Rejection::Invalid("header is not a valid JSON object"))
+        );
+        // A lone surrogate escape is not a character either.
+        assert!(split(&with_raw_header(br#"{"alg":"HS256","x":"\ud800"}"#)).is_err());
+    }
+
+    #[test]
+    fn header_numbers_must_be_in_range_even_in_ignored_members() {
+        assert!(split(&with_raw_header(br#"{"alg":"HS256","nbf":1.5e300}"#)).is_ok());
+        for n in ["1763e2980038", "1e400", "-1e309"] {
+            let h = format!(r#"{{"alg":"HS256","nbf":{n}}}"#);
+            assert!(split(&with_raw_header(h.as_bytes())).is_err(), "{n}");
         }
     }
 
