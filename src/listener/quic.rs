@@ -601,28 +601,39 @@ async fn close_request_side(unread: Option<Unread>) {
             _ => return,
         },
     };
-    let drain = async {
+    // h3-quinn can only stop a stream that has no read under way; one
+    // left pending by a deadline gets a little longer to finish, else the
+    // stream is dropped (which stops it with quinn's code 0).
+    let stop_by = deadline + DRAIN_TIME / 4;
+    let mut reading = rest.reading;
+    if rest.state == BodyState::Data {
         let mut left = DRAIN_BYTES;
-        if rest.state == BodyState::Data {
-            loop {
-                match rest.recv.recv_data().await {
-                    Ok(Some(b)) => match left.checked_sub(b.remaining()) {
-                        Some(l) => left = l,
-                        None => return false,
-                    },
-                    Ok(None) => break,
-                    // Reset by the client: nothing left to stop.
-                    Err(_) => return true,
+        loop {
+            let until = if reading { stop_by } else { deadline };
+            match tokio::time::timeout_at(until, rest.recv.recv_data()).await {
+                Ok(Ok(Some(b))) => {
+                    reading = false;
+                    match left.checked_sub(b.remaining()) {
+                        Some(l) if tokio::time::Instant::now() < deadline => left = l,
+                        _ => break,
+                    }
                 }
+                // The end of the data (trailers may follow).
+                Ok(Ok(None)) => {
+                    let _ = tokio::time::timeout_at(stop_by, rest.recv.recv_trailers()).await;
+                    return;
+                }
+                // Reset by the client: nothing left to stop.
+                Ok(Err(_)) => return,
+                Err(_) if reading => return,
+                Err(_) => reading = true,
             }
         }
-        // Trailers, then the end of the stream.
-        let _ = rest.recv.recv_trailers().await;
-        true
-    };
-    if !matches!(tokio::time::timeout_at(deadline, drain).await, Ok(true)) {
-        rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+    } else {
+        let _ = tokio::time::timeout_at(stop_by, rest.recv.recv_trailers()).await;
+        return;
     }
+    rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
 }
 
 /// A request body read from HTTP/3 DATA frames, then trailers. Reading is
@@ -642,12 +653,16 @@ struct H3Body {
     received: u64,
     /// Where the request side goes when the body is dropped before its end.
     back: Option<oneshot::Sender<RestOfBody>>,
+    /// The last poll was pending: a read is under way.
+    reading: bool,
 }
 
 /// The request side of a stream, with where its body stopped being read.
 struct RestOfBody {
     recv: RecvHalf,
     state: BodyState,
+    /// A read is under way (its last poll was pending).
+    reading: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -665,6 +680,7 @@ impl H3Body {
             declared,
             received: 0,
             back: None,
+            reading: false,
         }
     }
 
@@ -695,8 +711,12 @@ impl H3Body {
         if self.state == BodyState::Done {
             return None;
         }
-        let state = self.state;
-        self.recv.take().map(|recv| RestOfBody { recv, state })
+        let (state, reading) = (self.state, self.reading);
+        self.recv.take().map(|recv| RestOfBody {
+            recv,
+            state,
+            reading,
+        })
     }
 }
 
@@ -712,8 +732,11 @@ impl Drop for H3Body {
         // Nobody to take it back (the response is long done): the rest of
         // the body is not needed (RFC 9114 4.1.2), rather than quinn's
         // default code 0 on a dropped stream.
+        // (h3-quinn cannot stop a stream with a read under way.)
         if let Err(mut rest) = returned {
-            rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+            if !rest.reading {
+                rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+            }
         }
     }
 }
@@ -726,7 +749,29 @@ impl Body for H3Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+        let polled = self.poll_next_frame(cx);
+        self.reading = polled.is_pending();
+        polled
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.declared {
+            Some(d) => SizeHint::with_exact(d.saturating_sub(self.received)),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl H3Body {
+    fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
         };
@@ -774,17 +819,6 @@ impl Body for H3Body {
             };
         }
         Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.state == BodyState::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.declared {
-            Some(d) => SizeHint::with_exact(d.saturating_sub(self.received)),
-            None => SizeHint::default(),
-        }
     }
 }
 
