@@ -587,8 +587,7 @@ enum Unread {
 /// is still on its way, and stopping the stream under it would make the
 /// client's last write (FIN, often behind a GREASE frame) fail, which
 /// clients report as a failed request despite the complete response. A body
-/// that goes on longer than that is stopped with H3_NO_ERROR, as RFC 9114
-/// 4.1.2 asks of a server that does not need the rest of a request.
+/// that goes on longer than that is stopped (RFC 9114 4.1.2).
 async fn close_request_side(unread: Option<Unread>) {
     let deadline = tokio::time::Instant::now() + DRAIN_TIME;
     let mut rest = match unread {
@@ -601,39 +600,28 @@ async fn close_request_side(unread: Option<Unread>) {
             _ => return,
         },
     };
-    // h3-quinn can only stop a stream that has no read under way; one
-    // left pending by a deadline gets a little longer to finish, else the
-    // stream is dropped (which stops it with quinn's code 0).
-    let stop_by = deadline + DRAIN_TIME / 4;
-    let mut reading = rest.reading;
-    if rest.state == BodyState::Data {
+    let drain = async {
         let mut left = DRAIN_BYTES;
-        loop {
-            let until = if reading { stop_by } else { deadline };
-            match tokio::time::timeout_at(until, rest.recv.recv_data()).await {
-                Ok(Ok(Some(b))) => {
-                    reading = false;
-                    match left.checked_sub(b.remaining()) {
-                        Some(l) if tokio::time::Instant::now() < deadline => left = l,
-                        _ => break,
-                    }
+        if rest.state == BodyState::Data {
+            loop {
+                match rest.recv.recv_data().await {
+                    Ok(Some(b)) => match left.checked_sub(b.remaining()) {
+                        Some(l) => left = l,
+                        None => return,
+                    },
+                    Ok(None) => break,
+                    // Reset by the client: nothing left to stop.
+                    Err(_) => return,
                 }
-                // The end of the data (trailers may follow).
-                Ok(Ok(None)) => {
-                    let _ = tokio::time::timeout_at(stop_by, rest.recv.recv_trailers()).await;
-                    return;
-                }
-                // Reset by the client: nothing left to stop.
-                Ok(Err(_)) => return,
-                Err(_) if reading => return,
-                Err(_) => reading = true,
             }
         }
-    } else {
-        let _ = tokio::time::timeout_at(stop_by, rest.recv.recv_trailers()).await;
-        return;
-    }
-    rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+        // Trailers, then the end of the stream.
+        let _ = rest.recv.recv_trailers().await;
+    };
+    // Past the bounds the stream is dropped, which stops it. (h3-quinn
+    // cannot stop a stream with a read under way, and h3 may leave one
+    // under way whatever it returned: so quinn's code 0, not H3_NO_ERROR.)
+    let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
 /// A request body read from HTTP/3 DATA frames, then trailers. Reading is
@@ -653,16 +641,12 @@ struct H3Body {
     received: u64,
     /// Where the request side goes when the body is dropped before its end.
     back: Option<oneshot::Sender<RestOfBody>>,
-    /// The last poll was pending: a read is under way.
-    reading: bool,
 }
 
 /// The request side of a stream, with where its body stopped being read.
 struct RestOfBody {
     recv: RecvHalf,
     state: BodyState,
-    /// A read is under way (its last poll was pending).
-    reading: bool,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -680,7 +664,6 @@ impl H3Body {
             declared,
             received: 0,
             back: None,
-            reading: false,
         }
     }
 
@@ -711,12 +694,8 @@ impl H3Body {
         if self.state == BodyState::Done {
             return None;
         }
-        let (state, reading) = (self.state, self.reading);
-        self.recv.take().map(|recv| RestOfBody {
-            recv,
-            state,
-            reading,
-        })
+        let state = self.state;
+        self.recv.take().map(|recv| RestOfBody { recv, state })
     }
 }
 
@@ -725,18 +704,10 @@ impl Drop for H3Body {
         let Some(rest) = self.take_rest() else {
             return;
         };
-        let returned = match self.back.take() {
-            Some(tx) => tx.send(rest),
-            None => Err(rest),
-        };
-        // Nobody to take it back (the response is long done): the rest of
-        // the body is not needed (RFC 9114 4.1.2), rather than quinn's
-        // default code 0 on a dropped stream.
-        // (h3-quinn cannot stop a stream with a read under way.)
-        if let Err(mut rest) = returned {
-            if !rest.reading {
-                rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
-            }
+        // Nobody to take it back (the response is long done): dropped, the
+        // stream is stopped.
+        if let Some(tx) = self.back.take() {
+            let _ = tx.send(rest);
         }
     }
 }
@@ -749,9 +720,7 @@ impl Body for H3Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let polled = self.poll_next_frame(cx);
-        self.reading = polled.is_pending();
-        polled
+        self.poll_next_frame(cx)
     }
 
     fn is_end_stream(&self) -> bool {
