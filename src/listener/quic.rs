@@ -20,6 +20,10 @@
 //!   frame by frame as the upstream produces them, trailers included; an
 //!   upstream body that fails midway resets the stream (H3_INTERNAL_ERROR)
 //!   so a truncated body is never taken for a whole one;
+//! - a request body is never stopped under its response: one the pipeline
+//!   did not read to its end is read and discarded, after the response went
+//!   out whole, for up to 2 s or 1 MiB (the client's end
+//!   of stream is usually just behind its head), then the stream is dropped;
 //! - limits: flow-control windows of 1 MiB per stream and 4 MiB per
 //!   connection (receiving and sending), as on HTTP/2; at most
 //!   `h2_max_concurrent_streams` concurrent requests per
