@@ -12,7 +12,7 @@ use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
 use hyper::body::Incoming;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -21,11 +21,34 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 
 /// A request body on its way to an upstream, optionally counting its bytes
 /// (for the access log) and telling whether it was read to its end (so an
-/// upstream connection is reused only after the whole request went out).
+/// upstream connection is reused only after the whole request went out) or
+/// failed (so only its own failure is blamed on the client).
 pub struct RequestBody {
     kind: ReqKind,
     counter: Option<Arc<AtomicU64>>,
-    ended: Option<Arc<AtomicBool>>,
+    watch: Option<BodyWatch>,
+}
+
+/// How far a [`RequestBody`] got, seen from outside it: still open, read
+/// to its end, or failed (the client's stream broke).
+#[derive(Clone)]
+pub struct BodyWatch(Arc<AtomicU8>);
+
+const OPEN: u8 = 0;
+const ENDED: u8 = 1;
+const FAILED: u8 = 2;
+
+impl BodyWatch {
+    /// Whether the body was read to its end (its last frame, or its end,
+    /// handed out).
+    pub fn ended(&self) -> bool {
+        self.0.load(Ordering::Acquire) == ENDED
+    }
+
+    /// Whether the body itself returned an error.
+    pub fn failed(&self) -> bool {
+        self.0.load(Ordering::Acquire) == FAILED
+    }
 }
 
 enum ReqKind {
@@ -46,7 +69,7 @@ impl RequestBody {
         RequestBody {
             kind: ReqKind::Full(if b.is_empty() { None } else { Some(b) }),
             counter: None,
-            ended: None,
+            watch: None,
         }
     }
 
@@ -54,7 +77,7 @@ impl RequestBody {
         RequestBody {
             kind: ReqKind::Incoming(b),
             counter: None,
-            ended: None,
+            watch: None,
         }
     }
 
@@ -62,7 +85,7 @@ impl RequestBody {
         RequestBody {
             kind: ReqKind::Boxed(b),
             counter: None,
-            ended: None,
+            watch: None,
         }
     }
 
@@ -71,12 +94,16 @@ impl RequestBody {
         self.counter = Some(counter);
     }
 
-    /// A flag that turns true once the body has been read to its end (its
-    /// last frame, or its end, handed out).
-    pub fn watch_end(&mut self) -> Arc<AtomicBool> {
-        let end = Body::is_end_stream(self);
-        self.ended
-            .get_or_insert_with(|| Arc::new(AtomicBool::new(end)))
+    /// A view of how far the body gets from now on: read to its end, or
+    /// failed.
+    pub fn watch(&mut self) -> BodyWatch {
+        let state = if Body::is_end_stream(self) {
+            ENDED
+        } else {
+            OPEN
+        };
+        self.watch
+            .get_or_insert_with(|| BodyWatch(Arc::new(AtomicU8::new(state))))
             .clone()
     }
 }
@@ -102,15 +129,16 @@ impl Body for RequestBody {
                 n.fetch_add(d.len() as u64, Ordering::Relaxed);
             }
         }
-        if let Some(e) = &this.ended {
+        if let Some(w) = &this.watch {
             // hyper stops polling once is_end_stream says so.
-            let end = match &polled {
-                Poll::Ready(None) => true,
-                Poll::Ready(Some(Ok(_))) => this.is_end_stream(),
-                _ => false,
+            let state = match &polled {
+                Poll::Ready(None) => ENDED,
+                Poll::Ready(Some(Ok(_))) if this.is_end_stream() => ENDED,
+                Poll::Ready(Some(Err(_))) => FAILED,
+                _ => OPEN,
             };
-            if end {
-                e.store(true, Ordering::Release);
+            if state != OPEN {
+                w.0.store(state, Ordering::Release);
             }
         }
         polled

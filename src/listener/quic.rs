@@ -20,6 +20,10 @@
 //!   frame by frame as the upstream produces them, trailers included; an
 //!   upstream body that fails midway resets the stream (H3_INTERNAL_ERROR)
 //!   so a truncated body is never taken for a whole one;
+//! - a request body is never stopped under its response: one the pipeline
+//!   did not read to its end is read and discarded, after the response went
+//!   out whole, for up to 2 s or 1 MiB (the client's end
+//!   of stream is usually just behind its head), then the stream is dropped;
 //! - limits: flow-control windows of 1 MiB per stream and 4 MiB per
 //!   connection (receiving and sending), as on HTTP/2; at most
 //!   `h2_max_concurrent_streams` concurrent requests per
@@ -65,7 +69,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::sync::watch;
+use tokio::sync::{oneshot, watch};
 use tokio::task::JoinSet;
 
 /// Room above max_header_bytes in the advertised field section size: QPACK
@@ -532,14 +536,14 @@ async fn serve_request(
             return;
         }
     };
-    let (mut send, recv) = stream.split();
+    let (send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let body = H3Body::new(recv, declared).into_request_body();
+    let (body, unread) = H3Body::new(recv, declared).into_request_body();
     let mut req = Request::from_parts(parts, body);
     if early {
         req.extensions_mut().insert(EarlyData);
@@ -549,55 +553,132 @@ async fn serve_request(
         Ok(r) => r,
         Err(never) => match never {},
     };
+    if send_response(send, resp).await {
+        close_request_side(unread).await;
+    }
+}
+
+/// Sends a response: head, body frame by frame, trailers. Returns whether
+/// it went out whole (and the stream was finished).
+async fn send_response(
+    mut send: h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
+    resp: Response<crate::body::ProxyBody>,
+) -> bool {
     let (mut head, mut body) = resp.into_parts();
     // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2);
     // the pipeline's own errors may carry `Connection: close`.
     crate::proxy::headers::strip_hop_by_hop(&mut head.headers);
     if let Err(e) = send.send_response(Response::from_parts(head, ())).await {
         tracing::debug!(error = %e, "HTTP/3 response head not sent");
-        return;
+        return false;
     }
     loop {
         match body.frame().await {
-            None => {
-                let _ = send.finish().await;
-                return;
-            }
+            None => return send.finish().await.is_ok(),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     if !data.is_empty() && send.send_data(data).await.is_err() {
                         // The client went away; dropping the body ends
                         // the exchange (and the upstream connection).
-                        return;
+                        return false;
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        if send.send_trailers(trailers).await.is_ok() {
-                            let _ = send.finish().await;
-                        }
-                        return;
+                        return send.send_trailers(trailers).await.is_ok()
+                            && send.finish().await.is_ok();
                     }
                 }
             },
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "upstream body failed; resetting the HTTP/3 stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
-                return;
+                return false;
             }
         }
     }
+}
+
+/// How long, and how many body bytes, the request side of a stream is read
+/// and discarded after a complete response whose request body was not read
+/// to its end (see [`close_request_side`]).
+const DRAIN_TIME: Duration = Duration::from_secs(2);
+const DRAIN_BYTES: usize = STREAM_WINDOW as usize;
+
+/// The request side of a stream whose body the pipeline did not read to
+/// its end: held by the serving task, or on its way back from the body.
+enum Unread {
+    Kept(RestOfBody),
+    Returning(oneshot::Receiver<RestOfBody>),
+}
+
+/// Ends the request side of a stream once its response is out whole.
+/// A request body that was not read to its end (a proxy answer, a GET
+/// forwarded without a body, an upstream that answered early) is read and
+/// discarded for a short while: most often only the client's end of stream
+/// is still on its way, and stopping the stream under it would make the
+/// client's last write (FIN, often behind a GREASE frame) fail, which
+/// clients report as a failed request despite the complete response. A body
+/// that goes on longer than that is stopped (RFC 9114 4.1.2).
+async fn close_request_side(unread: Option<Unread>) {
+    let deadline = tokio::time::Instant::now() + DRAIN_TIME;
+    let mut rest = match unread {
+        None => return,
+        Some(Unread::Kept(r)) => r,
+        // A body still held elsewhere past the deadline stops the stream
+        // itself when it is dropped.
+        Some(Unread::Returning(rx)) => match tokio::time::timeout_at(deadline, rx).await {
+            Ok(Ok(r)) => r,
+            _ => return,
+        },
+    };
+    let drain = async {
+        let mut left = DRAIN_BYTES;
+        if rest.state == BodyState::Data {
+            loop {
+                match rest.recv.recv_data().await {
+                    Ok(Some(b)) => match left.checked_sub(b.remaining()) {
+                        Some(l) => left = l,
+                        None => return,
+                    },
+                    Ok(None) => break,
+                    // Reset by the client: nothing left to stop.
+                    Err(_) => return,
+                }
+            }
+        }
+        // Trailers, then the end of the stream.
+        let _ = rest.recv.recv_trailers().await;
+    };
+    // Past the bounds the stream is dropped, which stops it. (h3-quinn
+    // cannot stop a stream with a read under way, and h3 may leave one
+    // under way whatever it returned: so quinn's code 0, not H3_NO_ERROR.)
+    let _ = tokio::time::timeout_at(deadline, drain).await;
 }
 
 /// A request body read from HTTP/3 DATA frames, then trailers. Reading is
 /// what grants the client QUIC flow-control credit, so a body nobody reads
 /// stalls the client rather than filling memory. A Content-Length that the
 /// DATA frames do not match is an error (RFC 9114 4.1.2).
+///
+/// Dropped before its end (whoever holds it did not need the rest), it
+/// hands the request side of the stream back to the serving task, which
+/// ends it once the response is out (see [`close_request_side`]); it never
+/// stops the stream under a response still being made.
 struct H3Body {
-    recv: RecvHalf,
+    /// Always present until the body is dropped.
+    recv: Option<RecvHalf>,
     state: BodyState,
     declared: Option<u64>,
     received: u64,
+    /// Where the request side goes when the body is dropped before its end.
+    back: Option<oneshot::Sender<RestOfBody>>,
+}
+
+/// The request side of a stream, with where its body stopped being read.
+struct RestOfBody {
+    recv: RecvHalf,
+    state: BodyState,
 }
 
 #[derive(Clone, Copy, PartialEq, Eq)]
@@ -610,28 +691,56 @@ enum BodyState {
 impl H3Body {
     fn new(recv: RecvHalf, declared: Option<u64>) -> H3Body {
         H3Body {
-            recv,
+            recv: Some(recv),
             state: BodyState::Data,
             declared,
             received: 0,
+            back: None,
         }
     }
 
-    /// The pipeline's request body. A body already known to be empty (the
+    /// The pipeline's request body, and the request side of the stream if
+    /// the body may end unread. A body already known to be empty (the
     /// stream ended with the head, or Content-Length: 0) becomes an empty
     /// one, so a GET goes upstream without chunked framing.
-    fn into_request_body(mut self) -> RequestBody {
+    fn into_request_body(mut self) -> (RequestBody, Option<Unread>) {
         if self.declared == Some(0) {
-            return RequestBody::empty();
+            let rest = self.take_rest().map(Unread::Kept);
+            return (RequestBody::empty(), rest);
         }
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let first = match Pin::new(&mut self).poll_frame(&mut cx) {
             Poll::Pending => None,
-            Poll::Ready(None) => return RequestBody::empty(),
+            Poll::Ready(None) => return (RequestBody::empty(), None),
             Poll::Ready(Some(f)) => Some(f),
         };
-        RequestBody::boxed(Prefixed { first, rest: self }.boxed())
+        let (tx, rx) = oneshot::channel();
+        self.back = Some(tx);
+        let body = RequestBody::boxed(Prefixed { first, rest: self }.boxed());
+        (body, Some(Unread::Returning(rx)))
+    }
+
+    /// The request side, unless the body was read to its end.
+    fn take_rest(&mut self) -> Option<RestOfBody> {
+        if self.state == BodyState::Done {
+            return None;
+        }
+        let state = self.state;
+        self.recv.take().map(|recv| RestOfBody { recv, state })
+    }
+}
+
+impl Drop for H3Body {
+    fn drop(&mut self) {
+        let Some(rest) = self.take_rest() else {
+            return;
+        };
+        // Nobody to take it back (the response is long done): dropped, the
+        // stream is stopped.
+        if let Some(tx) = self.back.take() {
+            let _ = tx.send(rest);
+        }
     }
 }
 
@@ -643,9 +752,32 @@ impl Body for H3Body {
         mut self: Pin<&mut Self>,
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
-        let this = &mut *self;
+        self.poll_next_frame(cx)
+    }
+
+    fn is_end_stream(&self) -> bool {
+        self.state == BodyState::Done
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self.declared {
+            Some(d) => SizeHint::with_exact(d.saturating_sub(self.received)),
+            None => SizeHint::default(),
+        }
+    }
+}
+
+impl H3Body {
+    fn poll_next_frame(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let this = self;
+        let Some(recv) = this.recv.as_mut() else {
+            return Poll::Ready(None);
+        };
         if this.state == BodyState::Data {
-            match this.recv.poll_recv_data(cx) {
+            match recv.poll_recv_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
                     this.state = BodyState::Done;
@@ -674,7 +806,7 @@ impl Body for H3Body {
             }
         }
         if this.state == BodyState::Trailers {
-            let polled: Poll<Result<Option<HeaderMap>, _>> = this.recv.poll_recv_trailers(cx);
+            let polled: Poll<Result<Option<HeaderMap>, _>> = recv.poll_recv_trailers(cx);
             return match polled {
                 Poll::Pending => Poll::Pending,
                 Poll::Ready(r) => {
@@ -688,17 +820,6 @@ impl Body for H3Body {
             };
         }
         Poll::Ready(None)
-    }
-
-    fn is_end_stream(&self) -> bool {
-        self.state == BodyState::Done
-    }
-
-    fn size_hint(&self) -> SizeHint {
-        match self.declared {
-            Some(d) => SizeHint::with_exact(d.saturating_sub(self.received)),
-            None => SizeHint::default(),
-        }
     }
 }
 

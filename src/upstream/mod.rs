@@ -39,7 +39,7 @@ pub use retry::RetryBudget;
 
 pub use connect::UpstreamIo;
 
-use crate::body::RequestBody;
+use crate::body::{BodyWatch, RequestBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::observe::metrics::{Metrics, ServerMetrics, UpstreamOutcome};
 use hyper::body::Incoming;
@@ -47,7 +47,6 @@ use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
 use tokio::net::TcpStream;
@@ -67,6 +66,9 @@ pub enum UpstreamError {
     InvalidResponse(hyper::Error),
     /// The client's own request body failed (bad chunked framing, or the client went away).
     ClientBody(hyper::Error),
+    /// hyper gave up on the exchange for a reason that is neither the
+    /// client's body nor the server (the connection's task is gone).
+    Internal(hyper::Error),
 }
 
 impl UpstreamError {
@@ -75,14 +77,23 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) => UpstreamOutcome::ConnectError,
             UpstreamError::ConnectTimeout => UpstreamOutcome::Timeout,
-            UpstreamError::Reset(_) | UpstreamError::ClientBody(_) => UpstreamOutcome::Reset,
+            UpstreamError::Reset(_) | UpstreamError::ClientBody(_) | UpstreamError::Internal(_) => {
+                UpstreamOutcome::Reset
+            }
             UpstreamError::InvalidResponse(_) => UpstreamOutcome::Http5xx,
         }
     }
 
-    fn from_hyper(e: hyper::Error) -> UpstreamError {
+    /// `body`: the watch of the request body, if it was not empty. hyper
+    /// calls both a failed request body and its own misuse "user" errors;
+    /// only the body's own failure is the client's.
+    fn from_hyper(e: hyper::Error, body: Option<&BodyWatch>) -> UpstreamError {
         if e.is_user() {
-            UpstreamError::ClientBody(e)
+            if body.is_some_and(BodyWatch::failed) {
+                UpstreamError::ClientBody(e)
+            } else {
+                UpstreamError::Internal(e)
+            }
         } else if e.is_parse() || e.is_parse_status() {
             UpstreamError::InvalidResponse(e)
         } else {
@@ -99,6 +110,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Reset(e) => write!(f, "connection failed before a response: {e}"),
             UpstreamError::InvalidResponse(e) => write!(f, "invalid response: {e}"),
             UpstreamError::ClientBody(e) => write!(f, "client request body failed: {e}"),
+            UpstreamError::Internal(e) => write!(f, "upstream exchange abandoned: {e}"),
         }
     }
 }
@@ -180,9 +192,9 @@ pub struct PoolReturn {
     sender: http1::SendRequest<RequestBody>,
     task: AbortHandle,
     server: Arc<UpstreamServer>,
-    /// Set once the request body was read to its end; `None`: the body was
-    /// empty (nothing to wait for).
-    body_sent: Option<Arc<AtomicBool>>,
+    /// Tells whether the request body was read to its end; `None`: the
+    /// body was empty (nothing to wait for).
+    body_sent: Option<BodyWatch>,
 }
 
 impl PoolReturn {
@@ -191,11 +203,7 @@ impl PoolReturn {
     /// request only after the rest of this one's body, which may never come
     /// (a server that answered an upload early, without reading it).
     pub fn release(self) {
-        if self
-            .body_sent
-            .as_ref()
-            .is_some_and(|s| !s.load(Ordering::Acquire))
-        {
+        if self.body_sent.as_ref().is_some_and(|s| !s.ended()) {
             return self.discard();
         }
         self.server.put_idle(self.sender, self.task);
@@ -383,7 +391,7 @@ impl UpstreamPool {
         mut req: Request<RequestBody>,
     ) -> Result<Exchange, SendFailure> {
         let body_sent =
-            (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch_end());
+            (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch());
         while let Some((mut sender, task)) = server.take_idle(self.settings.idle_timeout) {
             if sender.ready().await.is_err() {
                 continue;
@@ -403,7 +411,10 @@ impl UpstreamPool {
                 Err(mut e) => match e.take_message() {
                     // Nothing was sent: the connection died while idle.
                     Some(r) => req = r,
-                    None => return Err(UpstreamError::from_hyper(e.into_error()).into()),
+                    None => {
+                        let e = UpstreamError::from_hyper(e.into_error(), body_sent.as_ref());
+                        return Err(e.into());
+                    }
                 },
             }
         }
@@ -420,7 +431,7 @@ impl UpstreamPool {
         let response = sender
             .send_request(req)
             .await
-            .map_err(UpstreamError::from_hyper)?;
+            .map_err(|e| UpstreamError::from_hyper(e, body_sent.as_ref()))?;
         Ok(Exchange {
             response,
             pooled: Some(PoolReturn {
@@ -452,7 +463,7 @@ impl UpstreamPool {
     async fn send_h2(
         &self,
         server: &Arc<UpstreamServer>,
-        req: Request<RequestBody>,
+        mut req: Request<RequestBody>,
     ) -> Result<Exchange, SendFailure> {
         let mut sender = match server.h2_sender() {
             Some(s) => s,
@@ -468,10 +479,11 @@ impl UpstreamPool {
             },
         };
         sender.ready().await.map_err(UpstreamError::Reset)?;
+        let body = (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch());
         let response = sender
             .send_request(req)
             .await
-            .map_err(UpstreamError::from_hyper)?;
+            .map_err(|e| UpstreamError::from_hyper(e, body.as_ref()))?;
         Ok(Exchange {
             response,
             pooled: None,
@@ -653,4 +665,54 @@ fn spawn_reaper(pool: Weak<UpstreamPool>, idle_timeout: Duration) {
             }
         }
     });
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use http_body_util::BodyExt;
+
+    /// A request whose body never ends, sent on a connection to a server
+    /// that reads and never answers; `fail` makes the body fail at once.
+    async fn exchange(fail: bool) -> UpstreamError {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let server = tokio::spawn(async move {
+            let (mut s, _) = listener.accept().await.unwrap();
+            let mut buf = [0u8; 1024];
+            while let Ok(n) = tokio::io::AsyncReadExt::read(&mut s, &mut buf).await {
+                if n == 0 {
+                    break;
+                }
+            }
+        });
+        let tcp = TcpStream::connect(addr).await.unwrap();
+        let (mut sender, conn) = http1::handshake(TokioIo::new(tcp)).await.unwrap();
+        let task = tokio::spawn(conn);
+        let (tx, rx) = tokio::sync::oneshot::channel::<()>();
+        let stream = futures_util::stream::once(async move {
+            let _ = rx.await;
+            Err::<http_body::Frame<bytes::Bytes>, crate::body::BoxError>("client went away".into())
+        });
+        let mut body = RequestBody::boxed(http_body_util::StreamBody::new(stream).boxed());
+        let watch = body.watch();
+        let req = Request::post("/").body(body).unwrap();
+        let sent = tokio::spawn(async move { sender.send_request(req).await });
+        if fail {
+            let _ = tx.send(());
+        } else {
+            // The connection's task goes away under the pending request.
+            tokio::task::yield_now().await;
+            task.abort();
+        }
+        let e = sent.await.unwrap().unwrap_err();
+        server.abort();
+        UpstreamError::from_hyper(e, Some(&watch))
+    }
+
+    #[tokio::test]
+    async fn only_the_request_body_s_own_failure_is_the_client_s() {
+        assert!(matches!(exchange(true).await, UpstreamError::ClientBody(_)));
+        assert!(matches!(exchange(false).await, UpstreamError::Internal(_)));
+    }
 }
