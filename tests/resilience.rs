@@ -61,6 +61,8 @@ async fn a_backend_killed_under_load_causes_no_client_errors() {
     }
     tokio::time::sleep(Duration::from_millis(500)).await;
     bs[1].kill();
+    // Requests the backend was already handling when it died still count.
+    bs[1].wait_dead().await;
     let killed_at = bs[1].request_count();
     tokio::time::sleep(Duration::from_millis(1000)).await;
     stop.store(true, Ordering::Relaxed);

@@ -273,6 +273,21 @@ impl Backend {
         let _ = self.killed.send(true);
     }
 
+    /// Waits until a [`Backend::kill`] has taken effect: the accept loop
+    /// has ended and no connection task is left, so no request can be
+    /// counted any more.
+    pub async fn wait_dead(&self) {
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(5);
+        while !self.task.is_finished() || self.open.load(Ordering::SeqCst) > 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "backend {} still has connections 5 s after kill",
+                self.name
+            );
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
     /// How many requests to `path` it saw.
     pub fn count_path(&self, path: &str) -> usize {
         self.seen
