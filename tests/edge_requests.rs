@@ -13,151 +13,22 @@ mod support;
 
 use jsonwebtoken::EncodingKey;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
-use std::time::Duration;
 use support::jwt::*;
+use support::raw::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
-/// An HTTP/1.1 upstream on raw TCP that records every request head it
-/// receives, byte for byte, and answers `200 ok` (or, to a request that
-/// asks for an h2c upgrade, `101 Switching Protocols`, as an h2c server
-/// would).
-struct RawBackend {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl RawBackend {
-    async fn start(name: &'static str) -> RawBackend {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let h = heads.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(serve_raw(s, name, h.clone()));
-            }
-        });
-        RawBackend { addr, heads }
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
-
-    fn count(&self) -> usize {
-        self.heads.lock().unwrap().len()
-    }
-
-    fn last(&self) -> String {
-        self.heads().pop().expect("the backend saw no request")
-    }
-}
-
-async fn serve_raw(mut s: tokio::net::TcpStream, name: &str, heads: Arc<Mutex<Vec<String>>>) {
-    let mut buf = Vec::new();
-    loop {
-        let Some(end) = read_head(&mut s, &mut buf).await else {
-            return;
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        // Bodies (only Content-Length ones are sent here) are skipped.
-        let mut left = content_length(&head);
-        while left > 0 {
-            if buf.is_empty() && !fill(&mut s, &mut buf).await {
-                return;
-            }
-            let n = left.min(buf.len());
-            buf.drain(..n);
-            left -= n;
-        }
-        let h2c = header_values(&head, "upgrade")
-            .iter()
-            .any(|v| v.eq_ignore_ascii_case("h2c"));
-        heads.lock().unwrap().push(head);
-        let answer = if h2c {
-            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n"
-                .to_string()
-        } else {
-            format!(
-                "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
-                name.len()
-            )
-        };
-        if s.write_all(answer.as_bytes()).await.is_err() || h2c {
-            return;
-        }
-    }
-}
-
-async fn fill(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
-    let mut chunk = [0u8; 4096];
-    match s.read(&mut chunk).await {
-        Ok(0) | Err(_) => false,
-        Ok(n) => {
-            buf.extend_from_slice(&chunk[..n]);
-            true
-        }
-    }
-}
-
-/// Reads until `buf` holds a whole head; its length with the blank line.
-async fn read_head(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> Option<usize> {
-    loop {
-        if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-            return Some(i + 4);
-        }
-        if !fill(s, buf).await {
-            return None;
-        }
-    }
-}
-
-fn content_length(head: &str) -> usize {
-    header_values(head, "content-length")
-        .first()
-        .and_then(|v| v.parse().ok())
-        .unwrap_or(0)
-}
-
-/// The values of every field of a raw head named exactly `name` (any case).
-fn header_values(head: &str, name: &str) -> Vec<String> {
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
-}
-
-fn request_line(head: &str) -> &str {
-    head.split("\r\n").next().unwrap_or("")
-}
-
-/// A client's exchange on a fresh connection: writes `req` and reads one
-/// answer (head and Content-Length body): (status, head, body).
-async fn exchange(addr: SocketAddr, req: &[u8]) -> (u16, String, String) {
-    let go = async {
-        let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
-        s.write_all(req).await.unwrap();
-        let mut buf = Vec::new();
-        let end = read_head(&mut s, &mut buf)
-            .await
-            .expect("portico closed before a response head");
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        let len = content_length(&head);
-        while buf.len() < end + len && fill(&mut s, &mut buf).await {}
-        let body = String::from_utf8_lossy(&buf[end..(end + len).min(buf.len())]).into_owned();
-        let status = parse_status(&head).expect("a status line");
-        (status, head, body)
-    };
-    tokio::time::timeout(Duration::from_secs(20), go)
-        .await
-        .expect("no answer from portico")
+/// The answer of an h2c-capable server to an upgrade request (then HTTP/2
+/// would follow, so the raw backend closes).
+fn h2c_upgrade(head: &str) -> Option<(&'static str, bool)> {
+    header_values(head, "upgrade")
+        .iter()
+        .any(|v| v.eq_ignore_ascii_case("h2c"))
+        .then_some((
+            "HTTP/1.1 101 Switching Protocols\r\nConnection: Upgrade\r\nUpgrade: h2c\r\n\r\n",
+            true,
+        ))
 }
 
 async fn get(addr: SocketAddr, target: &str, extra: &str) -> (u16, String, String) {
@@ -181,8 +52,8 @@ fn token(sub: &str) -> String {
 /// (upstream "admin"), `/m/` for POST only, `/open/` without auth, and a
 /// catch-all `/` (upstream "all").
 async fn start() -> (SocketAddr, Portico, RawBackend, RawBackend) {
-    let admin = RawBackend::start("admin").await;
-    let all = RawBackend::start("all").await;
+    let admin = RawBackend::start_with("admin", h2c_upgrade).await;
+    let all = RawBackend::start_with("all", h2c_upgrade).await;
     let dir = tempfile::tempdir().unwrap();
     write(dir.path(), "secret", SECRET);
     let (addr, l) = listener_toml("web", "");
@@ -302,7 +173,7 @@ async fn paths_are_normalised_before_routing_and_forwarding() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_normalised_path_goes_upstream_with_strip_prefix_and_over_http2() {
-    let h1 = RawBackend::start("h1").await;
+    let h1 = RawBackend::start_with("h1", h2c_upgrade).await;
     let h2 = Backend::start("h2").await;
     let (addr, l) = listener_toml("web", "");
     let _p = Portico::start(&format!(

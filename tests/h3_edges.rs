@@ -10,90 +10,14 @@ mod support;
 use bytes::Bytes;
 use jsonwebtoken::EncodingKey;
 use std::net::SocketAddr;
-use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use support::http3::*;
 use support::jwt::*;
 use support::prom::scrape_until;
+use support::raw::*;
 use support::*;
-use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
 const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
-
-/// An HTTP/1.1 upstream on raw TCP that records every request head it
-/// receives, byte for byte, and answers `200` with its name.
-struct RawBackend {
-    addr: SocketAddr,
-    heads: Arc<Mutex<Vec<String>>>,
-}
-
-impl RawBackend {
-    async fn start(name: &'static str) -> RawBackend {
-        let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = l.local_addr().unwrap();
-        let heads = Arc::new(Mutex::new(Vec::new()));
-        let h = heads.clone();
-        tokio::spawn(async move {
-            while let Ok((s, _)) = l.accept().await {
-                tokio::spawn(serve_raw(s, name, h.clone()));
-            }
-        });
-        RawBackend { addr, heads }
-    }
-
-    fn heads(&self) -> Vec<String> {
-        self.heads.lock().unwrap().clone()
-    }
-
-    fn count(&self) -> usize {
-        self.heads.lock().unwrap().len()
-    }
-
-    fn last(&self) -> String {
-        self.heads().pop().expect("the backend saw no request")
-    }
-}
-
-async fn serve_raw(mut s: tokio::net::TcpStream, name: &str, heads: Arc<Mutex<Vec<String>>>) {
-    let mut buf = Vec::new();
-    loop {
-        let end = loop {
-            if let Some(i) = buf.windows(4).position(|w| w == b"\r\n\r\n") {
-                break i + 4;
-            }
-            let mut chunk = [0u8; 4096];
-            match s.read(&mut chunk).await {
-                Ok(0) | Err(_) => return,
-                Ok(n) => buf.extend_from_slice(&chunk[..n]),
-            }
-        };
-        let head = String::from_utf8_lossy(&buf[..end]).into_owned();
-        buf.drain(..end);
-        // Only bodiless requests are sent here.
-        heads.lock().unwrap().push(head);
-        let answer = format!(
-            "HTTP/1.1 200 OK\r\ncontent-length: {}\r\n\r\n{name}",
-            name.len()
-        );
-        if s.write_all(answer.as_bytes()).await.is_err() {
-            return;
-        }
-    }
-}
-
-/// The values of every field of a raw head named exactly `name` (any case).
-fn header_values(head: &str, name: &str) -> Vec<String> {
-    head.split("\r\n")
-        .skip(1)
-        .filter_map(|l| l.split_once(':'))
-        .filter(|(n, _)| n.eq_ignore_ascii_case(name))
-        .map(|(_, v)| v.trim().to_string())
-        .collect()
-}
-
-fn request_line(head: &str) -> &str {
-    head.split("\r\n").next().unwrap_or("")
-}
 
 fn token(sub: &str) -> String {
     mint_with(

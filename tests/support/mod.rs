@@ -6,6 +6,7 @@
 pub mod http3;
 pub mod jwt;
 pub mod prom;
+pub mod raw;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
