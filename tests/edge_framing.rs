@@ -10,6 +10,7 @@ use std::io::{Read, Write};
 use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
+use support::h2frames::*;
 use support::http3::*;
 use support::*;
 
@@ -214,32 +215,6 @@ async fn http3_agreeing_content_lengths_reach_the_upstream_as_one() {
 }
 
 // ---------------------------------------------------------------- HTTP/2
-
-/// One HTTP/2 frame: header and payload.
-fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
-    let len = payload.len();
-    let mut f = vec![(len >> 16) as u8, (len >> 8) as u8, len as u8, kind, flags];
-    f.extend_from_slice(&stream.to_be_bytes());
-    f.extend_from_slice(payload);
-    f
-}
-
-/// The complete frames in `bytes`: (type, stream id, payload).
-fn h2_frames(bytes: &[u8]) -> Vec<(u8, u32, &[u8])> {
-    let mut out = Vec::new();
-    let mut at = 0;
-    while at + 9 <= bytes.len() {
-        let h = &bytes[at..at + 9];
-        let len = (usize::from(h[0]) << 16) | (usize::from(h[1]) << 8) | usize::from(h[2]);
-        if at + 9 + len > bytes.len() {
-            break;
-        }
-        let stream = u32::from_be_bytes([h[5], h[6], h[7], h[8]]) & 0x7fff_ffff;
-        out.push((h[3], stream, &bytes[at + 9..at + 9 + len]));
-        at += 9 + len;
-    }
-    out
-}
 
 /// HPACK: a literal field without indexing, new name (no Huffman).
 fn hpack_literal(name: &str, value: &str) -> Vec<u8> {
