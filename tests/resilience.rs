@@ -419,6 +419,10 @@ async fn panic_mode_tries_ejected_servers_when_all_are_ejected() {
     // Both die: refused connects eject both for a minute.
     a.kill();
     b.kill();
+    // kill() only signals: an open pooled connection may still answer
+    // until its task has ended.
+    a.wait_dead().await;
+    b.wait_dead().await;
     drop((a, b));
     for _ in 0..3 {
         assert_eq!(
