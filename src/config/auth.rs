@@ -1,8 +1,10 @@
 //! The `[auth.NAME]` and `[revocation]` tables, and the route's `auth`.
 //!
 //! Guarantees: unknown keys are errors; defaults are SPEC.md's; everything
-//! that can be checked without reading a file is checked here, at the
-//! position of the offending value (`PATH:LINE:COL`). Key files, JWKS files
+//! that can be checked without reading a file is checked, at the position
+//! of the offending value (`PATH:LINE:COL`): a policy on its own here, the
+//! revocation store and the routes' references among the config's checks
+//! (`validate`). Key files, JWKS files
 //! and the HMAC secret are read and checked by the snapshot builder
 //! (`crate::auth`), through the same error type. Nothing here touches the
 //! network: a `jwks_url` is only parsed.

@@ -384,3 +384,27 @@ fn valid_host_port(s: &str) -> bool {
         None => false,
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_have_distinct_names_and_the_first_failure_is_reported() {
+        let mut names: Vec<&str> = CHECKS.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CHECKS.len());
+        // Two listeners on one address, and a route naming no upstream:
+        // the listener checks run first.
+        let text = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n\
+                    [[listener]]\nname = \"b\"\nbind = \"127.0.0.1:8080\"\n\
+                    [[route]]\nname = \"r\"\nupstream = \"nope\"\n";
+        let path = std::path::Path::new("/etc/portico/proxy.toml");
+        let e = super::super::parse(path, text.to_string()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/portico/proxy.toml:6:8: two listeners bind \"127.0.0.1:8080\""
+        );
+    }
+}
