@@ -27,8 +27,12 @@
 //! HTTP/3 (QUIC on UDP at the same address) is in [`quic`].
 
 mod conn_io;
+mod h1_framing;
 mod h2_guard;
+mod linger;
+mod preface;
 pub mod quic;
+mod timeouts;
 
 pub use conn_io::{ConnActivity, ConnIo, Mode};
 
