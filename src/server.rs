@@ -25,7 +25,7 @@ const ACCESS_LOG_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs portico until a stop signal; returns after draining and writing out
 /// the access log. `inherited` are the sockets passed by systemd
-/// ([`crate::supervisor::inherited_sockets`]).
+/// ([`crate::sys::inherited_sockets`]).
 pub async fn run(
     lc: LoadedConfig,
     inherited: HashMap<SocketAddr, std::net::TcpListener>,
@@ -63,7 +63,7 @@ pub async fn run(
         admin_stop,
     ));
     admin_state.ready.store(true, Ordering::Release);
-    sd_notify("READY=1");
+    crate::sys::notify("READY=1");
 
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     // Always watched, so a reload can turn watch_config on or off; the flag
@@ -96,7 +96,7 @@ pub async fn run(
         open_connections = sup.tracker.open(),
         "shutting down: draining"
     );
-    sd_notify("STOPPING=1");
+    crate::sys::notify("STOPPING=1");
     admin_state.ready.store(false, Ordering::Release);
     sup.stop_all();
     let timeout = sup
@@ -160,26 +160,4 @@ fn watch_file(path: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::Re
     }
     tracing::info!(file = %path.display(), "watching the config file");
     Some(watcher)
-}
-
-/// Sends a state line to systemd when run as a notify service.
-pub fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "sd_notify failed");
-    }
 }

@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 
@@ -65,7 +65,8 @@ pub struct JwksSource {
     /// Wakes the refresh task early (unknown kid, or this source dropped).
     kick: Arc<Notify>,
     kick_pending: AtomicBool,
-    /// When the last unknown-kid fetch was asked for (ms since the epoch).
+    /// When the last unknown-kid fetch was asked for
+    /// ([`crate::sys::monotonic_ms`]; 0: never).
     last_kick_ms: AtomicU64,
     started: AtomicBool,
     /// SHA-256 of the last good document.
@@ -154,7 +155,7 @@ impl JwksSource {
         let mut rx = self.attempts.subscribe();
         let seen = *rx.borrow_and_update();
         if !self.kick_pending.load(Ordering::Acquire) {
-            let now = now_ms();
+            let now = crate::sys::monotonic_ms();
             let last = self.last_kick_ms.load(Ordering::Acquire);
             let due =
                 last == 0 || now.saturating_sub(last) >= KID_REFRESH_INTERVAL.as_millis() as u64;
@@ -308,11 +309,4 @@ async fn refresh_loop(weak: Weak<JwksSource>, kick: Arc<Notify>) {
             _ = kick.notified() => {}
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

@@ -24,22 +24,17 @@ use crate::body::RequestBody;
 use crate::config::HealthCheck;
 use http::{Method, Request};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, Mutex, MutexGuard, OnceLock, PoisonError, Weak};
-use std::time::{Duration, Instant};
+use crate::sys::monotonic_ms;
+use std::sync::{Arc, Mutex, MutexGuard, PoisonError, Weak};
+use std::time::Duration;
 use tokio::sync::watch;
-
-/// Milliseconds since the process's first use of this clock.
-pub(crate) fn now_ms() -> u64 {
-    static START: OnceLock<Instant> = OnceLock::new();
-    START.get_or_init(Instant::now).elapsed().as_millis() as u64
-}
 
 /// Health of one server, shared across reloads.
 #[derive(Debug)]
 pub struct ServerHealth {
     /// Result of active checks (true until checks say otherwise).
     healthy: AtomicBool,
-    /// Passively ejected until this time (now_ms), 0 when not ejected.
+    /// Passively ejected until this time ([`monotonic_ms`]), 0 when not ejected.
     ejected_until: AtomicU64,
 }
 
@@ -63,13 +58,13 @@ impl ServerHealth {
 
     pub fn is_ejected(&self) -> bool {
         let until = self.ejected_until.load(Ordering::Relaxed);
-        until != 0 && now_ms() < until
+        until != 0 && monotonic_ms() < until
     }
 
     pub fn eject_for(&self, d: Duration) {
         if !d.is_zero() {
             self.ejected_until
-                .store(now_ms() + d.as_millis() as u64, Ordering::Relaxed);
+                .store(monotonic_ms() + d.as_millis() as u64, Ordering::Relaxed);
         }
     }
 }
