@@ -2,6 +2,10 @@
 //!
 //! - [`policy`]: a compiled `[auth.NAME]` policy and the authenticate phase
 //!   the pipeline runs for a route with `auth`;
+//! - [`failure`]: why a request did not pass ([`AuthFailure`]), which the
+//!   pipeline turns into its answer;
+//! - [`bearer`]: the one `Authorization: Bearer` parser, and the admin
+//!   token ([`AdminToken`]) the admin API checks with it;
 //! - [`token`]: compact JWS parsing and claim checks;
 //! - [`keys`]: PEM, JWKS and HMAC keys, and which algorithm fits which key;
 //! - [`jwks`]: a jwks_url kept fresh in the background;
@@ -15,14 +19,18 @@
 //! the previous revocation store (its contents, its Redis connection) and
 //! any jwks_url source whose url, CA and refresh did not change.
 
+pub mod bearer;
 pub mod cache;
+pub mod failure;
 pub mod jwks;
 pub mod keys;
 pub mod policy;
 pub mod revocation;
 pub mod token;
 
-pub use policy::{JwtPolicy, RESULTS};
+pub use bearer::AdminToken;
+pub use failure::AuthFailure;
+pub use policy::JwtPolicy;
 pub use revocation::{Revocation, RevocationStore};
 
 use crate::config::{
