@@ -267,7 +267,12 @@ impl JwtPolicy {
 
     /// The cold check of a token, with every key source, fetching the
     /// jwks_url again when the token names an unknown kid.
-    async fn verify(&self, token: &str, now: i64, epoch: u64) -> Result<VerifiedToken, AuthFailure> {
+    async fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        epoch: u64,
+    ) -> Result<VerifiedToken, AuthFailure> {
         let parts = token::split(token)?;
         if !self.algorithms.contains(&parts.alg) {
             return Err(AuthFailure::Invalid("algorithm not allowed by the policy"));

@@ -126,4 +126,3 @@ async fn check_once(
     };
     matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
 }
-

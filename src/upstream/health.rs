@@ -20,8 +20,8 @@
 //!   fail); if no server is healthy, none (the caller answers 503).
 
 use crate::config::HealthCheck;
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use crate::sys::monotonic_ms;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Mutex, MutexGuard, PoisonError};
 use std::time::Duration;
 use tokio::sync::watch;
