@@ -163,6 +163,20 @@ pub struct PoolReturn {
 }
 
 impl PoolReturn {
+    fn new(
+        sender: http1::SendRequest<RequestBody>,
+        task: AbortHandle,
+        server: &Arc<UpstreamServer>,
+        body_sent: Option<BodyWatch>,
+    ) -> PoolReturn {
+        PoolReturn {
+            sender,
+            task,
+            server: server.clone(),
+            body_sent,
+        }
+    }
+
     /// Returns the connection to its server's idle stack if the request
     /// went out in full too; otherwise closes it: hyper would send the next
     /// request only after the rest of this one's body, which may never come
@@ -226,6 +240,15 @@ pub struct Exchange {
     pub response: Response<Incoming>,
     /// For HTTP/1.1: the connection, to return when the body is done.
     pub pooled: Option<PoolReturn>,
+}
+
+impl Exchange {
+    fn pooled(response: Response<Incoming>, pooled: PoolReturn) -> Exchange {
+        Exchange {
+            response,
+            pooled: Some(pooled),
+        }
+    }
 }
 
 impl UpstreamPool {
@@ -363,15 +386,8 @@ impl UpstreamPool {
             }
             match sender.try_send_request(req).await {
                 Ok(response) => {
-                    return Ok(Exchange {
-                        response,
-                        pooled: Some(PoolReturn {
-                            sender,
-                            task,
-                            server: server.clone(),
-                            body_sent,
-                        }),
-                    })
+                    let pooled = PoolReturn::new(sender, task, server, body_sent);
+                    return Ok(Exchange::pooled(response, pooled));
                 }
                 Err(mut e) => match e.take_message() {
                     // Nothing was sent: the connection died while idle.
@@ -397,15 +413,8 @@ impl UpstreamPool {
             .send_request(req)
             .await
             .map_err(|e| UpstreamError::from_hyper(e, body_sent.as_ref()))?;
-        Ok(Exchange {
-            response,
-            pooled: Some(PoolReturn {
-                sender,
-                task,
-                server: server.clone(),
-                body_sent,
-            }),
-        })
+        let pooled = PoolReturn::new(sender, task, server, body_sent);
+        Ok(Exchange::pooled(response, pooled))
     }
 
     async fn connect_h1(
