@@ -1,9 +1,9 @@
 //! One `[auth.NAME]` policy, compiled: what the authenticate phase runs.
 //!
 //! Per request, in order:
-//! 1. the bearer token: exactly one Authorization header (two: 400), scheme
-//!    "Bearer" in any case (anything else, or none: 401 without an error
-//!    code, counted `missing`);
+//! 1. the bearer token ([`super::bearer`]): exactly one Authorization header
+//!    (two: 400), scheme "Bearer" in any case (anything else, or none: 401
+//!    without an error code, counted `missing`);
 //! 2. the verified-token cache, by a keyed hash of the token; on a miss the
 //!    cold check: header, algorithm listed and fitting the key, signature,
 //!    then claims (see [`super::token`]); a success is cached;
@@ -199,7 +199,8 @@ impl JwtPolicy {
     }
 
     /// The authenticate phase for one request: passes (the request's
-    /// headers rewritten for upstream) or says why not (counted).
+    /// headers rewritten for upstream) or says why not (counted); the
+    /// pipeline turns an [`AuthFailure`] into its answer.
     pub async fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), AuthFailure> {
         let verified = match self.check(headers).await {
             Ok(v) => v,
