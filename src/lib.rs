@@ -16,7 +16,8 @@
 //! - [`admin`]: the admin listener (health, readiness, metrics, config,
 //!   reload, revoke);
 //! - [`supervisor`]: owns listeners; reloads by build-then-swap;
-//! - [`server`]: process lifecycle: start, signals, drain, exit.
+//! - [`server`]: process lifecycle: start, signals, drain, exit;
+//! - [`sys`]: the operating system glue: systemd, thread priority, clocks.
 
 pub mod admin;
 pub mod auth;
@@ -28,5 +29,6 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod supervisor;
+pub mod sys;
 pub mod tls;
 pub mod upstream;

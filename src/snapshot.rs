@@ -12,7 +12,7 @@
 //! route, listener and upstream server holds its metric handle from it, so
 //! counters of what a reload keeps go on counting.
 
-use crate::admin::AdminToken;
+use crate::auth::AdminToken;
 use crate::config::{ConfigError, LoadedConfig, Protocol};
 use crate::observe::access_log::AccessLog;
 use crate::observe::metrics::{ListenerMetrics, Metrics};

@@ -97,7 +97,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Builds the first snapshot (generation 1) and binds every listener,
-    /// adopting `inherited` sockets (from [`inherited_sockets`]) where their
+    /// adopting `inherited` sockets (from [`crate::sys::inherited_sockets`]) where their
     /// address matches. Nothing is served until [`Supervisor::start`].
     pub fn new(
         lc: config::LoadedConfig,
@@ -263,7 +263,10 @@ impl Supervisor {
         if *self.stopping.borrow() {
             return Err(ConfigError::plain(&self.config_path, "shutting down"));
         }
-        crate::server::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
+        crate::sys::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::sys::monotonic_usec()
+        ));
         // Reading files and building the snapshot is blocking work, done on
         // a thread of its own at a lower priority: requests are served
         // first, and a worker never waits on a reload (with few workers, a
@@ -294,7 +297,7 @@ impl Supervisor {
                 format!("reload failed: cannot start the build thread: {e}"),
             )),
         };
-        crate::server::sd_notify("READY=1");
+        crate::sys::notify("READY=1");
         match &result {
             Ok(g) => {
                 self.shared.metrics.record_reload(true);
@@ -455,7 +458,7 @@ impl Supervisor {
 }
 
 /// The nice value of the reload thread.
-const RELOAD_NICE: libc::c_int = 10;
+const RELOAD_NICE: i32 = 10;
 
 /// Lowers the calling thread to nice [`RELOAD_NICE`] (or leaves it where
 /// it is if already lower). At nice 10 a thread gets about a tenth of a
@@ -465,83 +468,9 @@ const RELOAD_NICE: libc::c_int = 10;
 /// few thousandths, so a reload could take a minute on a busy host.
 /// Best effort: a refusal leaves the normal priority.
 fn background_priority() {
-    // SAFETY: gettid has no preconditions and returns the calling thread's id.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
-    // getpriority may legitimately return -1: clear errno to tell.
-    // SAFETY: errno is thread-local; getpriority only reads.
-    let current = unsafe {
-        *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, tid)
-    };
-    let target = if std::io::Error::last_os_error().raw_os_error() == Some(0) {
-        current.max(RELOAD_NICE)
-    } else {
-        RELOAD_NICE
-    };
-    // SAFETY: on Linux PRIO_PROCESS with a thread id sets that thread only.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, target) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
+    if let Err(e) = crate::sys::lower_thread_priority(RELOAD_NICE) {
+        tracing::debug!(error = %e, "cannot lower the reload thread's priority");
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds, as systemd's RELOADING=1 wants it.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
-}
-
-/// Takes the listening sockets systemd passed (LISTEN_PID/LISTEN_FDS, from
-/// fd 3 on), by local address. The variables are removed so that nothing
-/// started later inherits them.
-///
-/// Call it once, from `main` before any other thread exists (the tokio
-/// runtime included): changing the environment while another thread may
-/// read it is undefined behaviour.
-pub fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
-    use std::os::fd::FromRawFd;
-    let mut out = HashMap::new();
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let n: i32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    std::env::remove_var("LISTEN_PID");
-    std::env::remove_var("LISTEN_FDS");
-    std::env::remove_var("LISTEN_FDNAMES");
-    if !pid_ok || n <= 0 {
-        return out;
-    }
-    for fd in 3..3 + n.min(1024) {
-        // SAFETY: systemd hands these descriptors to this process; each is
-        // taken once, here, and owned by the TcpListener from now on.
-        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        match l.local_addr() {
-            Ok(addr) => {
-                // Descriptors passed by the service manager are not CLOEXEC.
-                unsafe {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-                out.insert(addr, l);
-            }
-            Err(e) => {
-                tracing::warn!(fd, error = %e, "ignoring a passed descriptor that is not a TCP listening socket");
-                std::mem::forget(l);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -608,23 +537,14 @@ mod tests {
     }
 
     #[test]
-    fn the_reload_thread_runs_at_nice_10_in_the_normal_class() {
-        let (nice, policy) = std::thread::spawn(|| {
+    fn the_reload_thread_runs_at_nice_10() {
+        let nice = std::thread::spawn(|| {
             background_priority();
-            // SAFETY: plain queries about the calling thread.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                (
-                    libc::getpriority(libc::PRIO_PROCESS, tid),
-                    libc::sched_getscheduler(0),
-                )
-            }
+            crate::sys::thread_nice()
         })
         .join()
         .unwrap();
-        assert_eq!(policy, libc::SCHED_OTHER, "not SCHED_IDLE");
-        // SAFETY: a plain query about the calling thread.
-        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        assert_eq!(nice, own.max(RELOAD_NICE));
+        let own = crate::sys::thread_nice().unwrap();
+        assert_eq!(nice, Some(own.max(RELOAD_NICE)));
     }
 }

@@ -335,9 +335,9 @@ impl JwtResult {
     }
 }
 
-/// Validations of one `[auth.NAME]` JWT policy, by result. A policy gets its
-/// handle from [`Metrics::jwt_policy`] when the snapshot is built and calls
-/// [`JwtMetrics::record`] once per request it checks.
+/// Validations of one `[auth.NAME]` JWT policy, by result. A policy holds
+/// its own (handed on to the policy of the same name when a reload rebuilds
+/// it) and calls [`JwtMetrics::record`] once per request it checks.
 #[derive(Default)]
 pub struct JwtMetrics {
     results: [AtomicU64; 7],
@@ -397,7 +397,6 @@ pub struct Metrics {
     pub no_route: RouteMetrics,
     servers: Family<(Arc<str>, Arc<str>), ServerMetrics>,
     listeners: Family<Arc<str>, ListenerMetrics>,
-    jwt: Family<Arc<str>, JwtMetrics>,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
 }
@@ -422,12 +421,6 @@ impl Metrics {
     /// The handle of listener `name`.
     pub fn listener(&self, name: &str) -> Arc<ListenerMetrics> {
         self.listeners.get_or_create(Arc::from(name))
-    }
-
-    /// The handle of JWT policy `name` (an `[auth.NAME]` table). Nothing of
-    /// portico_jwt_validations_total is exported until a policy holds one.
-    pub fn jwt_policy(&self, name: &str) -> Arc<JwtMetrics> {
-        self.jwt.get_or_create(Arc::from(name))
     }
 
     /// Counts a configuration reload attempt (SIGHUP, POST /reload, file
@@ -551,10 +544,8 @@ impl Metrics {
 
         // JWT policies carry their counters across reloads (crate::auth);
         // policies that are no longer in the config are not exported.
-        // Handles registered through `jwt_policy` are exported too.
-        let policies = self.jwt.live();
         let mut auth = snap.auth.policies().peekable();
-        if !policies.is_empty() || auth.peek().is_some() {
+        if auth.peek().is_some() {
             family(
                 &mut out,
                 "portico_jwt_validations_total",
@@ -568,16 +559,6 @@ impl Metrics {
                         "portico_jwt_validations_total",
                         &[("policy", name), ("result", result)],
                         n,
-                    );
-                }
-            }
-            for (name, m) in policies {
-                for r in JwtResult::ALL {
-                    sample(
-                        &mut out,
-                        "portico_jwt_validations_total",
-                        &[("policy", &name), ("result", r.as_str())],
-                        m.get(r),
                     );
                 }
             }
@@ -776,31 +757,21 @@ mod tests {
     }
 
     #[test]
-    fn reloads_and_jwt_policies_are_exported_through_their_apis() {
+    fn reloads_are_exported_through_their_api() {
         let snap = build(&["a"], None);
         let m = &snap.metrics;
         assert!(!m.render(&snap).contains("portico_jwt_validations_total"));
         m.record_reload(true);
         m.record_reload(false);
         m.record_reload(false);
-        let policy = m.jwt_policy("users");
-        policy.record(JwtResult::Expired);
-        policy.record(JwtResult::Ok);
-        policy.record(JwtResult::Ok);
         let text = m.render(&snap);
         for line in [
             "portico_config_reloads_total{result=\"ok\"} 1\n",
             "portico_config_reloads_total{result=\"error\"} 2\n",
-            "# TYPE portico_jwt_validations_total counter\n",
-            "portico_jwt_validations_total{policy=\"users\",result=\"ok\"} 2\n",
-            "portico_jwt_validations_total{policy=\"users\",result=\"expired\"} 1\n",
-            "portico_jwt_validations_total{policy=\"users\",result=\"unavailable\"} 0\n",
             "portico_config_generation 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in {text}");
         }
-        drop(policy);
-        assert!(!m.render(&snap).contains("portico_jwt_validations_total"));
     }
 
     #[test]
