@@ -39,7 +39,7 @@ pub async fn run(
     let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
 
     let (sup, bound) = Supervisor::new(lc, config_path.clone(), inherited)?;
-    let snap = sup.shared.snapshot.load_full();
+    let snap = sup.snapshot.load_full();
     let admin_cfg = &snap.config.config.admin;
     let admin_addr: std::net::SocketAddr = admin_cfg
         .bind
@@ -84,7 +84,7 @@ pub async fn run(
                 // for the file to settle, then take every event as one.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while changed.try_recv().is_ok() {}
-                if sup.shared.snapshot.load().config.config.server.watch_config {
+                if sup.snapshot.load().config.config.server.watch_config {
                     tracing::info!("config file changed: reloading");
                     let _ = sup.reload().await;
                 }
@@ -99,15 +99,7 @@ pub async fn run(
     sd_notify("STOPPING=1");
     admin_state.ready.store(false, Ordering::Release);
     sup.stop_all();
-    let timeout = sup
-        .shared
-        .snapshot
-        .load()
-        .config
-        .config
-        .server
-        .shutdown_timeout
-        .0;
+    let timeout = sup.snapshot.load().config.config.server.shutdown_timeout.0;
     if tokio::time::timeout(timeout, sup.tracker.drained())
         .await
         .is_err()
@@ -119,7 +111,7 @@ pub async fn run(
     }
     let _ = admin_stop_tx.send(true);
     admin_task.abort();
-    let access_log = sup.shared.snapshot.load().access_log.clone();
+    let access_log = sup.shared.runtime.load().access_log.clone();
     if !access_log.flush(ACCESS_LOG_FLUSH_LIMIT).await {
         tracing::warn!("access log: lines still queued at exit may be lost");
     }

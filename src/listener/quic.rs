@@ -55,9 +55,9 @@
 
 use crate::body::{BoxError, RequestBody};
 use crate::config::Protocol;
-use crate::listener::{ConnActivity, ConnLimit, ConnTracker};
+use crate::listener::settings::STREAM_WINDOW;
+use crate::listener::{ConnActivity, ConnLimit, ConnTracker, ListenerSettings, SideControl};
 use crate::proxy::{ConnInfo, EarlyData, Shared};
-use crate::snapshot::ListenerSettings;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use h3::server::{RequestResolver, RequestStream};
@@ -78,13 +78,6 @@ use tokio::task::JoinSet;
 /// log line); larger ones h3's own.
 pub const FIELD_SLACK: usize = 8192;
 
-/// Flow-control windows of a QUIC connection, the same as HTTP/2's on the
-/// TCP side: what a client may send on one request stream, and on all of
-/// them together, before portico reads it; `CONNECTION_WINDOW` also bounds
-/// the response bytes buffered for a client that does not read.
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 4 << 20;
-
 /// Open connections at or above this share (in tenths) of max_connections
 /// make unvalidated clients go through a stateless Retry first.
 const RETRY_AT_TENTHS: usize = 9;
@@ -93,44 +86,6 @@ const RETRY_AT_TENTHS: usize = 9;
 const H3_NO_ERROR: u32 = 0x100;
 
 type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
-
-/// The quinn server config of a listener's QUIC side: `tls` from
-/// [`crate::tls::quic_server_config`] and the transport limits above.
-pub fn server_config(
-    tls: Arc<quinn::crypto::rustls::QuicServerConfig>,
-    idle_timeout: Duration,
-    max_streams: u32,
-) -> quinn::ServerConfig {
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(max_streams));
-    // Memory per connection is bounded as on HTTP/2: quinn's default
-    // receive window has no connection-level limit (only 1.25 MB per
-    // stream, times the stream limit).
-    transport.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
-    transport.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
-    transport.send_window(u64::from(CONNECTION_WINDOW));
-    // HTTP/3 needs 3 unidirectional streams per side (control, QPACK encoder
-    // and decoder); a few more for extensions and grease, no push.
-    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
-    // idle_timeout means what it means on TCP: no request for that long.
-    // QUIC's own idle timeout counts silence on the wire instead, which a
-    // request waiting on a slow upstream also is; so portico keeps its
-    // connections alive with PINGs (often enough for a client that
-    // negotiated a shorter timeout too) and closes idle ones itself, in
-    // `serve_connection`. The transport timeout, reset by every packet
-    // received, is left to detect peers that went away.
-    // An idle_timeout beyond QUIC's range (2^62 ms) means "never", as does 0.
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
-    if !idle_timeout.is_zero() {
-        transport.keep_alive_interval(Some(
-            (idle_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(10)),
-        ));
-    }
-    let mut cfg = quinn::ServerConfig::with_crypto(tls);
-    cfg.transport_config(Arc::new(transport));
-    cfg.migration(true);
-    cfg
-}
 
 /// Binds the UDP socket of a listener's QUIC side.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -147,12 +102,11 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// A running QUIC side of a listener: the endpoint and its accept loop.
+/// A running QUIC side of a listener: the endpoint and its accept loop,
+/// controlled like the TCP side ([`crate::listener::TcpSide`]).
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
-    stop: watch::Sender<bool>,
-    /// The settings for connections accepted from now on.
-    settings: watch::Sender<Arc<ListenerSettings>>,
+    control: SideControl,
 }
 
 impl QuicListener {
@@ -171,20 +125,15 @@ impl QuicListener {
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        let (stop, stop_rx) = watch::channel(stopping);
-        let (settings, settings_rx) = watch::channel(settings);
+        let (control, feed) = SideControl::new(settings, stopping);
         tokio::spawn(accept_loop(
             endpoint.clone(),
-            settings_rx,
+            feed.settings,
             shared,
             tracker,
-            stop_rx,
+            feed.stop,
         ));
-        Ok(QuicListener {
-            endpoint,
-            stop,
-            settings,
-        })
+        Ok(QuicListener { endpoint, control })
     }
 
     /// New handshakes use the certificates and limits of `settings` (a
@@ -194,13 +143,13 @@ impl QuicListener {
         if let Some(cfg) = &settings.quic {
             self.endpoint.set_server_config(Some(cfg.clone()));
         }
-        self.settings.send_replace(settings.clone());
+        self.control.push(settings);
     }
 
     /// Stops accepting; open connections get GOAWAY and drain. The socket
     /// closes when the last of them is gone.
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.control.stop();
     }
 }
 
@@ -863,7 +812,7 @@ impl Body for Prefixed {
     }
 }
 
-fn h3_gauge(settings: &crate::snapshot::ListenerSettings) -> crate::observe::metrics::ConnGauge {
+fn h3_gauge(settings: &ListenerSettings) -> crate::observe::metrics::ConnGauge {
     let g = crate::observe::metrics::ConnGauge::new(settings.metrics.clone());
     g.set_protocol(crate::observe::metrics::ConnProtocol::Http3);
     g
