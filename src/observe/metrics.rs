@@ -704,6 +704,7 @@ fn histogram(out: &mut String, route: &str, h: &Histogram) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::Snapshot;
 
     #[test]
     fn histogram_buckets_are_inclusive_upper_bounds() {
