@@ -520,27 +520,7 @@ async fn serve_http<S>(
         gauge,
         slot: Some(slot),
     });
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let info = info.clone();
-        async move {
-            let alt_svc = info.listener.alt_svc.clone();
-            let http1 = req.version() <= http::Version::HTTP_11;
-            let mut resp =
-                crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info.clone())
-                    .await?;
-            if let Some(v) = alt_svc {
-                resp.headers_mut().insert(http::header::ALT_SVC, v);
-            }
-            // An error answer after which the client may still be writing
-            // (the request body, the rest of a head): if the connection
-            // ends after it, it closes lingering.
-            if http1 {
-                info.activity
-                    .set_linger(matches!(resp.status().as_u16(), 400 | 408 | 413 | 431));
-            }
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
+    let svc = service_fn(move |req| serve_request(req, info.clone()));
     {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
@@ -576,9 +556,40 @@ async fn serve_http<S>(
         // over if the close is to linger.
     }
     // Only then: a connection that became a tunnel keeps its stream.
-    if !activity.lingers() {
-        return;
+    if activity.lingers() {
+        linger(lingering, stop).await;
     }
+}
+
+/// Serves one request of a TCP connection through the pipeline, with the
+/// listener's Alt-Svc.
+async fn serve_request(
+    req: http::Request<hyper::body::Incoming>,
+    info: Arc<ConnInfo>,
+) -> Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible> {
+    let alt_svc = info.listener.alt_svc.clone();
+    let http1 = req.version() <= http::Version::HTTP_11;
+    let mut resp =
+        crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info.clone()).await?;
+    if let Some(v) = alt_svc {
+        resp.headers_mut().insert(http::header::ALT_SVC, v);
+    }
+    // An error answer after which the client may still be writing (the
+    // request body, the rest of a head): if the connection ends after it,
+    // it closes lingering.
+    if http1 {
+        info.activity
+            .set_linger(matches!(resp.status().as_u16(), 400 | 408 | 413 | 431));
+    }
+    Ok(resp)
+}
+
+/// Closes a connection lingering once its stream is handed over (see
+/// [`conn_io::linger`]), cut short by a stop.
+async fn linger<S>(lingering: tokio::sync::oneshot::Receiver<S>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if let Ok(io) = lingering.await {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;

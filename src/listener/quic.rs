@@ -86,6 +86,7 @@ const RETRY_AT_TENTHS: usize = 9;
 const H3_NO_ERROR: u32 = 0x100;
 
 type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 
 /// Binds the UDP socket of a listener's QUIC side.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -283,64 +284,22 @@ impl Handshake {
     }
 }
 
+/// Serves one QUIC connection: handshake, HTTP/3 setup, then its requests
+/// until it closes or is asked to stop.
 async fn serve_connection(
     incoming: quinn::Incoming,
     settings: Arc<ListenerSettings>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
-    let peer = incoming.remote_address();
-    let connecting = match incoming.accept() {
-        Ok(c) => c,
-        Err(e) => {
-            tracing::debug!(%peer, error = %e, "QUIC connection refused");
-            return;
-        }
-    };
     let handshake_deadline = tokio::time::Instant::now() + settings.header_read_timeout;
-    // With early data the server serves from the first flight (0.5-RTT);
-    // otherwise only once the handshake is complete.
-    let early = if settings.early_data {
-        connecting.into_0rtt()
-    } else {
-        Err(connecting)
+    let Some((conn, handshake)) = handshake(incoming, &settings, handshake_deadline).await else {
+        return;
     };
-    let (conn, mut handshake) = match early {
-        Ok((conn, accepted)) => (conn, Handshake::Pending(accepted)),
-        Err(connecting) => match tokio::time::timeout_at(handshake_deadline, connecting).await {
-            Ok(Ok(conn)) => (conn, Handshake::Complete),
-            Ok(Err(e)) => {
-                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-                return;
-            }
-            Err(_) => {
-                tracing::debug!(%peer, "QUIC handshake timed out");
-                return;
-            }
-        },
+    let Some(h3) = h3_setup(&conn, &settings, handshake_deadline).await else {
+        return;
     };
-
-    let mut builder = h3::server::builder();
-    builder.max_field_section_size((settings.max_header_bytes + FIELD_SLACK) as u64);
-    let mut h3 = match tokio::time::timeout_at(
-        handshake_deadline,
-        builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())),
-    )
-    .await
-    {
-        Ok(Ok(h)) => h,
-        Ok(Err(e)) => {
-            tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
-            return;
-        }
-        Err(_) => {
-            tracing::debug!(%peer, "HTTP/3 connection setup timed out");
-            conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
-            return;
-        }
-    };
-
-    let mut info = Arc::new(ConnInfo {
+    let info = Arc::new(ConnInfo {
         listener: settings.clone(),
         peer: conn.remote_address(),
         client_ip: crate::proxy::client_ip_value(conn.remote_address()),
@@ -351,9 +310,108 @@ async fn serve_connection(
         gauge: h3_gauge(&settings),
         slot: None,
     });
+    let phase = ConnPhase {
+        handshake,
+        handshake_deadline,
+        stop,
+    };
+    serve_requests(h3, conn, info, &settings, phase).await;
+}
+
+/// Accepts a QUIC connection and completes its handshake by
+/// `handshake_deadline`
+/// (with early data, only starts it: 0.5-RTT).
+async fn handshake(
+    incoming: quinn::Incoming,
+    settings: &ListenerSettings,
+    handshake_deadline: tokio::time::Instant,
+) -> Option<(quinn::Connection, Handshake)> {
+    let peer = incoming.remote_address();
+    let connecting = match incoming.accept() {
+        Ok(c) => c,
+        Err(e) => {
+            tracing::debug!(%peer, error = %e, "QUIC connection refused");
+            return None;
+        }
+    };
+    // With early data the server serves from the first flight (0.5-RTT);
+    // otherwise only once the handshake is complete.
+    let early = if settings.early_data {
+        connecting.into_0rtt()
+    } else {
+        Err(connecting)
+    };
+    let (conn, handshake) = match early {
+        Ok((conn, accepted)) => (conn, Handshake::Pending(accepted)),
+        Err(connecting) => match tokio::time::timeout_at(handshake_deadline, connecting).await {
+            Ok(Ok(conn)) => (conn, Handshake::Complete),
+            Ok(Err(e)) => {
+                tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                return None;
+            }
+            Err(_) => {
+                tracing::debug!(%peer, "QUIC handshake timed out");
+                return None;
+            }
+        },
+    };
+    Some((conn, handshake))
+}
+
+/// The HTTP/3 connection on `conn`, set up by `handshake_deadline`.
+async fn h3_setup(
+    conn: &quinn::Connection,
+    settings: &ListenerSettings,
+    handshake_deadline: tokio::time::Instant,
+) -> Option<H3Conn> {
+    let peer = conn.remote_address();
+    let mut builder = h3::server::builder();
+    builder.max_field_section_size((settings.max_header_bytes + FIELD_SLACK) as u64);
+    let h3 = match tokio::time::timeout_at(
+        handshake_deadline,
+        builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())),
+    )
+    .await
+    {
+        Ok(Ok(h)) => h,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "HTTP/3 connection setup timed out");
+            conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
+            return None;
+        }
+    };
+    Some(h3)
+}
+
+/// The handshake state and stop signal of a connection being served.
+struct ConnPhase {
+    handshake: Handshake,
+    handshake_deadline: tokio::time::Instant,
+    /// A dropped sender (the listener is gone) means stop too.
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves the requests of an HTTP/3 connection, each in a task of its own,
+/// until the connection ends, goes idle or is asked to stop (then GOAWAY,
+/// the requests in flight finish, and it closes once delivered).
+async fn serve_requests(
+    mut h3: H3Conn,
+    conn: quinn::Connection,
+    mut info: Arc<ConnInfo>,
+    settings: &Arc<ListenerSettings>,
+    ConnPhase {
+        mut handshake,
+        handshake_deadline,
+        mut stop,
+    }: ConnPhase,
+) {
+    let peer = info.peer;
     let mut requests = JoinSet::new();
     let mut closing = false;
-    // A dropped sender (the listener is gone) means stop too.
     let mut stop_asked = *stop.borrow();
     let hs_timer = tokio::time::sleep_until(handshake_deadline);
     tokio::pin!(hs_timer);
@@ -399,31 +457,7 @@ async fn serve_connection(
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    let early = !handshake.complete_now(&conn);
-                    // The client may have moved (migration): the pipeline
-                    // sees the address in force now.
-                    let now_at = conn.remote_address();
-                    if now_at != info.peer {
-                        info = Arc::new(ConnInfo {
-                            listener: info.listener.clone(),
-                            peer: now_at,
-                            client_ip: crate::proxy::client_ip_value(now_at),
-                            https: true,
-                            protocol: info.protocol,
-                            shared: info.shared.clone(),
-                            activity: info.activity.clone(),
-                            gauge: h3_gauge(&settings),
-                            slot: None,
-                        });
-                    }
-                    // Boxed: with h3's request resolver in it the future is
-                    // about 4 KB, which the task would otherwise copy around.
-                    requests.spawn(Box::pin(serve_request(
-                        resolver,
-                        info.clone(),
-                        early,
-                        settings.header_read_timeout,
-                    )));
+                    start_request(resolver, &conn, &mut handshake, &mut info, settings, &mut requests);
                 }
                 // The client sent GOAWAY and its requests are done.
                 Ok(None) => {
@@ -440,6 +474,43 @@ async fn serve_connection(
     }
     // The connection is gone: requests still running cannot answer anyway.
     requests.shutdown().await;
+}
+
+/// Starts serving one request of an HTTP/3 connection in a task of its
+/// own, telling 0-RTT requests apart and following the client's address.
+fn start_request(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    conn: &quinn::Connection,
+    handshake: &mut Handshake,
+    info: &mut Arc<ConnInfo>,
+    settings: &Arc<ListenerSettings>,
+    requests: &mut JoinSet<()>,
+) {
+    let early = !handshake.complete_now(conn);
+    // The client may have moved (migration): the pipeline sees the address
+    // in force now.
+    let now_at = conn.remote_address();
+    if now_at != info.peer {
+        *info = Arc::new(ConnInfo {
+            listener: info.listener.clone(),
+            peer: now_at,
+            client_ip: crate::proxy::client_ip_value(now_at),
+            https: true,
+            protocol: info.protocol,
+            shared: info.shared.clone(),
+            activity: info.activity.clone(),
+            gauge: h3_gauge(settings),
+            slot: None,
+        });
+    }
+    // Boxed: with h3's request resolver in it the future is about 4 KB,
+    // which the task would otherwise copy around.
+    requests.spawn(Box::pin(serve_request(
+        resolver,
+        info.clone(),
+        early,
+        settings.header_read_timeout,
+    )));
 }
 
 /// Waits, before a graceful close, until the connection has delivered what
