@@ -3,7 +3,7 @@
 //! A reload is build-then-swap: parse, validate, load certs and keys, build
 //! pools (reusing unchanged ones), bind the listeners that are new — and only
 //! when all of that succeeded, store the new snapshot and its runtime (see
-//! [`Supervisor::swap`] for the order) and retire the listeners that are
+//! `Supervisor::swap` for the order) and retire the listeners that are
 //! gone. On any error nothing running changes:
 //! sockets bound for the attempt are closed and the old snapshot keeps
 //! serving. Reloads are serialized.
