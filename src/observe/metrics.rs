@@ -449,7 +449,8 @@ impl Metrics {
 
     /// Counts a configuration reload attempt (SIGHUP, POST /reload, file
     /// watch): `ok` when the new snapshot was swapped in. The generation
-    /// gauge follows the snapshot in force by itself.
+    /// gauge is the one of the config in force that a scrape passes in
+    /// [`InForce`].
     pub fn record_reload(&self, ok: bool) {
         let c = if ok {
             &self.reloads_ok
