@@ -80,7 +80,7 @@ async fn handle(
     req: Request<Incoming>,
     state: Arc<AdminState>,
 ) -> Result<Response<ProxyBody>, Infallible> {
-    let snap = state.supervisor.shared.snapshot.load_full();
+    let snap = state.supervisor.snapshot.load_full();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     if !get && !authorized(&req, snap.admin_token.as_ref()) {
         let mut r = text(StatusCode::UNAUTHORIZED, "401 admin token required\n");
@@ -104,7 +104,7 @@ async fn handle(
             }
         }
         (true, "/metrics") => with_type(
-            snap.metrics.render(&snap),
+            snap.metrics.render(&snap.in_force()),
             "text/plain; version=0.0.4; charset=utf-8",
         ),
         (true, "/config") => {

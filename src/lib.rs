@@ -2,8 +2,10 @@
 //!
 //! The map of the crate, following one request:
 //! - [`config`]: proxy.toml as plain data, with `PATH:LINE:COL` errors;
-//! - [`snapshot`]: config → the immutable runtime a request reads
-//!   (routes, pools, TLS configs), swapped whole through `ArcSwap`;
+//! - [`snapshot`]: config → one generation, put together from what each
+//!   module builds (listener settings, pools, JWT policies, and the
+//!   [`proxy::runtime::Runtime`] a request reads), swapped whole through
+//!   `ArcSwap`;
 //! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
 //!   [`listener::quic`]: QUIC and the HTTP/3 adapter into the same pipeline;
 //! - [`proxy`]: the one pipeline (admit → route → cors → authenticate →

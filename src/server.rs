@@ -67,7 +67,7 @@ pub async fn run(
     drain(&sup).await;
     let _ = admin_stop_tx.send(true);
     admin_task.abort();
-    let access_log = sup.shared.snapshot.load().access_log.clone();
+    let access_log = sup.shared.runtime.load().access_log.clone();
     if !access_log.flush(ACCESS_LOG_FLUSH_LIMIT).await {
         tracing::warn!("access log: lines still queued at exit may be lost");
     }
@@ -84,7 +84,7 @@ struct Signals {
 
 /// Binds admin.bind of the config in force.
 fn bind_admin(sup: &Supervisor) -> Result<(SocketAddr, TcpListener), ConfigError> {
-    let snap = sup.shared.snapshot.load_full();
+    let snap = sup.snapshot.load_full();
     let admin_cfg = &snap.config.config.admin;
     let admin_addr: std::net::SocketAddr = admin_cfg
         .bind
@@ -120,7 +120,7 @@ async fn serve_until_stopped(sup: &Arc<Supervisor>, config_path: &Path, mut sign
                 // for the file to settle, then take every event as one.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while changed.try_recv().is_ok() {}
-                if sup.shared.snapshot.load().config.config.server.watch_config {
+                if sup.snapshot.load().config.config.server.watch_config {
                     tracing::info!("config file changed: reloading");
                     let _ = sup.reload().await;
                 }
@@ -133,15 +133,7 @@ async fn serve_until_stopped(sup: &Arc<Supervisor>, config_path: &Path, mut sign
 /// open connections to finish.
 async fn drain(sup: &Supervisor) {
     sup.stop_all();
-    let timeout = sup
-        .shared
-        .snapshot
-        .load()
-        .config
-        .config
-        .server
-        .shutdown_timeout
-        .0;
+    let timeout = sup.snapshot.load().config.config.server.shutdown_timeout.0;
     if tokio::time::timeout(timeout, sup.tracker.drained())
         .await
         .is_err()

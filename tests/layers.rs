@@ -32,12 +32,7 @@ const LAYERS: &[&[&str]] = &[
 const KNOWN: &[&str] = &[
     "import cycle: proxy -> proxy/forward -> proxy",
     "import cycle: proxy/forward -> proxy -> proxy/forward",
-    "upward or sideways import: listener -> snapshot",
-    "upward or sideways import: listener/quic -> snapshot",
-    "upward or sideways import: observe/metrics -> snapshot",
     "upward or sideways import: proxy -> listener",
-    "upward or sideways import: proxy -> snapshot",
-    "upward or sideways import: proxy/forward -> snapshot",
 ];
 
 fn level(module: &str) -> Option<usize> {

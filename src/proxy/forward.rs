@@ -24,12 +24,12 @@
 //!   connection's max_connections slot and drain place until it closes.
 
 use super::error::ProxyError;
+use super::runtime::Runtime;
 use super::{headers, ConnInfo, Trace};
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::UpstreamProtocol;
 use crate::observe::metrics::UpstreamOutcome;
 use crate::proxy::routing::Route;
-use crate::snapshot::Snapshot;
 use crate::upstream::{NoServer, UpstreamError, UpstreamPool};
 use bytes::Bytes;
 use http::header::{CONNECTION, HOST, UPGRADE};
@@ -121,7 +121,7 @@ impl Tried {
 #[allow(clippy::too_many_arguments)]
 pub(super) async fn forward(
     mut req: Request<RequestBody>,
-    snap: &Snapshot,
+    snap: &Runtime,
     route: &Route,
     pool: &UpstreamPool,
     conn: &ConnInfo,

@@ -2,7 +2,7 @@
 //! HTTP/3).
 //!
 //! Phases, in order (the order is the architecture):
-//! 1. **admit**: load the config snapshot once; pick the request id; check
+//! 1. **admit**: load the runtime once; pick the request id; check
 //!    the head (size, Host rules, 425 for a non-GET/HEAD request in TLS
 //!    early data);
 //!    refuse a miscased standard method; normalise the path ([`path`]):
@@ -42,13 +42,14 @@ mod framing;
 pub mod headers;
 pub mod path;
 pub mod routing;
+pub mod runtime;
 
 use crate::body::{Completion, ProxyBody, RequestBody};
 use crate::listener::ConnActivity;
+use crate::listener::ListenerSettings;
 use crate::observe::access_log::{AccessLog, LogEntry};
 use crate::observe::metrics::{ConnGauge, ConnProtocol, Metrics};
 use crate::observe::request_id;
-use crate::snapshot::{ListenerSettings, Snapshot};
 use crate::upstream::PoolReturn;
 use arc_swap::ArcSwap;
 use error::ProxyError;
@@ -56,6 +57,7 @@ use http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, REFERER, USER_AGENT};
 use http::uri::PathAndQuery;
 use http::{HeaderValue, Method, Request, Response, Uri, Version};
 use routing::Action;
+use runtime::Runtime;
 use std::borrow::Cow;
 use std::convert::Infallible;
 use std::net::SocketAddr;
@@ -66,9 +68,9 @@ use tracing::Instrument;
 
 /// State shared by every connection of the process.
 pub struct Shared {
-    /// The config in force; swapped whole on reload.
-    pub snapshot: ArcSwap<Snapshot>,
-    /// The metrics registry: the one every snapshot carries.
+    /// What requests read of the config in force; swapped whole on reload.
+    pub runtime: ArcSwap<Runtime>,
+    /// The metrics registry: the one every runtime carries.
     pub metrics: Arc<Metrics>,
 }
 
@@ -109,7 +111,7 @@ pub struct EarlyData;
 #[derive(Default)]
 struct Trace {
     route: Option<Arc<str>>,
-    /// Where the route is in `snapshot.routes`.
+    /// Where the route is in `runtime.routes`.
     route_index: Option<usize>,
     /// What the route's CORS policy owes the response.
     cors: Option<cors::Pending>,
@@ -141,7 +143,7 @@ pub async fn handle(
     let start = Instant::now();
     let seq = conn.activity.request_started();
     conn.gauge.set_protocol(ConnProtocol::of(req.version()));
-    let snap = conn.shared.snapshot.load_full();
+    let snap = conn.shared.runtime.load_full();
 
     let request_id = match req.headers().get(&snap.request_id_header) {
         Some(v) if snap.trust_request_id && request_id::is_well_formed(v.as_bytes()) => v.clone(),
@@ -273,7 +275,7 @@ fn log_entry(req: &Request<RequestBody>, conn: &ConnInfo, sink: &AccessLog) -> L
 async fn serve(
     mut req: Request<RequestBody>,
     seq: u64,
-    snap: &Snapshot,
+    snap: &Runtime,
     conn: &ConnInfo,
     request_id: &HeaderValue,
     trace: &mut Trace,
@@ -432,8 +434,8 @@ async fn serve(
 /// line.
 struct Done {
     conn: Arc<ConnInfo>,
-    /// The snapshot the request started with, for its route's metrics.
-    snap: Arc<Snapshot>,
+    /// The runtime the request started with, for its route's metrics.
+    snap: Arc<Runtime>,
     trace: Trace,
     /// The status sent to the client.
     status: u16,
