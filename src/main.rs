@@ -42,6 +42,19 @@ fn main() -> ExitCode {
         println!("portico {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
+    init_logging();
+    let lc = match portico::config::load(&config_path(&cli)) {
+        Ok(c) => c,
+        Err(e) => return fail(e),
+    };
+    match cli.command {
+        Some(Command::Check) => check(lc),
+        _ => run(lc),
+    }
+}
+
+/// Operational logs on stderr, filtered by RUST_LOG (default info).
+fn init_logging() {
     tracing_subscriber::fmt()
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
@@ -52,49 +65,43 @@ fn main() -> ExitCode {
         // journal, where escape codes are noise.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
 
-    let path = config_path(&cli);
-    let lc = match portico::config::load(&path) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("{e}");
-            return ExitCode::FAILURE;
-        }
+fn fail(e: impl std::fmt::Display) -> ExitCode {
+    eprintln!("{e}");
+    ExitCode::FAILURE
+}
+
+/// `portico check`: builds the whole runtime state, as a run would,
+/// without binding or opening anything for writing.
+fn check(lc: portico::config::LoadedConfig) -> ExitCode {
+    let rt = match tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+    {
+        Ok(rt) => rt,
+        Err(e) => return fail(format!("portico: cannot start runtime: {e}")),
     };
-
-    if let Some(Command::Check) = cli.command {
-        // Build the whole runtime state, as a run would, without binding.
-        let rt = match tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
-        {
-            Ok(rt) => rt,
-            Err(e) => {
-                eprintln!("portico: cannot start runtime: {e}");
-                return ExitCode::FAILURE;
-            }
-        };
-        let built = rt.block_on(async {
-            portico::snapshot::Snapshot::build(
-                std::sync::Arc::new(lc),
-                1,
-                None,
-                portico::snapshot::BuildMode::Check,
-            )
-            .map(|_| ())
-        });
-        return match built {
-            Ok(()) => {
-                println!("ok");
-                ExitCode::SUCCESS
-            }
-            Err(e) => {
-                eprintln!("{e}");
-                ExitCode::FAILURE
-            }
-        };
+    let built = rt.block_on(async {
+        portico::snapshot::Snapshot::build(
+            std::sync::Arc::new(lc),
+            1,
+            None,
+            portico::snapshot::BuildMode::Check,
+        )
+        .map(|_| ())
+    });
+    match built {
+        Ok(()) => {
+            println!("ok");
+            ExitCode::SUCCESS
+        }
+        Err(e) => fail(e),
     }
+}
 
+/// Runs the proxy until it is stopped.
+fn run(lc: portico::config::LoadedConfig) -> ExitCode {
     // Before the runtime starts: taking the sockets clears LISTEN_* from the
     // environment, which is only sound while no other thread runs.
     let inherited = portico::sys::inherited_sockets();
@@ -117,16 +124,10 @@ fn main() -> ExitCode {
     };
     let rt = match rt {
         Ok(rt) => rt,
-        Err(e) => {
-            eprintln!("portico: cannot start runtime: {e}");
-            return ExitCode::FAILURE;
-        }
+        Err(e) => return fail(format!("portico: cannot start runtime: {e}")),
     };
     match rt.block_on(portico::server::run(lc, inherited)) {
         Ok(()) => ExitCode::SUCCESS,
-        Err(e) => {
-            eprintln!("{e}");
-            ExitCode::FAILURE
-        }
+        Err(e) => fail(e),
     }
 }
