@@ -1,25 +1,32 @@
 //! portico: a stateless layer-7 reverse proxy and load balancer.
 //!
-//! The map of the crate, following one request:
-//! - [`config`]: proxy.toml as plain data, with `PATH:LINE:COL` errors;
-//! - [`snapshot`]: config → one generation, put together from what each
-//!   module builds (listener settings, pools, JWT policies, and the
-//!   [`proxy::runtime::Runtime`] a request reads), swapped whole through
-//!   `ArcSwap`;
-//! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
-//!   [`listener::quic`]: QUIC and the HTTP/3 adapter into the same pipeline;
-//! - [`proxy`]: the one pipeline (admit → route → cors → authenticate →
-//!   forward → finish) and the proxy's own error answers;
-//! - [`auth`]: JWT policies, keys, the verified-token cache, revocation;
-//! - [`upstream`]: round-robin pools of keepalive connections, health,
-//!   retries;
-//! - [`body`]: the request and response body types all of them share;
-//! - [`observe`]: access log, request ids, Prometheus metrics;
-//! - [`admin`]: the admin listener (health, readiness, metrics, config,
-//!   reload, revoke);
-//! - [`supervisor`]: owns listeners; reloads by build-then-swap;
-//! - [`server`]: process lifecycle: start, signals, drain, exit;
-//! - [`sys`]: the operating system glue: systemd, thread priority, clocks.
+//! # The map of the crate
+//!
+//! Layers, top to bottom. A module uses only modules on lower lines, never
+//! one on its own line or above (`tests/layers.rs` reads every `crate::`
+//! and `super::` path of src/ and fails on an upward import or a cycle
+//! between the files of one folder):
+//!
+//! | layer | owns |
+//! | --- | --- |
+//! | [`server`] | the process: start, signals, config file watch, drain, exit |
+//! | [`admin`] | the admin listener: health, readiness, metrics, config, reload, revoke |
+//! | [`supervisor`] | the listeners and the generation in force; reloads by build-then-swap, pushes each listener its settings |
+//! | [`snapshot`] | one generation: aggregates what each module below builds from the config; builds nothing itself |
+//! | [`listener`] | accept, TLS, HTTP/1.1 and HTTP/2 serving, the byte layer under hyper (timeouts, framing tracking, HTTP/2 flood guard, lingering close), QUIC and HTTP/3; builds its [`listener::ListenerSettings`] |
+//! | [`proxy`] | the one pipeline for every protocol (admit, route, cors, authenticate, forward, finish), the edge rules, the answers portico writes itself; builds the [`proxy::runtime::Runtime`] a request reads |
+//! | [`auth`], [`upstream`] | JWT policies, keys, token cache, revocation, the admin token; round-robin pools of keepalive connections, health, retries |
+//! | [`observe`] | access log, request ids, the Prometheus registry (rendered from its handles) |
+//! | [`tls`], [`body`] | server and client TLS configs and the one TCP+TLS client connector; the body types every layer shares |
+//! | [`config`], [`sys`] | proxy.toml as plain data with `PATH:LINE:COL` errors; every `unsafe` block and libc call (systemd, sockets, thread priority, clocks) |
+//!
+//! A request: a [`listener`] accepts and decodes it, loads the
+//! [`proxy::runtime::Runtime`] once, and hands it to [`proxy`], which
+//! checks it against the edge rules, routes, authenticates through
+//! [`auth`], forwards through an [`upstream`] pool and logs through
+//! [`observe`]. A reload: the [`supervisor`] builds a new [`snapshot`] off
+//! the request path and swaps it in whole; requests in flight keep the
+//! runtime they started with.
 
 pub mod admin;
 pub mod auth;
