@@ -29,96 +29,19 @@
 //! An error answer that closes the connection hands the stream over, when
 //! this is dropped, for a lingering close ([`linger`]).
 
-use futures_util::task::AtomicWaker;
+use crate::proxy::conn::ConnActivity;
 use http::HeaderName;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{oneshot, Notify};
+use tokio::sync::oneshot;
 use tokio::time::{Instant, Sleep};
 
 /// The HTTP/2 connection preface (RFC 9113 3.4).
 const H2_PREFACE: &[u8] = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n";
-
-/// No request (a sequence number no connection reaches).
-const NONE: u64 = u64::MAX;
-
-/// Request counters of one client connection, shared by its [`ConnIo`] and
-/// the requests on it.
-pub struct ConnActivity {
-    in_flight: AtomicUsize,
-    started: AtomicU64,
-    /// The reader parked while requests were in flight: woken when the last
-    /// one finishes, so the idle timer gets armed even if no byte arrives.
-    reader: AtomicWaker,
-    /// Signalled when an HTTP/2 connection has been idle for idle_timeout.
-    pub idle: Notify,
-    /// HTTP/1.x: the first request whose head carried both Content-Length
-    /// and Transfer-Encoding (hyper closes the connection after it).
-    length_and_chunked: AtomicU64,
-    /// HTTP/1.x: from this request on, the byte layer lost track of where
-    /// heads start (bytes hyper rejects too, or a tunnel).
-    untracked_from: AtomicU64,
-    /// The connection ends with an error answer the client must be able to
-    /// read: close it lingering (see [`linger`]).
-    linger: AtomicBool,
-}
-
-impl Default for ConnActivity {
-    fn default() -> Self {
-        ConnActivity {
-            in_flight: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
-            reader: AtomicWaker::new(),
-            idle: Notify::new(),
-            length_and_chunked: AtomicU64::new(NONE),
-            untracked_from: AtomicU64::new(NONE),
-            linger: AtomicBool::new(false),
-        }
-    }
-}
-
-impl ConnActivity {
-    /// Marks a request as started; returns its sequence number on the
-    /// connection (0 for the first).
-    pub fn request_started(&self) -> u64 {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether the raw head of HTTP/1.x request `seq` carried both
-    /// Content-Length and Transfer-Encoding, or may have (the byte layer
-    /// lost track of the request stream before it). hyper resolves that
-    /// conflict by dropping Content-Length (RFC 9112 6.1 allows it);
-    /// portico answers 400 instead, as SPEC requires, so the byte layer
-    /// follows every head and body of the connection to know. Callers ask
-    /// only about requests with Transfer-Encoding.
-    pub fn head_has_length_and_chunked(&self, seq: u64) -> bool {
-        seq == self.length_and_chunked.load(Ordering::Acquire)
-            || seq >= self.untracked_from.load(Ordering::Acquire)
-    }
-
-    pub fn request_finished(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.reader.wake();
-        }
-    }
-
-    /// Whether the connection, when it ends, closes lingering: after an
-    /// error answer that closes it (400, 408, 413, 431). The last answer
-    /// decides, so a normal keepalive close does not linger.
-    pub fn set_linger(&self, on: bool) {
-        self.linger.store(on, Ordering::Relaxed);
-    }
-
-    pub fn lingers(&self) -> bool {
-        self.linger.load(Ordering::Relaxed)
-    }
-}
 
 /// Closes a client connection after an error answer the way NGINX's
 /// lingering close does: shut down the write side (the answer is out), then
@@ -229,9 +152,7 @@ impl H1Framing {
                 }
             }
             if self.state == Framing::Lost {
-                activity
-                    .untracked_from
-                    .fetch_min(self.heads, Ordering::AcqRel);
+                activity.lost_track_from(self.heads);
                 return;
             }
         }
@@ -290,12 +211,7 @@ impl H1Framing {
         match (te, length) {
             (Some(te), length) => {
                 if length.is_some() {
-                    let _ = activity.length_and_chunked.compare_exchange(
-                        NONE,
-                        seq,
-                        Ordering::AcqRel,
-                        Ordering::Acquire,
-                    );
+                    activity.note_length_and_chunked(seq);
                 }
                 let last = te.rsplit(|&b| b == b',').next().unwrap_or(te);
                 if last.trim_ascii().eq_ignore_ascii_case(b"chunked") {
@@ -480,8 +396,8 @@ impl<S> ConnIo<S> {
     }
 
     fn update_phase(&mut self) {
-        let started = self.activity.started.load(Ordering::Relaxed);
-        let in_flight = self.activity.in_flight.load(Ordering::Relaxed);
+        let started = self.activity.requests_started();
+        let in_flight = self.activity.in_flight();
         if in_flight > 0 {
             self.phase = Phase::Busy;
         } else if started != self.seen_started || self.phase == Phase::Busy {
@@ -643,9 +559,9 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
             Poll::Pending => {
                 let deadline = match this.phase {
                     Phase::Busy => {
-                        this.activity.reader.register(cx.waker());
+                        this.activity.wake_when_idle(cx.waker());
                         // The last request may have finished meanwhile.
-                        if this.activity.in_flight.load(Ordering::Acquire) > 0 {
+                        if this.activity.in_flight() > 0 {
                             return Poll::Pending;
                         }
                         this.update_phase();
@@ -758,15 +674,15 @@ mod tests {
     use super::*;
 
     /// Feeds `bytes` in pieces of `step`; (first CL+TE request, untracked from).
-    fn follow(bytes: &[u8], step: usize) -> (u64, u64) {
+    fn follow(bytes: &[u8], step: usize) -> (Option<u64>, Option<u64>) {
         let activity = ConnActivity::default();
         let mut f = H1Framing::new(1024);
         for piece in bytes.chunks(step) {
             f.feed(piece, &activity);
         }
         (
-            activity.length_and_chunked.load(Ordering::Relaxed),
-            activity.untracked_from.load(Ordering::Relaxed),
+            activity.first_length_and_chunked(),
+            activity.untracked_from(),
         )
     }
 
@@ -784,7 +700,7 @@ mod tests {
             b"POST /3 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\nContent-Length: 5\r\n\r\n0\r\n\r\n",
         );
         for step in [1, 2, 3, 7, 64, stream.len()] {
-            assert_eq!(follow(&stream, step), (3, NONE), "pieces of {step}");
+            assert_eq!(follow(&stream, step), (Some(3), None), "pieces of {step}");
         }
     }
 
@@ -801,6 +717,6 @@ mod tests {
         assert!(activity.head_has_length_and_chunked(2));
         // A head over the cap.
         let (_, untracked) = follow(&vec![b'a'; 4096], 100);
-        assert_eq!(untracked, 0);
+        assert_eq!(untracked, Some(0));
     }
 }
