@@ -1,32 +1,39 @@
 //! The request pipeline, one for every front door (HTTP/1.1, HTTP/2,
 //! HTTP/3).
 //!
-//! Phases, in order (the order is the architecture):
-//! 1. **admit**: load the config snapshot once; pick the request id; check
-//!    the head (size, Host rules, 425 for a non-GET/HEAD request in TLS
-//!    early data);
-//!    refuse a miscased standard method; normalise the path ([`path`]):
-//!    what routing matches and what goes upstream;
-//! 2. **route**: find the route by listener, host, path and method;
+//! Phases, in order (the order is the architecture), each a function over
+//! one request context ([`context`]: the config loaded once, the
+//! connection, the request id, what the phases learn):
+//! 1. **admit** ([`admit`]): load the config snapshot once; pick the
+//!    request id; check the head (size, framing, Host rules, 425 for a
+//!    non-GET/HEAD request in TLS early data); refuse a miscased standard
+//!    method; normalise the path ([`path`]): what routing matches and what
+//!    goes upstream;
+//! 2. **route** ([`phases`]): find the route by listener, host, path and
+//!    method;
 //! 3. **cors**: on a route with a CORS policy, answer preflights at the
 //!    edge and note what the response owes the request's origin
 //!    ([`cors`]);
 //! 4. **authenticate**: the client's hop-by-hop headers (and any upgrade
 //!    but WebSocket), every spelling of any policy's claim headers and the
-//!    `_` spellings of the headers the proxy sets are removed first, so nothing the client sends can remove or fake a
-//!    header the proxy sets; then, on a route with `auth`, the route's JWT
-//!    policy checks the bearer token and sets the claim headers
-//!    (`crate::auth`);
-//! 5. **respond** (a `respond` route) or **forward** ([`forward`]): rewrite
-//!    the head (hop-by-hop, x-forwarded-*, Host, path), choose a server
-//!    round-robin, send on a pooled connection, retry where safe, bounded by
-//!    the route's timeout;
-//! 6. **finish**: every response, the proxy's own included, carries the
-//!    request id (and the CORS headers its route's policy owes it); when its
-//!    body ends the upstream connection returns to its pool, the request is
-//!    counted in the route's metrics and the access log line is written. A
-//!    request dropped before it has a response (the client cancelled it) is
-//!    finished too, with status 499.
+//!    `_` spellings of the headers the proxy sets are removed first, so
+//!    nothing the client sends can remove or fake a header the proxy sets;
+//!    then, on a route with `auth`, the route's JWT policy checks the
+//!    bearer token and sets the claim headers (`crate::auth`);
+//! 5. **respond** (a `respond` route) or **forward** ([`forward`]): build
+//!    the upstream head ([`upstream_head`]: hop-by-hop, x-forwarded-*,
+//!    Host, path), choose a server round-robin, send on a pooled
+//!    connection, retry where safe ([`replay`]), bounded by the route's
+//!    timeout; an accepted WebSocket upgrade becomes a [`tunnel`];
+//! 6. **finish** ([`finish`]): every response, the proxy's own included,
+//!    carries the request id (and the CORS headers its route's policy owes
+//!    it); when its body ends the upstream connection returns to its pool,
+//!    the request is counted in the route's metrics and the access log line
+//!    is written. A request dropped before it has a response (the client
+//!    cancelled it) is finished too, with status 499.
+//!
+//! The front doors hand the pipeline one [`ConnInfo`] per connection and
+//! what they know about a request as request extensions ([`conn`]).
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
 //!
