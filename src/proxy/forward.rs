@@ -134,7 +134,7 @@ impl Attempts<'_> {
                     if req.is_some() {
                         continue;
                     }
-                    return answer(ctx, pool, server, ex, upgrade);
+                    return self.answer(ctx, server, ex, upgrade);
                 }
                 Ok(Err(f)) => {
                     server.metrics.record(f.error.outcome());
@@ -192,59 +192,59 @@ impl Attempts<'_> {
         tracing::info!(upstream = %pool.name, server = %server.label, %status, "retrying on another server");
         Some(r.request())
     }
-}
 
-/// The client's answer from the server's: hop-by-hop headers removed; a
-/// 101 to a WebSocket upgrade opens the tunnel.
-fn answer(
-    ctx: &mut RequestCtx<'_>,
-    pool: &UpstreamPool,
-    server: &UpstreamServer,
-    ex: Exchange,
-    upgrade: Option<ClientUpgrade>,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    ctx.trace.pooled = ex.pooled;
-    let response = ex.response;
-    if let (StatusCode::SWITCHING_PROTOCOLS, Some(upgrade)) = (response.status(), upgrade) {
-        return open_tunnel(ctx, pool, server, response, upgrade);
-    }
-    let (mut rp, body) = response.into_parts();
-    headers::strip_hop_by_hop(&mut rp.headers);
-    rp.version = Version::HTTP_11;
-    Ok(Response::from_parts(rp, ProxyBody::upstream(body)))
-}
-
-/// The server accepted the client's WebSocket upgrade: the 101 for the
-/// client, and the tunnel for the finish phase to start.
-fn open_tunnel(
-    ctx: &mut RequestCtx<'_>,
-    pool: &UpstreamPool,
-    server: &UpstreamServer,
-    mut response: Response<hyper::body::Incoming>,
-    upgrade: ClientUpgrade,
-) -> Result<Response<ProxyBody>, ProxyError> {
-    if !headers::is_websocket_handshake(response.headers(), upgrade.accept.as_ref()) {
-        // Not a WebSocket server's answer: tunnelling would hand the
-        // client the upstream's HTTP parser.
-        if let Some(p) = ctx.trace.pooled.take() {
-            p.discard();
+    /// The client's answer from the server's: hop-by-hop headers removed; a
+    /// 101 to a WebSocket upgrade opens the tunnel.
+    fn answer(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        server: &UpstreamServer,
+        ex: Exchange,
+        upgrade: Option<ClientUpgrade>,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        ctx.trace.pooled = ex.pooled;
+        let response = ex.response;
+        if let (StatusCode::SWITCHING_PROTOCOLS, Some(upgrade)) = (response.status(), upgrade) {
+            return self.open_tunnel(ctx, server, response, upgrade);
         }
-        tracing::warn!(upstream = %pool.name, server = %server.label, "101 without a valid WebSocket handshake");
-        return Err(ProxyError::BadGateway);
+        let (mut rp, body) = response.into_parts();
+        headers::strip_hop_by_hop(&mut rp.headers);
+        rp.version = Version::HTTP_11;
+        Ok(Response::from_parts(rp, ProxyBody::upstream(body)))
     }
-    // The upstream connection now belongs to the tunnel.
-    ctx.trace.pooled = None;
-    ctx.trace.tunnel = Some(Tunnel {
-        client: upgrade.on,
-        upstream: hyper::upgrade::on(&mut response),
-    });
-    let (mut rp, _) = response.into_parts();
-    let upgrade_value = rp.headers.get(UPGRADE).cloned();
-    headers::strip_hop_by_hop(&mut rp.headers);
-    rp.headers
-        .insert(CONNECTION, HeaderValue::from_static("upgrade"));
-    if let Some(v) = upgrade_value {
-        rp.headers.insert(UPGRADE, v);
+
+    /// The server accepted the client's WebSocket upgrade: the 101 for the
+    /// client, and the tunnel for the finish phase to start.
+    fn open_tunnel(
+        &self,
+        ctx: &mut RequestCtx<'_>,
+        server: &UpstreamServer,
+        mut response: Response<hyper::body::Incoming>,
+        upgrade: ClientUpgrade,
+    ) -> Result<Response<ProxyBody>, ProxyError> {
+        if !headers::is_websocket_handshake(response.headers(), upgrade.accept.as_ref()) {
+            // Not a WebSocket server's answer: tunnelling would hand the
+            // client the upstream's HTTP parser.
+            if let Some(p) = ctx.trace.pooled.take() {
+                p.discard();
+            }
+            tracing::warn!(upstream = %self.pool.name, server = %server.label, "101 without a valid WebSocket handshake");
+            return Err(ProxyError::BadGateway);
+        }
+        // The upstream connection now belongs to the tunnel.
+        ctx.trace.pooled = None;
+        ctx.trace.tunnel = Some(Tunnel {
+            client: upgrade.on,
+            upstream: hyper::upgrade::on(&mut response),
+        });
+        let (mut rp, _) = response.into_parts();
+        let upgrade_value = rp.headers.get(UPGRADE).cloned();
+        headers::strip_hop_by_hop(&mut rp.headers);
+        rp.headers
+            .insert(CONNECTION, HeaderValue::from_static("upgrade"));
+        if let Some(v) = upgrade_value {
+            rp.headers.insert(UPGRADE, v);
+        }
+        Ok(Response::from_parts(rp, ProxyBody::empty()))
     }
-    Ok(Response::from_parts(rp, ProxyBody::empty()))
 }
