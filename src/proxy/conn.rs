@@ -37,7 +37,7 @@ pub struct Shared {
 }
 
 /// The peer's IP as a header value (x-forwarded-for), made once per connection.
-pub fn client_ip_value(peer: SocketAddr) -> HeaderValue {
+fn client_ip_value(peer: SocketAddr) -> HeaderValue {
     HeaderValue::from_str(&peer.ip().to_string()).unwrap_or(HeaderValue::from_static("unknown"))
 }
 

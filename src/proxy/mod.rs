@@ -58,9 +58,7 @@ pub mod routing;
 mod tunnel;
 mod upstream_head;
 
-pub use conn::{
-    client_ip_value, ConnActivity, ConnInfo, EarlyData, LengthAndChunked, ListenerFacts, Shared,
-};
+pub use conn::{ConnActivity, ConnInfo, EarlyData, LengthAndChunked, ListenerFacts, Shared};
 pub use finish::CLIENT_CLOSED;
 
 use crate::body::{ProxyBody, RequestBody};
