@@ -130,13 +130,13 @@ fn render(c: &mut Criterion) {
     )
     .expect("snapshot");
     let metrics: &Metrics = &snap.metrics;
-    for r in snap.routes.iter() {
+    for r in snap.runtime.routes.iter() {
         for code in [200, 404, 502] {
             r.metrics.record(code, Duration::from_millis(3));
         }
     }
     c.bench_function("render_100_routes_10_servers", |b| {
-        b.iter(|| black_box(metrics.render(&snap)).len())
+        b.iter(|| black_box(metrics.render(&snap.in_force())).len())
     });
 }
 

@@ -2,8 +2,10 @@
 //!
 //! The map of the crate, following one request:
 //! - [`config`]: proxy.toml as plain data, with `PATH:LINE:COL` errors;
-//! - [`snapshot`]: config → the immutable runtime a request reads
-//!   (routes, pools, TLS configs), swapped whole through `ArcSwap`;
+//! - [`snapshot`]: config → one generation, put together from what each
+//!   module builds (listener settings, pools, JWT policies, and the
+//!   [`proxy::runtime::Runtime`] a request reads), swapped whole through
+//!   `ArcSwap`;
 //! - [`listener`]: accept, TLS, HTTP/1.1 and HTTP/2 serving, timeouts;
 //!   [`listener::quic`]: QUIC and the HTTP/3 adapter into the same pipeline;
 //! - [`proxy`]: the one pipeline (admit → route → cors → authenticate →
@@ -16,7 +18,8 @@
 //! - [`admin`]: the admin listener (health, readiness, metrics, config,
 //!   reload, revoke);
 //! - [`supervisor`]: owns listeners; reloads by build-then-swap;
-//! - [`server`]: process lifecycle: start, signals, drain, exit.
+//! - [`server`]: process lifecycle: start, signals, drain, exit;
+//! - [`sys`]: the operating system glue: systemd, thread priority, clocks.
 
 pub mod admin;
 pub mod auth;
@@ -28,5 +31,6 @@ pub mod proxy;
 pub mod server;
 pub mod snapshot;
 pub mod supervisor;
+pub mod sys;
 pub mod tls;
 pub mod upstream;

@@ -97,7 +97,7 @@ fn main() -> ExitCode {
 
     // Before the runtime starts: taking the sockets clears LISTEN_* from the
     // environment, which is only sound while no other thread runs.
-    let inherited = portico::supervisor::inherited_sockets();
+    let inherited = portico::sys::inherited_sockets();
     let workers = match lc.config.server.worker_threads {
         0 => std::thread::available_parallelism()
             .map(|n| n.get())

@@ -13,11 +13,12 @@ use crate::config::{ConfigError, LoadedConfig};
 use crate::supervisor::Supervisor;
 use std::collections::HashMap;
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::Duration;
-use tokio::signal::unix::{signal, SignalKind};
+use tokio::net::TcpListener;
+use tokio::signal::unix::{signal, Signal, SignalKind};
 use tokio::sync::{mpsc, watch};
 
 /// How long exit waits for the access log to write the lines still queued.
@@ -25,7 +26,7 @@ const ACCESS_LOG_FLUSH_LIMIT: Duration = Duration::from_secs(10);
 
 /// Runs portico until a stop signal; returns after draining and writing out
 /// the access log. `inherited` are the sockets passed by systemd
-/// ([`crate::supervisor::inherited_sockets`]).
+/// ([`crate::sys::inherited_sockets`]).
 pub async fn run(
     lc: LoadedConfig,
     inherited: HashMap<SocketAddr, std::net::TcpListener>,
@@ -34,12 +35,56 @@ pub async fn run(
     let signal_error = |e: std::io::Error| {
         ConfigError::plain(&config_path, format!("cannot install signal handlers: {e}"))
     };
-    let mut term = signal(SignalKind::terminate()).map_err(signal_error)?;
-    let mut int = signal(SignalKind::interrupt()).map_err(signal_error)?;
-    let mut hup = signal(SignalKind::hangup()).map_err(signal_error)?;
+    let signals = Signals {
+        term: signal(SignalKind::terminate()).map_err(signal_error)?,
+        int: signal(SignalKind::interrupt()).map_err(signal_error)?,
+        hup: signal(SignalKind::hangup()).map_err(signal_error)?,
+    };
 
     let (sup, bound) = Supervisor::new(lc, config_path.clone(), inherited)?;
-    let snap = sup.shared.snapshot.load_full();
+    let (admin_addr, admin_listener) = bind_admin(&sup)?;
+
+    sup.start(bound);
+    let (admin_stop_tx, admin_stop) = watch::channel(false);
+    let admin_state = Arc::new(AdminState::new(sup.clone()));
+    tracing::info!(bind = %admin_addr, "admin listening");
+    let admin_task = tokio::spawn(crate::admin::serve(
+        admin_listener,
+        admin_state.clone(),
+        admin_stop,
+    ));
+    admin_state.ready.store(true, Ordering::Release);
+    crate::sys::notify("READY=1");
+
+    serve_until_stopped(&sup, &config_path, signals).await;
+
+    tracing::info!(
+        open_connections = sup.tracker.open(),
+        "shutting down: draining"
+    );
+    crate::sys::notify("STOPPING=1");
+    admin_state.ready.store(false, Ordering::Release);
+    drain(&sup).await;
+    let _ = admin_stop_tx.send(true);
+    admin_task.abort();
+    let access_log = sup.shared.runtime.load().access_log.clone();
+    if !access_log.flush(ACCESS_LOG_FLUSH_LIMIT).await {
+        tracing::warn!("access log: lines still queued at exit may be lost");
+    }
+    tracing::info!("stopped");
+    Ok(())
+}
+
+/// The signals portico acts on.
+struct Signals {
+    term: Signal,
+    int: Signal,
+    hup: Signal,
+}
+
+/// Binds admin.bind of the config in force.
+fn bind_admin(sup: &Supervisor) -> Result<(SocketAddr, TcpListener), ConfigError> {
+    let snap = sup.snapshot.load_full();
     let admin_cfg = &snap.config.config.admin;
     let admin_addr: std::net::SocketAddr = admin_cfg
         .bind
@@ -52,30 +97,21 @@ pub async fn run(
             format!("cannot bind admin {admin_addr}: {e}"),
         )
     })?;
+    Ok((admin_addr, admin_listener))
+}
 
-    sup.start(bound);
-    let (admin_stop_tx, admin_stop) = watch::channel(false);
-    let admin_state = Arc::new(AdminState::new(sup.clone()));
-    tracing::info!(bind = %admin_addr, "admin listening");
-    let admin_task = tokio::spawn(crate::admin::serve(
-        admin_listener,
-        admin_state.clone(),
-        admin_stop,
-    ));
-    admin_state.ready.store(true, Ordering::Release);
-    sd_notify("READY=1");
-
+/// Reloads on SIGHUP and (with watch_config) when the config file changes,
+/// until SIGTERM or SIGINT.
+async fn serve_until_stopped(sup: &Arc<Supervisor>, config_path: &Path, mut signals: Signals) {
     let (changed_tx, mut changed) = mpsc::channel::<()>(1);
     // Always watched, so a reload can turn watch_config on or off; the flag
     // is read when the file changes.
-    let _watcher = watch_file(&config_path, changed_tx.clone());
-    drop(snap);
-
+    let _watcher = watch_file(config_path, changed_tx.clone());
     loop {
         tokio::select! {
-            _ = term.recv() => break,
-            _ = int.recv() => break,
-            _ = hup.recv() => {
+            _ = signals.term.recv() => break,
+            _ = signals.int.recv() => break,
+            _ = signals.hup.recv() => {
                 tracing::info!("SIGHUP: reloading configuration");
                 let _ = sup.reload().await;
             }
@@ -84,30 +120,20 @@ pub async fn run(
                 // for the file to settle, then take every event as one.
                 tokio::time::sleep(Duration::from_millis(200)).await;
                 while changed.try_recv().is_ok() {}
-                if sup.shared.snapshot.load().config.config.server.watch_config {
+                if sup.snapshot.load().config.config.server.watch_config {
                     tracing::info!("config file changed: reloading");
                     let _ = sup.reload().await;
                 }
             }
         }
     }
+}
 
-    tracing::info!(
-        open_connections = sup.tracker.open(),
-        "shutting down: draining"
-    );
-    sd_notify("STOPPING=1");
-    admin_state.ready.store(false, Ordering::Release);
+/// Stops every listener and waits up to server.shutdown_timeout for the
+/// open connections to finish.
+async fn drain(sup: &Supervisor) {
     sup.stop_all();
-    let timeout = sup
-        .shared
-        .snapshot
-        .load()
-        .config
-        .config
-        .server
-        .shutdown_timeout
-        .0;
+    let timeout = sup.snapshot.load().config.config.server.shutdown_timeout.0;
     if tokio::time::timeout(timeout, sup.tracker.drained())
         .await
         .is_err()
@@ -117,14 +143,6 @@ pub async fn run(
             "shutdown timeout reached; closing remaining connections"
         );
     }
-    let _ = admin_stop_tx.send(true);
-    admin_task.abort();
-    let access_log = sup.shared.snapshot.load().access_log.clone();
-    if !access_log.flush(ACCESS_LOG_FLUSH_LIMIT).await {
-        tracing::warn!("access log: lines still queued at exit may be lost");
-    }
-    tracing::info!("stopped");
-    Ok(())
 }
 
 /// Watches the config file's folder (so a save by rename is seen) and sends
@@ -160,26 +178,4 @@ fn watch_file(path: &std::path::Path, tx: mpsc::Sender<()>) -> Option<notify::Re
     }
     tracing::info!(file = %path.display(), "watching the config file");
     Some(watcher)
-}
-
-/// Sends a state line to systemd when run as a notify service.
-pub fn sd_notify(state: &str) {
-    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
-        return;
-    };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
-    };
-    if let Err(e) = sent {
-        tracing::warn!(error = %e, "sd_notify failed");
-    }
 }

@@ -2,8 +2,9 @@
 //!
 //! A reload is build-then-swap: parse, validate, load certs and keys, build
 //! pools (reusing unchanged ones), bind the listeners that are new — and only
-//! when all of that succeeded, store the new snapshot in one atomic step and
-//! retire the listeners that are gone. On any error nothing running changes:
+//! when all of that succeeded, store the new snapshot and its runtime (see
+//! `Supervisor::swap` for the order) and retire the listeners that are
+//! gone. On any error nothing running changes:
 //! sockets bound for the attempt are closed and the old snapshot keeps
 //! serving. Reloads are serialized.
 //!
@@ -19,7 +20,8 @@
 //! requests come first, yet a reload still finishes in well under a second
 //! when portico's own load saturates every core. Client connections are
 //! never cut by a reload: every request, on any connection, reads the
-//! snapshot in force when it starts.
+//! runtime in force when it starts. Listeners never read the snapshot: the
+//! supervisor pushes each side (TCP, QUIC) its settings.
 //!
 //! A listener has up to two sides: TCP (when it serves http1 or http2) and
 //! QUIC on UDP at the same address (when it serves http3). A reload that
@@ -30,9 +32,10 @@
 
 use crate::config::{self, ConfigError};
 use crate::listener::quic::QuicListener;
-use crate::listener::ConnTracker;
+use crate::listener::{ConnTracker, ListenerSettings, TcpSide};
 use crate::proxy::Shared;
-use crate::snapshot::{BuildMode, ListenerSettings, Snapshot};
+use crate::snapshot::{BuildMode, Snapshot};
+use arc_swap::ArcSwap;
 use std::collections::{HashMap, HashSet};
 use std::net::SocketAddr;
 use std::path::PathBuf;
@@ -51,14 +54,6 @@ pub struct BoundSockets {
 /// Listening sockets bound at start, not yet serving.
 pub type BoundListeners = Vec<(BoundSockets, Arc<ListenerSettings>)>;
 
-/// The running TCP side of a listener: what its accept loop listens to.
-struct TcpSide {
-    /// True: stop accepting (and drain).
-    stop: watch::Sender<bool>,
-    /// The settings for connections accepted from now on.
-    settings: watch::Sender<Arc<ListenerSettings>>,
-}
-
 /// The running sides of one listener.
 #[derive(Default)]
 struct RunningListener {
@@ -69,7 +64,7 @@ struct RunningListener {
 impl RunningListener {
     fn stop(&mut self) {
         if let Some(t) = self.tcp.take() {
-            let _ = t.stop.send(true);
+            t.stop();
         }
         if let Some(q) = self.quic.take() {
             q.stop();
@@ -82,9 +77,57 @@ fn wants_tcp(s: &ListenerSettings) -> bool {
     s.http1 || s.http2
 }
 
+/// A side handed over at a rename: (the listener that takes it, the one
+/// leaving that gives its TCP side, the one that gives its QUIC side).
+type Handover = (ListenerKey, Option<ListenerKey>, Option<ListenerKey>);
+
+/// What a reload binds before the swap.
+#[derive(Default)]
+struct BindPlan {
+    /// Sockets bound for new listeners and new sides of kept ones.
+    fresh: BoundListeners,
+    /// Running sides that change hands after the swap.
+    handovers: Vec<Handover>,
+}
+
+/// The running sides of listeners that leave the config, at the bind of a
+/// new one that wants such a side (a rename): handed over after the swap
+/// rather than bound twice, which the OS would refuse.
+struct Donors {
+    /// Every running listener, with whether it has a TCP and a QUIC side.
+    running: HashMap<ListenerKey, (bool, bool)>,
+    /// The listeners of the new config.
+    staying: HashSet<ListenerKey>,
+    /// Sides already promised to a listener (key, TCP or not).
+    claimed: HashSet<(ListenerKey, bool)>,
+}
+
+impl Donors {
+    /// A listener leaving the config with a TCP (`tcp`) or QUIC side at
+    /// `bind` not yet promised, now promised.
+    fn take(&mut self, bind: SocketAddr, tcp: bool) -> Option<ListenerKey> {
+        let found = self
+            .running
+            .iter()
+            .filter(|(k, _)| k.1 == bind && !self.staying.contains(*k))
+            .find(|(k, (has_tcp, has_quic))| {
+                (if tcp { *has_tcp } else { *has_quic })
+                    && !self.claimed.contains(&((*k).clone(), tcp))
+            })
+            .map(|(k, _)| k.clone());
+        if let Some(k) = &found {
+            self.claimed.insert((k.clone(), tcp));
+        }
+        found
+    }
+}
+
 /// Owns what a reload changes: the snapshot in force and the listeners.
 pub struct Supervisor {
+    /// What requests read (the runtime in force) and the metrics registry.
     pub shared: Arc<Shared>,
+    /// The snapshot in force: its runtime is the one in `shared`.
+    pub snapshot: ArcSwap<Snapshot>,
     pub config_path: PathBuf,
     pub tracker: Arc<ConnTracker>,
     listeners: Mutex<HashMap<ListenerKey, RunningListener>>,
@@ -97,7 +140,7 @@ pub struct Supervisor {
 
 impl Supervisor {
     /// Builds the first snapshot (generation 1) and binds every listener,
-    /// adopting `inherited` sockets (from [`inherited_sockets`]) where their
+    /// adopting `inherited` sockets (from [`crate::sys::inherited_sockets`]) where their
     /// address matches. Nothing is served until [`Supervisor::start`].
     pub fn new(
         lc: config::LoadedConfig,
@@ -109,8 +152,9 @@ impl Supervisor {
         let sup = Arc::new(Supervisor {
             shared: Arc::new(Shared {
                 metrics: snapshot.metrics.clone(),
-                snapshot: arc_swap::ArcSwap::from_pointee(snapshot),
+                runtime: ArcSwap::new(snapshot.runtime.clone()),
             }),
+            snapshot: ArcSwap::from_pointee(snapshot),
             config_path,
             tracker: Arc::new(ConnTracker::default()),
             listeners: Mutex::new(HashMap::new()),
@@ -118,7 +162,7 @@ impl Supervisor {
             reload_lock: tokio::sync::Mutex::new(()),
             stopping: watch::channel(false).0,
         });
-        let snap = sup.shared.snapshot.load_full();
+        let snap = sup.snapshot.load_full();
         let mut bound = Vec::new();
         for (settings, cfg) in snap.listeners.iter().zip(&snap.config.config.listeners) {
             let sockets = sup.bind_sides(settings, (true, true)).map_err(|e| {
@@ -133,7 +177,7 @@ impl Supervisor {
     /// Starts accept loops for listeners bound by [`Supervisor::new`], and
     /// the snapshot's background work (JWKS fetches, health checks).
     pub fn start(self: &Arc<Self>, bound: BoundListeners) {
-        let snap = self.shared.snapshot.load();
+        let snap = self.snapshot.load();
         snap.auth.start();
         snap.take_over(None);
         drop(snap);
@@ -144,7 +188,7 @@ impl Supervisor {
 
     /// The generation of the config in force.
     pub fn generation(&self) -> u64 {
-        self.shared.snapshot.load().generation
+        self.snapshot.load().generation
     }
 
     /// The running listeners. A panic elsewhere while the table was held
@@ -200,20 +244,14 @@ impl Supervisor {
     fn spawn_listener(self: &Arc<Self>, sockets: BoundSockets, settings: Arc<ListenerSettings>) {
         let stopping = *self.stopping.borrow();
         let tcp = sockets.tcp.map(|l| {
-            let (stop, stop_rx) = watch::channel(stopping);
-            let (settings_tx, settings_rx) = watch::channel(settings.clone());
             tracing::info!(listener = %settings.name, bind = %settings.bind, tls = settings.tls.is_some(), "listening (TCP)");
-            tokio::spawn(crate::listener::accept_loop(
+            TcpSide::start(
                 l,
-                settings_rx,
+                settings.clone(),
                 self.shared.clone(),
                 self.tracker.clone(),
-                stop_rx,
-            ));
-            TcpSide {
-                stop,
-                settings: settings_tx,
-            }
+                stopping,
+            )
         });
         let quic = sockets.udp.and_then(|u| {
             match QuicListener::start(
@@ -263,38 +301,13 @@ impl Supervisor {
         if *self.stopping.borrow() {
             return Err(ConfigError::plain(&self.config_path, "shutting down"));
         }
-        crate::server::sd_notify(&format!("RELOADING=1\nMONOTONIC_USEC={}", monotonic_usec()));
-        // Reading files and building the snapshot is blocking work, done on
-        // a thread of its own at a lower priority: requests are served
-        // first, and a worker never waits on a reload (with few workers, a
-        // build on the same core as a worker would otherwise stall every
-        // connection of that worker for its duration).
+        crate::sys::notify(&format!(
+            "RELOADING=1\nMONOTONIC_USEC={}",
+            crate::sys::monotonic_usec()
+        ));
         let started = std::time::Instant::now();
-        let (tx, rx) = tokio::sync::oneshot::channel();
-        let this = self.clone();
-        let runtime = tokio::runtime::Handle::current();
-        let spawned = std::thread::Builder::new()
-            .name("portico-reload".into())
-            .spawn(move || {
-                background_priority();
-                // The build starts tasks (reapers, JWKS refreshers) and
-                // registers sockets: it needs the runtime's context.
-                let _in_runtime = runtime.enter();
-                let _ = tx.send(this.try_reload());
-            });
-        let result = match spawned {
-            Ok(_) => rx.await.unwrap_or_else(|_| {
-                Err(ConfigError::plain(
-                    &self.config_path,
-                    "reload failed: the build thread ended without an answer",
-                ))
-            }),
-            Err(e) => Err(ConfigError::plain(
-                &self.config_path,
-                format!("reload failed: cannot start the build thread: {e}"),
-            )),
-        };
-        crate::server::sd_notify("READY=1");
+        let result = self.reload_on_build_thread().await;
+        crate::sys::notify("READY=1");
         match &result {
             Ok(g) => {
                 self.shared.metrics.record_reload(true);
@@ -312,136 +325,174 @@ impl Supervisor {
         result
     }
 
+    /// Runs [`Supervisor::try_reload`] on a thread of its own.
+    ///
+    /// Reading files and building the snapshot is blocking work, done on a
+    /// thread of its own at a lower priority: requests are served first,
+    /// and a worker never waits on a reload (with few workers, a build on
+    /// the same core as a worker would otherwise stall every connection of
+    /// that worker for its duration).
+    async fn reload_on_build_thread(self: &Arc<Self>) -> Result<u64, ConfigError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let this = self.clone();
+        let runtime = tokio::runtime::Handle::current();
+        let spawned = std::thread::Builder::new()
+            .name("portico-reload".into())
+            .spawn(move || {
+                background_priority();
+                // The build starts tasks (reapers, JWKS refreshers) and
+                // registers sockets: it needs the runtime's context.
+                let _in_runtime = runtime.enter();
+                let _ = tx.send(this.try_reload());
+            });
+        match spawned {
+            Ok(_) => rx.await.unwrap_or_else(|_| {
+                Err(ConfigError::plain(
+                    &self.config_path,
+                    "reload failed: the build thread ended without an answer",
+                ))
+            }),
+            Err(e) => Err(ConfigError::plain(
+                &self.config_path,
+                format!("reload failed: cannot start the build thread: {e}"),
+            )),
+        }
+    }
+
+    /// Build, bind, swap, then move the listeners to the new settings.
     fn try_reload(self: &Arc<Self>) -> Result<u64, ConfigError> {
         let lc = Arc::new(config::load(&self.config_path)?);
-        let current = self.shared.snapshot.load_full();
+        let current = self.snapshot.load_full();
         let next = Snapshot::build(
             lc.clone(),
             current.generation + 1,
             Some(&current),
             BuildMode::Run,
         )?;
+        let plan = self.bind_new_sides(&next)?;
 
-        // Bind what is new (listeners, and sides of kept ones) before
-        // anything changes; on failure the sockets bound so far are dropped
-        // (closed) with `fresh`.
-        let running: HashMap<ListenerKey, (bool, bool)> = self
-            .running()
-            .iter()
-            .map(|(k, r)| (k.clone(), (r.tcp.is_some(), r.quic.is_some())))
-            .collect();
-        let staying: HashSet<ListenerKey> = next
-            .listeners
-            .iter()
-            .map(|s| (s.name.clone(), s.bind))
-            .collect();
-        // A side of a listener that leaves the config, at the bind of a new
-        // one that wants that side (a rename): handed over after the swap
-        // rather than bound twice, which the OS would refuse.
-        let mut handovers = Vec::new();
-        let mut claimed: HashSet<(ListenerKey, bool)> = HashSet::new();
-        let mut donor = |bind: SocketAddr, tcp: bool| {
-            let found = running
-                .iter()
-                .filter(|(k, _)| k.1 == bind && !staying.contains(*k))
-                .find(|(k, (has_tcp, has_quic))| {
-                    (if tcp { *has_tcp } else { *has_quic })
-                        && !claimed.contains(&((*k).clone(), tcp))
-                })
-                .map(|(k, _)| k.clone());
-            if let Some(k) = &found {
-                claimed.insert((k.clone(), tcp));
-            }
-            found
-        };
-        let mut fresh = Vec::new();
-        for (settings, cfg) in next.listeners.iter().zip(&lc.config.listeners) {
-            let key = (settings.name.clone(), settings.bind);
-            let (has_tcp, has_quic) = running.get(&key).copied().unwrap_or_default();
-            let tcp_from = (!has_tcp && wants_tcp(settings))
-                .then(|| donor(settings.bind, true))
-                .flatten();
-            let quic_from = (!has_quic && settings.http3)
-                .then(|| donor(settings.bind, false))
-                .flatten();
-            let sockets = self
-                .bind_sides(
-                    settings,
-                    (
-                        !has_tcp && tcp_from.is_none(),
-                        !has_quic && quic_from.is_none(),
-                    ),
-                )
-                .map_err(|e| {
-                    lc.error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind))
-                })?;
-            if sockets.tcp.is_some() || sockets.udp.is_some() {
-                fresh.push((sockets, settings.clone()));
-            }
-            if tcp_from.is_some() || quic_from.is_some() {
-                handovers.push((key, tcp_from, quic_from));
-            }
-        }
-
-        let generation = next.generation;
-        next.auth.start();
         let next = Arc::new(next);
-        self.shared.snapshot.store(next.clone());
-        next.take_over(Some(&current));
-
-        {
-            let mut m = self.running();
-            for (to, tcp_from, quic_from) in handovers {
-                let tcp = tcp_from.and_then(|k| m.get_mut(&k)?.tcp.take());
-                let quic = quic_from.and_then(|k| m.get_mut(&k)?.quic.take());
-                tracing::info!(listener = %to.0, bind = %to.1, "listener renamed: it keeps the running socket");
-                let entry = m.entry(to).or_default();
-                if tcp.is_some() {
-                    entry.tcp = tcp;
-                }
-                if quic.is_some() {
-                    entry.quic = quic;
-                }
-            }
-        }
-        for (sockets, settings) in fresh {
+        self.swap(&next, &current);
+        self.hand_over(plan.handovers);
+        for (sockets, settings) in plan.fresh {
             self.spawn_listener(sockets, settings);
         }
-        {
-            let mut m = self.running();
-            m.retain(|key, running| {
-                let Some(s) = next.listeners.iter().find(|s| (&s.name, s.bind) == (&key.0, key.1))
-                else {
-                    tracing::info!(listener = %key.0, bind = %key.1, "listener removed: draining");
-                    running.stop();
-                    return false;
-                };
-                match (&running.tcp, wants_tcp(s)) {
-                    (Some(t), true) => {
-                        t.settings.send_replace(s.clone());
-                    }
-                    (Some(_), false) => {
-                        tracing::info!(listener = %key.0, bind = %key.1, "TCP side removed: draining");
-                        if let Some(t) = running.tcp.take() {
-                            let _ = t.stop.send(true);
-                        }
-                    }
-                    (None, _) => {}
-                }
-                match (&running.quic, s.http3) {
-                    (Some(q), true) => q.update(s),
-                    (Some(_), false) => {
-                        tracing::info!(listener = %key.0, bind = %key.1, "http3 removed: draining the QUIC side");
-                        if let Some(q) = running.quic.take() {
-                            q.stop();
-                        }
-                    }
-                    (None, _) => {}
-                }
-                true
-            });
+        self.push_settings(&next);
+        Ok(next.generation)
+    }
+
+    /// Binds what `next` adds (listeners, and sides of kept ones) before
+    /// anything changes; on failure the sockets bound so far are dropped
+    /// (closed) with the plan.
+    fn bind_new_sides(&self, next: &Snapshot) -> Result<BindPlan, ConfigError> {
+        let mut donors = Donors {
+            running: self
+                .running()
+                .iter()
+                .map(|(k, r)| (k.clone(), (r.tcp.is_some(), r.quic.is_some())))
+                .collect(),
+            staying: next
+                .listeners
+                .iter()
+                .map(|s| (s.name.clone(), s.bind))
+                .collect(),
+            claimed: HashSet::new(),
+        };
+        let mut plan = BindPlan::default();
+        for (settings, cfg) in next.listeners.iter().zip(&next.config.config.listeners) {
+            let key = (settings.name.clone(), settings.bind);
+            let (has_tcp, has_quic) = donors.running.get(&key).copied().unwrap_or_default();
+            let tcp_from = (!has_tcp && wants_tcp(settings))
+                .then(|| donors.take(settings.bind, true))
+                .flatten();
+            let quic_from = (!has_quic && settings.http3)
+                .then(|| donors.take(settings.bind, false))
+                .flatten();
+            let missing = (
+                !has_tcp && tcp_from.is_none(),
+                !has_quic && quic_from.is_none(),
+            );
+            let sockets = self.bind_sides(settings, missing).map_err(|e| {
+                next.config
+                    .error_at(&cfg.bind, format!("cannot bind {}: {e}", settings.bind))
+            })?;
+            if sockets.tcp.is_some() || sockets.udp.is_some() {
+                plan.fresh.push((sockets, settings.clone()));
+            }
+            if tcp_from.is_some() || quic_from.is_some() {
+                plan.handovers.push((key, tcp_from, quic_from));
+            }
         }
-        Ok(generation)
+        Ok(plan)
+    }
+
+    /// Puts `next` in force in place of `previous`.
+    ///
+    /// The runtime is stored before the snapshot: whoever sees generation N
+    /// in the snapshot (admin's /config and /metrics, the reload's answer)
+    /// does so after runtime N is in force, so a request that starts after
+    /// that never runs on an older runtime than the one the admin shows.
+    /// (For an instant a request may run on runtime N while the admin still
+    /// shows N-1: harmless, the admin only ever lags.)
+    fn swap(&self, next: &Arc<Snapshot>, previous: &Snapshot) {
+        next.auth.start();
+        self.shared.runtime.store(next.runtime.clone());
+        self.snapshot.store(next.clone());
+        next.take_over(Some(previous));
+    }
+
+    /// Moves running sides to the listeners that take them over (renames).
+    fn hand_over(&self, handovers: Vec<Handover>) {
+        let mut m = self.running();
+        for (to, tcp_from, quic_from) in handovers {
+            let tcp = tcp_from.and_then(|k| m.get_mut(&k)?.tcp.take());
+            let quic = quic_from.and_then(|k| m.get_mut(&k)?.quic.take());
+            tracing::info!(listener = %to.0, bind = %to.1, "listener renamed: it keeps the running socket");
+            let entry = m.entry(to).or_default();
+            if tcp.is_some() {
+                entry.tcp = tcp;
+            }
+            if quic.is_some() {
+                entry.quic = quic;
+            }
+        }
+    }
+
+    /// Pushes each running side its settings in `next`; stops (to drain)
+    /// the listeners, and the sides of kept ones, that `next` no longer has.
+    fn push_settings(&self, next: &Snapshot) {
+        self.running().retain(|key, running| {
+            let Some(s) = next
+                .listeners
+                .iter()
+                .find(|s| (&s.name, s.bind) == (&key.0, key.1))
+            else {
+                tracing::info!(listener = %key.0, bind = %key.1, "listener removed: draining");
+                running.stop();
+                return false;
+            };
+            match (&running.tcp, wants_tcp(s)) {
+                (Some(t), true) => t.update(s),
+                (Some(_), false) => {
+                    tracing::info!(listener = %key.0, bind = %key.1, "TCP side removed: draining");
+                    if let Some(t) = running.tcp.take() {
+                        t.stop();
+                    }
+                }
+                (None, _) => {}
+            }
+            match (&running.quic, s.http3) {
+                (Some(q), true) => q.update(s),
+                (Some(_), false) => {
+                    tracing::info!(listener = %key.0, bind = %key.1, "http3 removed: draining the QUIC side");
+                    if let Some(q) = running.quic.take() {
+                        q.stop();
+                    }
+                }
+                (None, _) => {}
+            }
+            true
+        });
     }
 
     /// Stops every listener from accepting and asks every connection to
@@ -455,7 +506,7 @@ impl Supervisor {
 }
 
 /// The nice value of the reload thread.
-const RELOAD_NICE: libc::c_int = 10;
+const RELOAD_NICE: i32 = 10;
 
 /// Lowers the calling thread to nice [`RELOAD_NICE`] (or leaves it where
 /// it is if already lower). At nice 10 a thread gets about a tenth of a
@@ -465,83 +516,9 @@ const RELOAD_NICE: libc::c_int = 10;
 /// few thousandths, so a reload could take a minute on a busy host.
 /// Best effort: a refusal leaves the normal priority.
 fn background_priority() {
-    // SAFETY: gettid has no preconditions and returns the calling thread's id.
-    let tid = unsafe { libc::syscall(libc::SYS_gettid) } as libc::id_t;
-    // getpriority may legitimately return -1: clear errno to tell.
-    // SAFETY: errno is thread-local; getpriority only reads.
-    let current = unsafe {
-        *libc::__errno_location() = 0;
-        libc::getpriority(libc::PRIO_PROCESS, tid)
-    };
-    let target = if std::io::Error::last_os_error().raw_os_error() == Some(0) {
-        current.max(RELOAD_NICE)
-    } else {
-        RELOAD_NICE
-    };
-    // SAFETY: on Linux PRIO_PROCESS with a thread id sets that thread only.
-    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, tid, target) };
-    if rc != 0 {
-        tracing::debug!(error = %std::io::Error::last_os_error(), "cannot lower the reload thread's priority");
+    if let Err(e) = crate::sys::lower_thread_priority(RELOAD_NICE) {
+        tracing::debug!(error = %e, "cannot lower the reload thread's priority");
     }
-}
-
-/// CLOCK_MONOTONIC in microseconds, as systemd's RELOADING=1 wants it.
-fn monotonic_usec() -> u64 {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
-    if rc != 0 {
-        return 0;
-    }
-    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
-}
-
-/// Takes the listening sockets systemd passed (LISTEN_PID/LISTEN_FDS, from
-/// fd 3 on), by local address. The variables are removed so that nothing
-/// started later inherits them.
-///
-/// Call it once, from `main` before any other thread exists (the tokio
-/// runtime included): changing the environment while another thread may
-/// read it is undefined behaviour.
-pub fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
-    use std::os::fd::FromRawFd;
-    let mut out = HashMap::new();
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let n: i32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    std::env::remove_var("LISTEN_PID");
-    std::env::remove_var("LISTEN_FDS");
-    std::env::remove_var("LISTEN_FDNAMES");
-    if !pid_ok || n <= 0 {
-        return out;
-    }
-    for fd in 3..3 + n.min(1024) {
-        // SAFETY: systemd hands these descriptors to this process; each is
-        // taken once, here, and owned by the TcpListener from now on.
-        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        match l.local_addr() {
-            Ok(addr) => {
-                // Descriptors passed by the service manager are not CLOEXEC.
-                unsafe {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-                out.insert(addr, l);
-            }
-            Err(e) => {
-                tracing::warn!(fd, error = %e, "ignoring a passed descriptor that is not a TCP listening socket");
-                std::mem::forget(l);
-            }
-        }
-    }
-    out
 }
 
 #[cfg(test)]
@@ -608,23 +585,14 @@ mod tests {
     }
 
     #[test]
-    fn the_reload_thread_runs_at_nice_10_in_the_normal_class() {
-        let (nice, policy) = std::thread::spawn(|| {
+    fn the_reload_thread_runs_at_nice_10() {
+        let nice = std::thread::spawn(|| {
             background_priority();
-            // SAFETY: plain queries about the calling thread.
-            unsafe {
-                let tid = libc::syscall(libc::SYS_gettid) as libc::id_t;
-                (
-                    libc::getpriority(libc::PRIO_PROCESS, tid),
-                    libc::sched_getscheduler(0),
-                )
-            }
+            crate::sys::thread_nice()
         })
         .join()
         .unwrap();
-        assert_eq!(policy, libc::SCHED_OTHER, "not SCHED_IDLE");
-        // SAFETY: a plain query about the calling thread.
-        let own = unsafe { libc::getpriority(libc::PRIO_PROCESS, 0) };
-        assert_eq!(nice, own.max(RELOAD_NICE));
+        let own = crate::sys::thread_nice().unwrap();
+        assert_eq!(nice, Some(own.max(RELOAD_NICE)));
     }
 }

@@ -1,5 +1,6 @@
-//! TLS configs built from PEM files: listeners' server configs, and the
-//! one client config builder for upstreams and JWKS fetches.
+//! TLS configs built from PEM files: listeners' server configs, the one
+//! client config builder, and the one client connector (TCP, then TLS when
+//! configured, under one timeout) that upstreams and JWKS fetches share.
 //!
 //! Guarantees: TLS 1.3 only unless a listener asks for 1.2 (its QUIC side
 //! is always 1.3); ALPN offers exactly the listener's protocols (h2 before
@@ -12,8 +13,15 @@ use crate::config::{ConfigError, ListenerTls, LoadedConfig, Protocol, TlsVersion
 use rustls::server::WebPkiClientVerifier;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
-use rustls_pki_types::{CertificateDer, PrivateKeyDer};
+use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::io;
+use std::pin::Pin;
 use std::sync::Arc;
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::{TcpStream, ToSocketAddrs};
+use tokio_rustls::client::TlsStream;
 use toml::Spanned;
 
 /// The crypto provider every TLS config of portico uses.
@@ -227,7 +235,7 @@ pub fn upstream_settings(
     lc: &LoadedConfig,
     t: &crate::config::UpstreamTls,
     protocol: crate::config::UpstreamProtocol,
-) -> Result<crate::upstream::UpstreamTlsSettings, ConfigError> {
+) -> Result<ClientTls, ConfigError> {
     use std::hash::{Hash, Hasher};
     let mut fingerprint = std::collections::hash_map::DefaultHasher::new();
     let roots = if t.ca.get_ref().is_empty() {
@@ -266,9 +274,147 @@ pub fn upstream_settings(
                 .map_err(|_| lc.error_at(&t.server_name, "not a valid TLS server name"))?,
         )
     };
-    Ok(crate::upstream::UpstreamTlsSettings {
+    Ok(ClientTls {
         config: Arc::new(cfg),
         server_name,
         fingerprint: fingerprint.finish(),
     })
+}
+
+/// TLS settings of one client side (an upstream, a JWKS URL): the client
+/// config (roots, client certificate, ALPN) and the name to verify and send
+/// as SNI (`None`: the host connected to).
+#[derive(Clone)]
+pub struct ClientTls {
+    pub config: Arc<rustls::ClientConfig>,
+    pub server_name: Option<ServerName<'static>>,
+    /// Hash of every file the config was built from, so a reload rebuilds
+    /// the pool when a certificate changed under the same path.
+    pub fingerprint: u64,
+}
+
+/// Why [`connect`] failed.
+#[derive(Debug)]
+pub enum ConnectError {
+    /// Resolving, the TCP connect, or the TLS handshake failed.
+    Io(io::Error),
+    /// It all took longer than the timeout.
+    Timeout,
+}
+
+/// Opens a client connection: TCP to `addr` (each address it resolves to,
+/// in turn), with Nagle off, then TLS when `tls` is set, verifying and
+/// sending as SNI `tls.server_name` or else `host`. All of it within
+/// `timeout`.
+pub async fn connect(
+    addr: impl ToSocketAddrs,
+    tls: Option<&ClientTls>,
+    host: &str,
+    timeout: Duration,
+) -> Result<ClientIo, ConnectError> {
+    let connect = async {
+        let tcp = TcpStream::connect(addr).await?;
+        let _ = tcp.set_nodelay(true);
+        ClientIo::establish(tcp, tls, host).await
+    };
+    match tokio::time::timeout(timeout, connect).await {
+        Ok(r) => r.map_err(ConnectError::Io),
+        Err(_) => Err(ConnectError::Timeout),
+    }
+}
+
+/// A client connection, plain or TLS.
+pub enum ClientIo {
+    Plain(TcpStream),
+    Tls(Box<TlsStream<TcpStream>>),
+}
+
+impl ClientIo {
+    /// Wraps `tcp` in TLS when `tls` is set. `host` (brackets of an IPv6
+    /// literal allowed) is the SNI name when no server_name is configured.
+    async fn establish(
+        tcp: TcpStream,
+        tls: Option<&ClientTls>,
+        host: &str,
+    ) -> io::Result<ClientIo> {
+        let Some(tls) = tls else {
+            return Ok(ClientIo::Plain(tcp));
+        };
+        let name = match &tls.server_name {
+            Some(n) => n.clone(),
+            None => ServerName::try_from(
+                host.trim_start_matches('[')
+                    .trim_end_matches(']')
+                    .to_string(),
+            )
+            .map_err(|_| {
+                io::Error::new(
+                    io::ErrorKind::InvalidInput,
+                    format!("\"{host}\" is not a TLS server name"),
+                )
+            })?,
+        };
+        let s = tokio_rustls::TlsConnector::from(tls.config.clone())
+            .connect(name, tcp)
+            .await?;
+        Ok(ClientIo::Tls(Box::new(s)))
+    }
+}
+
+impl AsyncRead for ClientIo {
+    fn poll_read(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut ReadBuf<'_>,
+    ) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_read(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_read(cx, buf),
+        }
+    }
+}
+
+impl AsyncWrite for ClientIo {
+    fn poll_write(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_write(cx, buf),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write(cx, buf),
+        }
+    }
+
+    fn poll_write_vectored(
+        self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        bufs: &[io::IoSlice<'_>],
+    ) -> Poll<io::Result<usize>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_write_vectored(cx, bufs),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_write_vectored(cx, bufs),
+        }
+    }
+
+    fn is_write_vectored(&self) -> bool {
+        match self {
+            ClientIo::Plain(s) => s.is_write_vectored(),
+            ClientIo::Tls(s) => s.is_write_vectored(),
+        }
+    }
+
+    fn poll_flush(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_flush(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_flush(cx),
+        }
+    }
+
+    fn poll_shutdown(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        match self.get_mut() {
+            ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
+            ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
+        }
+    }
 }

@@ -20,7 +20,7 @@
 //!   snapshot using this source is gone.
 
 use super::keys::{self, KeySet};
-use crate::upstream::{UpstreamIo, UpstreamTlsSettings};
+use crate::tls::{ClientTls, ConnectError};
 use arc_swap::ArcSwapOption;
 use bytes::Bytes;
 use http::uri::Authority;
@@ -28,7 +28,7 @@ use http_body_util::{BodyExt, Empty, Limited};
 use hyper_util::rt::TokioIo;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Weak};
-use std::time::{Duration, SystemTime, UNIX_EPOCH};
+use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite};
 use tokio::sync::{watch, Notify};
 
@@ -55,7 +55,7 @@ pub struct JwksSource {
     authority: Authority,
     path: String,
     /// TLS as for an upstream: same builder, same connector.
-    tls: Option<UpstreamTlsSettings>,
+    tls: Option<ClientTls>,
     keys: ArcSwapOption<KeySet>,
     /// Raised whenever the key set changes (cached tokens verified under an
     /// older epoch are checked again).
@@ -65,7 +65,8 @@ pub struct JwksSource {
     /// Wakes the refresh task early (unknown kid, or this source dropped).
     kick: Arc<Notify>,
     kick_pending: AtomicBool,
-    /// When the last unknown-kid fetch was asked for (ms since the epoch).
+    /// When the last unknown-kid fetch was asked for
+    /// ([`crate::sys::monotonic_ms`]; 0: never).
     last_kick_ms: AtomicU64,
     started: AtomicBool,
     /// SHA-256 of the last good document.
@@ -88,7 +89,7 @@ impl JwksSource {
             };
             let config = crate::tls::client_config(roots, None, &[b"http/1.1"])
                 .map_err(|e| e.to_string())?;
-            Some(UpstreamTlsSettings {
+            Some(ClientTls {
                 config: Arc::new(config),
                 // The URL's host is the name verified and sent as SNI.
                 server_name: None,
@@ -154,7 +155,7 @@ impl JwksSource {
         let mut rx = self.attempts.subscribe();
         let seen = *rx.borrow_and_update();
         if !self.kick_pending.load(Ordering::Acquire) {
-            let now = now_ms();
+            let now = crate::sys::monotonic_ms();
             let last = self.last_kick_ms.load(Ordering::Acquire);
             let due =
                 last == 0 || now.saturating_sub(last) >= KID_REFRESH_INTERVAL.as_millis() as u64;
@@ -230,25 +231,12 @@ impl JwksSource {
             .port_u16()
             .unwrap_or(if self.https { 443 } else { 80 });
         let bare_host = host.trim_start_matches('[').trim_end_matches(']');
-        let addrs = tokio::net::lookup_host((bare_host, port))
+        let io = crate::tls::connect((bare_host, port), self.tls.as_ref(), host, FETCH_TIMEOUT)
             .await
-            .map_err(|e| format!("cannot resolve {host}: {e}"))?;
-        let mut last_err = format!("{host} has no address");
-        let mut tcp = None;
-        for a in addrs {
-            match tokio::net::TcpStream::connect(a).await {
-                Ok(s) => {
-                    tcp = Some(s);
-                    break;
-                }
-                Err(e) => last_err = format!("connect {a}: {e}"),
-            }
-        }
-        let tcp = tcp.ok_or(last_err)?;
-        let _ = tcp.set_nodelay(true);
-        let io = UpstreamIo::establish(tcp, self.tls.as_ref(), host)
-            .await
-            .map_err(|e| format!("TLS with {host}: {e}"))?;
+            .map_err(|e| match e {
+                ConnectError::Io(e) => format!("connect to {host}: {e}"),
+                ConnectError::Timeout => format!("connect to {host}: timed out"),
+            })?;
         self.get(io).await
     }
 
@@ -308,11 +296,4 @@ async fn refresh_loop(weak: Weak<JwksSource>, kick: Arc<Notify>) {
             _ = kick.notified() => {}
         }
     }
-}
-
-fn now_ms() -> u64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_millis() as u64)
-        .unwrap_or(0)
 }

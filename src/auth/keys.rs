@@ -373,6 +373,49 @@ enum JwkError {
 /// raw JSON, so they are skipped as unusable rather than reported as
 /// malformed.
 fn parse_jwk(v: &serde_json::Value) -> Result<VerifyingKey, JwkError> {
+    let (kty, alg) = jwk_kind(v)?;
+    let jwk = Jwk::deserialize(v).map_err(|e| {
+        JwkError::Malformed(format!(
+            "bad {kty} JWK ({}): {e}",
+            match kty {
+                "RSA" => "needs string members n and e",
+                "EC" => "needs string members x and y",
+                _ => "needs a string member x",
+            }
+        ))
+    })?;
+    match &jwk.common.public_key_use {
+        None | Some(PublicKeyUse::Signature) => {}
+        Some(_) => return Err(JwkError::Unusable("not a signature key (\"use\")".into())),
+    }
+    if let Some(ops) = &jwk.common.key_operations {
+        if !ops.contains(&KeyOperations::Verify) {
+            return Err(JwkError::Unusable(
+                "key_ops does not include \"verify\"".into(),
+            ));
+        }
+    }
+    let mut key = jwk_key(&jwk.algorithm)?;
+    if let Some(a) = alg {
+        if !key.kind.fits(a) {
+            return Err(JwkError::Malformed(format!(
+                "alg {a:?} does not fit a {:?} key",
+                key.kind
+            )));
+        }
+    }
+    key.alg = alg;
+    key.kid = jwk.common.key_id.map(String::into_boxed_str);
+    Ok(key)
+}
+
+fn curve_unusable(c: &str) -> JwkError {
+    JwkError::Unusable(format!("curve \"{c}\" is not supported"))
+}
+
+/// The key type (`kty`) and algorithm (`alg`) of a raw JWK, when both are
+/// ones portico verifies with.
+fn jwk_kind(v: &serde_json::Value) -> Result<(&str, Option<Algorithm>), JwkError> {
     let text = |name: &str| -> Result<Option<&str>, JwkError> {
         match v.get(name) {
             None => Ok(None),
@@ -384,7 +427,6 @@ fn parse_jwk(v: &serde_json::Value) -> Result<VerifyingKey, JwkError> {
         return Err(JwkError::Malformed("a key is not a JSON object".into()));
     }
     let kty = text("kty")?.ok_or_else(|| JwkError::Malformed("missing \"kty\"".into()))?;
-    let curve_unusable = |c: &str| JwkError::Unusable(format!("curve \"{c}\" is not supported"));
     match (kty, text("crv")?) {
         ("RSA", _) | ("EC", Some("P-256" | "P-384")) | ("OKP", Some("Ed25519")) => {}
         ("EC" | "OKP", None) => {
@@ -409,27 +451,11 @@ fn parse_jwk(v: &serde_json::Value) -> Result<VerifyingKey, JwkError> {
             Err(_) => return Err(JwkError::Unusable(format!("alg \"{a}\" is not supported"))),
         },
     };
-    let jwk = Jwk::deserialize(v).map_err(|e| {
-        JwkError::Malformed(format!(
-            "bad {kty} JWK ({}): {e}",
-            match kty {
-                "RSA" => "needs string members n and e",
-                "EC" => "needs string members x and y",
-                _ => "needs a string member x",
-            }
-        ))
-    })?;
-    match &jwk.common.public_key_use {
-        None | Some(PublicKeyUse::Signature) => {}
-        Some(_) => return Err(JwkError::Unusable("not a signature key (\"use\")".into())),
-    }
-    if let Some(ops) = &jwk.common.key_operations {
-        if !ops.contains(&KeyOperations::Verify) {
-            return Err(JwkError::Unusable(
-                "key_ops does not include \"verify\"".into(),
-            ));
-        }
-    }
+    Ok((kty, alg))
+}
+
+/// The verifying key of a JWK's parameters.
+fn jwk_key(params: &AlgorithmParameters) -> Result<VerifyingKey, JwkError> {
     let b64 = |s: &str, name: &str| -> Result<Vec<u8>, JwkError> {
         URL_SAFE_NO_PAD
             .decode(s.trim_end_matches('='))
@@ -438,9 +464,9 @@ fn parse_jwk(v: &serde_json::Value) -> Result<VerifyingKey, JwkError> {
     // The key is built from the bytes checked here rather than by
     // `DecodingKey::from_jwk`, which takes any size and would only fail (or
     // not) when a token is checked.
-    let mut key = match &jwk.algorithm {
+    match params {
         AlgorithmParameters::RSA(p) => {
-            rsa(&b64(&p.n, "n")?, &b64(&p.e, "e")?).map_err(JwkError::Malformed)?
+            rsa(&b64(&p.n, "n")?, &b64(&p.e, "e")?).map_err(JwkError::Malformed)
         }
         AlgorithmParameters::EllipticCurve(p) => {
             let kind = match p.curve {
@@ -459,29 +485,16 @@ fn parse_jwk(v: &serde_json::Value) -> Result<VerifyingKey, JwkError> {
             point.push(0x04);
             point.extend_from_slice(&x);
             point.extend_from_slice(&y);
-            ec_point(kind, &point).map_err(JwkError::Malformed)?
+            ec_point(kind, &point).map_err(JwkError::Malformed)
         }
         AlgorithmParameters::OctetKeyPair(p) => match p.curve {
-            EllipticCurve::Ed25519 => ed25519(&b64(&p.x, "x")?).map_err(JwkError::Malformed)?,
-            ref c => return Err(curve_unusable(&format!("{c:?}"))),
+            EllipticCurve::Ed25519 => ed25519(&b64(&p.x, "x")?).map_err(JwkError::Malformed),
+            ref c => Err(curve_unusable(&format!("{c:?}"))),
         },
-        AlgorithmParameters::OctetKey(_) => {
-            return Err(JwkError::Unusable(
-                "symmetric key (HMAC secrets come only from secret_file)".into(),
-            ))
-        }
-    };
-    if let Some(a) = alg {
-        if !key.kind.fits(a) {
-            return Err(JwkError::Malformed(format!(
-                "alg {a:?} does not fit a {:?} key",
-                key.kind
-            )));
-        }
+        AlgorithmParameters::OctetKey(_) => Err(JwkError::Unusable(
+            "symmetric key (HMAC secrets come only from secret_file)".into(),
+        )),
     }
-    key.alg = alg;
-    key.kid = jwk.common.key_id.map(String::into_boxed_str);
-    Ok(key)
 }
 
 #[cfg(test)]

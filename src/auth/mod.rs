@@ -2,6 +2,10 @@
 //!
 //! - [`policy`]: a compiled `[auth.NAME]` policy and the authenticate phase
 //!   the pipeline runs for a route with `auth`;
+//! - [`failure`]: why a request did not pass ([`AuthFailure`]), which the
+//!   pipeline turns into its answer;
+//! - [`bearer`]: the one `Authorization: Bearer` parser, and the admin
+//!   token ([`AdminToken`]) the admin API checks with it;
 //! - [`token`]: compact JWS parsing and claim checks;
 //! - [`keys`]: PEM, JWKS and HMAC keys, and which algorithm fits which key;
 //! - [`jwks`]: a jwks_url kept fresh in the background;
@@ -15,19 +19,24 @@
 //! the previous revocation store (its contents, its Redis connection) and
 //! any jwks_url source whose url, CA and refresh did not change.
 
+pub mod bearer;
 pub mod cache;
+pub mod failure;
 pub mod jwks;
 pub mod keys;
 pub mod policy;
 pub mod revocation;
 pub mod token;
 
-pub use policy::{JwtPolicy, RESULTS};
+pub use bearer::AdminToken;
+pub use failure::AuthFailure;
+pub use policy::JwtPolicy;
 pub use revocation::{Revocation, RevocationStore};
 
 use crate::config::{
     AuthPolicyConfig, ConfigError, JwtAlgorithm, LoadedConfig, RevocationStoreKind,
 };
+use http::HeaderName;
 use jwks::{JwksIdentity, JwksSource};
 use keys::{KeySet, VerifyingKey};
 use policy::PolicyParts;
@@ -160,6 +169,50 @@ fn build_policy(
     previous: Option<&Arc<JwtPolicy>>,
     store: &Arc<RevocationStore>,
 ) -> Result<JwtPolicy, ConfigError> {
+    let static_keys = static_keys(lc, p)?;
+    let jwks_file = jwks_file(lc, p)?;
+    let algorithms: Vec<_> = p
+        .algorithms
+        .get_ref()
+        .iter()
+        .map(|a| jwt_algorithm(*a.get_ref()))
+        .collect();
+    if p.jwks_url.get_ref().is_empty() {
+        every_algorithm_has_a_key(lc, name, p, &static_keys, jwks_file.as_ref())?;
+    }
+    let jwks_url = jwks_source(lc, p, previous)?;
+    let forward_claims = forward_claims(lc, p)?;
+    Ok(JwtPolicy::new(PolicyParts {
+        name: name.to_string(),
+        algorithms,
+        static_keys,
+        jwks_file,
+        jwks_url,
+        issuer: p.issuer.clone(),
+        audience: p.audience.clone(),
+        leeway: p.leeway.get_ref().0.as_secs() as i64,
+        required_claims: p
+            .required_claims
+            .iter()
+            .map(|c| c.get_ref().clone())
+            .collect(),
+        required_scopes: p
+            .required_scopes
+            .iter()
+            .map(|c| c.get_ref().clone())
+            .collect(),
+        forward_claims,
+        forward_token: p.forward_token,
+        revocation: p.revocation.then(|| store.clone()),
+        cache_entries: cache::DEFAULT_MAX_ENTRIES,
+        cache_bytes: cache::DEFAULT_MAX_BYTES,
+        // Counters go on across reloads for a policy that keeps its name.
+        counts: previous.map_or_else(Default::default, |p| p.counters().clone()),
+    }))
+}
+
+/// The keys without a kid: PEM key files and the HMAC secret.
+fn static_keys(lc: &LoadedConfig, p: &AuthPolicyConfig) -> Result<Vec<VerifyingKey>, ConfigError> {
     let mut static_keys = Vec::new();
     for k in &p.keys {
         let text = read_file(lc, k, "key file")?;
@@ -199,7 +252,12 @@ fn build_policy(
         }
         static_keys.push(VerifyingKey::hmac(secret));
     }
-    let jwks_file = if p.jwks_file.get_ref().is_empty() {
+    Ok(static_keys)
+}
+
+/// The jwks_file's keys, if one is set.
+fn jwks_file(lc: &LoadedConfig, p: &AuthPolicyConfig) -> Result<Option<KeySet>, ConfigError> {
+    Ok(if p.jwks_file.get_ref().is_empty() {
         None
     } else {
         let doc = read_file(lc, &p.jwks_file, "jwks_file")?;
@@ -219,34 +277,43 @@ fn build_policy(
             ));
         }
         Some(KeySet::new(parsed.keys))
-    };
-    let algorithms: Vec<_> = p
-        .algorithms
-        .get_ref()
-        .iter()
-        .map(|a| jwt_algorithm(*a.get_ref()))
-        .collect();
-    // Every listed algorithm must have a key that can check it, unless a
-    // jwks_url may bring one later.
-    if p.jwks_url.get_ref().is_empty() {
-        for a in p.algorithms.get_ref() {
-            let alg = jwt_algorithm(*a.get_ref());
-            let usable = static_keys.iter().any(|k| k.fits(alg))
-                || jwks_file
-                    .as_ref()
-                    .is_some_and(|s| s.keys.iter().any(|k| k.fits(alg)));
-            if !usable {
-                return Err(lc.error_at(
-                    a,
-                    format!(
-                        "auth \"{name}\": no configured key can verify {:?} tokens",
-                        a.get_ref()
-                    ),
-                ));
-            }
+    })
+}
+
+/// Every listed algorithm must have a key that can check it (unless a
+/// jwks_url may bring one later: the caller asks only without one).
+fn every_algorithm_has_a_key(
+    lc: &LoadedConfig,
+    name: &str,
+    p: &AuthPolicyConfig,
+    static_keys: &[VerifyingKey],
+    jwks_file: Option<&KeySet>,
+) -> Result<(), ConfigError> {
+    for a in p.algorithms.get_ref() {
+        let alg = jwt_algorithm(*a.get_ref());
+        let usable = static_keys.iter().any(|k| k.fits(alg))
+            || jwks_file.is_some_and(|s| s.keys.iter().any(|k| k.fits(alg)));
+        if !usable {
+            return Err(lc.error_at(
+                a,
+                format!(
+                    "auth \"{name}\": no configured key can verify {:?} tokens",
+                    a.get_ref()
+                ),
+            ));
         }
     }
-    let jwks_url = if p.jwks_url.get_ref().is_empty() {
+    Ok(())
+}
+
+/// The jwks_url source: the previous generation's when its url, CA and
+/// refresh are the same (it keeps its keys and its refresh task).
+fn jwks_source(
+    lc: &LoadedConfig,
+    p: &AuthPolicyConfig,
+    previous: Option<&Arc<JwtPolicy>>,
+) -> Result<Option<Arc<JwksSource>>, ConfigError> {
+    Ok(if p.jwks_url.get_ref().is_empty() {
         None
     } else {
         let (ca_pem, ca_certs) = if p.jwks_ca.get_ref().is_empty() {
@@ -270,41 +337,20 @@ fn build_policy(
                 JwksSource::new(identity, ca_certs).map_err(|e| lc.error_at(&p.jwks_url, e))?,
             ),
         })
-    };
-    let forward_claims = p
-        .forward_claims
+    })
+}
+
+/// The forward_claims headers, by claim.
+fn forward_claims(
+    lc: &LoadedConfig,
+    p: &AuthPolicyConfig,
+) -> Result<Vec<(String, HeaderName)>, ConfigError> {
+    p.forward_claims
         .iter()
         .map(|(claim, h)| {
-            http::HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes())
+            HeaderName::from_bytes(h.get_ref().to_ascii_lowercase().as_bytes())
                 .map(|n| (claim.clone(), n))
                 .map_err(|_| lc.error_at(h, "not a valid header name"))
         })
-        .collect::<Result<Vec<_>, _>>()?;
-    Ok(JwtPolicy::new(PolicyParts {
-        name: name.to_string(),
-        algorithms,
-        static_keys,
-        jwks_file,
-        jwks_url,
-        issuer: p.issuer.clone(),
-        audience: p.audience.clone(),
-        leeway: p.leeway.get_ref().0.as_secs() as i64,
-        required_claims: p
-            .required_claims
-            .iter()
-            .map(|c| c.get_ref().clone())
-            .collect(),
-        required_scopes: p
-            .required_scopes
-            .iter()
-            .map(|c| c.get_ref().clone())
-            .collect(),
-        forward_claims,
-        forward_token: p.forward_token,
-        revocation: p.revocation.then(|| store.clone()),
-        cache_entries: cache::DEFAULT_MAX_ENTRIES,
-        cache_bytes: cache::DEFAULT_MAX_BYTES,
-        // Counters go on across reloads for a policy that keeps its name.
-        counts: previous.map_or_else(Default::default, |p| p.counters().clone()),
-    }))
+        .collect()
 }

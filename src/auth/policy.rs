@@ -1,9 +1,9 @@
 //! One `[auth.NAME]` policy, compiled: what the authenticate phase runs.
 //!
 //! Per request, in order:
-//! 1. the bearer token: exactly one Authorization header (two: 400), scheme
-//!    "Bearer" in any case (anything else, or none: 401 without an error
-//!    code, counted `missing`);
+//! 1. the bearer token ([`super::bearer`]): exactly one Authorization header
+//!    (two: 400), scheme "Bearer" in any case (anything else, or none: 401
+//!    without an error code, counted `missing`);
 //! 2. the verified-token cache, by a keyed hash of the token; on a miss the
 //!    cold check: header, algorithm listed and fitting the key, signature,
 //!    then claims (see [`super::token`]); a success is cached;
@@ -26,14 +26,15 @@
 //! key at all for a token, because its jwks_url has never answered,
 //! answers 503, not 401.
 
+use super::bearer::bearer;
 use super::cache::{TokenCache, Weigh};
+use super::failure::AuthFailure;
 use super::jwks::JwksSource;
 use super::keys::{KeySet, VerifyingKey};
 use super::revocation::RevocationStore;
 use super::token::{self, Checked, ClaimRules, Parts, Rejection};
 use crate::config::OnStoreError;
 use crate::observe::metrics::{JwtMetrics, JwtResult};
-use crate::proxy::error::ProxyError;
 use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
@@ -43,62 +44,11 @@ use std::time::{SystemTime, UNIX_EPOCH};
 /// Most keys tried for one token.
 pub const MAX_TRIES: usize = 8;
 
-/// The result labels of `portico_jwt_validations_total`, in the order of
-/// [`JwtPolicy::counts`].
-pub const RESULTS: [&str; 7] = [
-    "ok",
-    "missing",
-    "invalid",
-    "expired",
-    "revoked",
-    "forbidden",
-    "unavailable",
-];
-
-/// Why a request did not pass, mapped to a counter and an answer.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Failure {
-    Missing,
-    TwoAuthorizationHeaders,
-    Invalid(&'static str),
-    Expired,
-    Revoked,
-    Forbidden,
-    NoKey,
-    StoreDown,
-}
-
-impl Failure {
-    /// Index into [`RESULTS`].
-    fn result(self) -> usize {
-        match self {
-            Failure::Missing => 1,
-            Failure::TwoAuthorizationHeaders | Failure::Invalid(_) => 2,
-            Failure::Expired => 3,
-            Failure::Revoked => 4,
-            Failure::Forbidden => 5,
-            Failure::NoKey | Failure::StoreDown => 6,
-        }
-    }
-
-    pub fn error(self) -> ProxyError {
-        match self {
-            Failure::Missing => ProxyError::Unauthorized,
-            Failure::TwoAuthorizationHeaders => {
-                ProxyError::BadRequest("more than one Authorization header")
-            }
-            Failure::Invalid(_) | Failure::Expired | Failure::Revoked => ProxyError::InvalidToken,
-            Failure::Forbidden => ProxyError::InsufficientScope,
-            Failure::NoKey | Failure::StoreDown => ProxyError::AuthUnavailable,
-        }
-    }
-}
-
-impl From<Rejection> for Failure {
-    fn from(r: Rejection) -> Failure {
+impl From<Rejection> for AuthFailure {
+    fn from(r: Rejection) -> AuthFailure {
         match r {
-            Rejection::Invalid(why) => Failure::Invalid(why),
-            Rejection::Expired => Failure::Expired,
+            Rejection::Invalid(why) => AuthFailure::Invalid(why),
+            Rejection::Expired => AuthFailure::Expired,
         }
     }
 }
@@ -179,33 +129,6 @@ pub fn unix_now() -> i64 {
         .unwrap_or(0)
 }
 
-/// The bearer token of a request. Two Authorization headers are an error;
-/// a scheme other than Bearer counts as no token.
-pub fn bearer(headers: &HeaderMap) -> Result<&str, Failure> {
-    let mut all = headers.get_all(AUTHORIZATION).iter();
-    let value = match (all.next(), all.next()) {
-        (None, _) => return Err(Failure::Missing),
-        (Some(_), Some(_)) => return Err(Failure::TwoAuthorizationHeaders),
-        (Some(v), None) => v,
-    };
-    let v = value
-        .to_str()
-        .map_err(|_| Failure::Invalid("Authorization is not text"))?;
-    let v = v.trim_matches(|c| c == ' ' || c == '\t');
-    let (scheme, rest) = match v.split_once([' ', '\t']) {
-        Some((s, r)) => (s, r),
-        None => (v, ""),
-    };
-    if !scheme.eq_ignore_ascii_case("bearer") {
-        return Err(Failure::Missing);
-    }
-    let token = rest.trim_start_matches([' ', '\t']);
-    if token.is_empty() {
-        return Err(Failure::Invalid("empty bearer token"));
-    }
-    Ok(token)
-}
-
 /// Outcome of trying keys on one token.
 struct KeyVerdict {
     verified: bool,
@@ -236,9 +159,10 @@ impl JwtPolicy {
         }
     }
 
-    /// Validations so far, by result: `(label, count)` in [`RESULTS`] order.
+    /// Validations so far, by result: `(label, count)` in
+    /// [`JwtResult::ALL`] order.
     pub fn counts(&self) -> [(&'static str, u64); 7] {
-        std::array::from_fn(|i| (RESULTS[i], self.counts.get(JwtResult::ALL[i])))
+        JwtResult::ALL.map(|r| (r.as_str(), self.counts.get(r)))
     }
 
     /// The counters this policy records into.
@@ -270,21 +194,22 @@ impl JwtPolicy {
         self.cache.usage()
     }
 
-    fn count(&self, result: usize) {
-        self.counts.record(JwtResult::ALL[result]);
+    fn count(&self, result: JwtResult) {
+        self.counts.record(result);
     }
 
     /// The authenticate phase for one request: passes (the request's
-    /// headers rewritten for upstream) or answers the proxy error to send.
-    pub async fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), ProxyError> {
+    /// headers rewritten for upstream) or says why not (counted); the
+    /// pipeline turns an [`AuthFailure`] into its answer.
+    pub async fn authenticate(&self, headers: &mut HeaderMap) -> Result<(), AuthFailure> {
         let verified = match self.check(headers).await {
             Ok(v) => v,
             Err(f) => {
-                if let Failure::Invalid(why) = f {
+                if let AuthFailure::Invalid(why) = f {
                     tracing::debug!(policy = %self.name, reason = why, "token refused");
                 }
                 self.count(f.result());
-                return Err(f.error());
+                return Err(f);
             }
         };
         for (_, h) in &self.forward_claims {
@@ -296,12 +221,13 @@ impl JwtPolicy {
         if !self.forward_token {
             headers.remove(AUTHORIZATION);
         }
-        self.count(0);
+        self.count(JwtResult::Ok);
         Ok(())
     }
 
-    async fn check(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, Failure> {
-        let token = bearer(headers)?;
+    async fn check(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, AuthFailure> {
+        let token = std::str::from_utf8(bearer(headers)?)
+            .map_err(|_| AuthFailure::Invalid("Authorization is not text"))?;
         let now = unix_now();
         let key = self.cache.key(token);
         let epoch = self.epoch();
@@ -321,17 +247,17 @@ impl JwtPolicy {
                 .await
             {
                 Ok(false) => {}
-                Ok(true) => return Err(Failure::Revoked),
+                Ok(true) => return Err(AuthFailure::Revoked),
                 Err(_) => {
                     store.count_failure();
                     if store.on_error() == OnStoreError::Deny {
-                        return Err(Failure::StoreDown);
+                        return Err(AuthFailure::StoreUnavailable);
                     }
                 }
             }
         }
         if !verified.claims.scope_ok {
-            return Err(Failure::Forbidden);
+            return Err(AuthFailure::InsufficientScope);
         }
         Ok(verified)
     }
@@ -342,10 +268,15 @@ impl JwtPolicy {
 
     /// The cold check of a token, with every key source, fetching the
     /// jwks_url again when the token names an unknown kid.
-    async fn verify(&self, token: &str, now: i64, epoch: u64) -> Result<VerifiedToken, Failure> {
+    async fn verify(
+        &self,
+        token: &str,
+        now: i64,
+        epoch: u64,
+    ) -> Result<VerifiedToken, AuthFailure> {
         let parts = token::split(token)?;
         if !self.algorithms.contains(&parts.alg) {
-            return Err(Failure::Invalid("algorithm not allowed by the policy"));
+            return Err(AuthFailure::Invalid("algorithm not allowed by the policy"));
         }
         let mut url_keys = self.jwks_url.as_ref().and_then(|s| s.current());
         let mut v = self.try_keys(&parts, url_keys.as_deref());
@@ -370,12 +301,12 @@ impl JwtPolicy {
                     }
                 }
                 if !v.verified && v.tried == 0 && url_keys.is_none() {
-                    return Err(Failure::NoKey);
+                    return Err(AuthFailure::NoKey);
                 }
             }
         }
         if !v.verified {
-            return Err(Failure::Invalid(if v.tried == 0 {
+            return Err(AuthFailure::Invalid(if v.tried == 0 {
                 "no key for this token"
             } else {
                 "bad signature"
@@ -386,15 +317,15 @@ impl JwtPolicy {
 
     /// The cold check with the keys in hand (no fetch, no cache), for
     /// benches and tests.
-    pub fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedToken, Failure> {
+    pub fn verify_uncached(&self, token: &str, now: i64) -> Result<VerifiedToken, AuthFailure> {
         let parts = token::split(token)?;
         if !self.algorithms.contains(&parts.alg) {
-            return Err(Failure::Invalid("algorithm not allowed by the policy"));
+            return Err(AuthFailure::Invalid("algorithm not allowed by the policy"));
         }
         let url_keys = self.jwks_url.as_ref().and_then(|s| s.current());
         let v = self.try_keys(&parts, url_keys.as_deref());
         if !v.verified {
-            return Err(Failure::Invalid("bad signature or no key"));
+            return Err(AuthFailure::Invalid("bad signature or no key"));
         }
         self.claims(&parts, now, self.epoch())
     }
@@ -446,7 +377,7 @@ impl JwtPolicy {
         }
     }
 
-    fn claims(&self, parts: &Parts, now: i64, epoch: u64) -> Result<VerifiedToken, Failure> {
+    fn claims(&self, parts: &Parts, now: i64, epoch: u64) -> Result<VerifiedToken, AuthFailure> {
         let m = token::claims(parts.payload)?;
         let rules = ClaimRules {
             issuer: &self.issuer,
@@ -468,36 +399,5 @@ impl JwtPolicy {
             forward,
             epoch,
         })
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    use super::*;
-
-    fn h(values: &[&str]) -> HeaderMap {
-        let mut m = HeaderMap::new();
-        for v in values {
-            m.append(AUTHORIZATION, HeaderValue::from_str(v).unwrap());
-        }
-        m
-    }
-
-    #[test]
-    fn bearer_scheme() {
-        assert_eq!(bearer(&h(&["Bearer abc"])), Ok("abc"));
-        assert_eq!(bearer(&h(&["bEaReR   abc"])), Ok("abc"));
-        assert_eq!(bearer(&h(&["BEARER\tabc "])), Ok("abc"));
-        assert_eq!(bearer(&h(&["Basic dXNlcjpwYXNz"])), Err(Failure::Missing));
-        assert_eq!(bearer(&h(&[])), Err(Failure::Missing));
-        assert_eq!(
-            bearer(&h(&["Bearer a", "Bearer b"])),
-            Err(Failure::TwoAuthorizationHeaders)
-        );
-        assert!(matches!(bearer(&h(&["Bearer"])), Err(Failure::Invalid(_))));
-        assert!(matches!(
-            bearer(&h(&["Bearer   "])),
-            Err(Failure::Invalid(_))
-        ));
     }
 }

@@ -1,14 +1,17 @@
 //! The `[auth.NAME]` and `[revocation]` tables, and the route's `auth`.
 //!
 //! Guarantees: unknown keys are errors; defaults are SPEC.md's; everything
-//! that can be checked without reading a file is checked here, at the
-//! position of the offending value (`PATH:LINE:COL`). Key files, JWKS files
+//! that can be checked without reading a file is checked, at the position
+//! of the offending value (`PATH:LINE:COL`): a policy on its own here, the
+//! revocation store and the routes' references among the config's checks
+//! (`validate`). Key files, JWKS files
 //! and the HMAC secret are read and checked by the snapshot builder
 //! (`crate::auth`), through the same error type. Nothing here touches the
 //! network: a `jwks_url` is only parsed.
 
-use super::{empty_spanned, Dur, LoadedConfig};
-use crate::config::ConfigError;
+use super::duration::Dur;
+use super::error::{ConfigError, SourceFile};
+use super::spanned::empty_spanned;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use toml::Spanned;
@@ -170,47 +173,29 @@ const RESERVED_HEADERS: &[&str] = &[
     "cookie",
 ];
 
-/// Checks the auth policies, the revocation table and every route's `auth`
-/// reference.
-pub(super) fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
-    let c = &lc.config;
-    for (name, p) in &c.auth {
-        validate_policy(lc, name, p)?;
-    }
-    if c.revocation.store == RevocationStoreKind::Redis {
-        let url = c.revocation.redis_url.get_ref();
-        if !url.starts_with("redis://") {
-            return Err(lc.error_at(
-                &c.revocation.redis_url,
-                "redis_url must look like \"redis://HOST:PORT/DB\" (rediss:// and unix sockets are not supported)",
-            ));
-        }
-        if redis::Client::open(url.as_str()).is_err() {
-            return Err(lc.error_at(
-                &c.revocation.redis_url,
-                "redis_url is not a valid redis:// URL",
-            ));
-        }
-    }
-    for r in &c.routes {
-        let a = r.auth.get_ref();
-        if !a.is_empty() && !c.auth.contains_key(a) {
-            return Err(lc.error_at(
-                &r.auth,
-                format!(
-                    "route \"{}\" names unknown auth policy \"{a}\"",
-                    r.name.get_ref()
-                ),
-            ));
-        }
-    }
-    Ok(())
+/// Checks one policy; `name` is its table name, `request_id_header` the
+/// server's (claims may not be forwarded in it).
+pub(super) fn validate_policy(
+    src: &SourceFile,
+    name: &str,
+    p: &AuthPolicyConfig,
+    request_id_header: &str,
+) -> Result<(), ConfigError> {
+    policy_algorithms(src, name, p)?;
+    policy_keys(src, name, p)?;
+    policy_claims(src, name, p)?;
+    policy_forward_claims(src, name, p, request_id_header)
 }
 
-fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Result<(), ConfigError> {
+/// The algorithms, and the kind of key each needs.
+fn policy_algorithms(
+    src: &SourceFile,
+    name: &str,
+    p: &AuthPolicyConfig,
+) -> Result<(), ConfigError> {
     let algs = p.algorithms.get_ref();
     if algs.is_empty() {
-        return Err(lc.error_at(
+        return Err(src.error_in(
             &p.algorithms,
             format!("auth \"{name}\": algorithms must list at least one algorithm"),
         ));
@@ -222,7 +207,7 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
         !p.keys.is_empty() || !p.jwks_file.get_ref().is_empty() || !p.jwks_url.get_ref().is_empty();
     if let Some(a) = hmac {
         if !has_secret {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 a,
                 format!(
                     "auth \"{name}\": {:?} needs secret_file (HMAC keys never come from JWKS or PEM files)",
@@ -231,7 +216,7 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
             ));
         }
     } else if has_secret {
-        return Err(lc.error_at(
+        return Err(src.error_in(
             &p.secret_file,
             format!(
                 "auth \"{name}\": secret_file is set but no HS256/HS384/HS512 algorithm is listed"
@@ -240,7 +225,7 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
     }
     if let Some(a) = asymmetric {
         if !has_public {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 a,
                 format!(
                     "auth \"{name}\": {:?} needs public keys: set keys, jwks_file or jwks_url",
@@ -256,18 +241,23 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
         } else {
             &p.jwks_url
         };
-        return Err(lc.error_at(
+        return Err(src.error_in(
             at,
             format!("auth \"{name}\": public keys are set but only HMAC algorithms are listed"),
         ));
     }
+    Ok(())
+}
+
+/// Where the public keys come from: key files, a JWKS file or a JWKS URL.
+fn policy_keys(src: &SourceFile, name: &str, p: &AuthPolicyConfig) -> Result<(), ConfigError> {
     for k in &p.keys {
         if k.get_ref().is_empty() {
-            return Err(lc.error_at(k, format!("auth \"{name}\": a key path is empty")));
+            return Err(src.error_in(k, format!("auth \"{name}\": a key path is empty")));
         }
     }
     if !p.jwks_file.get_ref().is_empty() && !p.jwks_url.get_ref().is_empty() {
-        return Err(lc.error_at(
+        return Err(src.error_in(
             &p.jwks_url,
             format!("auth \"{name}\": set jwks_file or jwks_url, not both"),
         ));
@@ -277,14 +267,14 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
         match jwks_url_parts(url) {
             Some((https, _, _)) => {
                 if !https && !p.jwks_ca.get_ref().is_empty() {
-                    return Err(lc.error_at(
+                    return Err(src.error_in(
                         &p.jwks_ca,
                         format!("auth \"{name}\": jwks_ca is only used with an https jwks_url"),
                     ));
                 }
             }
             None => {
-                return Err(lc.error_at(
+                return Err(src.error_in(
                     &p.jwks_url,
                     format!(
                         "auth \"{name}\": jwks_url must be an http:// or https:// URL with a host"
@@ -293,26 +283,31 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
             }
         }
         if p.jwks_refresh.get_ref().0 < std::time::Duration::from_secs(1) {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 &p.jwks_refresh,
                 format!("auth \"{name}\": jwks_refresh must be at least 1s"),
             ));
         }
     } else if !p.jwks_ca.get_ref().is_empty() {
-        return Err(lc.error_at(
+        return Err(src.error_in(
             &p.jwks_ca,
             format!("auth \"{name}\": jwks_ca is set without a jwks_url"),
         ));
     }
+    Ok(())
+}
+
+/// The leeway and the claims and scopes a token must carry.
+fn policy_claims(src: &SourceFile, name: &str, p: &AuthPolicyConfig) -> Result<(), ConfigError> {
     if p.leeway.get_ref().0 > std::time::Duration::from_secs(24 * 3600) {
-        return Err(lc.error_at(
+        return Err(src.error_in(
             &p.leeway,
             format!("auth \"{name}\": leeway must be at most 24h"),
         ));
     }
     for c in &p.required_claims {
         if c.get_ref().is_empty() {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 c,
                 format!("auth \"{name}\": a required claim name is empty"),
             ));
@@ -321,23 +316,33 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
     for s in &p.required_scopes {
         let v = s.get_ref();
         if v.is_empty() || v.contains(char::is_whitespace) {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 s,
                 format!("auth \"{name}\": a required scope must be one non-empty word"),
             ));
         }
     }
+    Ok(())
+}
+
+/// The headers claims are forwarded in: valid, not reserved, one claim each.
+fn policy_forward_claims(
+    src: &SourceFile,
+    name: &str,
+    p: &AuthPolicyConfig,
+    request_id_header: &str,
+) -> Result<(), ConfigError> {
     let mut headers = std::collections::HashSet::new();
     for (claim, header) in &p.forward_claims {
         let h = header.get_ref().to_ascii_lowercase();
         if claim.is_empty() {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 header,
                 format!("auth \"{name}\": a forwarded claim name is empty"),
             ));
         }
         if http::HeaderName::from_bytes(h.as_bytes()).is_err() {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 header,
                 format!(
                     "auth \"{name}\": \"{}\" is not a valid header name",
@@ -346,25 +351,19 @@ fn validate_policy(lc: &LoadedConfig, name: &str, p: &AuthPolicyConfig) -> Resul
             ));
         }
         if RESERVED_HEADERS.contains(&h.as_str()) || h.starts_with("x-forwarded-") {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 header,
                 format!("auth \"{name}\": claims cannot be forwarded in the \"{h}\" header"),
             ));
         }
-        if h == lc
-            .config
-            .server
-            .request_id_header
-            .get_ref()
-            .to_ascii_lowercase()
-        {
-            return Err(lc.error_at(
+        if h == request_id_header.to_ascii_lowercase() {
+            return Err(src.error_in(
                 header,
                 format!("auth \"{name}\": \"{h}\" is the request id header"),
             ));
         }
         if !headers.insert(h.clone()) {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 header,
                 format!("auth \"{name}\": two claims are forwarded in the \"{h}\" header"),
             ));

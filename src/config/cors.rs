@@ -9,7 +9,8 @@
 //! names, each listed by name (`"*"` is accepted only in `allow_origins`).
 //! The runtime policy is compiled from this by `proxy::cors`.
 
-use super::{ConfigError, Dur, LoadedConfig};
+use super::duration::Dur;
+use super::error::{ConfigError, SourceFile};
 use serde::{Deserialize, Serialize};
 use toml::Spanned;
 
@@ -55,16 +56,16 @@ fn default_max_age() -> Dur {
 }
 
 /// Checks one policy; `name` is its table name.
-pub(super) fn validate(lc: &LoadedConfig, name: &str, p: &CorsConfig) -> Result<(), ConfigError> {
+pub(super) fn validate(src: &SourceFile, name: &str, p: &CorsConfig) -> Result<(), ConfigError> {
     if p.any_origin() {
         if p.allow_origins.len() > 1 {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 &p.allow_origins[0],
                 format!("cors.{name}: \"*\" must be the only entry of allow_origins"),
             ));
         }
         if *p.allow_credentials.get_ref() {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 &p.allow_credentials,
                 format!(
                     "cors.{name}: allow_credentials = true cannot be combined with allow_origins = [\"*\"]; list the origins"
@@ -74,7 +75,7 @@ pub(super) fn validate(lc: &LoadedConfig, name: &str, p: &CorsConfig) -> Result<
     } else {
         for o in &p.allow_origins {
             if !is_origin(o.get_ref()) {
-                return Err(lc.error_at(
+                return Err(src.error_in(
                     o,
                     format!(
                         "cors.{name}: \"{}\" is not an origin like \"https://app.example.com\" or \"http://localhost:3000\"",
@@ -86,7 +87,7 @@ pub(super) fn validate(lc: &LoadedConfig, name: &str, p: &CorsConfig) -> Result<
     }
     for m in &p.allow_methods {
         if m.get_ref() == "*" || http::Method::from_bytes(m.get_ref().as_bytes()).is_err() {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 m,
                 format!(
                     "cors.{name}: allow_methods: \"{}\" is not an HTTP method (list them by name)",
@@ -97,7 +98,7 @@ pub(super) fn validate(lc: &LoadedConfig, name: &str, p: &CorsConfig) -> Result<
     }
     for h in p.allow_headers.iter().chain(&p.expose_headers) {
         if h.get_ref() == "*" || http::HeaderName::from_bytes(h.get_ref().as_bytes()).is_err() {
-            return Err(lc.error_at(
+            return Err(src.error_in(
                 h,
                 format!(
                     "cors.{name}: \"{}\" is not a header name (list them by name)",

@@ -21,6 +21,11 @@ impl SourceFile {
             msg: msg.into(),
         }
     }
+
+    /// An error at the position of a spanned value.
+    pub fn error_in<T>(&self, at: &toml::Spanned<T>, msg: impl Into<String>) -> ConfigError {
+        self.error_at(at.span().start, msg)
+    }
 }
 
 /// Converts a byte offset into a 1-based line and column (columns count characters).

@@ -14,7 +14,7 @@
 //!   `:` (`https://TOKEN@host`) is masked whole;
 //! - a string holding PEM material (`-----BEGIN`) becomes `"***"`.
 
-use super::Config;
+use super::model::Config;
 use serde_json::Value;
 
 /// What a masked secret is replaced with.

@@ -8,9 +8,9 @@
 //!   one closes; nothing already open is hurt; a reload that lowers the
 //!   limit below the connections open keeps new ones waiting until enough
 //!   have closed;
-//! - TLS handshakes use the TLS config of the snapshot in force at the
-//!   handshake (so new certificates apply to new connections) and must finish
-//!   within `header_read_timeout`;
+//! - TLS handshakes use the TLS config of the settings last pushed to the
+//!   listener when the connection was accepted (so new certificates apply to
+//!   new connections) and must finish within `header_read_timeout`;
 //! - ALPN picks HTTP/2 or HTTP/1.1; a plain listener that allows both tells
 //!   them apart by the HTTP/2 preface (h2c prior knowledge);
 //! - HTTP/2 limits: `h2_max_concurrent_streams`, SETTINGS_MAX_HEADER_LIST_SIZE
@@ -27,15 +27,20 @@
 //! HTTP/3 (QUIC on UDP at the same address) is in [`quic`].
 
 mod conn_io;
+mod h1_framing;
 mod h2_guard;
+mod linger;
+mod preface;
 pub mod quic;
+mod settings;
+mod timeouts;
 
 pub use crate::proxy::ConnActivity;
 pub use conn_io::{ConnIo, Mode};
+pub use settings::ListenerSettings;
 
 use crate::config::Protocol;
 use crate::proxy::{ConnInfo, LengthAndChunked, ListenerFacts, Shared};
-use crate::snapshot::ListenerSettings;
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -100,6 +105,87 @@ impl Drop for ConnGuard {
 pub struct ConnSlot {
     _permit: ConnPermit,
     _guard: ConnGuard,
+}
+
+/// The supervisor's end of one running side (TCP or QUIC) of a listener:
+/// its settings are pushed through a watch channel, never read from the
+/// snapshot by the accept loop. Each side has a channel of its own because
+/// a rename at the same bind may hand one side of a listener over to
+/// another listener and not the other.
+pub struct SideControl {
+    stop: watch::Sender<bool>,
+    settings: watch::Sender<Arc<ListenerSettings>>,
+}
+
+/// The accept loop's end of a [`SideControl`].
+pub struct SideFeed {
+    /// The settings for connections accepted from now on.
+    pub settings: watch::Receiver<Arc<ListenerSettings>>,
+    /// True: stop accepting (and drain).
+    pub stop: watch::Receiver<bool>,
+}
+
+impl SideControl {
+    /// A channel pair starting at `settings`; `stopping`: the process is
+    /// already shutting down.
+    pub fn new(settings: Arc<ListenerSettings>, stopping: bool) -> (SideControl, SideFeed) {
+        let (stop, stop_rx) = watch::channel(stopping);
+        let (settings, settings_rx) = watch::channel(settings);
+        let feed = SideFeed {
+            settings: settings_rx,
+            stop: stop_rx,
+        };
+        (SideControl { stop, settings }, feed)
+    }
+
+    /// Connections accepted from now on use `settings`.
+    pub fn push(&self, settings: &Arc<ListenerSettings>) {
+        self.settings.send_replace(settings.clone());
+    }
+
+    /// Stops accepting; open connections are asked to finish.
+    pub fn stop(&self) {
+        let _ = self.stop.send(true);
+    }
+}
+
+/// A running TCP side of a listener: its accept loop, controlled like the
+/// QUIC side ([`quic::QuicListener`]).
+pub struct TcpSide {
+    control: SideControl,
+}
+
+impl TcpSide {
+    /// Starts accepting on `listener` with `settings`. `stopping`: the
+    /// process is already shutting down.
+    pub fn start(
+        listener: TcpListener,
+        settings: Arc<ListenerSettings>,
+        shared: Arc<Shared>,
+        tracker: Arc<ConnTracker>,
+        stopping: bool,
+    ) -> TcpSide {
+        let (control, feed) = SideControl::new(settings, stopping);
+        tokio::spawn(accept_loop(
+            listener,
+            feed.settings,
+            shared,
+            tracker,
+            feed.stop,
+        ));
+        TcpSide { control }
+    }
+
+    /// New connections use `settings`; a new max_connections and backlog
+    /// apply at once.
+    pub fn update(&self, settings: &Arc<ListenerSettings>) {
+        self.control.push(settings);
+    }
+
+    /// Stops accepting; open connections finish their requests and close.
+    pub fn stop(&self) {
+        self.control.stop();
+    }
 }
 
 /// What the pipeline needs to know of a listener.
@@ -264,7 +350,7 @@ impl Frontend {
 /// sends on `settings` (the listener kept its bind; its name may be new)
 /// apply to connections accepted afterwards; a new max_connections applies
 /// at once, also while the loop waits for room or for a connection.
-pub async fn accept_loop(
+async fn accept_loop(
     listener: TcpListener,
     mut settings: watch::Receiver<Arc<ListenerSettings>>,
     shared: Arc<Shared>,
@@ -350,14 +436,8 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let s = &fe.settings;
-    let snap = shared.snapshot.load();
-    let request_id_header = snap.request_id_header.clone();
-    // The TLS config in force now, so certificate rotation reaches new handshakes.
-    let tls = snap
-        .listener(&s.name)
-        .and_then(|l| l.tls.clone())
-        .or_else(|| s.tls.clone());
-    drop(snap);
+    let request_id_header = s.request_id_header.clone();
+    let tls = s.tls.clone();
     let activity = Arc::new(ConnActivity::default());
     match tls {
         Some(cfg) => {
@@ -447,36 +527,7 @@ async fn serve_http<S>(
     );
     let info = Arc::new(info.holding(slot));
     let alt_svc = fe.settings.alt_svc.clone();
-    let svc = service_fn(move |req: http::Request<hyper::body::Incoming>| {
-        let info = info.clone();
-        let alt_svc = alt_svc.clone();
-        async move {
-            let http1 = req.version() <= http::Version::HTTP_11;
-            let mut req = req.map(crate::body::RequestBody::incoming);
-            // HTTP/1.x requests come one after the other: this one is the
-            // next to start on the connection.
-            if http1
-                && req.headers().contains_key(http::header::TRANSFER_ENCODING)
-                && info
-                    .activity
-                    .head_has_length_and_chunked(info.activity.requests_started())
-            {
-                req.extensions_mut().insert(LengthAndChunked);
-            }
-            let mut resp = crate::proxy::handle(req, info.clone()).await?;
-            if let Some(v) = alt_svc {
-                resp.headers_mut().insert(http::header::ALT_SVC, v);
-            }
-            // An error answer after which the client may still be writing
-            // (the request body, the rest of a head): if the connection
-            // ends after it, it closes lingering.
-            if http1 {
-                info.activity
-                    .set_linger(matches!(resp.status().as_u16(), 400 | 408 | 413 | 431));
-            }
-            Ok::<_, std::convert::Infallible>(resp)
-        }
-    });
+    let svc = service_fn(move |req| serve_request(req, info.clone(), alt_svc.clone()));
     {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
@@ -512,9 +563,51 @@ async fn serve_http<S>(
         // over if the close is to linger.
     }
     // Only then: a connection that became a tunnel keeps its stream.
-    if !activity.lingers() {
-        return;
+    if activity.lingers() {
+        linger(lingering, stop).await;
     }
+}
+
+/// Serves one request of a TCP connection through the pipeline, with the
+/// listener's Alt-Svc. A request whose raw head the byte layer saw carry
+/// both Content-Length and Transfer-Encoding goes with [`LengthAndChunked`].
+async fn serve_request(
+    req: http::Request<hyper::body::Incoming>,
+    info: Arc<ConnInfo>,
+    alt_svc: Option<http::HeaderValue>,
+) -> Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible> {
+    let http1 = req.version() <= http::Version::HTTP_11;
+    let mut req = req.map(crate::body::RequestBody::incoming);
+    // HTTP/1.x requests come one after the other: this one is the next to
+    // start on the connection.
+    if http1
+        && req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        && info
+            .activity
+            .head_has_length_and_chunked(info.activity.requests_started())
+    {
+        req.extensions_mut().insert(LengthAndChunked);
+    }
+    let mut resp = crate::proxy::handle(req, info.clone()).await?;
+    if let Some(v) = alt_svc {
+        resp.headers_mut().insert(http::header::ALT_SVC, v);
+    }
+    // An error answer after which the client may still be writing (the
+    // request body, the rest of a head): if the connection ends after it,
+    // it closes lingering.
+    if http1 {
+        info.activity
+            .set_linger(matches!(resp.status().as_u16(), 400 | 408 | 413 | 431));
+    }
+    Ok(resp)
+}
+
+/// Closes a connection lingering once its stream is handed over (see
+/// [`conn_io::linger`]), cut short by a stop.
+async fn linger<S>(lingering: tokio::sync::oneshot::Receiver<S>, mut stop: watch::Receiver<bool>)
+where
+    S: AsyncRead + AsyncWrite + Unpin,
+{
     if let Ok(io) = lingering.await {
         let stopped = async move {
             let _ = stop.wait_for(|s| *s).await;
@@ -545,7 +638,7 @@ fn log_parser_answer(
     status: u16,
     e: &(dyn std::error::Error + 'static),
 ) {
-    let snap = shared.snapshot.load();
+    let snap = shared.runtime.load();
     let id = crate::observe::request_id::generate();
     let id = id.to_str().unwrap_or("");
     tracing::debug!(%peer, request_id = id, status, error = %e, "request head rejected by the HTTP/1 parser");

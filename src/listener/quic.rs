@@ -55,9 +55,9 @@
 
 use crate::body::{BoxError, RequestBody};
 use crate::config::Protocol;
-use crate::listener::{ConnLimit, ConnTracker};
+use crate::listener::settings::STREAM_WINDOW;
+use crate::listener::{ConnLimit, ConnTracker, ListenerSettings, SideControl};
 use crate::proxy::{ConnActivity, ConnInfo, EarlyData, Shared};
-use crate::snapshot::ListenerSettings;
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use h3::server::{RequestResolver, RequestStream};
@@ -78,13 +78,6 @@ use tokio::task::JoinSet;
 /// log line); larger ones h3's own.
 pub const FIELD_SLACK: usize = 8192;
 
-/// Flow-control windows of a QUIC connection, the same as HTTP/2's on the
-/// TCP side: what a client may send on one request stream, and on all of
-/// them together, before portico reads it; `CONNECTION_WINDOW` also bounds
-/// the response bytes buffered for a client that does not read.
-pub const STREAM_WINDOW: u32 = 1 << 20;
-pub const CONNECTION_WINDOW: u32 = 4 << 20;
-
 /// Open connections at or above this share (in tenths) of max_connections
 /// make unvalidated clients go through a stateless Retry first.
 const RETRY_AT_TENTHS: usize = 9;
@@ -93,44 +86,7 @@ const RETRY_AT_TENTHS: usize = 9;
 const H3_NO_ERROR: u32 = 0x100;
 
 type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
-
-/// The quinn server config of a listener's QUIC side: `tls` from
-/// [`crate::tls::quic_server_config`] and the transport limits above.
-pub fn server_config(
-    tls: Arc<quinn::crypto::rustls::QuicServerConfig>,
-    idle_timeout: Duration,
-    max_streams: u32,
-) -> quinn::ServerConfig {
-    let mut transport = quinn::TransportConfig::default();
-    transport.max_concurrent_bidi_streams(quinn::VarInt::from_u32(max_streams));
-    // Memory per connection is bounded as on HTTP/2: quinn's default
-    // receive window has no connection-level limit (only 1.25 MB per
-    // stream, times the stream limit).
-    transport.stream_receive_window(quinn::VarInt::from_u32(STREAM_WINDOW));
-    transport.receive_window(quinn::VarInt::from_u32(CONNECTION_WINDOW));
-    transport.send_window(u64::from(CONNECTION_WINDOW));
-    // HTTP/3 needs 3 unidirectional streams per side (control, QPACK encoder
-    // and decoder); a few more for extensions and grease, no push.
-    transport.max_concurrent_uni_streams(quinn::VarInt::from_u32(8));
-    // idle_timeout means what it means on TCP: no request for that long.
-    // QUIC's own idle timeout counts silence on the wire instead, which a
-    // request waiting on a slow upstream also is; so portico keeps its
-    // connections alive with PINGs (often enough for a client that
-    // negotiated a shorter timeout too) and closes idle ones itself, in
-    // `serve_connection`. The transport timeout, reset by every packet
-    // received, is left to detect peers that went away.
-    // An idle_timeout beyond QUIC's range (2^62 ms) means "never", as does 0.
-    transport.max_idle_timeout(quinn::IdleTimeout::try_from(idle_timeout).ok());
-    if !idle_timeout.is_zero() {
-        transport.keep_alive_interval(Some(
-            (idle_timeout / 3).clamp(Duration::from_millis(100), Duration::from_secs(10)),
-        ));
-    }
-    let mut cfg = quinn::ServerConfig::with_crypto(tls);
-    cfg.transport_config(Arc::new(transport));
-    cfg.migration(true);
-    cfg
-}
+type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
 
 /// Binds the UDP socket of a listener's QUIC side.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -147,12 +103,11 @@ pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
     Ok(socket.into())
 }
 
-/// A running QUIC side of a listener: the endpoint and its accept loop.
+/// A running QUIC side of a listener: the endpoint and its accept loop,
+/// controlled like the TCP side ([`crate::listener::TcpSide`]).
 pub struct QuicListener {
     endpoint: quinn::Endpoint,
-    stop: watch::Sender<bool>,
-    /// The settings for connections accepted from now on.
-    settings: watch::Sender<Arc<ListenerSettings>>,
+    control: SideControl,
 }
 
 impl QuicListener {
@@ -171,20 +126,15 @@ impl QuicListener {
             socket,
             Arc::new(quinn::TokioRuntime),
         )?;
-        let (stop, stop_rx) = watch::channel(stopping);
-        let (settings, settings_rx) = watch::channel(settings);
+        let (control, feed) = SideControl::new(settings, stopping);
         tokio::spawn(accept_loop(
             endpoint.clone(),
-            settings_rx,
+            feed.settings,
             shared,
             tracker,
-            stop_rx,
+            feed.stop,
         ));
-        Ok(QuicListener {
-            endpoint,
-            stop,
-            settings,
-        })
+        Ok(QuicListener { endpoint, control })
     }
 
     /// New handshakes use the certificates and limits of `settings` (a
@@ -194,13 +144,13 @@ impl QuicListener {
         if let Some(cfg) = &settings.quic {
             self.endpoint.set_server_config(Some(cfg.clone()));
         }
-        self.settings.send_replace(settings.clone());
+        self.control.push(settings);
     }
 
     /// Stops accepting; open connections get GOAWAY and drain. The socket
     /// closes when the last of them is gone.
     pub fn stop(&self) {
-        let _ = self.stop.send(true);
+        self.control.stop();
     }
 }
 
@@ -334,21 +284,53 @@ impl Handshake {
     }
 }
 
+/// Serves one QUIC connection: handshake, HTTP/3 setup, then its requests
+/// until it closes or is asked to stop.
 async fn serve_connection(
     incoming: quinn::Incoming,
     settings: Arc<ListenerSettings>,
     shared: Arc<Shared>,
-    mut stop: watch::Receiver<bool>,
+    stop: watch::Receiver<bool>,
 ) {
+    let handshake_deadline = tokio::time::Instant::now() + settings.header_read_timeout;
+    let Some((conn, handshake)) = handshake(incoming, &settings, handshake_deadline).await else {
+        return;
+    };
+    let Some(h3) = h3_setup(&conn, &settings, handshake_deadline).await else {
+        return;
+    };
+    let info = Arc::new(ConnInfo::new(
+        super::listener_facts(&settings),
+        shared,
+        Arc::new(ConnActivity::default()),
+        conn.remote_address(),
+        true,
+        Some(Protocol::Http3),
+    ));
+    let phase = ConnPhase {
+        handshake,
+        handshake_deadline,
+        stop,
+    };
+    serve_requests(h3, conn, info, &settings, phase).await;
+}
+
+/// Accepts a QUIC connection and completes its handshake by
+/// `handshake_deadline`
+/// (with early data, only starts it: 0.5-RTT).
+async fn handshake(
+    incoming: quinn::Incoming,
+    settings: &ListenerSettings,
+    handshake_deadline: tokio::time::Instant,
+) -> Option<(quinn::Connection, Handshake)> {
     let peer = incoming.remote_address();
     let connecting = match incoming.accept() {
         Ok(c) => c,
         Err(e) => {
             tracing::debug!(%peer, error = %e, "QUIC connection refused");
-            return;
+            return None;
         }
     };
-    let handshake_deadline = tokio::time::Instant::now() + settings.header_read_timeout;
     // With early data the server serves from the first flight (0.5-RTT);
     // otherwise only once the handshake is complete.
     let early = if settings.early_data {
@@ -356,24 +338,33 @@ async fn serve_connection(
     } else {
         Err(connecting)
     };
-    let (conn, mut handshake) = match early {
+    let (conn, handshake) = match early {
         Ok((conn, accepted)) => (conn, Handshake::Pending(accepted)),
         Err(connecting) => match tokio::time::timeout_at(handshake_deadline, connecting).await {
             Ok(Ok(conn)) => (conn, Handshake::Complete),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "QUIC handshake failed");
-                return;
+                return None;
             }
             Err(_) => {
                 tracing::debug!(%peer, "QUIC handshake timed out");
-                return;
+                return None;
             }
         },
     };
+    Some((conn, handshake))
+}
 
+/// The HTTP/3 connection on `conn`, set up by `handshake_deadline`.
+async fn h3_setup(
+    conn: &quinn::Connection,
+    settings: &ListenerSettings,
+    handshake_deadline: tokio::time::Instant,
+) -> Option<H3Conn> {
+    let peer = conn.remote_address();
     let mut builder = h3::server::builder();
     builder.max_field_section_size((settings.max_header_bytes + FIELD_SLACK) as u64);
-    let mut h3 = match tokio::time::timeout_at(
+    let h3 = match tokio::time::timeout_at(
         handshake_deadline,
         builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())),
     )
@@ -382,26 +373,42 @@ async fn serve_connection(
         Ok(Ok(h)) => h,
         Ok(Err(e)) => {
             tracing::debug!(%peer, error = %e, "HTTP/3 connection setup failed");
-            return;
+            return None;
         }
         Err(_) => {
             tracing::debug!(%peer, "HTTP/3 connection setup timed out");
             conn.close(quinn::VarInt::from_u32(H3_NO_ERROR), b"");
-            return;
+            return None;
         }
     };
+    Some(h3)
+}
 
-    let mut info = Arc::new(ConnInfo::new(
-        super::listener_facts(&settings),
-        shared,
-        Arc::new(ConnActivity::default()),
-        conn.remote_address(),
-        true,
-        Some(Protocol::Http3),
-    ));
+/// The handshake state and stop signal of a connection being served.
+struct ConnPhase {
+    handshake: Handshake,
+    handshake_deadline: tokio::time::Instant,
+    /// A dropped sender (the listener is gone) means stop too.
+    stop: watch::Receiver<bool>,
+}
+
+/// Serves the requests of an HTTP/3 connection, each in a task of its own,
+/// until the connection ends, goes idle or is asked to stop (then GOAWAY,
+/// the requests in flight finish, and it closes once delivered).
+async fn serve_requests(
+    mut h3: H3Conn,
+    conn: quinn::Connection,
+    mut info: Arc<ConnInfo>,
+    settings: &Arc<ListenerSettings>,
+    ConnPhase {
+        mut handshake,
+        handshake_deadline,
+        mut stop,
+    }: ConnPhase,
+) {
+    let peer = info.peer;
     let mut requests = JoinSet::new();
     let mut closing = false;
-    // A dropped sender (the listener is gone) means stop too.
     let mut stop_asked = *stop.borrow();
     let hs_timer = tokio::time::sleep_until(handshake_deadline);
     tokio::pin!(hs_timer);
@@ -447,28 +454,7 @@ async fn serve_connection(
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    let early = !handshake.complete_now(&conn);
-                    // The client may have moved (migration): the pipeline
-                    // sees the address in force now.
-                    let now_at = conn.remote_address();
-                    if now_at != info.peer {
-                        info = Arc::new(ConnInfo::new(
-                            info.listener.clone(),
-                            info.shared.clone(),
-                            info.activity.clone(),
-                            now_at,
-                            true,
-                            info.protocol,
-                        ));
-                    }
-                    // Boxed: with h3's request resolver in it the future is
-                    // about 4 KB, which the task would otherwise copy around.
-                    requests.spawn(Box::pin(serve_request(
-                        resolver,
-                        info.clone(),
-                        early,
-                        settings.header_read_timeout,
-                    )));
+                    start_request(resolver, &conn, &mut handshake, &mut info, settings, &mut requests);
                 }
                 // The client sent GOAWAY and its requests are done.
                 Ok(None) => {
@@ -485,6 +471,40 @@ async fn serve_connection(
     }
     // The connection is gone: requests still running cannot answer anyway.
     requests.shutdown().await;
+}
+
+/// Starts serving one request of an HTTP/3 connection in a task of its
+/// own, telling 0-RTT requests apart and following the client's address.
+fn start_request(
+    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    conn: &quinn::Connection,
+    handshake: &mut Handshake,
+    info: &mut Arc<ConnInfo>,
+    settings: &Arc<ListenerSettings>,
+    requests: &mut JoinSet<()>,
+) {
+    let early = !handshake.complete_now(conn);
+    // The client may have moved (migration): the pipeline sees the address
+    // in force now.
+    let now_at = conn.remote_address();
+    if now_at != info.peer {
+        *info = Arc::new(ConnInfo::new(
+            info.listener.clone(),
+            info.shared.clone(),
+            info.activity.clone(),
+            now_at,
+            true,
+            info.protocol,
+        ));
+    }
+    // Boxed: with h3's request resolver in it the future is about 4 KB,
+    // which the task would otherwise copy around.
+    requests.spawn(Box::pin(serve_request(
+        resolver,
+        info.clone(),
+        early,
+        settings.header_read_timeout,
+    )));
 }
 
 /// Waits, before a graceful close, until the connection has delivered what

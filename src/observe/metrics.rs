@@ -2,7 +2,7 @@
 //!
 //! # Shape
 //! A [`Metrics`] registry lives for the whole process. It is created with the
-//! first [`Snapshot`] and handed on to every later one through
+//! first snapshot and handed on to every later one through
 //! `Snapshot::build(.., previous)`; `proxy::Shared` holds the same `Arc`.
 //! While a snapshot is built, each route, upstream server and listener asks
 //! the registry for its handle by name ([`Metrics::route`],
@@ -34,9 +34,10 @@
 //! handles avoid; and the text format needed here (counters, gauges, one
 //! histogram family) is ~150 lines. `benches/metrics.rs` measures both.
 //!
-//! [`Snapshot`]: crate::snapshot::Snapshot
+//! A scrape renders the registry's handles plus [`InForce`]: the few facts
+//! only the config in force knows (its generation, what its listeners
+//! serve, which servers are current and healthy), passed as plain data.
 
-use crate::snapshot::Snapshot;
 use std::collections::BTreeMap;
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
@@ -335,9 +336,9 @@ impl JwtResult {
     }
 }
 
-/// Validations of one `[auth.NAME]` JWT policy, by result. A policy gets its
-/// handle from [`Metrics::jwt_policy`] when the snapshot is built and calls
-/// [`JwtMetrics::record`] once per request it checks.
+/// Validations of one `[auth.NAME]` JWT policy, by result. A policy holds
+/// its own (handed on to the policy of the same name when a reload rebuilds
+/// it) and calls [`JwtMetrics::record`] once per request it checks.
 #[derive(Default)]
 pub struct JwtMetrics {
     results: [AtomicU64; 7],
@@ -389,6 +390,22 @@ impl<K: Ord + Clone, V: Default> Family<K, V> {
     }
 }
 
+/// What a scrape shows of the config in force besides the registry's
+/// handles, as plain data.
+pub struct InForce<'a> {
+    pub generation: u64,
+    /// Each listener, with whether it serves HTTP/1.1, HTTP/2 and HTTP/3
+    /// (by [`ConnProtocol`] index) on its TCP side: those protocols are
+    /// exported even at 0 connections.
+    pub listeners: Vec<(&'a str, [bool; 3])>,
+    /// (upstream, server, healthy) of every server of the config in force,
+    /// in export order.
+    pub servers: Vec<(&'a str, &'a str, bool)>,
+    /// JWT policies of the config in force that count in counters of their
+    /// own: (policy, [(result, count)]).
+    pub jwt_policies: Vec<(&'a str, [(&'static str, u64); 7])>,
+}
+
 /// The process-wide registry; see the module docs.
 #[derive(Default)]
 pub struct Metrics {
@@ -397,7 +414,6 @@ pub struct Metrics {
     pub no_route: RouteMetrics,
     servers: Family<(Arc<str>, Arc<str>), ServerMetrics>,
     listeners: Family<Arc<str>, ListenerMetrics>,
-    jwt: Family<Arc<str>, JwtMetrics>,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
 }
@@ -424,15 +440,10 @@ impl Metrics {
         self.listeners.get_or_create(Arc::from(name))
     }
 
-    /// The handle of JWT policy `name` (an `[auth.NAME]` table). Nothing of
-    /// portico_jwt_validations_total is exported until a policy holds one.
-    pub fn jwt_policy(&self, name: &str) -> Arc<JwtMetrics> {
-        self.jwt.get_or_create(Arc::from(name))
-    }
-
     /// Counts a configuration reload attempt (SIGHUP, POST /reload, file
     /// watch): `ok` when the new snapshot was swapped in. The generation
-    /// gauge follows the snapshot in force by itself.
+    /// gauge is the one of the config in force that a scrape passes in
+    /// [`InForce`].
     pub fn record_reload(&self, ok: bool) {
         let c = if ok {
             &self.reloads_ok
@@ -442,14 +453,23 @@ impl Metrics {
         c.fetch_add(1, Ordering::Relaxed);
     }
 
-    /// The Prometheus text format (version 0.0.4) of every metric, with the
-    /// generation and upstream health of `snap`, the snapshot in force.
-    pub fn render(&self, snap: &Snapshot) -> String {
+    /// The Prometheus text format (version 0.0.4) of every metric, with
+    /// what `in_force` says of the config in force.
+    pub fn render(&self, in_force: &InForce<'_>) -> String {
         let mut out = String::with_capacity(16 * 1024);
-        let routes = self.routes.live();
+        self.render_requests(&mut out);
+        self.render_upstreams(&mut out, in_force);
+        self.render_connections(&mut out, in_force);
+        self.render_jwt(&mut out, in_force);
+        self.render_config(&mut out, in_force);
+        out
+    }
 
+    /// portico_requests_total and portico_request_duration_seconds.
+    fn render_requests(&self, out: &mut String) {
+        let routes = self.routes.live();
         family(
-            &mut out,
+            out,
             "portico_requests_total",
             "counter",
             "Requests answered, by route and status code sent to the client.",
@@ -457,7 +477,7 @@ impl Metrics {
         let mut requests = |name: &str, m: &RouteMetrics| {
             for (code, n) in m.requests.nonzero() {
                 sample(
-                    &mut out,
+                    out,
                     "portico_requests_total",
                     &[("route", name), ("code", &code.to_string())],
                     n,
@@ -470,18 +490,21 @@ impl Metrics {
         }
 
         family(
-            &mut out,
+            out,
             "portico_request_duration_seconds",
             "histogram",
             "Time from a request's arrival to the end of its response, by route.",
         );
-        histogram(&mut out, "", &self.no_route.duration);
+        histogram(out, "", &self.no_route.duration);
         for (name, m) in &routes {
-            histogram(&mut out, name, &m.duration);
+            histogram(out, name, &m.duration);
         }
+    }
 
+    /// portico_upstream_requests_total and portico_upstream_healthy.
+    fn render_upstreams(&self, out: &mut String, in_force: &InForce<'_>) {
         family(
-            &mut out,
+            out,
             "portico_upstream_requests_total",
             "counter",
             "Attempts sent to upstream servers, by outcome (ok, connect_error, timeout, reset, http_5xx).",
@@ -489,7 +512,7 @@ impl Metrics {
         for ((upstream, server), m) in self.servers.live() {
             for o in UpstreamOutcome::ALL {
                 sample(
-                    &mut out,
+                    out,
                     "portico_upstream_requests_total",
                     &[
                         ("upstream", &upstream),
@@ -502,26 +525,25 @@ impl Metrics {
         }
 
         family(
-            &mut out,
+            out,
             "portico_upstream_healthy",
             "gauge",
             "1 while an upstream server of the config in force counts as healthy, else 0.",
         );
-        let mut pools: Vec<_> = snap.pools.values().collect();
-        pools.sort_by(|a, b| a.name.cmp(&b.name));
-        for pool in pools {
-            for s in pool.servers.iter() {
-                sample(
-                    &mut out,
-                    "portico_upstream_healthy",
-                    &[("upstream", &pool.name), ("server", &s.label)],
-                    u64::from(s.is_healthy()),
-                );
-            }
+        for &(upstream, server, healthy) in &in_force.servers {
+            sample(
+                out,
+                "portico_upstream_healthy",
+                &[("upstream", upstream), ("server", server)],
+                u64::from(healthy),
+            );
         }
+    }
 
+    /// portico_connections_active.
+    fn render_connections(&self, out: &mut String, in_force: &InForce<'_>) {
         family(
-            &mut out,
+            out,
             "portico_connections_active",
             "gauge",
             "Open client connections, by listener and protocol.",
@@ -530,17 +552,16 @@ impl Metrics {
             // The protocols a listener of the config in force serves are
             // shown even at 0; others only while connections remain.
             let serves = |p: ConnProtocol| {
-                snap.listener(&name).is_some_and(|l| match p {
-                    ConnProtocol::Http1 => l.http1,
-                    ConnProtocol::Http2 => l.http2,
-                    ConnProtocol::Http3 => false,
-                })
+                in_force
+                    .listeners
+                    .iter()
+                    .any(|(n, serves)| *n == &*name && serves[p as usize])
             };
             for p in ConnProtocol::ALL {
                 let n = m.active(p);
                 if n > 0 || serves(p) {
                     sample(
-                        &mut out,
+                        out,
                         "portico_connections_active",
                         &[("listener", &name), ("protocol", p.as_str())],
                         n,
@@ -548,50 +569,44 @@ impl Metrics {
                 }
             }
         }
+    }
 
+    /// portico_jwt_validations_total, when any policy exists.
+    fn render_jwt(&self, out: &mut String, in_force: &InForce<'_>) {
         // JWT policies carry their counters across reloads (crate::auth);
         // policies that are no longer in the config are not exported.
-        // Handles registered through `jwt_policy` are exported too.
-        let policies = self.jwt.live();
-        let mut auth = snap.auth.policies().peekable();
-        if !policies.is_empty() || auth.peek().is_some() {
-            family(
-                &mut out,
-                "portico_jwt_validations_total",
-                "counter",
-                "JWT validations, by policy and result.",
-            );
-            for (name, p) in auth {
-                for (result, n) in p.counts() {
-                    sample(
-                        &mut out,
-                        "portico_jwt_validations_total",
-                        &[("policy", name), ("result", result)],
-                        n,
-                    );
-                }
-            }
-            for (name, m) in policies {
-                for r in JwtResult::ALL {
-                    sample(
-                        &mut out,
-                        "portico_jwt_validations_total",
-                        &[("policy", &name), ("result", r.as_str())],
-                        m.get(r),
-                    );
-                }
+        if in_force.jwt_policies.is_empty() {
+            return;
+        }
+        family(
+            out,
+            "portico_jwt_validations_total",
+            "counter",
+            "JWT validations, by policy and result.",
+        );
+        for (name, counts) in &in_force.jwt_policies {
+            for &(result, n) in counts {
+                sample(
+                    out,
+                    "portico_jwt_validations_total",
+                    &[("policy", name), ("result", result)],
+                    n,
+                );
             }
         }
+    }
 
+    /// portico_config_reloads_total and portico_config_generation.
+    fn render_config(&self, out: &mut String, in_force: &InForce<'_>) {
         family(
-            &mut out,
+            out,
             "portico_config_reloads_total",
             "counter",
             "Configuration reload attempts, by result (ok, error).",
         );
         for (result, c) in [("ok", &self.reloads_ok), ("error", &self.reloads_error)] {
             sample(
-                &mut out,
+                out,
                 "portico_config_reloads_total",
                 &[("result", result)],
                 c.load(Ordering::Relaxed),
@@ -599,13 +614,12 @@ impl Metrics {
         }
 
         family(
-            &mut out,
+            out,
             "portico_config_generation",
             "gauge",
             "Generation of the config in force: 1 at start, +1 per successful reload.",
         );
-        sample(&mut out, "portico_config_generation", &[], snap.generation);
-        out
+        sample(out, "portico_config_generation", &[], in_force.generation);
     }
 }
 
@@ -672,6 +686,7 @@ fn histogram(out: &mut String, route: &str, h: &Histogram) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snapshot::Snapshot;
 
     #[test]
     fn histogram_buckets_are_inclusive_upper_bounds() {
@@ -749,19 +764,19 @@ mod tests {
     #[test]
     fn counters_survive_a_rebuild_and_leave_with_their_route() {
         let one = build(&["a", "b"], None);
-        let a = one.routes.iter().find(|r| &*r.name == "a").unwrap();
+        let a = one.runtime.routes.iter().find(|r| &*r.name == "a").unwrap();
         a.metrics.record(200, Duration::from_millis(1));
 
         let two = build(&["a", "c"], Some(&one));
         assert!(Arc::ptr_eq(&one.metrics, &two.metrics), "one registry");
-        let a2 = two.routes.iter().find(|r| &*r.name == "a").unwrap();
+        let a2 = two.runtime.routes.iter().find(|r| &*r.name == "a").unwrap();
         assert!(
             Arc::ptr_eq(&a.metrics, &a2.metrics),
             "route a keeps its handle"
         );
         a2.metrics.record(200, Duration::from_millis(1));
 
-        let text = two.metrics.render(&two);
+        let text = two.metrics.render(&two.in_force());
         assert!(
             text.contains("portico_requests_total{route=\"a\",code=\"200\"} 2\n"),
             "{text}"
@@ -770,37 +785,29 @@ mod tests {
         // "b" is still referenced by the old snapshot (requests in flight).
         assert!(text.contains("route=\"b\""), "{text}");
         drop(one);
-        let text = two.metrics.render(&two);
+        let text = two.metrics.render(&two.in_force());
         assert!(!text.contains("route=\"b\""), "{text}");
         assert!(text.contains("portico_request_duration_seconds_count{route=\"c\"} 0\n"));
     }
 
     #[test]
-    fn reloads_and_jwt_policies_are_exported_through_their_apis() {
+    fn reloads_are_exported_through_their_api() {
         let snap = build(&["a"], None);
         let m = &snap.metrics;
-        assert!(!m.render(&snap).contains("portico_jwt_validations_total"));
+        assert!(!m
+            .render(&snap.in_force())
+            .contains("portico_jwt_validations_total"));
         m.record_reload(true);
         m.record_reload(false);
         m.record_reload(false);
-        let policy = m.jwt_policy("users");
-        policy.record(JwtResult::Expired);
-        policy.record(JwtResult::Ok);
-        policy.record(JwtResult::Ok);
-        let text = m.render(&snap);
+        let text = m.render(&snap.in_force());
         for line in [
             "portico_config_reloads_total{result=\"ok\"} 1\n",
             "portico_config_reloads_total{result=\"error\"} 2\n",
-            "# TYPE portico_jwt_validations_total counter\n",
-            "portico_jwt_validations_total{policy=\"users\",result=\"ok\"} 2\n",
-            "portico_jwt_validations_total{policy=\"users\",result=\"expired\"} 1\n",
-            "portico_jwt_validations_total{policy=\"users\",result=\"unavailable\"} 0\n",
             "portico_config_generation 1\n",
         ] {
             assert!(text.contains(line), "missing {line:?} in {text}");
         }
-        drop(policy);
-        assert!(!m.render(&snap).contains("portico_jwt_validations_total"));
     }
 
     #[test]

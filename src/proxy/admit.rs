@@ -11,13 +11,14 @@
 //!   and what goes upstream;
 //! - the context knows the host the client named.
 
-use super::conn::{EarlyData, LengthAndChunked, Snap};
+use super::conn::{EarlyData, LengthAndChunked};
 use super::context::RequestCtx;
 use super::error::ProxyError;
 use super::framing;
 use super::headers;
 use super::path;
 use super::routing;
+use super::runtime::Runtime;
 use crate::body::RequestBody;
 use crate::observe::request_id;
 use http::header::HOST;
@@ -27,9 +28,11 @@ use std::borrow::Cow;
 
 /// The request's id: the client's, when trusted and well formed, else a
 /// new one.
-pub(super) fn request_id<B>(req: &Request<B>, snap: &Snap) -> HeaderValue {
-    match req.headers().get(&snap.request_id_header) {
-        Some(v) if snap.trust_request_id && request_id::is_well_formed(v.as_bytes()) => v.clone(),
+pub(super) fn request_id<B>(req: &Request<B>, runtime: &Runtime) -> HeaderValue {
+    match req.headers().get(&runtime.request_id_header) {
+        Some(v) if runtime.trust_request_id && request_id::is_well_formed(v.as_bytes()) => {
+            v.clone()
+        }
         _ => request_id::generate(),
     }
 }

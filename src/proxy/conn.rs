@@ -11,6 +11,7 @@
 //! - [`ConnActivity`] counts the requests of a connection, so the byte
 //!   layer under hyper knows whether the connection is busy or idle.
 
+use super::runtime::Runtime;
 use crate::config::Protocol;
 use crate::observe::metrics::{ConnGauge, ConnProtocol, ListenerMetrics, Metrics};
 use arc_swap::ArcSwap;
@@ -24,15 +25,11 @@ use std::task::Waker;
 use std::time::Duration;
 use tokio::sync::Notify;
 
-/// What a request reads the config in force from: loaded once at its
-/// start, the same for all its phases.
-pub type Snap = crate::snapshot::Snapshot;
-
 /// State shared by every connection of the process.
 pub struct Shared {
-    /// The config in force; swapped whole on reload.
-    pub snapshot: ArcSwap<Snap>,
-    /// The metrics registry: the one every snapshot carries.
+    /// What requests read of the config in force; swapped whole on reload.
+    pub runtime: ArcSwap<Runtime>,
+    /// The metrics registry: the one every runtime carries.
     pub metrics: Arc<Metrics>,
 }
 
@@ -213,17 +210,6 @@ impl ConnActivity {
     /// `seq`: from it on, every request counts as suspect.
     pub fn lost_track_from(&self, seq: u64) {
         self.untracked_from.fetch_min(seq, Ordering::AcqRel);
-    }
-
-    /// The first request whose head carried both Content-Length and
-    /// Transfer-Encoding, if any.
-    pub fn first_length_and_chunked(&self) -> Option<u64> {
-        Some(self.length_and_chunked.load(Ordering::Acquire)).filter(|&s| s != NONE)
-    }
-
-    /// The request from which on the byte layer lost track, if it did.
-    pub fn untracked_from(&self) -> Option<u64> {
-        Some(self.untracked_from.load(Ordering::Acquire)).filter(|&s| s != NONE)
     }
 
     /// Whether the raw head of HTTP/1.x request `seq` carried both

@@ -2,11 +2,12 @@
 //! the phases learn on the way for the finish phase.
 //!
 //! Guarantees: the runtime a request uses is the one loaded when it started
-//! ([`RequestCtx::snap`]), for every phase; the context borrows what the
+//! ([`RequestCtx::runtime`]), for every phase; the context borrows what the
 //! finish phase owns, so building it costs no allocation.
 
-use super::conn::{ConnInfo, Snap};
+use super::conn::ConnInfo;
 use super::cors;
+use super::runtime::Runtime;
 use super::tunnel::Tunnel;
 use crate::upstream::PoolReturn;
 use http::HeaderValue;
@@ -15,8 +16,9 @@ use std::sync::Arc;
 
 /// One request on its way through the phases.
 pub(super) struct RequestCtx<'a> {
-    /// The config in force when the request started, loaded once.
-    pub snap: &'a Snap,
+    /// What the request reads of the config in force: loaded once, when
+    /// it started.
+    pub runtime: &'a Runtime,
     pub conn: &'a ConnInfo,
     pub request_id: &'a HeaderValue,
     /// The access log wants the request body's bytes counted.
@@ -35,7 +37,7 @@ pub(super) struct RequestCtx<'a> {
 #[derive(Default)]
 pub(super) struct Trace {
     pub route: Option<Arc<str>>,
-    /// Where the route is in `snapshot.routes`.
+    /// Where the route is in `runtime.routes`.
     pub route_index: Option<usize>,
     /// What the route's CORS policy owes the response.
     pub cors: Option<cors::Pending>,

@@ -8,6 +8,7 @@
 //! realm="portico"` (plus `error="invalid_token"` when a token was sent),
 //! 403 with `error="insufficient_scope"`.
 
+use crate::auth::AuthFailure;
 use crate::body::ProxyBody;
 use http::header::{CONNECTION, CONTENT_TYPE, WWW_AUTHENTICATE};
 use http::{HeaderValue, Response, StatusCode};
@@ -178,6 +179,22 @@ impl ProxyError {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+impl From<AuthFailure> for ProxyError {
+    fn from(f: AuthFailure) -> ProxyError {
+        match f {
+            AuthFailure::NoToken => ProxyError::Unauthorized,
+            AuthFailure::TwoAuthorizationHeaders => {
+                ProxyError::BadRequest("more than one Authorization header")
+            }
+            AuthFailure::Invalid(_) | AuthFailure::Expired | AuthFailure::Revoked => {
+                ProxyError::InvalidToken
+            }
+            AuthFailure::InsufficientScope => ProxyError::InsufficientScope,
+            AuthFailure::NoKey | AuthFailure::StoreUnavailable => ProxyError::AuthUnavailable,
+        }
     }
 }
 

@@ -9,9 +9,10 @@
 //! finished too, with status [`CLIENT_CLOSED`]. A request whose connection
 //! became a tunnel is ended by the tunnel.
 
-use super::conn::{ConnInfo, Snap};
+use super::conn::ConnInfo;
 use super::context::Trace;
 use super::error::ProxyError;
+use super::runtime::Runtime;
 use super::tunnel;
 use crate::body::{Completion, ProxyBody, RequestBody};
 use crate::observe::access_log::{AccessLog, LogEntry};
@@ -33,8 +34,8 @@ pub const CLIENT_CLOSED: u16 = 499;
 /// response body's completion.
 pub(super) struct Done {
     pub conn: Arc<ConnInfo>,
-    /// The config the request started with, for its route's metrics.
-    pub snap: Arc<Snap>,
+    /// The runtime the request started with, for its route's metrics.
+    pub runtime: Arc<Runtime>,
     pub trace: Trace,
     /// The status sent to the client.
     status: u16,
@@ -48,13 +49,13 @@ pub(super) struct Done {
 impl Done {
     pub fn new(
         conn: Arc<ConnInfo>,
-        snap: Arc<Snap>,
+        runtime: Arc<Runtime>,
         log: Option<LogEntry>,
         start: Instant,
     ) -> Box<Done> {
         Box::new(Done {
             conn,
-            snap,
+            runtime,
             trace: Trace::default(),
             status: CLIENT_CLOSED,
             log,
@@ -80,9 +81,9 @@ impl Done {
             self.conn.activity.request_finished();
         }
         let elapsed = self.start.elapsed();
-        match trace.route_index.and_then(|i| self.snap.routes.get(i)) {
+        match trace.route_index.and_then(|i| self.runtime.routes.get(i)) {
             Some(r) => r.metrics.record(self.status, elapsed),
-            None => self.snap.metrics.no_route.record(self.status, elapsed),
+            None => self.runtime.metrics.no_route.record(self.status, elapsed),
         }
         if let Some(mut l) = self.log.take() {
             l.status = self.status;
@@ -94,7 +95,7 @@ impl Done {
                 .as_ref()
                 .map_or(0, |c| c.load(Ordering::Relaxed));
             l.duration = elapsed;
-            self.snap.access_log.write(l);
+            self.runtime.access_log.write(l);
         }
     }
 }
@@ -133,12 +134,12 @@ pub(super) fn respond(
         }
     };
     resp.headers_mut()
-        .insert(done.snap.request_id_header.clone(), request_id);
+        .insert(done.runtime.request_id_header.clone(), request_id);
     if let Some(pending) = done.trace.cors.take() {
         if let Some(policy) = done
             .trace
             .route_index
-            .and_then(|i| done.snap.routes.get(i))
+            .and_then(|i| done.runtime.routes.get(i))
             .and_then(|r| r.cors.as_deref())
         {
             pending.finish(policy, resp.headers_mut());

@@ -4,7 +4,7 @@
 //! Phases, in order (the order is the architecture), each a function over
 //! one request context ([`context`]: the config loaded once, the
 //! connection, the request id, what the phases learn):
-//! 1. **admit** ([`admit`]): load the config snapshot once; pick the
+//! 1. **admit** ([`admit`]): load the runtime once; pick the
 //!    request id; check the head (size, framing, Host rules, 425 for a
 //!    non-GET/HEAD request in TLS early data); refuse a miscased standard
 //!    method; normalise the path ([`path`]): what routing matches and what
@@ -55,6 +55,7 @@ pub mod path;
 mod phases;
 mod replay;
 pub mod routing;
+pub mod runtime;
 mod tunnel;
 mod upstream_head;
 
@@ -90,18 +91,18 @@ pub async fn handle(
     let start = Instant::now();
     conn.activity.request_started();
     conn.gauge.set_protocol(ConnProtocol::of(req.version()));
-    let snap = conn.shared.snapshot.load_full();
+    let runtime = conn.shared.runtime.load_full();
 
-    let request_id = admit::request_id(&req, &snap);
+    let request_id = admit::request_id(&req, &runtime);
     let grpc = is_grpc(&req);
-    let log = snap
+    let log = runtime
         .access_log
         .enabled()
-        .then(|| finish::log_entry(&req, &conn, &snap.access_log, &request_id));
-    let mut done = Done::new(conn, snap, log, start);
+        .then(|| finish::log_entry(&req, &conn, &runtime.access_log, &request_id));
+    let mut done = Done::new(conn, runtime, log, start);
     let d = &mut *done;
     let ctx = RequestCtx {
-        snap: &d.snap,
+        runtime: &d.runtime,
         conn: &d.conn,
         request_id: &request_id,
         count_bytes: d.log.is_some(),

@@ -24,7 +24,7 @@ pub(super) fn route<'a>(
     req: &Request<RequestBody>,
     ctx: &mut RequestCtx<'a>,
 ) -> Result<(&'a Route, Option<Method>), ProxyError> {
-    let (snap, conn) = (ctx.snap, ctx.conn);
+    let (runtime, conn) = (ctx.runtime, ctx.conn);
     let listener = &conn.listener.name;
     let host = ctx
         .host
@@ -36,9 +36,13 @@ pub(super) fn route<'a>(
     let find = |path: &str| {
         preflight
             .as_ref()
-            .and_then(|m| snap.routes.find_indexed(listener, host, path, m))
+            .and_then(|m| runtime.routes.find_indexed(listener, host, path, m))
             .filter(|(_, r)| r.cors.is_some())
-            .or_else(|| snap.routes.find_indexed(listener, host, path, req.method()))
+            .or_else(|| {
+                runtime
+                    .routes
+                    .find_indexed(listener, host, path, req.method())
+            })
     };
     let (index, route) = find(path).ok_or(ProxyError::NotFound)?;
     if let Cow::Owned(plain) =
@@ -91,8 +95,8 @@ pub(super) async fn authenticate(
         req.headers_mut(),
         route.auth.as_ref().map(|_| &http::header::AUTHORIZATION),
     );
-    ctx.snap.claim_headers.strip(req.headers_mut());
-    headers::strip_underscore_spellings(req.headers_mut(), &ctx.snap.request_id_header);
+    ctx.runtime.claim_headers.strip(req.headers_mut());
+    headers::strip_underscore_spellings(req.headers_mut(), &ctx.runtime.request_id_header);
     if let Some(policy) = &route.auth {
         policy.authenticate(req.headers_mut()).await?;
     }

@@ -43,9 +43,10 @@ pub(super) fn build(
         ctx.conn.https,
         host,
     );
-    parts
-        .headers
-        .insert(ctx.snap.request_id_header.clone(), ctx.request_id.clone());
+    parts.headers.insert(
+        ctx.runtime.request_id_header.clone(),
+        ctx.request_id.clone(),
+    );
     if parts.extensions.get::<EarlyData>().is_some() {
         // RFC 8470 5.1: an intermediary forwarding early data says so, so
         // the origin can answer 425 itself.

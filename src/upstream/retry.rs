@@ -12,7 +12,7 @@
 //! older second is reset by the first update that sees it, without a lock.
 //! Concurrent retries may overshoot a limit by the number racing for it.
 
-use super::health::now_ms;
+use crate::sys::monotonic_ms;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 /// Seconds of history that the ratio looks at.
@@ -96,7 +96,7 @@ pub struct RetryBudget {
 }
 
 fn now_sec() -> u64 {
-    now_ms() / 1000
+    monotonic_ms() / 1000
 }
 
 impl RetryBudget {

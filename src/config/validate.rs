@@ -1,0 +1,410 @@
+//! The checks a parsed config must pass beyond its schema: limits, formats
+//! and references between tables.
+//!
+//! Guarantees: [`validate`] runs [`CHECKS`] in order and reports the first
+//! failure, at the position of the offending value (`PATH:LINE:COL`), or at
+//! the start of the file for a value the file left out. Each check is a
+//! small named function over the whole config; a table's checks run item
+//! by item, so that of two bad items the first in the file is reported.
+
+use super::auth::RevocationStoreKind;
+use super::error::ConfigError;
+use super::model::{
+    ListenerConfig, LoadedConfig, Protocol, RouteConfig, MAX_CONNECTIONS, MAX_HEADER_BYTES,
+};
+use std::collections::HashSet;
+
+/// One check over the whole config.
+type Check = fn(&LoadedConfig) -> Result<(), ConfigError>;
+
+/// Every check, in the order they run.
+const CHECKS: &[(&str, Check)] = &[
+    ("server", server),
+    ("admin", admin),
+    ("listeners", listeners),
+    ("listener binds", listener_binds),
+    ("upstreams", upstreams),
+    ("cors policies", cors_policies),
+    ("routes", routes),
+    ("auth policies", auth_policies),
+    ("revocation", revocation),
+    ("route auth", route_auth),
+];
+
+/// Runs every check; the first failure is the error.
+pub(super) fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    CHECKS.iter().try_for_each(|(_, check)| check(lc))
+}
+
+fn server(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let c = &lc.config;
+    if c.listeners.is_empty() {
+        return Err(lc
+            .source
+            .error_at(0, "at least one [[listener]] is required"));
+    }
+    if c.server.worker_threads > 1024 {
+        return Err(lc
+            .source
+            .error_at(0, "server.worker_threads must be at most 1024"));
+    }
+    if !matches!(c.server.access_log.as_str(), "stdout" | "off") && c.server.access_log.is_empty() {
+        return Err(lc.source.error_at(
+            0,
+            "server.access_log must be \"stdout\", \"off\" or a file path",
+        ));
+    }
+    if http::HeaderName::from_bytes(c.server.request_id_header.get_ref().as_bytes()).is_err() {
+        return Err(lc.error_at(
+            &c.server.request_id_header,
+            "request_id_header is not a valid header name",
+        ));
+    }
+    Ok(())
+}
+
+fn admin(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let bind = &lc.config.admin.bind;
+    if bind.get_ref().parse::<std::net::SocketAddr>().is_err() {
+        return Err(lc.error_at(
+            bind,
+            "admin.bind must be an address like \"127.0.0.1:9901\"",
+        ));
+    }
+    Ok(())
+}
+
+fn listeners(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let mut names = HashSet::new();
+    for l in &lc.config.listeners {
+        if l.name.get_ref().is_empty() {
+            return Err(lc.error_at(&l.name, "listener name must not be empty"));
+        }
+        if !names.insert(l.name.get_ref().as_str()) {
+            return Err(lc.error_at(
+                &l.name,
+                format!("duplicate listener name \"{}\"", l.name.get_ref()),
+            ));
+        }
+        listener_protocols(lc, l)?;
+        listener_limits(lc, l)?;
+        if let Some(tls) = &l.tls {
+            if tls.cert.get_ref().is_empty() {
+                return Err(lc.error_at(&tls.cert, "tls.cert must not be empty"));
+            }
+            if tls.key.get_ref().is_empty() {
+                return Err(lc.error_at(&tls.key, "tls.key must not be empty"));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// A listener's bind address and protocols.
+fn listener_protocols(lc: &LoadedConfig, l: &ListenerConfig) -> Result<(), ConfigError> {
+    if l.bind.get_ref().parse::<std::net::SocketAddr>().is_err() {
+        return Err(lc.error_at(
+            &l.bind,
+            format!(
+                "bind \"{}\" is not an address like \"0.0.0.0:8443\"",
+                l.bind.get_ref()
+            ),
+        ));
+    }
+    let protos = l.protocols.get_ref();
+    if protos.is_empty() {
+        return Err(lc.error_at(
+            &l.protocols,
+            "protocols must list at least one of \"http1\", \"http2\", \"http3\"",
+        ));
+    }
+    // QUIC always runs TLS 1.3: HTTP/3 needs the listener's certificate.
+    if protos.contains(&Protocol::Http3) && l.tls.is_none() {
+        return Err(lc.error_at(
+            &l.protocols,
+            "protocol \"http3\" needs tls (QUIC is always encrypted): add tls.cert and tls.key",
+        ));
+    }
+    Ok(())
+}
+
+/// A listener's size and count limits.
+fn listener_limits(lc: &LoadedConfig, l: &ListenerConfig) -> Result<(), ConfigError> {
+    if l.max_header_bytes < 1024 {
+        return Err(lc.error_at(&l.name, "max_header_bytes must be at least 1024"));
+    }
+    if l.max_header_bytes > MAX_HEADER_BYTES {
+        return Err(lc.error_at(
+            &l.name,
+            format!("max_header_bytes must be at most {MAX_HEADER_BYTES}"),
+        ));
+    }
+    if l.max_connections == 0 || l.max_connections > MAX_CONNECTIONS {
+        return Err(lc.error_at(
+            &l.name,
+            format!("max_connections must be 1 to {MAX_CONNECTIONS}"),
+        ));
+    }
+    if l.backlog > i32::MAX as u32 {
+        return Err(lc.error_at(
+            &l.name,
+            format!(
+                "backlog must be at most {} (the kernel caps it at net.core.somaxconn anyway)",
+                i32::MAX
+            ),
+        ));
+    }
+    if l.h2_max_concurrent_streams == 0 {
+        return Err(lc.error_at(&l.name, "h2_max_concurrent_streams must be at least 1"));
+    }
+    Ok(())
+}
+
+fn listener_binds(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let mut binds = HashSet::new();
+    for l in &lc.config.listeners {
+        if !binds.insert(l.bind.get_ref().as_str()) {
+            return Err(lc.error_at(
+                &l.bind,
+                format!("two listeners bind \"{}\"", l.bind.get_ref()),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn upstreams(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    for (name, u) in &lc.config.upstreams {
+        if u.servers.get_ref().is_empty() {
+            return Err(lc.error_at(
+                &u.servers,
+                format!("upstream \"{name}\" needs at least one server"),
+            ));
+        }
+        for s in u.servers.get_ref() {
+            if !valid_host_port(&s.addr) {
+                return Err(lc.error_at(
+                    &u.servers,
+                    format!("server \"{}\" is not host:port", s.addr),
+                ));
+            }
+            if s.weight == 0 || s.weight > 1000 {
+                return Err(lc.error_at(
+                    &u.servers,
+                    format!("server \"{}\": weight must be 1 to 1000", s.addr),
+                ));
+            }
+        }
+        if let Some(h) = &u.health {
+            if h.interval.0.is_zero() {
+                return Err(lc.error_at(
+                    &u.servers,
+                    format!("upstream \"{name}\": health.interval must be more than 0"),
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+fn cors_policies(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    for (name, p) in &lc.config.cors {
+        super::cors::validate(&lc.source, name, p)?;
+    }
+    Ok(())
+}
+
+fn routes(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let c = &lc.config;
+    let listeners: HashSet<&str> = c
+        .listeners
+        .iter()
+        .map(|l| l.name.get_ref().as_str())
+        .collect();
+    let mut route_names = HashSet::new();
+    for r in &c.routes {
+        if r.name.get_ref().is_empty() {
+            // route="" is the metrics label of requests that matched no route.
+            return Err(lc.error_at(&r.name, "route name must not be empty"));
+        }
+        let cors = r.cors.get_ref();
+        if !cors.is_empty() && !c.cors.contains_key(cors) {
+            return Err(lc.error_at(
+                &r.cors,
+                format!(
+                    "route \"{}\" names unknown cors policy \"{cors}\"",
+                    r.name.get_ref()
+                ),
+            ));
+        }
+        if !route_names.insert(r.name.get_ref().as_str()) {
+            return Err(lc.error_at(
+                &r.name,
+                format!("duplicate route name \"{}\"", r.name.get_ref()),
+            ));
+        }
+        route_target(lc, r)?;
+        for l in &r.listeners {
+            if !listeners.contains(l.get_ref().as_str()) {
+                return Err(lc.error_at(
+                    l,
+                    format!(
+                        "route \"{}\" names unknown listener \"{}\"",
+                        r.name.get_ref(),
+                        l.get_ref()
+                    ),
+                ));
+            }
+        }
+        route_match(lc, r)?;
+    }
+    Ok(())
+}
+
+/// A route's `upstream` or `respond`: exactly one, and valid.
+fn route_target(lc: &LoadedConfig, r: &RouteConfig) -> Result<(), ConfigError> {
+    match (&r.upstream, &r.respond) {
+        (Some(u), None) => {
+            if !lc.config.upstreams.contains_key(u.get_ref()) {
+                return Err(lc.error_at(
+                    u,
+                    format!(
+                        "route \"{}\" names unknown upstream \"{}\"",
+                        r.name.get_ref(),
+                        u.get_ref()
+                    ),
+                ));
+            }
+        }
+        (None, Some(resp)) => {
+            if http::StatusCode::from_u16(resp.get_ref().status).is_err()
+                || resp.get_ref().status < 200
+            {
+                return Err(lc.error_at(resp, "respond.status must be 200 to 999"));
+            }
+            if http::HeaderValue::from_str(&resp.get_ref().content_type).is_err() {
+                return Err(lc.error_at(resp, "respond.content_type is not a valid header value"));
+            }
+        }
+        _ => {
+            return Err(lc.error_at(
+                &r.name,
+                format!(
+                    "route \"{}\" needs exactly one of `upstream` and `respond`",
+                    r.name.get_ref()
+                ),
+            ))
+        }
+    }
+    Ok(())
+}
+
+/// A route's `match` table.
+fn route_match(lc: &LoadedConfig, r: &RouteConfig) -> Result<(), ConfigError> {
+    let host = r.matcher.host.get_ref();
+    if let Some(rest) = host.strip_prefix("*.") {
+        if rest.is_empty() || rest.contains('*') {
+            return Err(lc.error_at(
+                &r.matcher.host,
+                "match.host wildcard must look like \"*.example.com\"",
+            ));
+        }
+    } else if host.contains('*') {
+        return Err(lc.error_at(&r.matcher.host, "match.host may only have a leading \"*.\""));
+    }
+    if !r.matcher.path_prefix.get_ref().starts_with('/') {
+        return Err(lc.error_at(
+            &r.matcher.path_prefix,
+            "match.path_prefix must start with \"/\"",
+        ));
+    }
+    for m in &r.matcher.methods {
+        if http::Method::from_bytes(m.get_ref().as_bytes()).is_err() {
+            return Err(lc.error_at(m, format!("\"{}\" is not an HTTP method", m.get_ref())));
+        }
+    }
+    Ok(())
+}
+
+fn auth_policies(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let request_id_header = lc.config.server.request_id_header.get_ref();
+    for (name, p) in &lc.config.auth {
+        super::auth::validate_policy(&lc.source, name, p, request_id_header)?;
+    }
+    Ok(())
+}
+
+fn revocation(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let r = &lc.config.revocation;
+    if r.store == RevocationStoreKind::Redis {
+        let url = r.redis_url.get_ref();
+        if !url.starts_with("redis://") {
+            return Err(lc.error_at(
+                &r.redis_url,
+                "redis_url must look like \"redis://HOST:PORT/DB\" (rediss:// and unix sockets are not supported)",
+            ));
+        }
+        if redis::Client::open(url.as_str()).is_err() {
+            return Err(lc.error_at(&r.redis_url, "redis_url is not a valid redis:// URL"));
+        }
+    }
+    Ok(())
+}
+
+/// Every route's `auth` names a policy.
+fn route_auth(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let c = &lc.config;
+    for r in &c.routes {
+        let a = r.auth.get_ref();
+        if !a.is_empty() && !c.auth.contains_key(a) {
+            return Err(lc.error_at(
+                &r.auth,
+                format!(
+                    "route \"{}\" names unknown auth policy \"{a}\"",
+                    r.name.get_ref()
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+fn valid_host_port(s: &str) -> bool {
+    if s.parse::<std::net::SocketAddr>().is_ok() {
+        return true;
+    }
+    match s.rsplit_once(':') {
+        Some((host, port)) => {
+            !host.is_empty()
+                && port.parse::<u16>().is_ok()
+                && host
+                    .chars()
+                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
+        }
+        None => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn checks_have_distinct_names_and_the_first_failure_is_reported() {
+        let mut names: Vec<&str> = CHECKS.iter().map(|(n, _)| *n).collect();
+        names.sort_unstable();
+        names.dedup();
+        assert_eq!(names.len(), CHECKS.len());
+        // Two listeners on one address, and a route naming no upstream:
+        // the listener checks run first.
+        let text = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n\
+                    [[listener]]\nname = \"b\"\nbind = \"127.0.0.1:8080\"\n\
+                    [[route]]\nname = \"r\"\nupstream = \"nope\"\n";
+        let path = std::path::Path::new("/etc/portico/proxy.toml");
+        let e = super::super::parse(path, text.to_string()).unwrap_err();
+        assert_eq!(
+            e.to_string(),
+            "/etc/portico/proxy.toml:6:8: two listeners bind \"127.0.0.1:8080\""
+        );
+    }
+}

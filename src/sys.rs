@@ -1,0 +1,170 @@
+//! The operating system glue: every `unsafe` block and libc call of the
+//! crate, behind safe functions.
+//!
+//! - [`notify`]: systemd's notify protocol (READY=1, RELOADING=1, ...);
+//! - [`inherited_sockets`]: listening sockets passed by systemd
+//!   (LISTEN_PID/LISTEN_FDS);
+//! - [`lower_thread_priority`]: the nice value of the calling thread;
+//! - [`monotonic_usec`] and [`monotonic_ms`]: CLOCK_MONOTONIC, the one clock
+//!   portico measures intervals and deadlines with outside of tokio.
+//!
+//! Linux only, as portico is. Each `unsafe` block says why it is sound.
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+
+/// Sends a state line to systemd when run as a notify service
+/// (NOTIFY_SOCKET set); does nothing otherwise. Failures are logged.
+pub fn notify(state: &str) {
+    let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
+        return;
+    };
+    let sock = match std::os::unix::net::UnixDatagram::unbound() {
+        Ok(s) => s,
+        Err(_) => return,
+    };
+    let bytes = path.as_encoded_bytes();
+    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
+        use std::os::linux::net::SocketAddrExt;
+        std::os::unix::net::SocketAddr::from_abstract_name(name)
+            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
+    } else {
+        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
+    };
+    if let Err(e) = sent {
+        tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// Takes the listening sockets systemd passed (LISTEN_PID/LISTEN_FDS, from
+/// fd 3 on), by local address. The variables are removed so that nothing
+/// started later inherits them. Each socket is made close-on-exec.
+///
+/// Call it once, from `main` before any other thread exists (the tokio
+/// runtime included): changing the environment while another thread may
+/// read it is undefined behaviour, and a second call would take the same
+/// descriptors again.
+pub fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
+    use std::os::fd::FromRawFd;
+    let mut out = HashMap::new();
+    let pid_ok = std::env::var("LISTEN_PID")
+        .ok()
+        .and_then(|p| p.parse::<u32>().ok())
+        .is_some_and(|p| p == std::process::id());
+    let n: i32 = std::env::var("LISTEN_FDS")
+        .ok()
+        .and_then(|n| n.parse().ok())
+        .unwrap_or(0);
+    std::env::remove_var("LISTEN_PID");
+    std::env::remove_var("LISTEN_FDS");
+    std::env::remove_var("LISTEN_FDNAMES");
+    if !pid_ok || n <= 0 {
+        return out;
+    }
+    for fd in 3..3 + n.min(1024) {
+        // SAFETY: systemd hands these descriptors to this process (LISTEN_PID
+        // is ours); each is taken once, here, and owned by the TcpListener
+        // from now on.
+        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        match l.local_addr() {
+            Ok(addr) => {
+                // Descriptors passed by the service manager are not CLOEXEC.
+                // SAFETY: fcntl on a descriptor we own only changes its flags.
+                unsafe {
+                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
+                }
+                out.insert(addr, l);
+            }
+            Err(e) => {
+                tracing::warn!(fd, error = %e, "ignoring a passed descriptor that is not a TCP listening socket");
+                // Not ours to close: whatever it is stays as it was.
+                std::mem::forget(l);
+            }
+        }
+    }
+    out
+}
+
+/// The id of the calling thread (gettid).
+fn thread_id() -> libc::id_t {
+    // SAFETY: gettid has no preconditions and returns the calling thread's id.
+    unsafe { libc::syscall(libc::SYS_gettid) as libc::id_t }
+}
+
+/// The nice value of the calling thread, or `None` when it cannot be read.
+pub fn thread_nice() -> Option<i32> {
+    let tid = thread_id();
+    // getpriority may legitimately return -1: clear errno to tell.
+    // SAFETY: errno is thread-local and writable; getpriority only reads.
+    let nice = unsafe {
+        *libc::__errno_location() = 0;
+        libc::getpriority(libc::PRIO_PROCESS, tid)
+    };
+    match std::io::Error::last_os_error().raw_os_error() {
+        Some(0) => Some(nice),
+        _ => None,
+    }
+}
+
+/// Lowers the calling thread (not the process) to nice `nice`, or leaves
+/// it where it is if already lower; the scheduling class stays the normal
+/// one. Unreadable current priority: set to `nice`.
+pub fn lower_thread_priority(nice: i32) -> std::io::Result<()> {
+    let target = thread_nice().map_or(nice, |current| current.max(nice));
+    // SAFETY: on Linux PRIO_PROCESS with a thread id sets that thread only;
+    // setpriority takes plain integers and touches no memory of ours.
+    let rc = unsafe { libc::setpriority(libc::PRIO_PROCESS, thread_id(), target) };
+    if rc != 0 {
+        return Err(std::io::Error::last_os_error());
+    }
+    Ok(())
+}
+
+/// CLOCK_MONOTONIC in microseconds (time since boot, not counting
+/// suspend), as systemd's RELOADING=1 wants it; 0 if the clock cannot be
+/// read.
+pub fn monotonic_usec() -> u64 {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own and pass by
+    // exclusive reference.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_MONOTONIC, &mut ts) };
+    if rc != 0 {
+        return 0;
+    }
+    (ts.tv_sec as u64) * 1_000_000 + (ts.tv_nsec as u64) / 1_000
+}
+
+/// CLOCK_MONOTONIC in milliseconds: for deadlines and rate limits kept in
+/// atomics (never 0 on a running system, so 0 may stand for "none").
+pub fn monotonic_ms() -> u64 {
+    monotonic_usec() / 1_000
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_lowered_thread_stays_in_the_normal_class() {
+        let (nice, policy) = std::thread::spawn(|| {
+            let _ = lower_thread_priority(10);
+            // SAFETY: a plain query about the calling thread.
+            (thread_nice(), unsafe { libc::sched_getscheduler(0) })
+        })
+        .join()
+        .unwrap();
+        assert_eq!(policy, libc::SCHED_OTHER, "not SCHED_IDLE");
+        assert!(nice.is_some_and(|n| n >= 10), "{nice:?}");
+    }
+
+    #[test]
+    fn the_monotonic_clock_moves_forward() {
+        let a = monotonic_ms();
+        std::thread::sleep(std::time::Duration::from_millis(5));
+        let b = monotonic_ms();
+        assert!(a > 0 && b >= a + 5, "{a} {b}");
+    }
+}

@@ -1,0 +1,128 @@
+//! The active health checker of a pool: probes its servers and writes
+//! what it learns into their [`ServerHealth`](super::health::ServerHealth)
+//! (the guarantees are in [`super::health`]).
+
+use super::pool::{UpstreamPool, UpstreamServer};
+use crate::body::RequestBody;
+use crate::config::HealthCheck;
+use http::{Method, Request};
+use std::sync::atomic::Ordering;
+use std::sync::{Arc, Weak};
+use std::time::Duration;
+use tokio::sync::watch;
+
+impl UpstreamPool {
+    /// Puts this pool's health checking in force: called once its snapshot
+    /// is the one serving (after [`UpstreamPool::retire`] on the pool it
+    /// replaces). With a `health` table the checker starts; without one the
+    /// servers count as healthy, whatever checks of an earlier generation
+    /// had found. Idempotent: a pool a reload keeps goes on as it was.
+    pub fn activate(self: &Arc<Self>) {
+        if self.checks.started.swap(true, Ordering::SeqCst) {
+            return;
+        }
+        let retired = self.checks.retired();
+        if *retired {
+            return;
+        }
+        match &self.checks.cfg {
+            Some(cfg) => spawn_checker(
+                Arc::downgrade(self),
+                cfg.clone(),
+                self.checks.stop.subscribe(),
+            ),
+            None => {
+                for s in self.servers.iter() {
+                    s.health.set_healthy(true);
+                }
+            }
+        }
+    }
+
+    /// Stops this pool's checks for good: a reload replaced the pool. Once
+    /// this returns, its checker writes no more health state (which the
+    /// next generation's servers share).
+    pub fn retire(&self) {
+        *self.checks.retired() = true;
+        let _ = self.checks.stop.send(true);
+    }
+}
+
+/// Runs the active checks of a pool until it is retired or dropped.
+fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, mut stop: watch::Receiver<bool>) {
+    tokio::spawn(async move {
+        let n = match pool.upgrade() {
+            Some(p) => p.servers.len(),
+            None => return,
+        };
+        let mut good = vec![0u32; n];
+        let mut bad = vec![0u32; n];
+        let mut interval = tokio::time::interval(cfg.interval.0);
+        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+        loop {
+            // A dropped sender (the pool is gone) ends the checker too.
+            tokio::select! {
+                _ = interval.tick() => {}
+                _ = stop.wait_for(|s| *s) => break,
+            }
+            let Some(p) = pool.upgrade() else { break };
+            let checks = p.servers.iter().map(|s| {
+                let p = p.clone();
+                let s = s.clone();
+                let path = cfg.path.get_ref().clone();
+                async move { check_once(&p, &s, &path, cfg.timeout.0).await }
+            });
+            let results = tokio::select! {
+                r = futures_util::future::join_all(checks) => r,
+                _ = stop.wait_for(|s| *s) => break,
+            };
+            let retired = p.checks.retired();
+            if *retired {
+                break;
+            }
+            for (i, ok) in results.into_iter().enumerate() {
+                let server = &p.servers[i];
+                if ok {
+                    good[i] += 1;
+                    bad[i] = 0;
+                    if !server.health.is_healthy() && good[i] >= cfg.healthy_threshold {
+                        server.health.set_healthy(true);
+                        tracing::info!(upstream = %p.name, server = %server.label, "server healthy again");
+                    }
+                } else {
+                    bad[i] += 1;
+                    good[i] = 0;
+                    if server.health.is_healthy() && bad[i] >= cfg.unhealthy_threshold {
+                        server.health.set_healthy(false);
+                        tracing::warn!(upstream = %p.name, server = %server.label, "server failed its health checks: out of rotation");
+                    }
+                }
+            }
+        }
+    });
+}
+
+async fn check_once(
+    pool: &UpstreamPool,
+    server: &UpstreamServer,
+    path: &str,
+    timeout: Duration,
+) -> bool {
+    let probe = async {
+        let mut sender = pool.connect_fresh(server).await.ok()?;
+        let mut req = Request::new(RequestBody::empty());
+        *req.method_mut() = Method::GET;
+        *req.uri_mut() = pool.probe_uri(server, path)?;
+        if let Ok(v) = http::HeaderValue::from_str(&server.label) {
+            req.headers_mut().insert(http::header::HOST, v);
+        }
+        req.headers_mut().insert(
+            http::header::USER_AGENT,
+            http::HeaderValue::from_static("portico-health-check"),
+        );
+        let resp = sender.send(req).await.ok()?;
+        let status = resp.status();
+        Some(status.is_success() || status.is_redirection())
+    };
+    matches!(tokio::time::timeout(timeout, probe).await, Ok(Some(true)))
+}
