@@ -36,91 +36,14 @@ use super::h2_guard::H2Guard;
 pub use super::linger::linger;
 use super::preface::{Preface, Verdict};
 use super::timeouts::{answer_408, Expired, Timeouts};
-use futures_util::task::AtomicWaker;
+use crate::proxy::conn::ConnActivity;
 use http::HeaderName;
 use std::io;
 use std::pin::Pin;
-use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::sync::{oneshot, Notify};
-
-/// No request (a sequence number no connection reaches).
-const NONE: u64 = u64::MAX;
-
-/// Request counters of one client connection, shared by its [`ConnIo`] and
-/// the requests on it.
-pub struct ConnActivity {
-    in_flight: AtomicUsize,
-    started: AtomicU64,
-    /// The reader parked while requests were in flight: woken when the last
-    /// one finishes, so the idle timer gets armed even if no byte arrives.
-    reader: AtomicWaker,
-    /// Signalled when an HTTP/2 connection has been idle for idle_timeout.
-    pub idle: Notify,
-    /// HTTP/1.x: the first request whose head carried both Content-Length
-    /// and Transfer-Encoding (hyper closes the connection after it).
-    length_and_chunked: AtomicU64,
-    /// HTTP/1.x: from this request on, the byte layer lost track of where
-    /// heads start (bytes hyper rejects too, or a tunnel).
-    untracked_from: AtomicU64,
-    /// The connection ends with an error answer the client must be able to
-    /// read: close it lingering (see [`linger`]).
-    linger: AtomicBool,
-}
-
-impl Default for ConnActivity {
-    fn default() -> Self {
-        ConnActivity {
-            in_flight: AtomicUsize::new(0),
-            started: AtomicU64::new(0),
-            reader: AtomicWaker::new(),
-            idle: Notify::new(),
-            length_and_chunked: AtomicU64::new(NONE),
-            untracked_from: AtomicU64::new(NONE),
-            linger: AtomicBool::new(false),
-        }
-    }
-}
-
-impl ConnActivity {
-    /// Marks a request as started; returns its sequence number on the
-    /// connection (0 for the first).
-    pub fn request_started(&self) -> u64 {
-        self.in_flight.fetch_add(1, Ordering::Relaxed);
-        self.started.fetch_add(1, Ordering::Relaxed)
-    }
-
-    /// Whether the raw head of HTTP/1.x request `seq` carried both
-    /// Content-Length and Transfer-Encoding, or may have (the byte layer
-    /// lost track of the request stream before it). hyper resolves that
-    /// conflict by dropping Content-Length (RFC 9112 6.1 allows it);
-    /// portico answers 400 instead, as SPEC requires, so the byte layer
-    /// follows every head and body of the connection to know. Callers ask
-    /// only about requests with Transfer-Encoding.
-    pub fn head_has_length_and_chunked(&self, seq: u64) -> bool {
-        seq == self.length_and_chunked.load(Ordering::Acquire)
-            || seq >= self.untracked_from.load(Ordering::Acquire)
-    }
-
-    pub fn request_finished(&self) {
-        if self.in_flight.fetch_sub(1, Ordering::AcqRel) == 1 {
-            self.reader.wake();
-        }
-    }
-
-    /// Whether the connection, when it ends, closes lingering: after an
-    /// error answer that closes it (400, 408, 413, 431). The last answer
-    /// decides, so a normal keepalive close does not linger.
-    pub fn set_linger(&self, on: bool) {
-        self.linger.store(on, Ordering::Relaxed);
-    }
-
-    pub fn lingers(&self) -> bool {
-        self.linger.load(Ordering::Relaxed)
-    }
-}
+use tokio::sync::oneshot;
 
 /// Which protocol the connection speaks, as far as timeouts care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -193,8 +116,8 @@ impl<S> ConnIo<S> {
     }
 
     fn observe_requests(&mut self) {
-        let started = self.activity.started.load(Ordering::Relaxed);
-        let in_flight = self.activity.in_flight.load(Ordering::Relaxed);
+        let started = self.activity.requests_started();
+        let in_flight = self.activity.in_flight();
         self.timeouts.observe(started, in_flight);
     }
 
@@ -241,17 +164,10 @@ impl<S> ConnIo<S> {
             return;
         };
         if let Some(seq) = h1.length_and_chunked() {
-            let _ = self.activity.length_and_chunked.compare_exchange(
-                NONE,
-                seq,
-                Ordering::AcqRel,
-                Ordering::Acquire,
-            );
+            self.activity.note_length_and_chunked(seq);
         }
         if let Some(from) = h1.lost_from() {
-            self.activity
-                .untracked_from
-                .fetch_min(from, Ordering::AcqRel);
+            self.activity.lost_track_from(from);
         }
     }
 }
@@ -329,9 +245,9 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
     /// No bytes to read: whether a timeout has passed, and what it does.
     fn poll_timeouts(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         if self.timeouts.is_busy() {
-            self.activity.reader.register(cx.waker());
+            self.activity.wake_when_idle(cx.waker());
             // The last request may have finished meanwhile.
-            if self.activity.in_flight.load(Ordering::Acquire) > 0 {
+            if self.activity.in_flight() > 0 {
                 return Poll::Pending;
             }
             self.observe_requests();

@@ -35,12 +35,12 @@ pub mod quic;
 mod settings;
 mod timeouts;
 
-pub use conn_io::{ConnActivity, ConnIo, Mode};
+pub use crate::proxy::ConnActivity;
+pub use conn_io::{ConnIo, Mode};
 pub use settings::ListenerSettings;
 
 use crate::config::Protocol;
-use crate::observe::metrics::{ConnGauge, ConnProtocol};
-use crate::proxy::{ConnInfo, Shared};
+use crate::proxy::{ConnInfo, LengthAndChunked, ListenerFacts, Shared};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use hyper_util::server::conn::auto;
@@ -185,6 +185,16 @@ impl TcpSide {
     /// Stops accepting; open connections finish their requests and close.
     pub fn stop(&self) {
         self.control.stop();
+    }
+}
+
+/// What the pipeline needs to know of a listener.
+pub(crate) fn listener_facts(s: &ListenerSettings) -> ListenerFacts {
+    ListenerFacts {
+        name: s.name.clone(),
+        max_header_bytes: s.max_header_bytes,
+        idle_timeout: s.idle_timeout,
+        metrics: s.metrics.clone(),
     }
 }
 
@@ -503,28 +513,21 @@ async fn serve_http<S>(
 ) where
     S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
 {
+    let lingering = io.lingering();
     // Counted in portico_connections_active now if the protocol is known
     // (TLS with ALPN, or a listener with one protocol), else at the first
     // request (plain HTTP/1.1 or h2c on a listener that serves both).
-    let gauge = ConnGauge::new(fe.settings.metrics.clone());
-    match io.mode() {
-        Mode::Http1 => gauge.set_protocol(ConnProtocol::Http1),
-        Mode::Http2 => gauge.set_protocol(ConnProtocol::Http2),
-        Mode::Detect => {}
-    }
-    let lingering = io.lingering();
-    let info = Arc::new(ConnInfo {
-        listener: fe.settings.clone(),
+    let info = ConnInfo::new(
+        listener_facts(&fe.settings),
+        shared.clone(),
+        activity.clone(),
         peer,
-        client_ip: crate::proxy::client_ip_value(peer),
         https,
         protocol,
-        shared: shared.clone(),
-        activity: activity.clone(),
-        gauge,
-        slot: Some(slot),
-    });
-    let svc = service_fn(move |req| serve_request(req, info.clone()));
+    );
+    let info = Arc::new(info.holding(slot));
+    let alt_svc = fe.settings.alt_svc.clone();
+    let svc = service_fn(move |req| serve_request(req, info.clone(), alt_svc.clone()));
     {
         let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
         tokio::pin!(conn);
@@ -566,15 +569,26 @@ async fn serve_http<S>(
 }
 
 /// Serves one request of a TCP connection through the pipeline, with the
-/// listener's Alt-Svc.
+/// listener's Alt-Svc. A request whose raw head the byte layer saw carry
+/// both Content-Length and Transfer-Encoding goes with [`LengthAndChunked`].
 async fn serve_request(
     req: http::Request<hyper::body::Incoming>,
     info: Arc<ConnInfo>,
+    alt_svc: Option<http::HeaderValue>,
 ) -> Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible> {
-    let alt_svc = info.listener.alt_svc.clone();
     let http1 = req.version() <= http::Version::HTTP_11;
-    let mut resp =
-        crate::proxy::handle(req.map(crate::body::RequestBody::incoming), info.clone()).await?;
+    let mut req = req.map(crate::body::RequestBody::incoming);
+    // HTTP/1.x requests come one after the other: this one is the next to
+    // start on the connection.
+    if http1
+        && req.headers().contains_key(http::header::TRANSFER_ENCODING)
+        && info
+            .activity
+            .head_has_length_and_chunked(info.activity.requests_started())
+    {
+        req.extensions_mut().insert(LengthAndChunked);
+    }
+    let mut resp = crate::proxy::handle(req, info.clone()).await?;
     if let Some(v) = alt_svc {
         resp.headers_mut().insert(http::header::ALT_SVC, v);
     }

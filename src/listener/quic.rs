@@ -56,8 +56,8 @@
 use crate::body::{BoxError, RequestBody};
 use crate::config::Protocol;
 use crate::listener::settings::STREAM_WINDOW;
-use crate::listener::{ConnActivity, ConnLimit, ConnTracker, ListenerSettings, SideControl};
-use crate::proxy::{ConnInfo, EarlyData, Shared};
+use crate::listener::{ConnLimit, ConnTracker, ListenerSettings, SideControl};
+use crate::proxy::{ConnActivity, ConnInfo, EarlyData, Shared};
 use bytes::{Buf, Bytes};
 use futures_util::FutureExt;
 use h3::server::{RequestResolver, RequestStream};
@@ -299,17 +299,14 @@ async fn serve_connection(
     let Some(h3) = h3_setup(&conn, &settings, handshake_deadline).await else {
         return;
     };
-    let info = Arc::new(ConnInfo {
-        listener: settings.clone(),
-        peer: conn.remote_address(),
-        client_ip: crate::proxy::client_ip_value(conn.remote_address()),
-        https: true,
-        protocol: Some(Protocol::Http3),
+    let info = Arc::new(ConnInfo::new(
+        super::listener_facts(&settings),
         shared,
-        activity: Arc::new(ConnActivity::default()),
-        gauge: h3_gauge(&settings),
-        slot: None,
-    });
+        Arc::new(ConnActivity::default()),
+        conn.remote_address(),
+        true,
+        Some(Protocol::Http3),
+    ));
     let phase = ConnPhase {
         handshake,
         handshake_deadline,
@@ -491,17 +488,14 @@ fn start_request(
     // in force now.
     let now_at = conn.remote_address();
     if now_at != info.peer {
-        *info = Arc::new(ConnInfo {
-            listener: info.listener.clone(),
-            peer: now_at,
-            client_ip: crate::proxy::client_ip_value(now_at),
-            https: true,
-            protocol: info.protocol,
-            shared: info.shared.clone(),
-            activity: info.activity.clone(),
-            gauge: h3_gauge(settings),
-            slot: None,
-        });
+        *info = Arc::new(ConnInfo::new(
+            info.listener.clone(),
+            info.shared.clone(),
+            info.activity.clone(),
+            now_at,
+            true,
+            info.protocol,
+        ));
     }
     // Boxed: with h3's request resolver in it the future is about 4 KB,
     // which the task would otherwise copy around.
@@ -881,10 +875,4 @@ impl Body for Prefixed {
         }
         h
     }
-}
-
-fn h3_gauge(settings: &ListenerSettings) -> crate::observe::metrics::ConnGauge {
-    let g = crate::observe::metrics::ConnGauge::new(settings.metrics.clone());
-    g.set_protocol(crate::observe::metrics::ConnProtocol::Http3);
-    g
 }

@@ -134,6 +134,18 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if b.first() != Some(&b'/') {
         return Err(PathError::NotAbsolute);
     }
+    if is_normal(b)? {
+        return Ok(Cow::Borrowed(path));
+    }
+    // Decode the unreserved escapes first, so that encoded dots take part
+    // in the dot-segment resolution.
+    let decoded = decode_unreserved(path)?;
+    resolve_dots(&decoded).map(Cow::Owned)
+}
+
+/// Whether the absolute path `b` is normal already; an error for what no
+/// normalisation makes acceptable.
+fn is_normal(b: &[u8]) -> Result<bool, PathError> {
     let mut normal = true;
     let mut i = 0;
     while i < b.len() {
@@ -156,12 +168,13 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
         }
         i += 1;
     }
-    if normal {
-        return Ok(Cow::Borrowed(path));
-    }
+    Ok(normal)
+}
 
-    // Decode the unreserved escapes first, so that encoded dots take part
-    // in the dot-segment resolution below.
+/// `path` with its unreserved escapes decoded and the others' hex digits
+/// in upper case.
+fn decode_unreserved(path: &str) -> Result<String, PathError> {
+    let b = path.as_bytes();
     let mut decoded = String::with_capacity(path.len());
     let mut i = 0;
     while i < b.len() {
@@ -186,7 +199,12 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
             i = end;
         }
     }
+    Ok(decoded)
+}
 
+/// The absolute path `decoded` with its empty, `.` and `..` segments
+/// resolved; a trailing slash kept.
+fn resolve_dots(decoded: &str) -> Result<String, PathError> {
     // `out` holds the resolved segments, each preceded by '/', without the
     // trailing slash; the root is "".
     let mut out = String::with_capacity(decoded.len());
@@ -208,7 +226,7 @@ pub fn normalize(path: &str) -> Result<Cow<'_, str>, PathError> {
     if trailing || out.is_empty() {
         out.push('/');
     }
-    Ok(Cow::Owned(out))
+    Ok(out)
 }
 
 /// `path` (normal, as [`normalize`] gives it) as an upstream that drops
