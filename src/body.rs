@@ -24,7 +24,7 @@ pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
 /// upstream connection is reused only after the whole request went out) or
 /// failed (so only its own failure is blamed on the client).
 pub struct RequestBody {
-    kind: ReqKind,
+    kind: Source,
     counter: Option<Arc<AtomicU64>>,
     watch: Option<BodyWatch>,
 }
@@ -51,13 +51,48 @@ impl BodyWatch {
     }
 }
 
-enum ReqKind {
-    /// The client's body from hyper (HTTP/1.1, HTTP/2), streamed.
+/// Where a body's frames come from: shared by both body types.
+enum Source {
+    /// A body from hyper (the client's request, an upstream's response),
+    /// streamed.
     Incoming(Incoming),
     /// A body held in memory (small and known in full).
     Full(Option<Bytes>),
     /// Any other streaming body (another front door's adapter).
     Boxed(http_body_util::combinators::BoxBody<Bytes, BoxError>),
+}
+
+impl Source {
+    fn full(b: Bytes) -> Source {
+        Source::Full(if b.is_empty() { None } else { Some(b) })
+    }
+
+    fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        match self {
+            Source::Incoming(b) => Pin::new(b)
+                .poll_frame(cx)
+                .map_err(|e| Box::new(e) as BoxError),
+            Source::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
+            Source::Boxed(b) => Pin::new(b).poll_frame(cx),
+        }
+    }
+
+    fn is_end_stream(&self) -> bool {
+        match self {
+            Source::Incoming(b) => b.is_end_stream(),
+            Source::Full(b) => b.is_none(),
+            Source::Boxed(b) => b.is_end_stream(),
+        }
+    }
+
+    fn size_hint(&self) -> SizeHint {
+        match self {
+            Source::Incoming(b) => b.size_hint(),
+            Source::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
+            Source::Full(None) => SizeHint::with_exact(0),
+            Source::Boxed(b) => b.size_hint(),
+        }
+    }
 }
 
 impl RequestBody {
@@ -67,7 +102,7 @@ impl RequestBody {
 
     pub fn full(b: Bytes) -> RequestBody {
         RequestBody {
-            kind: ReqKind::Full(if b.is_empty() { None } else { Some(b) }),
+            kind: Source::full(b),
             counter: None,
             watch: None,
         }
@@ -75,7 +110,7 @@ impl RequestBody {
 
     pub fn incoming(b: Incoming) -> RequestBody {
         RequestBody {
-            kind: ReqKind::Incoming(b),
+            kind: Source::Incoming(b),
             counter: None,
             watch: None,
         }
@@ -83,7 +118,7 @@ impl RequestBody {
 
     pub fn boxed(b: http_body_util::combinators::BoxBody<Bytes, BoxError>) -> RequestBody {
         RequestBody {
-            kind: ReqKind::Boxed(b),
+            kind: Source::Boxed(b),
             counter: None,
             watch: None,
         }
@@ -117,13 +152,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
-            ReqKind::Incoming(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
-            ReqKind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-            ReqKind::Boxed(b) => Pin::new(b).poll_frame(cx),
-        };
+        let polled = this.kind.poll_frame(cx);
         if let (Some(n), Poll::Ready(Some(Ok(f)))) = (&this.counter, &polled) {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -145,20 +174,11 @@ impl Body for RequestBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            ReqKind::Incoming(b) => b.is_end_stream(),
-            ReqKind::Full(b) => b.is_none(),
-            ReqKind::Boxed(b) => b.is_end_stream(),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            ReqKind::Incoming(b) => b.size_hint(),
-            ReqKind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            ReqKind::Full(None) => SizeHint::with_exact(0),
-            ReqKind::Boxed(b) => b.size_hint(),
-        }
+        self.kind.size_hint()
     }
 }
 
@@ -171,14 +191,9 @@ pub trait Completion: Send + Sync + 'static {
 
 /// A response body on its way to the client.
 pub struct ProxyBody {
-    kind: Kind,
+    kind: Source,
     bytes_out: u64,
     completion: Option<Box<dyn Completion>>,
-}
-
-enum Kind {
-    Upstream(Incoming),
-    Full(Option<Bytes>),
 }
 
 impl ProxyBody {
@@ -186,7 +201,7 @@ impl ProxyBody {
     pub fn full(b: impl Into<Bytes>) -> ProxyBody {
         let b = b.into();
         ProxyBody {
-            kind: Kind::Full(if b.is_empty() { None } else { Some(b) }),
+            kind: Source::full(b),
             bytes_out: 0,
             completion: None,
         }
@@ -194,7 +209,7 @@ impl ProxyBody {
 
     pub fn empty() -> ProxyBody {
         ProxyBody {
-            kind: Kind::Full(None),
+            kind: Source::Full(None),
             bytes_out: 0,
             completion: None,
         }
@@ -203,7 +218,7 @@ impl ProxyBody {
     /// An upstream body, streamed through.
     pub fn upstream(b: Incoming) -> ProxyBody {
         ProxyBody {
-            kind: Kind::Upstream(b),
+            kind: Source::Incoming(b),
             bytes_out: 0,
             completion: None,
         }
@@ -233,12 +248,7 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = match &mut this.kind {
-            Kind::Upstream(b) => Pin::new(b)
-                .poll_frame(cx)
-                .map_err(|e| Box::new(e) as BoxError),
-            Kind::Full(b) => Poll::Ready(b.take().map(|d| Ok(Frame::data(d)))),
-        };
+        let polled = this.kind.poll_frame(cx);
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {
@@ -256,18 +266,11 @@ impl Body for ProxyBody {
     }
 
     fn is_end_stream(&self) -> bool {
-        match &self.kind {
-            Kind::Upstream(b) => b.is_end_stream(),
-            Kind::Full(b) => b.is_none(),
-        }
+        self.kind.is_end_stream()
     }
 
     fn size_hint(&self) -> SizeHint {
-        match &self.kind {
-            Kind::Upstream(b) => b.size_hint(),
-            Kind::Full(Some(b)) => SizeHint::with_exact(b.len() as u64),
-            Kind::Full(None) => SizeHint::with_exact(0),
-        }
+        self.kind.size_hint()
     }
 }
 

@@ -436,7 +436,6 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let s = &fe.settings;
-    let request_id_header = s.request_id_header.clone();
     let tls = s.tls.clone();
     let activity = Arc::new(ConnActivity::default());
     match tls {
@@ -460,15 +459,7 @@ async fn serve_connection(
             } else {
                 (Mode::Http1, &fe.http1)
             };
-            let io = ConnIo::new(
-                tls_stream,
-                activity.clone(),
-                mode,
-                s.header_read_timeout,
-                s.idle_timeout,
-                request_id_header,
-                s.max_header_bytes + HEAD_SLACK,
-            );
+            let io = byte_layer(tls_stream, s, mode, &activity);
             let protocol = Some(match mode {
                 Mode::Http2 => Protocol::Http2,
                 _ => Protocol::Http1,
@@ -482,15 +473,7 @@ async fn serve_connection(
                 (true, false) => Mode::Http1,
                 _ => Mode::Http2,
             };
-            let io = ConnIo::new(
-                stream,
-                activity.clone(),
-                mode,
-                s.header_read_timeout,
-                s.idle_timeout,
-                request_id_header,
-                s.max_header_bytes + HEAD_SLACK,
-            );
+            let io = byte_layer(stream, s, mode, &activity);
             let protocol = match mode {
                 Mode::Http1 => Some(Protocol::Http1),
                 Mode::Http2 => Some(Protocol::Http2),
@@ -500,6 +483,24 @@ async fn serve_connection(
             serve_http(io, &fe.detect, &fe, conn, activity, shared, stop).await;
         }
     }
+}
+
+/// The byte layer under hyper for one connection of listener `s`.
+fn byte_layer<S>(
+    stream: S,
+    s: &ListenerSettings,
+    mode: Mode,
+    activity: &Arc<ConnActivity>,
+) -> ConnIo<S> {
+    ConnIo::new(
+        stream,
+        activity.clone(),
+        mode,
+        s.header_read_timeout,
+        s.idle_timeout,
+        s.request_id_header.clone(),
+        s.max_header_bytes + HEAD_SLACK,
+    )
 }
 
 async fn serve_http<S>(
