@@ -42,7 +42,7 @@ use tokio::sync::watch;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
-    /// Set once every listener is bound.
+    /// Set once every listener is bound; cleared when shutdown begins.
     pub ready: AtomicBool,
     /// The config in force (and the metrics registry), and reloads.
     pub supervisor: Arc<Supervisor>,

@@ -19,7 +19,7 @@
 //! runtime (so it stops when the runtime stops making progress).
 
 use crate::admin::{AdminState, Exposure};
-use crate::config::{ConfigError, LoadedConfig};
+use crate::config::{Config, ConfigError, LoadedConfig};
 use crate::supervisor::Supervisor;
 use sd_notify::NotifyState;
 use std::collections::{BTreeMap, HashMap};
@@ -200,6 +200,8 @@ async fn serve_until_stopped(
     files.refresh(sup, config_path);
     let mut refresh = tokio::time::interval(WATCH_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    let started = sup.snapshot.load_full();
+    let mut seen_generation = started.generation;
     loop {
         tokio::select! {
             name = signals.stop.stop() => return name,
@@ -222,6 +224,40 @@ async fn serve_until_stopped(
             _ = refresh.tick() => {}
         }
         files.refresh(sup, config_path);
+        let now = sup.snapshot.load();
+        if now.generation != seen_generation {
+            seen_generation = now.generation;
+            warn_restart_only(&started.config.config, &now.config.config);
+        }
+    }
+}
+
+/// Logs the settings read only at start that the config in force changed
+/// (they keep their start values until a restart).
+fn warn_restart_only(started: &Config, now: &Config) {
+    let (s, n) = (&started.server, &now.server);
+    let (sa, na) = (&started.admin, &now.admin);
+    let changed: Vec<&str> = [
+        (
+            "server.worker_threads",
+            s.worker_threads != n.worker_threads,
+        ),
+        ("server.log_format", s.log_format != n.log_format),
+        (
+            "server.log_level",
+            s.log_level.get_ref() != n.log_level.get_ref(),
+        ),
+        ("admin.bind", sa.bind.get_ref() != na.bind.get_ref()),
+        (
+            "admin.public_bind",
+            sa.public_bind.get_ref() != na.public_bind.get_ref(),
+        ),
+    ]
+    .into_iter()
+    .filter_map(|(name, differs)| differs.then_some(name))
+    .collect();
+    if !changed.is_empty() {
+        tracing::warn!(settings = ?changed, "changed settings that take effect at restart only");
     }
 }
 
