@@ -269,8 +269,9 @@ async fn reload_for_change(sup: &Arc<Supervisor>, config_path: &Path, tls: bool)
     if !snap.config.config.server.watch_config {
         return;
     }
-    let config_changed =
-        std::fs::read_to_string(config_path).map_or(true, |text| text != snap.config.source.text);
+    let config_changed = tokio::fs::read_to_string(config_path)
+        .await
+        .map_or(true, |text| text != snap.config.source.text);
     drop(snap);
     if tls {
         tracing::info!("a certificate or key file changed: reloading");
