@@ -62,6 +62,7 @@ pub async fn run(
         ConfigError::plain(&config_path, format!("cannot install signal handlers: {e}"))
     })?;
 
+    let files = FileWatch::start(&lc);
     let (sup, bound) = Supervisor::new(lc, config_path.clone(), inherited)?;
     let admin_binds = bind_admin(&sup)?;
 
@@ -84,7 +85,7 @@ pub async fn run(
     crate::sys::notify(&[NotifyState::Ready]);
     let watchdog = start_watchdog();
 
-    let stop = serve_until_stopped(&sup, &config_path, &mut signals).await;
+    let stop = serve_until_stopped(&sup, &config_path, &mut signals, files).await;
     let forced = shut_down(&sup, &admin_state, &mut signals.stop, stop).await;
 
     let _ = admin_stop_tx.send(true);
@@ -194,10 +195,8 @@ async fn serve_until_stopped(
     sup: &Arc<Supervisor>,
     config_path: &Path,
     signals: &mut Signals,
+    (mut files, mut changed): (FileWatch, mpsc::Receiver<Changed>),
 ) -> &'static str {
-    let (changed_tx, mut changed) = mpsc::channel::<Changed>(16);
-    let mut files = FileWatch::new(changed_tx);
-    files.refresh(sup, config_path);
     let mut refresh = tokio::time::interval(WATCH_REFRESH);
     refresh.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     let started = sup.snapshot.load_full();
@@ -223,8 +222,8 @@ async fn serve_until_stopped(
             }
             _ = refresh.tick() => {}
         }
-        files.refresh(sup, config_path);
         let now = sup.snapshot.load();
+        files.refresh(&now.config);
         if now.generation != seen_generation {
             seen_generation = now.generation;
             warn_restart_only(&started.config.config, &now.config.config);
@@ -367,26 +366,30 @@ struct FileWatch {
 }
 
 impl FileWatch {
-    fn new(tx: mpsc::Sender<Changed>) -> FileWatch {
-        FileWatch {
+    /// Starts following the files of `lc`, the config about to be served
+    /// (before readiness, so that no change after it is missed); changes
+    /// arrive on the receiver.
+    fn start(lc: &LoadedConfig) -> (FileWatch, mpsc::Receiver<Changed>) {
+        let (tx, rx) = mpsc::channel(16);
+        let mut files = FileWatch {
             tx,
             set: WatchSet::new(),
             watcher: None,
-        }
+        };
+        files.refresh(lc);
+        (files, rx)
     }
 
-    /// Rebuilds the watcher if the files to follow, or where their
-    /// symlinks lead, changed.
-    fn refresh(&mut self, sup: &Supervisor, config_path: &Path) {
-        let snap = sup.snapshot.load();
+    /// Rebuilds the watcher if the files to follow (those of `lc`, the
+    /// config in force), or where their symlinks lead, changed.
+    fn refresh(&mut self, lc: &LoadedConfig) {
         let mut set = WatchSet::new();
-        add_target(&mut set, config_path, Changed::Config);
-        if snap.config.config.server.watch_config {
-            for f in tls_files(&snap.config) {
+        add_target(&mut set, &lc.source.path, Changed::Config);
+        if lc.config.server.watch_config {
+            for f in tls_files(lc) {
                 add_target(&mut set, &f, Changed::Tls);
             }
         }
-        drop(snap);
         if set == self.set && self.watcher.is_some() {
             return;
         }
