@@ -1,8 +1,9 @@
 //! The admin listener (admin.bind, loopback by default).
 //!
 //! - GET /health: 200 "ok" while the process serves;
-//! - GET /ready: 200 once every listener is bound and every pool with
-//!   health checks has a healthy server, else 503;
+//! - GET /ready: 200 once every listener is bound, until shutdown begins
+//!   (and, with admin.ready_requires_healthy_pools, only while every pool
+//!   with health checks has a healthy server), else 503;
 //! - GET /metrics: every metric in the Prometheus text format;
 //! - GET /config: `{"generation": N, "config": {...}}`, the config in force
 //!   with secrets masked (see [`crate::config::redact`]);
@@ -12,6 +13,11 @@
 //!   in force: 204; 400 for a bad body; 503 when the store does not take it;
 //! - HEAD as GET; a known path with another method: 405 with `Allow`;
 //!   anything else: 404.
+//!
+//! The public bind (admin.public_bind, [`Exposure::Public`]) is read-only:
+//! it answers GET/HEAD /health, /ready and /metrics alone; another method on
+//! those is 405, any other path (the POST endpoints and /config included)
+//! is 404, whatever the token.
 //!
 //! With admin.token_file set, every request whose method is not GET or HEAD
 //! (the POST endpoints, and any other state-changing method on any path)
@@ -36,7 +42,7 @@ use tokio::sync::watch;
 
 /// What the admin endpoints report on.
 pub struct AdminState {
-    /// Set once every listener is bound.
+    /// Set once every listener is bound; cleared when shutdown begins.
     pub ready: AtomicBool,
     /// The config in force (and the metrics registry), and reloads.
     pub supervisor: Arc<Supervisor>,
@@ -50,6 +56,18 @@ impl AdminState {
         }
     }
 }
+
+/// Which admin bind a connection came in on.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub enum Exposure {
+    /// admin.bind: every endpoint.
+    Full,
+    /// admin.public_bind: GET /health, /ready, /metrics only.
+    Public,
+}
+
+/// The paths the public bind serves.
+const PUBLIC_PATHS: [&str; 3] = ["/health", "/ready", "/metrics"];
 
 /// Whether `req` carries the admin token (always true without one).
 fn authorized<B>(req: &Request<B>, token: Option<&AdminToken>) -> bool {
@@ -76,10 +94,61 @@ fn with_type(body: String, content_type: &'static str) -> Response<ProxyBody> {
 /// The GET endpoints, for the 405 answer's Allow header.
 const GET_PATHS: [&str; 4] = ["/health", "/ready", "/metrics", "/config"];
 
+fn method_not_allowed(allow: &'static str) -> Response<ProxyBody> {
+    let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
+    r.headers_mut()
+        .insert(ALLOW, HeaderValue::from_static(allow));
+    r
+}
+
+/// GET /ready: the process is up and not shutting down, and, when the
+/// config asks for it, every health-checked pool has a healthy server.
+fn ready(state: &AdminState, snap: &crate::snapshot::Snapshot) -> Response<ProxyBody> {
+    let pools_ok = || {
+        snap.pools
+            .values()
+            .all(|p| !p.has_health_checks || p.any_healthy())
+    };
+    let needs_pools = snap.config.config.admin.ready_requires_healthy_pools;
+    if state.ready.load(Ordering::Acquire) && (!needs_pools || pools_ok()) {
+        text(StatusCode::OK, "ready\n")
+    } else {
+        text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
+    }
+}
+
+fn metrics(snap: &crate::snapshot::Snapshot) -> Response<ProxyBody> {
+    with_type(
+        snap.metrics.render(&snap.in_force()),
+        "text/plain; version=0.0.4; charset=utf-8",
+    )
+}
+
+/// The public bind: the three read-only endpoints, nothing else.
+fn handle_public(req: &Request<Incoming>, state: &AdminState) -> Response<ProxyBody> {
+    let path = req.uri().path();
+    if !PUBLIC_PATHS.contains(&path) {
+        return text(StatusCode::NOT_FOUND, "not found\n");
+    }
+    if !matches!(*req.method(), Method::GET | Method::HEAD) {
+        return method_not_allowed("GET, HEAD");
+    }
+    let snap = state.supervisor.snapshot.load();
+    match path {
+        "/health" => text(StatusCode::OK, "ok\n"),
+        "/ready" => ready(state, &snap),
+        _ => metrics(&snap),
+    }
+}
+
 async fn handle(
     req: Request<Incoming>,
     state: Arc<AdminState>,
+    exposure: Exposure,
 ) -> Result<Response<ProxyBody>, Infallible> {
+    if exposure == Exposure::Public {
+        return Ok(handle_public(&req, &state));
+    }
     let snap = state.supervisor.snapshot.load_full();
     let get = matches!(*req.method(), Method::GET | Method::HEAD);
     if !get && !authorized(&req, snap.admin_token.as_ref()) {
@@ -92,21 +161,8 @@ async fn handle(
     }
     Ok(match (get, req.uri().path()) {
         (true, "/health") => text(StatusCode::OK, "ok\n"),
-        (true, "/ready") => {
-            let pools_ok = snap
-                .pools
-                .values()
-                .all(|p| !p.has_health_checks || p.any_healthy());
-            if state.ready.load(Ordering::Acquire) && pools_ok {
-                text(StatusCode::OK, "ready\n")
-            } else {
-                text(StatusCode::SERVICE_UNAVAILABLE, "not ready\n")
-            }
-        }
-        (true, "/metrics") => with_type(
-            snap.metrics.render(&snap.in_force()),
-            "text/plain; version=0.0.4; charset=utf-8",
-        ),
+        (true, "/ready") => ready(&state, &snap),
+        (true, "/metrics") => metrics(&snap),
         (true, "/config") => {
             let body = serde_json::json!({
                 "generation": snap.generation,
@@ -128,18 +184,8 @@ async fn handle(
             }
         }
         (false, "/revoke") if req.method() == Method::POST => revoke(req, &snap).await,
-        (_, "/reload" | "/revoke") => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("POST"));
-            r
-        }
-        (_, p) if GET_PATHS.contains(&p) => {
-            let mut r = text(StatusCode::METHOD_NOT_ALLOWED, "method not allowed\n");
-            r.headers_mut()
-                .insert(ALLOW, HeaderValue::from_static("GET, HEAD"));
-            r
-        }
+        (_, "/reload" | "/revoke") => method_not_allowed("POST"),
+        (_, p) if GET_PATHS.contains(&p) => method_not_allowed("GET, HEAD"),
         _ => text(StatusCode::NOT_FOUND, "not found\n"),
     })
 }
@@ -178,8 +224,14 @@ async fn revoke(req: Request<Incoming>, snap: &crate::snapshot::Snapshot) -> Res
     }
 }
 
-/// Serves the admin API until `stop` turns true.
-pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watch::Receiver<bool>) {
+/// Serves the admin API (all of it, or the public part) until `stop`
+/// turns true.
+pub async fn serve(
+    listener: TcpListener,
+    state: Arc<AdminState>,
+    exposure: Exposure,
+    mut stop: watch::Receiver<bool>,
+) {
     loop {
         let (stream, _) = tokio::select! {
             r = listener.accept() => match r {
@@ -194,7 +246,7 @@ pub async fn serve(listener: TcpListener, state: Arc<AdminState>, mut stop: watc
         };
         let state = state.clone();
         tokio::spawn(async move {
-            let svc = service_fn(move |req| handle(req, state.clone()));
+            let svc = service_fn(move |req| handle(req, state.clone(), exposure));
             let _ = hyper::server::conn::http1::Builder::new()
                 .timer(TokioTimer::new())
                 .header_read_timeout(std::time::Duration::from_secs(10))

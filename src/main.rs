@@ -42,29 +42,36 @@ fn main() -> ExitCode {
         println!("portico {}", env!("CARGO_PKG_VERSION"));
         return ExitCode::SUCCESS;
     }
-    init_logging();
     let lc = match portico::config::load(&config_path(&cli)) {
         Ok(c) => c,
         Err(e) => return fail(e),
     };
+    init_logging(&lc.config.server);
     match cli.command {
         Some(Command::Check) => check(lc),
         _ => run(lc),
     }
 }
 
-/// Operational logs on stderr, filtered by RUST_LOG (default info).
-fn init_logging() {
-    tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
-        )
-        .with_writer(std::io::stderr)
+/// Operational logs on stderr, as text or JSON lines (server.log_format),
+/// filtered by RUST_LOG when it is set and valid, else by server.log_level.
+/// Both are read once, at start.
+fn init_logging(server: &portico::config::ServerConfig) {
+    use tracing_subscriber::EnvFilter;
+    let filter = EnvFilter::try_from_default_env()
+        .or_else(|_| EnvFilter::try_new(server.log_level.get_ref()))
+        .unwrap_or_else(|_| EnvFilter::new("info"));
+    let fmt = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
+    match server.log_format {
+        portico::config::LogFormat::Json => fmt.json().init(),
         // Colours only on a terminal: under systemd stderr goes to the
         // journal, where escape codes are noise.
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .init();
+        portico::config::LogFormat::Text => fmt
+            .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
+            .init(),
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {

@@ -301,13 +301,13 @@ impl Supervisor {
         if *self.stopping.borrow() {
             return Err(ConfigError::plain(&self.config_path, "shutting down"));
         }
-        crate::sys::notify(&format!(
-            "RELOADING=1\nMONOTONIC_USEC={}",
-            crate::sys::monotonic_usec()
-        ));
+        crate::sys::notify(&[
+            sd_notify::NotifyState::Reloading,
+            sd_notify::NotifyState::MonotonicUsec(i128::from(crate::sys::monotonic_usec())),
+        ]);
         let started = std::time::Instant::now();
         let result = self.reload_on_build_thread().await;
-        crate::sys::notify("READY=1");
+        crate::sys::notify(&[sd_notify::NotifyState::Ready]);
         match &result {
             Ok(g) => {
                 self.shared.metrics.record_reload(true);

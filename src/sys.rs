@@ -1,7 +1,9 @@
 //! The operating system glue: every `unsafe` block and libc call of the
 //! crate, behind safe functions.
 //!
-//! - [`notify`]: systemd's notify protocol (READY=1, RELOADING=1, ...);
+//! - [`notify`]: systemd's notify protocol (READY=1, RELOADING=1, ...),
+//!   through the `sd-notify` crate, and [`watchdog_interval`];
+//! - [`ignore_stray_signals`]: SIGUSR2 and SIGPIPE ignored;
 //! - [`inherited_sockets`]: listening sockets passed by systemd
 //!   (LISTEN_PID/LISTEN_FDS);
 //! - [`lower_thread_priority`]: the nice value of the calling thread;
@@ -13,26 +15,50 @@
 use std::collections::HashMap;
 use std::net::SocketAddr;
 
-/// Sends a state line to systemd when run as a notify service
+/// Sends state lines to systemd when run as a notify service
 /// (NOTIFY_SOCKET set); does nothing otherwise. Failures are logged.
-pub fn notify(state: &str) {
+///
+/// A socket path goes through the `sd-notify` crate; an abstract socket
+/// ("@name", which the crate does not address) is written to here.
+pub fn notify(state: &[sd_notify::NotifyState<'_>]) {
     let Some(path) = std::env::var_os("NOTIFY_SOCKET") else {
         return;
     };
-    let sock = match std::os::unix::net::UnixDatagram::unbound() {
-        Ok(s) => s,
-        Err(_) => return,
-    };
-    let bytes = path.as_encoded_bytes();
-    let sent = if let Some(name) = bytes.strip_prefix(b"@") {
-        use std::os::linux::net::SocketAddrExt;
-        std::os::unix::net::SocketAddr::from_abstract_name(name)
-            .and_then(|a| sock.send_to_addr(state.as_bytes(), &a))
-    } else {
-        sock.send_to(state.as_bytes(), std::path::Path::new(&path))
+    let sent = match path.as_encoded_bytes().strip_prefix(b"@") {
+        Some(name) => notify_abstract(name, state),
+        None => sd_notify::notify(state),
     };
     if let Err(e) = sent {
         tracing::warn!(error = %e, "sd_notify failed");
+    }
+}
+
+/// The notify datagram to an abstract socket, in the crate's format (one
+/// `KEY=VALUE` line each).
+fn notify_abstract(name: &[u8], state: &[sd_notify::NotifyState<'_>]) -> std::io::Result<()> {
+    use std::os::linux::net::SocketAddrExt;
+    let msg: String = state.iter().map(|s| format!("{s}\n")).collect();
+    let addr = std::os::unix::net::SocketAddr::from_abstract_name(name)?;
+    std::os::unix::net::UnixDatagram::unbound()?.send_to_addr(msg.as_bytes(), &addr)?;
+    Ok(())
+}
+
+/// The systemd watchdog interval, when WATCHDOG_USEC is set for this
+/// process (WATCHDOG_PID, if set, is ours).
+pub fn watchdog_interval() -> Option<std::time::Duration> {
+    sd_notify::watchdog_enabled().filter(|d| !d.is_zero())
+}
+
+/// Sets SIGUSR2 and SIGPIPE to be ignored, so that neither kills the
+/// process by its default action (a stray `kill -USR2`, a write to a peer
+/// that went away). Signals portico handles get tokio handlers instead.
+pub fn ignore_stray_signals() {
+    for sig in [libc::SIGUSR2, libc::SIGPIPE] {
+        // SAFETY: SIG_IGN installs no code of ours; setting a disposition
+        // is process-wide and safe with other threads running.
+        unsafe {
+            libc::signal(sig, libc::SIG_IGN);
+        }
     }
 }
 

@@ -487,7 +487,8 @@ async fn systemd_notify_and_socket_activation() {
     let recv = || {
         let mut buf = [0u8; 256];
         let n = notify.recv(&mut buf).expect("notify message");
-        String::from_utf8_lossy(&buf[..n]).into_owned()
+        // One "KEY=VALUE\n" line per state.
+        String::from_utf8_lossy(&buf[..n]).trim_end().to_string()
     };
     assert_eq!(recv(), "READY=1");
     let r = client()

@@ -153,7 +153,12 @@ async fn health_checks_take_servers_out_and_back_and_503_when_all_fail() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let (addr, l) = listener_toml("web", "");
     let health = "health = { path = \"/health\", interval = \"100ms\", timeout = \"500ms\", healthy_threshold = 2, unhealthy_threshold = 2 }";
-    let p = Portico::start(&config(&l, &upstream_toml("app", &[&a, &b], health), ""));
+    // /ready joins pool health only when asked to.
+    let admin = "[admin]\nbind = \"{admin}\"\nready_requires_healthy_pools = true\n";
+    let p = Portico::start(&format!(
+        "{admin}{}",
+        config(&l, &upstream_toml("app", &[&a, &b], health), "")
+    ));
     let c = client();
     let backends_of = |n: usize| {
         let c = c.clone();

@@ -29,7 +29,7 @@ pub use duration::Dur;
 pub use error::{ConfigError, SourceFile};
 pub use model::{
     AccessLogFormat, AdminConfig, Config, HealthCheck, ListenerConfig, ListenerTls, LoadedConfig,
-    Protocol, Respond, RouteConfig, RouteMatch, ServerConfig, ServerEntry, TlsVersion,
+    LogFormat, Protocol, Respond, RouteConfig, RouteMatch, ServerConfig, ServerEntry, TlsVersion,
     UpstreamConfig, UpstreamProtocol, UpstreamTls, MAX_CONNECTIONS, MAX_HEADER_BYTES,
 };
 

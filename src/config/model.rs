@@ -47,6 +47,13 @@ pub struct ServerConfig {
     pub request_id_header: Spanned<String>,
     pub trust_request_id: bool,
     pub watch_config: bool,
+    /// After a stop signal: how long /ready answers 503 while listeners
+    /// still accept and serve, before the drain.
+    pub shutdown_delay: Dur,
+    /// Operational logs (stderr): plain text or one JSON object a line.
+    pub log_format: LogFormat,
+    /// The operational log filter (an EnvFilter directive); RUST_LOG wins.
+    pub log_level: Spanned<String>,
 }
 
 impl Default for ServerConfig {
@@ -59,6 +66,9 @@ impl Default for ServerConfig {
             request_id_header: Spanned::new(0..0, "x-request-id".into()),
             trust_request_id: true,
             watch_config: false,
+            shutdown_delay: Dur::secs(0),
+            log_format: LogFormat::Text,
+            log_level: Spanned::new(0..0, "info".into()),
         }
     }
 }
@@ -70,11 +80,23 @@ pub enum AccessLogFormat {
     Combined,
 }
 
+#[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub enum LogFormat {
+    Text,
+    Json,
+}
+
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
 #[serde(deny_unknown_fields, default)]
 pub struct AdminConfig {
     pub bind: Spanned<String>,
     pub token_file: Spanned<String>,
+    /// A second, read-only bind (GET /health, /ready, /metrics); "" = none.
+    pub public_bind: Spanned<String>,
+    /// Whether /ready also needs every health-checked pool to have a
+    /// healthy server.
+    pub ready_requires_healthy_pools: bool,
 }
 
 impl Default for AdminConfig {
@@ -82,6 +104,8 @@ impl Default for AdminConfig {
         AdminConfig {
             bind: Spanned::new(0..0, "127.0.0.1:9901".into()),
             token_file: Spanned::new(0..0, String::new()),
+            public_bind: Spanned::new(0..0, String::new()),
+            ready_requires_healthy_pools: false,
         }
     }
 }

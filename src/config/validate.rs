@@ -20,7 +20,9 @@ type Check = fn(&LoadedConfig) -> Result<(), ConfigError>;
 /// Every check, in the order they run.
 const CHECKS: &[(&str, Check)] = &[
     ("server", server),
+    ("log level", log_level),
     ("admin", admin),
+    ("admin public bind", admin_public_bind),
     ("listeners", listeners),
     ("listener binds", listener_binds),
     ("upstreams", upstreams),
@@ -70,6 +72,35 @@ fn admin(lc: &LoadedConfig) -> Result<(), ConfigError> {
             bind,
             "admin.bind must be an address like \"127.0.0.1:9901\"",
         ));
+    }
+    Ok(())
+}
+
+/// server.log_level must be a filter the log setup takes as it is (an
+/// EnvFilter directive such as "info" or "portico=debug,warn").
+fn log_level(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let level = &lc.config.server.log_level;
+    match tracing_subscriber::EnvFilter::try_new(level.get_ref()) {
+        Ok(_) => Ok(()),
+        Err(e) => Err(lc.error_at(level, format!("bad server.log_level: {e}"))),
+    }
+}
+
+/// admin.public_bind: empty, or an address other than admin.bind.
+fn admin_public_bind(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    let admin = &lc.config.admin;
+    let public = &admin.public_bind;
+    if public.get_ref().is_empty() {
+        return Ok(());
+    }
+    let Ok(addr) = public.get_ref().parse::<std::net::SocketAddr>() else {
+        return Err(lc.error_at(
+            public,
+            "admin.public_bind must be \"\" or an address like \"0.0.0.0:9902\"",
+        ));
+    };
+    if admin.bind.get_ref().parse::<std::net::SocketAddr>() == Ok(addr) {
+        return Err(lc.error_at(public, "admin.public_bind must differ from admin.bind"));
     }
     Ok(())
 }

@@ -7,6 +7,10 @@
 //! [`QUEUE_LIMIT`] lines, new lines are dropped (and counted) rather than
 //! letting memory grow or requests wait.
 //!
+//! [`AccessLog::reopen`] (SIGUSR1) makes the writer open its file path
+//! again before its next line: once logrotate has renamed the
+//! file, new lines go to a new file at the configured path.
+//!
 //! At shutdown [`AccessLog::flush`] waits until every line queued so far is
 //! written, also by the writers of logs that a reload replaced, so a process
 //! that exits loses no line it had accepted.
@@ -14,7 +18,8 @@
 use crate::config::AccessLogFormat;
 use std::io::Write;
 use std::net::SocketAddr;
-use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicBool, AtomicU64, AtomicUsize, Ordering};
 use std::sync::mpsc::{sync_channel, Receiver, SyncSender, TryRecvError};
 use std::sync::{Arc, Mutex};
 use std::thread::JoinHandle;
@@ -29,6 +34,8 @@ enum Msg {
     Line(LogEntry),
     /// Answered once every line sent before it is written and flushed.
     Flush(tokio::sync::oneshot::Sender<()>),
+    /// Wakes the writer to look at its reopen flag.
+    Wake,
 }
 
 /// Writer threads of logs that were dropped (a reload changed the target):
@@ -64,6 +71,28 @@ pub struct AccessLog {
     pub dropped: AtomicU64,
     queued: Arc<AtomicUsize>,
     format: AccessLogFormat,
+    /// Set by [`AccessLog::reopen`], cleared by the writer when it reopens.
+    reopen: Arc<AtomicBool>,
+}
+
+/// Where the writer thread writes: stdout, or a file it can open again.
+enum Target {
+    Stdout,
+    File(PathBuf),
+}
+
+impl Target {
+    fn open(&self) -> std::io::Result<Box<dyn Write + Send>> {
+        Ok(match self {
+            Target::Stdout => Box::new(std::io::stdout()),
+            Target::File(path) => Box::new(
+                std::fs::OpenOptions::new()
+                    .create(true)
+                    .append(true)
+                    .open(path)?,
+            ),
+        })
+    }
 }
 
 impl AccessLog {
@@ -75,6 +104,7 @@ impl AccessLog {
             dropped: AtomicU64::new(0),
             queued: Arc::new(AtomicUsize::new(0)),
             format: AccessLogFormat::Json,
+            reopen: Arc::new(AtomicBool::new(false)),
         }
     }
 
@@ -82,29 +112,43 @@ impl AccessLog {
     /// The writer thread ends when the last handle is dropped, after writing
     /// what was queued.
     pub fn open(target: &str, format: AccessLogFormat) -> std::io::Result<AccessLog> {
-        let out: Box<dyn Write + Send> = match target {
+        let target = match target {
             "off" => return Ok(AccessLog::off()),
-            "stdout" => Box::new(std::io::stdout()),
-            path => Box::new(
-                std::fs::OpenOptions::new()
-                    .create(true)
-                    .append(true)
-                    .open(path)?,
-            ),
+            "stdout" => Target::Stdout,
+            path => Target::File(PathBuf::from(path)),
         };
+        let out = target.open()?;
         let (tx, rx) = sync_channel(QUEUE_LIMIT);
         let queued = Arc::new(AtomicUsize::new(0));
-        let q = queued.clone();
+        let reopen = Arc::new(AtomicBool::new(false));
+        let writer = Writer {
+            target,
+            format,
+            queued: queued.clone(),
+            reopen: reopen.clone(),
+        };
         let writer = std::thread::Builder::new()
             .name("access-log".into())
-            .spawn(move || write_loop(rx, out, format, q))?;
+            .spawn(move || writer.run(rx, out))?;
         Ok(AccessLog {
             sender: Some(tx),
             writer: Some(writer),
             dropped: AtomicU64::new(0),
             queued,
             format,
+            reopen,
         })
+    }
+
+    /// Asks the writer to open its file again by path, before the next line
+    /// it writes (lines queued before the call may land in either file);
+    /// for stdout or an off log, nothing. Does not wait.
+    pub fn reopen(&self) {
+        if let Some(tx) = &self.sender {
+            self.reopen.store(true, Ordering::Release);
+            // A full queue wakes the writer anyway; the flag is seen then.
+            let _ = tx.try_send(Msg::Wake);
+        }
     }
 
     pub fn enabled(&self) -> bool {
@@ -168,47 +212,69 @@ impl Drop for AccessLog {
     }
 }
 
-fn write_loop(
-    rx: Receiver<Msg>,
-    out: Box<dyn Write + Send>,
+/// The writer thread's side of a log.
+struct Writer {
+    target: Target,
     format: AccessLogFormat,
     queued: Arc<AtomicUsize>,
-) {
-    let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
-    let mut line = String::with_capacity(512);
-    loop {
-        let e = match rx.try_recv() {
-            Ok(e) => e,
-            Err(TryRecvError::Empty) => {
-                let _ = w.flush();
-                match rx.recv() {
-                    Ok(e) => e,
-                    Err(_) => break,
+    reopen: Arc<AtomicBool>,
+}
+
+impl Writer {
+    fn run(self, rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
+        let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
+        let mut line = String::with_capacity(512);
+        loop {
+            let e = match rx.try_recv() {
+                Ok(e) => e,
+                Err(TryRecvError::Empty) => {
+                    let _ = w.flush();
+                    match rx.recv() {
+                        Ok(e) => e,
+                        Err(_) => break,
+                    }
                 }
+                Err(TryRecvError::Disconnected) => break,
+            };
+            if self.reopen.swap(false, Ordering::AcqRel) {
+                self.reopen_into(&mut w);
             }
-            Err(TryRecvError::Disconnected) => break,
-        };
-        let e = match e {
-            Msg::Line(e) => e,
-            Msg::Flush(ack) => {
-                let _ = w.flush();
-                let _ = ack.send(());
-                continue;
+            let e = match e {
+                Msg::Line(e) => e,
+                Msg::Flush(ack) => {
+                    let _ = w.flush();
+                    let _ = ack.send(());
+                    continue;
+                }
+                Msg::Wake => continue,
+            };
+            self.queued.fetch_sub(1, Ordering::Relaxed);
+            line.clear();
+            match self.format {
+                AccessLogFormat::Json => format_json(&e, &mut line),
+                AccessLogFormat::Combined => format_combined(&e, &mut line),
             }
-        };
-        queued.fetch_sub(1, Ordering::Relaxed);
-        line.clear();
-        match format {
-            AccessLogFormat::Json => format_json(&e, &mut line),
-            AccessLogFormat::Combined => format_combined(&e, &mut line),
+            line.push('\n');
+            if w.write_all(line.as_bytes()).is_err() {
+                // Nowhere to report a broken log target but stderr; keep serving.
+                eprintln!("portico: access log write failed");
+            }
         }
-        line.push('\n');
-        if w.write_all(line.as_bytes()).is_err() {
-            // Nowhere to report a broken log target but stderr; keep serving.
-            eprintln!("portico: access log write failed");
+        let _ = w.flush();
+    }
+
+    /// Writes out what is buffered, then swaps in the target opened anew.
+    /// If it cannot be opened, the old file stays in use.
+    fn reopen_into(&self, w: &mut std::io::BufWriter<Box<dyn Write + Send>>) {
+        if matches!(self.target, Target::Stdout) {
+            return;
+        }
+        let _ = w.flush();
+        match self.target.open() {
+            Ok(out) => *w.get_mut() = out,
+            Err(e) => eprintln!("portico: cannot reopen the access log: {e}"),
         }
     }
-    let _ = w.flush();
 }
 
 fn format_json(e: &LogEntry, out: &mut String) {
