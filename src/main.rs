@@ -1,6 +1,9 @@
-//! The portico command line: run, check, version.
+//! The portico command line: run, check, version, and the shell
+//! completions and man page generated from this same definition (so they
+//! never drift from the options the binary accepts).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,12 +13,18 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "portico",
+    version,
     about = "A stateless layer-7 reverse proxy and load balancer",
-    disable_version_flag = true
+    long_about = "A stateless layer-7 reverse proxy and load balancer.\n\n\
+        Without a subcommand, runs the proxy on the config file. SIGHUP \
+        reloads it, SIGTERM/SIGINT drain and exit 0, SIGUSR1 reopens the \
+        access log file.",
+    after_help = "Config: --config, else $PORTICO_CONFIG, else ./proxy.toml. \
+        Exit codes: 0 ok, 1 config or start-up error, 2 bad command line."
 )]
 struct Cli {
     /// Config file (default: $PORTICO_CONFIG, else ./proxy.toml).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -27,6 +36,13 @@ enum Command {
     Check,
     /// Print the version.
     Version,
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `portico manpage > portico.1`.
+    Manpage,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -38,9 +54,24 @@ fn config_path(cli: &Cli) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Version) = cli.command {
-        println!("portico {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::Version) => {
+            println!("portico {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Completions { shell }) => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "portico", &mut out);
+            return print_bytes(&out);
+        }
+        Some(Command::Manpage) => {
+            let mut out = Vec::new();
+            if let Err(e) = clap_mangen::Man::new(Cli::command()).render(&mut out) {
+                return fail(format!("portico: cannot render the man page: {e}"));
+            }
+            return print_bytes(&out);
+        }
+        _ => {}
     }
     init_logging();
     let lc = match portico::config::load(&config_path(&cli)) {
@@ -65,6 +96,16 @@ fn init_logging() {
         // journal, where escape codes are noise.
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .init();
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is an error
+/// reported on stderr, not a panic as `print!` would make it.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("portico: cannot write to stdout: {e}")),
+    }
 }
 
 fn fail(e: impl std::fmt::Display) -> ExitCode {
