@@ -265,12 +265,23 @@ fn completions_name_every_subcommand() {
         let o = portico(&["completions", shell], dir.path());
         assert!(o.status.success(), "{shell}: {}", stderr(&o));
         let out = String::from_utf8_lossy(&o.stdout);
-        for word in ["portico", "check", "version", "completions", "manpage", "config"] {
+        for word in [
+            "portico",
+            "check",
+            "version",
+            "completions",
+            "manpage",
+            "config",
+        ] {
             assert!(out.contains(word), "{shell} completions lack {word}");
         }
     }
     let o = portico(&["completions", "tcsh"], dir.path());
-    assert_eq!(o.status.code(), Some(2), "an unknown shell is a usage error");
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
 }
 
 #[test]

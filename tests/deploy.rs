@@ -138,7 +138,10 @@ fn probes_hit_the_public_admin_port() {
         "the kubelet probes the pod IP: public_bind must not be loopback"
     );
     let admin = addr(&cfg["admin"]["bind"], "admin.bind");
-    assert!(admin.ip().is_loopback(), "the full admin API stays pod-local");
+    assert!(
+        admin.ip().is_loopback(),
+        "the full admin API stays pod-local"
+    );
     let c = container(&m);
     for (probe, path) in [("readinessProbe", "/ready"), ("livenessProbe", "/health")] {
         let get = &c[probe]["httpGet"];
@@ -167,7 +170,10 @@ fn probes_hit_the_public_admin_port() {
         .expect("the ServiceMonitor's port is on the metrics Service");
     assert_eq!(container_port(c, &svc_port["targetPort"]), public.port());
     for (k, v) in sm["spec"]["selector"]["matchLabels"].as_mapping().unwrap() {
-        assert_eq!(&metrics["metadata"]["labels"][k], v, "ServiceMonitor selector");
+        assert_eq!(
+            &metrics["metadata"]["labels"][k], v,
+            "ServiceMonitor selector"
+        );
     }
 }
 
@@ -201,7 +207,10 @@ fn termination_outlasts_the_drain() {
     let m = manifests();
     let (_, cfg) = configmap_config(&m);
     let delay = duration(&cfg["server"]["shutdown_delay"], "server.shutdown_delay");
-    let timeout = duration(&cfg["server"]["shutdown_timeout"], "server.shutdown_timeout");
+    let timeout = duration(
+        &cfg["server"]["shutdown_timeout"],
+        "server.shutdown_timeout",
+    );
     let spec = &get(&m, "Deployment", "portico")["spec"]["template"]["spec"];
     let grace = Duration::from_secs(spec["terminationGracePeriodSeconds"].as_u64().unwrap());
     let c = container(&m);
@@ -210,7 +219,10 @@ fn termination_outlasts_the_drain() {
             .as_u64()
             .expect("preStop sleep seconds"),
     );
-    assert!(pre_stop >= delay, "preStop {pre_stop:?} < shutdown_delay {delay:?}");
+    assert!(
+        pre_stop >= delay,
+        "preStop {pre_stop:?} < shutdown_delay {delay:?}"
+    );
     assert!(!delay.is_zero(), "a shutdown_delay lets endpoints catch up");
     assert!(
         grace > pre_stop + delay + timeout,
@@ -269,13 +281,20 @@ fn pdb_hpa_and_services_select_the_deployment() {
         }
     }
     let hpa = get(&m, "HorizontalPodAutoscaler", "portico");
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["kind"].as_str(), Some("Deployment"));
-    assert_eq!(hpa["spec"]["scaleTargetRef"]["name"].as_str(), Some("portico"));
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["kind"].as_str(),
+        Some("Deployment")
+    );
+    assert_eq!(
+        hpa["spec"]["scaleTargetRef"]["name"].as_str(),
+        Some("portico")
+    );
     assert_eq!(
         hpa["spec"]["metrics"][0]["resource"]["name"].as_str(),
         Some("cpu")
     );
-    let kust: Value = serde_yaml_ng::from_str(&read("deploy/kubernetes/kustomization.yaml")).unwrap();
+    let kust: Value =
+        serde_yaml_ng::from_str(&read("deploy/kubernetes/kustomization.yaml")).unwrap();
     for r in kust["resources"].as_sequence().unwrap() {
         let f = r.as_str().unwrap();
         assert!(root().join("deploy/kubernetes").join(f).is_file(), "{f}");
@@ -358,8 +377,14 @@ fn systemd_units_run_portico_the_right_way() {
         }
         assert!(one(&u, "Service", "WatchdogSec").ends_with('s'));
         assert_eq!(one(&u, "Service", "NoNewPrivileges"), "yes");
-        assert_eq!(one(&u, "Service", "CapabilityBoundingSet"), "CAP_NET_BIND_SERVICE");
-        assert_eq!(one(&u, "Service", "AmbientCapabilities"), "CAP_NET_BIND_SERVICE");
+        assert_eq!(
+            one(&u, "Service", "CapabilityBoundingSet"),
+            "CAP_NET_BIND_SERVICE"
+        );
+        assert_eq!(
+            one(&u, "Service", "AmbientCapabilities"),
+            "CAP_NET_BIND_SERVICE"
+        );
         assert_eq!(one(&u, "Service", "LogsDirectory"), "portico");
         let filters = &u["Service"]["SystemCallFilter"];
         assert!(filters.iter().any(|f| f == "@system-service"), "{rel}");
@@ -388,7 +413,9 @@ fn deb_recipe_ships_existing_files() {
     let cargo: toml::Value = toml::from_str(&read("Cargo.toml")).unwrap();
     assert_eq!(cargo["package"]["license"].as_str(), Some("Apache-2.0"));
     let license = read("LICENSE");
-    assert!(license.contains("Apache License\n                           Version 2.0, January 2004"));
+    assert!(
+        license.contains("Apache License\n                           Version 2.0, January 2004")
+    );
     assert!(license.contains("END OF TERMS AND CONDITIONS"));
     let deb = &cargo["package"]["metadata"]["deb"];
     let script = read("deploy/debian/build-deb.sh");
@@ -405,7 +432,9 @@ fn deb_recipe_ships_existing_files() {
         }
     }
     assert!(dests.iter().any(|d| d == "usr/bin/"));
-    assert!(dests.iter().any(|d| d == "lib/systemd/system/portico.service"));
+    assert!(dests
+        .iter()
+        .any(|d| d == "lib/systemd/system/portico.service"));
     assert!(dests.iter().any(|d| d == "etc/portico/proxy.toml"));
     assert!(dests.iter().any(|d| d.starts_with("usr/share/man/man1/")));
 }
@@ -421,5 +450,8 @@ fn dockerfile_runs_portico_as_non_root() {
     assert!(last.contains("\nUSER 65532:65532"));
     assert!(last.contains("ENTRYPOINT [\"/usr/bin/portico\"]"));
     assert!(last.contains("/etc/portico/proxy.toml"));
-    assert!(d.contains("portico check --config"), "the build checks the image's config");
+    assert!(
+        d.contains("portico check --config"),
+        "the build checks the image's config"
+    );
 }
