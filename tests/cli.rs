@@ -295,4 +295,13 @@ fn manpage_is_roff_naming_the_subcommands() {
     for word in ["check", "version", "completions", "manpage", "config"] {
         assert!(out.contains(word), "man page lacks {word}");
     }
+    for section in [
+        ".SH COMMANDS",
+        ".SH SIGNALS",
+        ".SH ENVIRONMENT",
+        ".SH EXIT STATUS",
+    ] {
+        assert!(out.contains(section), "man page lacks {section}");
+    }
+    assert!(out.contains("\\fBportico check\\fR"), "{out}");
 }
