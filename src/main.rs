@@ -1,6 +1,9 @@
-//! The portico command line: run, check, version.
+//! The portico command line: run, check, version, and the shell
+//! completions and man page generated from this same definition (so they
+//! never drift from the options the binary accepts).
 
-use clap::{Parser, Subcommand};
+use clap::{CommandFactory, Parser, Subcommand};
+use std::io::Write;
 use std::path::PathBuf;
 use std::process::ExitCode;
 
@@ -10,12 +13,17 @@ static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
 #[derive(Parser)]
 #[command(
     name = "portico",
+    version,
     about = "A stateless layer-7 reverse proxy and load balancer",
-    disable_version_flag = true
+    long_about = "A stateless layer-7 reverse proxy and load balancer.\n\n\
+        Without a subcommand, runs the proxy on the config file: SIGHUP \
+        reloads it, SIGTERM drains and exits 0.",
+    after_help = "Config: --config, else $PORTICO_CONFIG, else ./proxy.toml. \
+        Exit codes: 0 ok, 1 config or start-up error, 2 bad command line."
 )]
 struct Cli {
     /// Config file (default: $PORTICO_CONFIG, else ./proxy.toml).
-    #[arg(long, global = true)]
+    #[arg(long, global = true, value_name = "PATH")]
     config: Option<PathBuf>,
     #[command(subcommand)]
     command: Option<Command>,
@@ -27,6 +35,13 @@ enum Command {
     Check,
     /// Print the version.
     Version,
+    /// Print a shell completion script (bash, elvish, fish, powershell, zsh).
+    Completions {
+        /// The shell to complete for.
+        shell: clap_complete::Shell,
+    },
+    /// Print the man page (roff), e.g. `portico manpage > portico.1`.
+    Manpage,
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -38,9 +53,24 @@ fn config_path(cli: &Cli) -> PathBuf {
 
 fn main() -> ExitCode {
     let cli = Cli::parse();
-    if let Some(Command::Version) = cli.command {
-        println!("portico {}", env!("CARGO_PKG_VERSION"));
-        return ExitCode::SUCCESS;
+    match cli.command {
+        Some(Command::Version) => {
+            println!("portico {}", env!("CARGO_PKG_VERSION"));
+            return ExitCode::SUCCESS;
+        }
+        Some(Command::Completions { shell }) => {
+            let mut out = Vec::new();
+            clap_complete::generate(shell, &mut Cli::command(), "portico", &mut out);
+            return print_bytes(&out);
+        }
+        Some(Command::Manpage) => {
+            let mut out = Vec::new();
+            if let Err(e) = manpage(&mut out) {
+                return fail(format!("portico: cannot render the man page: {e}"));
+            }
+            return print_bytes(&out);
+        }
+        _ => {}
     }
     let lc = match portico::config::load(&config_path(&cli)) {
         Ok(c) => c,
@@ -71,6 +101,81 @@ fn init_logging(server: &portico::config::ServerConfig) {
         portico::config::LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+}
+
+/// The man page's sections that clap does not know: how the process
+/// behaves around the command line (roff).
+const MAN_SECTIONS: &str = r#".SH SIGNALS
+.TP
+\fBSIGHUP\fR
+Reload the config: everything is built first and swapped in only if all of it succeeded; otherwise the old config keeps serving.
+.TP
+\fBSIGTERM\fR, \fBSIGINT\fR, \fBSIGQUIT\fR
+/ready turns 503, listeners keep accepting for server.shutdown_delay, then stop; in\-flight requests drain for up to server.shutdown_timeout; exit 0.
+.TP
+\fBSIGUSR1\fR
+Reopen the access log file (after logrotate moved it).
+.SH ENVIRONMENT
+.TP
+\fBPORTICO_CONFIG\fR
+The config file when \-\-config is not given (else ./proxy.toml).
+.TP
+\fBRUST_LOG\fR
+Level of the operational logs on stderr (default info), e.g. portico=debug.
+.TP
+\fBNOTIFY_SOCKET\fR, \fBLISTEN_FDS\fR, \fBLISTEN_PID\fR
+Set by systemd: READY=1, RELOADING=1 and STOPPING=1 are sent to the notify socket; passed TCP listening sockets are adopted by the listener whose bind equals their address.
+.SH EXIT STATUS
+.TP
+\fB0\fR
+check passed, version, help, or a run stopped by a signal.
+.TP
+\fB1\fR
+A config error (PATH:LINE:COL: what is wrong), an unreadable file, a bind that failed, or a run that could not start.
+.TP
+\fB2\fR
+A bad command line.
+.SH FILES
+.TP
+\fI/etc/portico/proxy.toml\fR
+The config of the packaged systemd unit. Relative paths in it are relative to its folder.
+.SH SEE ALSO
+systemctl(1), systemd.service(5), systemd.socket(5); README.md for every config key.
+"#;
+
+/// The man page: clap's title, synopsis, description and options, the
+/// subcommands with their descriptions (one page, not one per subcommand),
+/// then [`MAN_SECTIONS`].
+fn manpage(out: &mut Vec<u8>) -> std::io::Result<()> {
+    let cmd = Cli::command();
+    let man = clap_mangen::Man::new(cmd.clone());
+    man.render_title(out)?;
+    man.render_name_section(out)?;
+    man.render_synopsis_section(out)?;
+    man.render_description_section(out)?;
+    man.render_options_section(out)?;
+    out.write_all(b".SH COMMANDS\n")?;
+    for sub in cmd.get_subcommands() {
+        let about = sub.get_about().map(|a| a.to_string()).unwrap_or_default();
+        writeln!(
+            out,
+            ".TP\n\\fBportico {}\\fR\n{}",
+            sub.get_name(),
+            about.replace('\\', "\\e").replace('-', "\\-")
+        )?;
+    }
+    out.write_all(MAN_SECTIONS.as_bytes())?;
+    man.render_version_section(out)
+}
+
+/// Writes generated text to stdout; a closed pipe (`| head`) is an error
+/// reported on stderr, not a panic as `print!` would make it.
+fn print_bytes(bytes: &[u8]) -> ExitCode {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|()| out.flush()) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => fail(format!("portico: cannot write to stdout: {e}")),
     }
 }
 

@@ -243,3 +243,65 @@ fn every_shipped_config_passes_check() {
         );
     }
 }
+
+#[test]
+fn version_flags_print_the_version() {
+    let dir = tempfile::tempdir().unwrap();
+    for flag in ["--version", "-V"] {
+        let o = portico(&[flag], dir.path());
+        assert!(o.status.success(), "{flag}: {}", stderr(&o));
+        assert_eq!(
+            String::from_utf8_lossy(&o.stdout).trim(),
+            format!("portico {}", env!("CARGO_PKG_VERSION")),
+            "{flag}"
+        );
+    }
+}
+
+#[test]
+fn completions_name_every_subcommand() {
+    let dir = tempfile::tempdir().unwrap();
+    for shell in ["bash", "zsh", "fish", "elvish", "powershell"] {
+        let o = portico(&["completions", shell], dir.path());
+        assert!(o.status.success(), "{shell}: {}", stderr(&o));
+        let out = String::from_utf8_lossy(&o.stdout);
+        for word in [
+            "portico",
+            "check",
+            "version",
+            "completions",
+            "manpage",
+            "config",
+        ] {
+            assert!(out.contains(word), "{shell} completions lack {word}");
+        }
+    }
+    let o = portico(&["completions", "tcsh"], dir.path());
+    assert_eq!(
+        o.status.code(),
+        Some(2),
+        "an unknown shell is a usage error"
+    );
+}
+
+#[test]
+fn manpage_is_roff_naming_the_subcommands() {
+    let dir = tempfile::tempdir().unwrap();
+    let o = portico(&["manpage"], dir.path());
+    assert!(o.status.success(), "{}", stderr(&o));
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(out.contains(".TH portico 1"), "{out}");
+    assert!(out.contains(env!("CARGO_PKG_VERSION")));
+    for word in ["check", "version", "completions", "manpage", "config"] {
+        assert!(out.contains(word), "man page lacks {word}");
+    }
+    for section in [
+        ".SH COMMANDS",
+        ".SH SIGNALS",
+        ".SH ENVIRONMENT",
+        ".SH EXIT STATUS",
+    ] {
+        assert!(out.contains(section), "man page lacks {section}");
+    }
+    assert!(out.contains("\\fBportico check\\fR"), "{out}");
+}
