@@ -92,14 +92,22 @@ pub fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
         // is ours); each is taken once, here, and owned by the TcpListener
         // from now on.
         let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
+        // A UDP socket has an address too: only a stream socket may stand
+        // for a listener's TCP side, or a datagram socket passed for the
+        // same address would displace it.
+        let stream = socket2::SockRef::from(&l).r#type().ok() == Some(socket2::Type::STREAM);
         match l.local_addr() {
-            Ok(addr) => {
+            Ok(addr) if stream => {
                 // Descriptors passed by the service manager are not CLOEXEC.
                 // SAFETY: fcntl on a descriptor we own only changes its flags.
                 unsafe {
                     libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
                 }
                 out.insert(addr, l);
+            }
+            Ok(addr) => {
+                tracing::warn!(fd, %addr, "ignoring a passed descriptor that is not a stream socket");
+                std::mem::forget(l);
             }
             Err(e) => {
                 tracing::warn!(fd, error = %e, "ignoring a passed descriptor that is not a TCP listening socket");

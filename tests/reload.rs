@@ -455,6 +455,10 @@ async fn systemd_notify_and_socket_activation() {
     let passed = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let addr = passed.local_addr().unwrap();
     let fd = passed.as_raw_fd();
+    // A datagram socket at the same address, passed after it (a unit
+    // with ListenDatagram=): it must not take the TCP socket's place.
+    let udp = std::net::UdpSocket::bind(addr).unwrap();
+    let udp_fd = udp.as_raw_fd();
     let config = format!(
         "[[listener]]\nname = \"web\"\nbind = \"{addr}\"\n[[route]]\nname = \"r\"\nupstream = \"a\"\n{}",
         upstream_toml("a", &[&a], "")
@@ -466,7 +470,7 @@ async fn systemd_notify_and_socket_activation() {
         let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
         let mut sh = std::process::Command::new("/bin/sh");
         sh.arg("-c")
-            .arg("LISTEN_PID=$$ LISTEN_FDS=1 exec \"$0\" \"$@\"")
+            .arg("LISTEN_PID=$$ LISTEN_FDS=2 exec \"$0\" \"$@\"")
             .arg(exe)
             .args(args);
         std::mem::swap(cmd, &mut sh);
@@ -477,7 +481,7 @@ async fn systemd_notify_and_socket_activation() {
         // Move the listening socket to fd 3 in the child.
         unsafe {
             cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 {
+                if libc::dup2(fd, 3) < 0 || libc::dup2(udp_fd, 4) < 0 {
                     return Err(std::io::Error::last_os_error());
                 }
                 Ok(())
@@ -508,5 +512,5 @@ async fn systemd_notify_and_socket_activation() {
     assert_eq!(recv(), "READY=1");
     p.signal("TERM");
     assert_eq!(recv(), "STOPPING=1");
-    drop(passed);
+    drop((passed, udp));
 }
