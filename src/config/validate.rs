@@ -38,6 +38,12 @@ pub(super) fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
 
 fn server(lc: &LoadedConfig) -> Result<(), ConfigError> {
     let c = &lc.config;
+    if c.server.resolver_addrs().is_none() {
+        return Err(lc.error_at(
+            &c.server.resolvers,
+            "server.resolvers entries must be \"ip\" or \"ip:port\"",
+        ));
+    }
     if c.listeners.is_empty() {
         return Err(lc
             .source
@@ -194,6 +200,12 @@ fn upstreams(lc: &LoadedConfig) -> Result<(), ConfigError> {
                     format!("server \"{}\": weight must be 1 to 1000", s.addr),
                 ));
             }
+        }
+        if u.resolve_interval.0.is_zero() {
+            return Err(lc.error_at(
+                &u.servers,
+                format!("upstream \"{name}\": resolve_interval must be more than 0"),
+            ));
         }
         if let Some(h) = &u.health {
             if h.interval.0.is_zero() {

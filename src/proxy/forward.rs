@@ -224,17 +224,19 @@ pub(super) async fn forward(
     pool.retry_budget.request();
     let mut tried = Tried::new();
     let mut last_error = ProxyError::BadGateway;
+    // One view of the servers for every attempt: `tried` indexes into it.
+    let members = pool.members();
     loop {
         let Some(request) = req.take() else {
             return Err(last_error);
         };
-        let idx = match pool.pick(tried.as_slice()) {
+        let idx = match members.pick(tried.as_slice()) {
             Ok(i) => i,
             Err(NoServer::Unhealthy) => return Err(ProxyError::ServiceUnavailable),
             Err(NoServer::AllTried) => return Err(last_error),
         };
         tried.push(idx);
-        let server = &pool.servers[idx];
+        let server = &members.servers[idx];
         trace.upstream = Some(server.label.clone());
         let attempts_left = tried.len() <= route.retries as usize;
 
@@ -256,7 +258,7 @@ pub(super) async fn forward(
                     status,
                     StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
                 ) && attempts_left
-                    && pool.servers.len() > tried.len()
+                    && members.servers.len() > tried.len()
                 {
                     if let Some(r) = &replay {
                         if pool.retry_budget.try_retry() {
