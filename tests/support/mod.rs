@@ -6,6 +6,7 @@
 pub mod h2frames;
 pub mod http3;
 pub mod jwt;
+pub mod dns;
 pub mod prom;
 pub mod raw;
 
