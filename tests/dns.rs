@@ -80,18 +80,27 @@ async fn every_address_gets_traffic_and_answers_are_followed() {
     // Its idle keepalive connections were closed.
     let deadline = Instant::now() + Duration::from_secs(10);
     while b2.open.load(Ordering::SeqCst) > 0 {
-        assert!(Instant::now() < deadline, "connections to the dropped address stay open");
+        assert!(
+            Instant::now() < deadline,
+            "connections to the dropped address stay open"
+        );
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 
     // The servers are counted per address.
     let m = scrape_until(p.admin, |m| {
-        m.value("portico_upstream_healthy", &[("upstream", "u"), ("server", &b4.addr.to_string())])
-            .is_some()
+        m.value(
+            "portico_upstream_healthy",
+            &[("upstream", "u"), ("server", &b4.addr.to_string())],
+        )
+        .is_some()
     })
     .await;
     assert_eq!(
-        m.value("portico_upstream_healthy", &[("upstream", "u"), ("server", &b2.addr.to_string())]),
+        m.value(
+            "portico_upstream_healthy",
+            &[("upstream", "u"), ("server", &b2.addr.to_string())]
+        ),
         None,
         "{}",
         m.text
@@ -130,7 +139,10 @@ async fn a_silent_resolver_keeps_the_last_answer_and_is_counted() {
     assert_eq!(count(&b3) - before.1, 5);
 
     // A reload that changes the pool starts from the last answer too.
-    p.write_config(&text.replace("resolve_interval", "connect_timeout = \"3s\"\nresolve_interval"));
+    p.write_config(&text.replace(
+        "resolve_interval",
+        "connect_timeout = \"3s\"\nresolve_interval",
+    ));
     assert_eq!(p.reload().await.0, 200);
     let before = (count(&b2), count(&b3));
     for _ in 0..10 {

@@ -2,7 +2,8 @@
 //! what it learns into their [`ServerHealth`](super::health::ServerHealth)
 //! (the guarantees are in [`super::health`]).
 
-use super::pool::{UpstreamPool, UpstreamServer};
+use super::pool::UpstreamPool;
+use super::server::UpstreamServer;
 use crate::body::RequestBody;
 use crate::config::HealthCheck;
 use http::{Method, Request};

@@ -1,25 +1,22 @@
 //! The pool: servers, their keepalive connections, and sending a request
 //! (see the guarantees in [`crate::upstream`]).
 
-use super::balancer::Balancer;
-use super::dns::{MemberBuild, Names};
 use super::health::{ActiveChecks, ServerHealth};
+use super::members::{CurrentMembers, MemberBuild, Members, Names};
 use super::resolve::Resolver;
 use super::retry::RetryBudget;
+use super::server::UpstreamServer;
 use crate::body::{BodyWatch, RequestBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
-use crate::observe::metrics::{Metrics, ServerMetrics, UpstreamOutcome};
+use crate::observe::metrics::{Metrics, UpstreamOutcome};
 use crate::tls::{ClientIo, ClientTls, ConnectError};
 use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::net::SocketAddr;
-use std::ops::Deref;
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::task::AbortHandle;
 
 /// Why an upstream exchange failed, in the terms of metrics and of the
@@ -114,120 +111,11 @@ pub struct UpstreamPool {
     pub(super) settings: PoolSettings,
 }
 
-/// The servers a pool sends to, at one moment, with their round-robin
-/// order. Immutable: a new DNS answer builds a new one.
-pub struct Members {
-    pub servers: Box<[Arc<UpstreamServer>]>,
-    balancer: Balancer,
-}
-
 /// A pool's members: fixed when every server is an IP address (read
 /// without even an atomic), else swapped whole by each new DNS answer.
 enum MemberList {
     Fixed(Members),
     Resolved(ArcSwap<Members>),
-}
-
-/// The members of a pool as one request sees them: the index [`Members::pick`]
-/// gives stays valid for the whole request, whatever DNS says meanwhile.
-pub enum CurrentMembers<'a> {
-    Fixed(&'a Members),
-    Resolved(Arc<Members>),
-}
-
-impl Deref for CurrentMembers<'_> {
-    type Target = Members;
-    fn deref(&self) -> &Members {
-        match self {
-            CurrentMembers::Fixed(m) => m,
-            CurrentMembers::Resolved(m) => m,
-        }
-    }
-}
-
-impl Members {
-    /// `servers` with their balancer weights (each at least 1).
-    pub(super) fn new(servers: Vec<Arc<UpstreamServer>>, weights: &[u32]) -> Members {
-        Members {
-            servers: servers.into_boxed_slice(),
-            balancer: Balancer::new(weights),
-        }
-    }
-
-    /// Whether some server passes its active checks (always, without checks).
-    pub fn any_healthy(&self) -> bool {
-        self.servers.iter().any(|s| s.health.is_healthy())
-    }
-
-    /// The next server in round-robin order among those in rotation and not
-    /// in `tried` (indexes). Panic mode: when every healthy server is
-    /// passively ejected, ejection is ignored.
-    pub fn pick(&self, tried: &[usize]) -> Result<usize, NoServer> {
-        let s = &self.servers;
-        if s.is_empty() {
-            // A DNS name whose first answer has not come yet.
-            return Err(NoServer::Unhealthy);
-        }
-        let (i, found) = self
-            .balancer
-            .pick(|i| !tried.contains(&i) && s[i].health.is_healthy() && !s[i].health.is_ejected());
-        if found {
-            return Ok(i);
-        }
-        let (i, found) = self
-            .balancer
-            .pick(|i| !tried.contains(&i) && s[i].health.is_healthy());
-        if found {
-            return Ok(i);
-        }
-        if self.any_healthy() {
-            Err(NoServer::AllTried)
-        } else {
-            Err(NoServer::Unhealthy)
-        }
-    }
-}
-
-/// No server can take a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoServer {
-    /// Every server failed its active checks.
-    Unhealthy,
-    /// Every usable server was already tried for this request.
-    AllTried,
-}
-
-struct IdleConn {
-    sender: http1::SendRequest<RequestBody>,
-    /// The task driving the connection, to close it at once when needed.
-    task: AbortHandle,
-    since: Instant,
-}
-
-/// One server of a pool with its idle connections.
-pub struct UpstreamServer {
-    /// The address connected to ("ip:port"): the `server` label and the
-    /// access log's upstream field.
-    pub label: Arc<str>,
-    /// The server as written in the config ("host:port"): the Host of
-    /// health checks. The same as `label` for an IP address.
-    pub(super) authority: Arc<str>,
-    /// Host part of `authority`: the TLS server name unless one is configured.
-    host: Arc<str>,
-    /// portico_upstream_requests_total of this server; the pipeline records
-    /// one outcome per attempt.
-    pub metrics: Arc<ServerMetrics>,
-    addr: SocketAddr,
-    pub health: Arc<ServerHealth>,
-    /// Set once a DNS answer dropped this address: connections coming back
-    /// from requests still in flight are closed instead of kept.
-    retired: AtomicBool,
-    idle: Mutex<Vec<IdleConn>>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
-    /// Held while an HTTP/2 connection is being made, so that concurrent
-    /// first requests share one connection instead of racing to open several.
-    h2_connecting: tokio::sync::Mutex<()>,
-    max_idle: usize,
 }
 
 /// A pooled HTTP/1.1 connection on loan to one exchange; give it back with
@@ -355,10 +243,16 @@ impl UpstreamPool {
             max_idle: def.max_idle_per_server,
             passive_eject: def.passive_eject.0,
         };
-        let dns = Names::new(name, def, resolver, previous, metrics);
+        let dns = Names::new(
+            name,
+            def,
+            resolver,
+            previous.and_then(|p| p.dns.as_ref()),
+            metrics,
+        );
         let build = MemberBuild {
             pool: name,
-            settings: &settings,
+            max_idle: settings.max_idle,
             metrics,
         };
         let members = match &dns {
@@ -604,7 +498,9 @@ impl UpstreamPool {
             UpstreamProtocol::Http1 => path.parse().ok(),
             UpstreamProtocol::Http2 => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://{}{path}", server.authority).parse().ok()
+                format!("{scheme}://{}{path}", server.authority)
+                    .parse()
+                    .ok()
             }
         }
     }
@@ -626,122 +522,21 @@ impl UpstreamPool {
         self.members()
             .servers
             .iter()
-            .map(|s| s.idle.lock().map(|v| v.len()).unwrap_or(0))
+            .map(|s| s.idle_count())
             .collect()
-    }
-}
-
-impl UpstreamServer {
-    /// A server at `addr`, written `authority` in the config.
-    pub(super) fn new(
-        authority: &Arc<str>,
-        addr: SocketAddr,
-        metrics: Arc<ServerMetrics>,
-        health: Arc<ServerHealth>,
-        max_idle: usize,
-    ) -> UpstreamServer {
-        let label: Arc<str> = if authority.parse::<SocketAddr>().is_ok() {
-            authority.clone()
-        } else {
-            Arc::from(addr.to_string())
-        };
-        let host = match authority.parse::<SocketAddr>() {
-            Ok(a) => Arc::from(a.ip().to_string()),
-            Err(_) => Arc::from(authority.rsplit_once(':').map_or("", |(h, _)| h)),
-        };
-        UpstreamServer {
-            label,
-            authority: authority.clone(),
-            host,
-            metrics,
-            addr,
-            health,
-            retired: AtomicBool::new(false),
-            idle: Mutex::new(Vec::new()),
-            h2: Mutex::new(None),
-            h2_connecting: tokio::sync::Mutex::new(()),
-            max_idle,
-        }
-    }
-
-    /// Takes the server out of its pool for good: its idle connections
-    /// close now, an HTTP/2 connection once its streams in flight end.
-    fn retire(&self) {
-        self.retired.store(true, Ordering::Relaxed);
-        let idle = self.idle.lock().map(|mut v| std::mem::take(&mut *v));
-        drop(idle);
-        let h2 = self.h2.lock().map(|mut s| s.take());
-        drop(h2);
-    }
-
-    /// Whether the server passes its active checks (portico_upstream_healthy).
-    /// Every server starts healthy.
-    pub fn is_healthy(&self) -> bool {
-        self.health.is_healthy()
-    }
-
-    fn take_idle(
-        &self,
-        idle_timeout: Duration,
-    ) -> Option<(http1::SendRequest<RequestBody>, AbortHandle)> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(c) = idle.pop() {
-            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() {
-                return Some((c.sender, c.task));
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, sender: http1::SendRequest<RequestBody>, task: AbortHandle) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            // Checked under the lock, so that `retire` cannot miss it.
-            if idle.len() < self.max_idle && !self.retired.load(Ordering::Relaxed) {
-                idle.push(IdleConn {
-                    sender,
-                    task,
-                    since: Instant::now(),
-                });
-            }
-        }
-    }
-
-    fn reap(&self, idle_timeout: Duration) {
-        let expired: Vec<IdleConn> = match self.idle.lock() {
-            Ok(mut idle) => {
-                // The stack is LIFO, so the oldest connections are at the front.
-                let keep_from = idle
-                    .iter()
-                    .position(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed())
-                    .unwrap_or(idle.len());
-                idle.drain(..keep_from).collect()
-            }
-            Err(_) => return,
-        };
-        // Dropping the senders outside the lock ends their connection tasks,
-        // which closes the sockets.
-        drop(expired);
-    }
-
-    fn h2_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let slot = self.h2.lock().ok()?;
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
-    fn set_h2_sender(&self, s: http2::SendRequest<RequestBody>) {
-        if let Ok(mut slot) = self.h2.lock() {
-            *slot = Some(s);
-        }
     }
 }
 
 /// Health state of a pool's servers, to carry into the next generation.
 fn inherit(previous: Option<&UpstreamPool>, label: &str) -> Arc<ServerHealth> {
     previous
-        .and_then(|p| p.members().servers.iter().find(|s| &*s.label == label).cloned())
+        .and_then(|p| {
+            p.members()
+                .servers
+                .iter()
+                .find(|s| &*s.label == label)
+                .cloned()
+        })
         .map(|s| s.health.clone())
         .unwrap_or_default()
 }
