@@ -220,3 +220,57 @@ fn check_resolves_nothing() {
     assert!(!out.status.success());
     assert!(stderr.contains("server.resolvers"), "{stderr}");
 }
+
+#[tokio::test]
+async fn a_dropped_address_finishes_its_requests_and_closes_idle_ones() {
+    let port = free_port();
+    let b2 = Backend::start_on("b2", at("127.0.0.2", port)).await;
+    let b3 = Backend::start_on("b3", at("127.0.0.3", port)).await;
+    let dns = DnsServer::start().await;
+    dns.set(NAME, &["127.0.0.2"]);
+    let (addr, text) = config(&dns, &format!("\"{NAME}:{port}\""), "");
+    let _p = Portico::start(&text);
+    until(addr, "the address gets requests", || count(&b2) > 0).await;
+
+    // One connection busy with a slow request, a second one idle.
+    let seen = count(&b2);
+    let slow = tokio::spawn(async move {
+        let r = client()
+            .get(format!("http://{addr}/slow/8000"))
+            .send()
+            .await
+            .unwrap();
+        (r.status().as_u16(), r.text().await.unwrap())
+    });
+    while count(&b2) == seen {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(get(addr).await, 200);
+    assert_eq!(b2.open.load(Ordering::SeqCst), 2);
+
+    dns.set(NAME, &["127.0.0.3"]);
+    until(addr, "the new address gets requests", || count(&b3) > 0).await;
+    let served = count(&b2);
+    // The idle connection closes while the slow request is still going.
+    while b2.open.load(Ordering::SeqCst) > 1 {
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(
+        !slow.is_finished(),
+        "the idle connection stayed open until the slow request ended"
+    );
+    assert_eq!(slow.await.unwrap(), (200, "b2 slow".to_string()));
+    for _ in 0..5 {
+        assert_eq!(get(addr).await, 200);
+    }
+    assert_eq!(count(&b2), served);
+    // The connection of the finished request is not kept either.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while b2.open.load(Ordering::SeqCst) > 0 {
+        assert!(
+            Instant::now() < deadline,
+            "a connection to the dropped address stays open"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
