@@ -274,3 +274,55 @@ async fn a_dropped_address_finishes_its_requests_and_closes_idle_ones() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
 }
+
+// /ready waits for the first answer here (a health-checked pool needs a
+// healthy member), so the DNS server must run while `Portico::start` blocks.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn health_checks_apply_per_address() {
+    let port = free_port();
+    let b2 = Backend::start_on("b2", at("127.0.0.2", port)).await;
+    let b3 = Backend::start_on("b3", at("127.0.0.3", port)).await;
+    let dns = DnsServer::start().await;
+    dns.set(NAME, &["127.0.0.2", "127.0.0.3"]);
+    let health = "health = { path = \"/health\", interval = \"100ms\", healthy_threshold = 1, unhealthy_threshold = 1 }";
+    let (addr, text) = config(&dns, &format!("\"{NAME}:{port}\""), health);
+    let p = Portico::start(&text);
+    until(addr, "both addresses get requests", || {
+        count(&b2) > 0 && count(&b3) > 0
+    })
+    .await;
+
+    b2.health.store(503, Ordering::SeqCst);
+    let b2_label = b2.addr.to_string();
+    let m = scrape_until(p.admin, |m| {
+        m.value(
+            "portico_upstream_healthy",
+            &[("upstream", "u"), ("server", &b2_label)],
+        ) == Some(0.0)
+    })
+    .await;
+    assert_eq!(
+        m.value(
+            "portico_upstream_healthy",
+            &[("upstream", "u"), ("server", &b2_label)]
+        ),
+        Some(0.0),
+        "{}",
+        m.text
+    );
+    let b3_label = b3.addr.to_string();
+    assert_eq!(
+        m.value(
+            "portico_upstream_healthy",
+            &[("upstream", "u"), ("server", &b3_label)]
+        ),
+        Some(1.0)
+    );
+    // Requests go only to the healthy address (probes are not counted).
+    let before = (b2.count_path("/"), b3.count_path("/"));
+    for _ in 0..10 {
+        assert_eq!(get(addr).await, 200);
+    }
+    assert_eq!(b2.count_path("/"), before.0);
+    assert_eq!(b3.count_path("/") - before.1, 10);
+}
