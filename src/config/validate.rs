@@ -386,20 +386,45 @@ fn valid_host_port(s: &str) -> bool {
         return true;
     }
     match s.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && port.parse::<u16>().is_ok()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        }
+        Some((host, port)) => port.parse::<u16>().is_ok() && valid_dns_name(host),
         None => false,
     }
+}
+
+/// A DNS name as a resolver takes it: dot-separated labels of letters,
+/// digits and inner hyphens (1 to 63 each, 253 in all), a trailing dot
+/// allowed.
+fn valid_dns_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_hosts_are_ips_or_dns_names() {
+        for ok in [
+            "127.0.0.1:80",
+            "[::1]:80",
+            "svc.ns.svc.cluster.local:8080",
+            "a-b.c.:1",
+        ] {
+            assert!(valid_host_port(ok), "{ok}");
+        }
+        for bad in ["a..b:80", "-a:80", "a-:80", "a_b:80", ":80", "a:port", "a"] {
+            assert!(!valid_host_port(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn checks_have_distinct_names_and_the_first_failure_is_reported() {
