@@ -540,12 +540,11 @@ impl Metrics {
             "1 while an upstream server of the config in force counts as healthy, else 0.",
         );
         for (upstream, server, healthy) in &in_force.servers {
-            let healthy = *healthy;
             sample(
                 out,
                 "portico_upstream_healthy",
                 &[("upstream", upstream), ("server", server)],
-                u64::from(healthy),
+                u64::from(*healthy),
             );
         }
     }

@@ -38,16 +38,17 @@ impl UpstreamPool {
         let entries = self.definition.servers.get_ref();
         let mut answers = names.answers();
         let mut changed = false;
-        for (i, s) in entries.iter().enumerate() {
+        // One slot per entry, by construction of `Names`.
+        for (s, slot) in entries.iter().zip(answers.iter_mut()) {
             if s.addr.parse::<SocketAddr>().is_ok() {
                 continue;
             }
             let host = s.addr.rsplit_once(':').map_or("", |(h, _)| h);
             match names.resolver.lookup(host).await {
                 Ok(ips) => {
-                    if answers[i].as_ref() != Some(&ips) {
+                    if slot.as_ref() != Some(&ips) {
                         tracing::info!(upstream = %self.name, server = %s.addr, addresses = ?ips, "DNS answer changed");
-                        answers[i] = Some(ips);
+                        *slot = Some(ips);
                         changed = true;
                     }
                 }
