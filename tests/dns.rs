@@ -138,6 +138,25 @@ async fn a_silent_resolver_keeps_the_last_answer_and_is_counted() {
     assert_eq!(count(&b2) - before.0, 5);
     assert_eq!(count(&b3) - before.1, 5);
 
+    // A reload that keeps the pool keeps its answer and its connections.
+    let accepts = (
+        b2.accepts.load(Ordering::SeqCst),
+        b3.accepts.load(Ordering::SeqCst),
+    );
+    assert_eq!(p.reload().await.0, 200);
+    let before = (count(&b2), count(&b3));
+    for _ in 0..10 {
+        assert_eq!(get(addr).await, 200);
+    }
+    assert_eq!((count(&b2) - before.0, count(&b3) - before.1), (5, 5));
+    assert_eq!(
+        (
+            b2.accepts.load(Ordering::SeqCst),
+            b3.accepts.load(Ordering::SeqCst)
+        ),
+        accepts
+    );
+
     // A reload that changes the pool starts from the last answer too.
     p.write_config(&text.replace(
         "resolve_interval",
