@@ -118,9 +118,11 @@ impl Snapshot {
             servers: pools
                 .into_iter()
                 .flat_map(|p| {
-                    p.servers
+                    p.members()
+                        .servers
                         .iter()
-                        .map(|s| (&*p.name, &*s.label, s.is_healthy()))
+                        .map(|s| (&*p.name, s.label.clone(), s.is_healthy()))
+                        .collect::<Vec<_>>()
                 })
                 .collect(),
             jwt_policies: self.auth.policies().map(|(n, p)| (n, p.counts())).collect(),
@@ -136,6 +138,7 @@ fn build_pools(
     metrics: &Arc<Metrics>,
 ) -> Result<HashMap<String, Arc<UpstreamPool>>, ConfigError> {
     let mut pools = HashMap::new();
+    let resolver = crate::upstream::Resolver::from_config(lc.config.server.resolver_addrs());
     for (name, def) in &lc.config.upstreams {
         let tls = match &def.tls {
             Some(t) => Some(crate::tls::upstream_settings(lc, t, def.protocol)?),
@@ -143,8 +146,8 @@ fn build_pools(
         };
         let prev = previous.and_then(|p| p.pools.get(name));
         let pool = match prev {
-            Some(p) if p.reusable_for(def, tls.as_ref()) => p.clone(),
-            _ => UpstreamPool::new(name, def, tls, prev.map(|p| &**p), metrics),
+            Some(p) if p.reusable_for(def, tls.as_ref(), &resolver) => p.clone(),
+            _ => UpstreamPool::new(name, def, tls, prev.map(|p| &**p), metrics, &resolver),
         };
         pools.insert(name.clone(), pool);
     }

@@ -149,6 +149,28 @@ mod tests {
     }
 
     #[test]
+    fn resolvers_take_an_ip_with_or_without_port() {
+        let base = "[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n";
+        let lc = parse_str(&format!(
+            "[server]\nresolvers = [\"127.0.0.1:5353\", \"::1\", \"[::1]:54\"]\n{base}"
+        ))
+        .unwrap();
+        let addrs = lc.config.server.resolver_addrs().unwrap();
+        let want: Vec<std::net::SocketAddr> = ["127.0.0.1:5353", "[::1]:53", "[::1]:54"]
+            .iter()
+            .map(|a| a.parse().unwrap())
+            .collect();
+        assert_eq!(addrs, want);
+        let e = parse_str(&format!("[server]\nresolvers = [\"dns.example\"]\n{base}")).unwrap_err();
+        assert!(e.to_string().contains(":2:13: server.resolvers"), "{e}");
+        let e = parse_str(&format!(
+            "{base}[upstream.u]\nservers = [\"svc:80\"]\nresolve_interval = \"0s\"\n"
+        ))
+        .unwrap_err();
+        assert!(e.to_string().contains("resolve_interval"), "{e}");
+    }
+
+    #[test]
     fn bad_duration_is_an_error() {
         let e = parse_str("[server]\nshutdown_timeout = \"soon\"\n[[listener]]\nname = \"a\"\nbind = \"127.0.0.1:8080\"\n").unwrap_err();
         assert!(e.to_string().contains(":2:"), "{e}");

@@ -54,6 +54,26 @@ pub struct ServerConfig {
     pub log_format: LogFormat,
     /// The operational log filter (an EnvFilter directive); RUST_LOG wins.
     pub log_level: Spanned<String>,
+    /// DNS servers ("ip" or "ip:port") that upstream names are looked up
+    /// on; empty: the system's resolver (/etc/resolv.conf, /etc/hosts).
+    pub resolvers: Spanned<Vec<String>>,
+}
+
+impl ServerConfig {
+    /// The addresses of `resolvers`: "ip:port", "[v6]:port", or an IP
+    /// alone for port 53. `None` for an entry that is none of these.
+    pub fn resolver_addrs(&self) -> Option<Vec<std::net::SocketAddr>> {
+        self.resolvers
+            .get_ref()
+            .iter()
+            .map(|r| {
+                r.parse::<std::net::SocketAddr>().ok().or_else(|| {
+                    let ip = r.parse::<std::net::IpAddr>().ok()?;
+                    Some(std::net::SocketAddr::new(ip, 53))
+                })
+            })
+            .collect()
+    }
 }
 
 impl Default for ServerConfig {
@@ -69,6 +89,7 @@ impl Default for ServerConfig {
             shutdown_delay: Dur::secs(0),
             log_format: LogFormat::Text,
             log_level: Spanned::new(0..0, "info".into()),
+            resolvers: Spanned::new(0..0, Vec::new()),
         }
     }
 }
@@ -267,6 +288,9 @@ pub struct UpstreamConfig {
     pub connect_timeout: Dur,
     #[serde(default = "default_passive_eject")]
     pub passive_eject: Dur,
+    /// How often the DNS names among `servers` are looked up again.
+    #[serde(default = "default_resolve_interval")]
+    pub resolve_interval: Dur,
     /// Present: HTTPS to the upstream.
     pub tls: Option<UpstreamTls>,
     /// Present: active health checks.
@@ -330,6 +354,9 @@ fn default_connect_timeout() -> Dur {
 }
 fn default_passive_eject() -> Dur {
     Dur::secs(10)
+}
+fn default_resolve_interval() -> Dur {
+    Dur::secs(30)
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default, Hash)]

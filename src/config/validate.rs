@@ -40,6 +40,12 @@ pub(super) fn validate(lc: &LoadedConfig) -> Result<(), ConfigError> {
 
 fn server(lc: &LoadedConfig) -> Result<(), ConfigError> {
     let c = &lc.config;
+    if c.server.resolver_addrs().is_none() {
+        return Err(lc.error_at(
+            &c.server.resolvers,
+            "server.resolvers entries must be \"ip\" or \"ip:port\"",
+        ));
+    }
     if c.listeners.is_empty() {
         return Err(lc
             .source
@@ -226,6 +232,12 @@ fn upstreams(lc: &LoadedConfig) -> Result<(), ConfigError> {
                 ));
             }
         }
+        if u.resolve_interval.0.is_zero() {
+            return Err(lc.error_at(
+                &u.servers,
+                format!("upstream \"{name}\": resolve_interval must be more than 0"),
+            ));
+        }
         if let Some(h) = &u.health {
             if h.interval.0.is_zero() {
                 return Err(lc.error_at(
@@ -405,20 +417,45 @@ fn valid_host_port(s: &str) -> bool {
         return true;
     }
     match s.rsplit_once(':') {
-        Some((host, port)) => {
-            !host.is_empty()
-                && port.parse::<u16>().is_ok()
-                && host
-                    .chars()
-                    .all(|c| c.is_ascii_alphanumeric() || c == '.' || c == '-')
-        }
+        Some((host, port)) => port.parse::<u16>().is_ok() && valid_dns_name(host),
         None => false,
     }
+}
+
+/// A DNS name as a resolver takes it: dot-separated labels of letters,
+/// digits and inner hyphens (1 to 63 each, 253 in all), a trailing dot
+/// allowed.
+fn valid_dns_name(host: &str) -> bool {
+    let name = host.strip_suffix('.').unwrap_or(host);
+    !name.is_empty()
+        && name.len() <= 253
+        && name.split('.').all(|l| {
+            !l.is_empty()
+                && l.len() <= 63
+                && !l.starts_with('-')
+                && !l.ends_with('-')
+                && l.chars().all(|c| c.is_ascii_alphanumeric() || c == '-')
+        })
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn server_hosts_are_ips_or_dns_names() {
+        for ok in [
+            "127.0.0.1:80",
+            "[::1]:80",
+            "svc.ns.svc.cluster.local:8080",
+            "a-b.c.:1",
+        ] {
+            assert!(valid_host_port(ok), "{ok}");
+        }
+        for bad in ["a..b:80", "-a:80", "a-:80", "a_b:80", ":80", "a:port", "a"] {
+            assert!(!valid_host_port(bad), "{bad}");
+        }
+    }
 
     #[test]
     fn checks_have_distinct_names_and_the_first_failure_is_reported() {

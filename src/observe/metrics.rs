@@ -400,7 +400,7 @@ pub struct InForce<'a> {
     pub listeners: Vec<(&'a str, [bool; 3])>,
     /// (upstream, server, healthy) of every server of the config in force,
     /// in export order.
-    pub servers: Vec<(&'a str, &'a str, bool)>,
+    pub servers: Vec<(&'a str, Arc<str>, bool)>,
     /// JWT policies of the config in force that count in counters of their
     /// own: (policy, [(result, count)]).
     pub jwt_policies: Vec<(&'a str, [(&'static str, u64); 7])>,
@@ -413,6 +413,8 @@ pub struct Metrics {
     /// Requests that matched no route (`route=""`).
     pub no_route: RouteMetrics,
     servers: Family<(Arc<str>, Arc<str>), ServerMetrics>,
+    /// Failed DNS lookups, per upstream that names a server by DNS.
+    dns_failures: Family<Arc<str>, AtomicU64>,
     listeners: Family<Arc<str>, ListenerMetrics>,
     reloads_ok: AtomicU64,
     reloads_error: AtomicU64,
@@ -433,6 +435,12 @@ impl Metrics {
     pub fn server(&self, upstream: &str, server: &str) -> Arc<ServerMetrics> {
         self.servers
             .get_or_create((Arc::from(upstream), Arc::from(server)))
+    }
+
+    /// portico_upstream_dns_failures_total of `upstream`: what a pool with
+    /// DNS names counts its failed lookups in.
+    pub fn dns_failures(&self, upstream: &str) -> Arc<AtomicU64> {
+        self.dns_failures.get_or_create(Arc::from(upstream))
     }
 
     /// The handle of listener `name`.
@@ -462,6 +470,7 @@ impl Metrics {
         self.render_connections(&mut out, in_force);
         self.render_jwt(&mut out, in_force);
         self.render_config(&mut out, in_force);
+        self.render_dns(&mut out);
         out
     }
 
@@ -530,12 +539,35 @@ impl Metrics {
             "gauge",
             "1 while an upstream server of the config in force counts as healthy, else 0.",
         );
-        for &(upstream, server, healthy) in &in_force.servers {
+        for (upstream, server, healthy) in &in_force.servers {
             sample(
                 out,
                 "portico_upstream_healthy",
                 &[("upstream", upstream), ("server", server)],
-                u64::from(healthy),
+                u64::from(*healthy),
+            );
+        }
+    }
+
+    /// portico_upstream_dns_failures_total, only when some pool names a
+    /// server by DNS (so the output of IP-only configs is unchanged).
+    fn render_dns(&self, out: &mut String) {
+        let live = self.dns_failures.live();
+        if live.is_empty() {
+            return;
+        }
+        family(
+            out,
+            "portico_upstream_dns_failures_total",
+            "counter",
+            "DNS lookups of upstream server names that failed (the last answer was kept).",
+        );
+        for (upstream, n) in live {
+            sample(
+                out,
+                "portico_upstream_dns_failures_total",
+                &[("upstream", &upstream)],
+                n.load(Ordering::Relaxed),
             );
         }
     }

@@ -29,7 +29,9 @@ use super::upstream_head;
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::UpstreamProtocol;
 use crate::observe::metrics::UpstreamOutcome;
-use crate::upstream::{Exchange, NoServer, UpstreamError, UpstreamPool, UpstreamServer};
+use crate::upstream::{
+    CurrentMembers, Exchange, NoServer, UpstreamError, UpstreamPool, UpstreamServer,
+};
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
@@ -76,6 +78,8 @@ pub(super) async fn forward(
     let attempts = Attempts {
         route,
         pool,
+        // One view of the servers for every attempt: `tried` indexes into it.
+        members: pool.members(),
         deadline,
         replay,
         tried: Tried::new(),
@@ -88,6 +92,7 @@ pub(super) async fn forward(
 struct Attempts<'r> {
     route: &'r Route,
     pool: &'r UpstreamPool,
+    members: CurrentMembers<'r>,
     deadline: tokio::time::Instant,
     replay: Option<Replay>,
     tried: Tried,
@@ -108,13 +113,13 @@ impl Attempts<'_> {
             let Some(request) = req.take() else {
                 return Err(last_error);
             };
-            let idx = match pool.pick(self.tried.as_slice()) {
+            let idx = match self.members.pick(self.tried.as_slice()) {
                 Ok(i) => i,
                 Err(NoServer::Unhealthy) => return Err(ProxyError::ServiceUnavailable),
                 Err(NoServer::AllTried) => return Err(last_error),
             };
             self.tried.push(idx);
-            let server = &pool.servers[idx];
+            let server = &self.members.servers[idx];
             ctx.trace.upstream = Some(server.label.clone());
 
             let sent = tokio::time::timeout_at(self.deadline, pool.send(server, request)).await;
@@ -181,7 +186,7 @@ impl Attempts<'_> {
             status,
             StatusCode::BAD_GATEWAY | StatusCode::SERVICE_UNAVAILABLE
         ) || !self.attempts_left()
-            || pool.servers.len() <= self.tried.len()
+            || self.members.servers.len() <= self.tried.len()
         {
             return None;
         }

@@ -2,10 +2,12 @@
 //! what it learns into their [`ServerHealth`](super::health::ServerHealth)
 //! (the guarantees are in [`super::health`]).
 
-use super::pool::{UpstreamPool, UpstreamServer};
+use super::pool::UpstreamPool;
+use super::server::UpstreamServer;
 use crate::body::RequestBody;
 use crate::config::HealthCheck;
 use http::{Method, Request};
+use std::collections::HashMap;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, Weak};
 use std::time::Duration;
@@ -25,6 +27,7 @@ impl UpstreamPool {
         if *retired {
             return;
         }
+        self.start_resolving(self.checks.stop.subscribe());
         match &self.checks.cfg {
             Some(cfg) => spawn_checker(
                 Arc::downgrade(self),
@@ -32,7 +35,7 @@ impl UpstreamPool {
                 self.checks.stop.subscribe(),
             ),
             None => {
-                for s in self.servers.iter() {
+                for s in self.members().servers.iter() {
                     s.health.set_healthy(true);
                 }
             }
@@ -48,15 +51,13 @@ impl UpstreamPool {
     }
 }
 
-/// Runs the active checks of a pool until it is retired or dropped.
+/// Runs the active checks of a pool until it is retired or dropped. Each
+/// round probes the members in force then; the counts in a row are kept
+/// per server (by address), so a DNS change does not reset the others.
 fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, mut stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
-        let n = match pool.upgrade() {
-            Some(p) => p.servers.len(),
-            None => return,
-        };
-        let mut good = vec![0u32; n];
-        let mut bad = vec![0u32; n];
+        // (good, bad) checks in a row.
+        let mut runs: HashMap<Arc<str>, (u32, u32)> = HashMap::new();
         let mut interval = tokio::time::interval(cfg.interval.0);
         interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
         loop {
@@ -66,7 +67,8 @@ fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, mut stop: watch::Re
                 _ = stop.wait_for(|s| *s) => break,
             }
             let Some(p) = pool.upgrade() else { break };
-            let checks = p.servers.iter().map(|s| {
+            let servers: Vec<Arc<UpstreamServer>> = p.members().servers.to_vec();
+            let checks = servers.iter().map(|s| {
                 let p = p.clone();
                 let s = s.clone();
                 let path = cfg.path.get_ref().clone();
@@ -80,26 +82,39 @@ fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, mut stop: watch::Re
             if *retired {
                 break;
             }
-            for (i, ok) in results.into_iter().enumerate() {
-                let server = &p.servers[i];
-                if ok {
-                    good[i] += 1;
-                    bad[i] = 0;
-                    if !server.health.is_healthy() && good[i] >= cfg.healthy_threshold {
-                        server.health.set_healthy(true);
-                        tracing::info!(upstream = %p.name, server = %server.label, "server healthy again");
-                    }
-                } else {
-                    bad[i] += 1;
-                    good[i] = 0;
-                    if server.health.is_healthy() && bad[i] >= cfg.unhealthy_threshold {
-                        server.health.set_healthy(false);
-                        tracing::warn!(upstream = %p.name, server = %server.label, "server failed its health checks: out of rotation");
-                    }
-                }
+            runs.retain(|label, _| servers.iter().any(|s| s.label == *label));
+            for (server, ok) in servers.iter().zip(results) {
+                let run = runs.entry(server.label.clone()).or_default();
+                record(&p, server, &cfg, run, ok);
             }
         }
     });
+}
+
+/// Counts one probe result and turns the server in or out of rotation
+/// when a threshold is reached.
+fn record(
+    p: &UpstreamPool,
+    server: &UpstreamServer,
+    cfg: &HealthCheck,
+    (good, bad): &mut (u32, u32),
+    ok: bool,
+) {
+    if ok {
+        *good += 1;
+        *bad = 0;
+        if !server.health.is_healthy() && *good >= cfg.healthy_threshold {
+            server.health.set_healthy(true);
+            tracing::info!(upstream = %p.name, server = %server.label, "server healthy again");
+        }
+    } else {
+        *bad += 1;
+        *good = 0;
+        if server.health.is_healthy() && *bad >= cfg.unhealthy_threshold {
+            server.health.set_healthy(false);
+            tracing::warn!(upstream = %p.name, server = %server.label, "server failed its health checks: out of rotation");
+        }
+    }
 }
 
 async fn check_once(
@@ -113,7 +128,7 @@ async fn check_once(
         let mut req = Request::new(RequestBody::empty());
         *req.method_mut() = Method::GET;
         *req.uri_mut() = pool.probe_uri(server, path)?;
-        if let Ok(v) = http::HeaderValue::from_str(&server.label) {
+        if let Ok(v) = http::HeaderValue::from_str(&server.authority) {
             req.headers_mut().insert(http::header::HOST, v);
         }
         req.headers_mut().insert(

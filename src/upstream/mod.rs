@@ -17,6 +17,9 @@
 //!   server closed it while idle: the keepalive race) is sent again on
 //!   another connection, whatever its method, since nothing reached the
 //!   server;
+//! - a server named by DNS stands for every address of the name, looked up
+//!   again every `resolve_interval`; see [`members`](self::members) and
+//!   [`dns`](self::dns) for what a new answer changes;
 //! - servers out of rotation (failed active checks, or passively ejected
 //!   after a refused connect or a reset) get no traffic; see [`health`];
 //! - HTTPS upstreams verify the server with the configured CA (or the
@@ -29,13 +32,18 @@
 
 mod balancer;
 mod checks;
+mod dns;
 pub mod health;
+mod members;
 mod pool;
+pub mod resolve;
 mod retry;
+mod server;
 
 pub use balancer::Balancer;
 pub use health::ServerHealth;
-pub use pool::{
-    Exchange, NoServer, PoolReturn, SendFailure, UpstreamError, UpstreamPool, UpstreamServer,
-};
+pub use members::{CurrentMembers, Members, NoServer};
+pub use pool::{Exchange, PoolReturn, SendFailure, UpstreamError, UpstreamPool};
+pub use resolve::Resolver;
 pub use retry::RetryBudget;
+pub use server::UpstreamServer;

@@ -1,20 +1,22 @@
 //! The pool: servers, their keepalive connections, and sending a request
 //! (see the guarantees in [`crate::upstream`]).
 
-use super::balancer::Balancer;
 use super::health::{ActiveChecks, ServerHealth};
+use super::members::{CurrentMembers, MemberBuild, Members, Names};
+use super::resolve::Resolver;
 use super::retry::RetryBudget;
+use super::server::UpstreamServer;
 use crate::body::{BodyWatch, RequestBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
-use crate::observe::metrics::{Metrics, ServerMetrics, UpstreamOutcome};
+use crate::observe::metrics::{Metrics, UpstreamOutcome};
 use crate::tls::{ClientIo, ClientTls, ConnectError};
+use arc_swap::ArcSwap;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use std::net::SocketAddr;
-use std::sync::{Arc, Mutex, Weak};
-use std::time::{Duration, Instant};
+use std::sync::{Arc, Weak};
+use std::time::Duration;
 use tokio::task::AbortHandle;
 
 /// Why an upstream exchange failed, in the terms of metrics and of the
@@ -82,11 +84,11 @@ impl std::fmt::Display for UpstreamError {
 
 /// Settings a pool applies to every server's connections.
 #[derive(Debug, Clone)]
-struct PoolSettings {
+pub(super) struct PoolSettings {
     protocol: UpstreamProtocol,
     connect_timeout: Duration,
     idle_timeout: Duration,
-    max_idle: usize,
+    pub(super) max_idle: usize,
     passive_eject: Duration,
 }
 
@@ -96,58 +98,24 @@ pub struct UpstreamPool {
     /// The definition it was built from; a reload reuses this pool, with its
     /// connections, when the new definition is equal.
     pub definition: UpstreamConfig,
-    pub servers: Box<[Arc<UpstreamServer>]>,
+    members: MemberList,
     /// Present: HTTPS to every server.
     pub tls: Option<ClientTls>,
     /// Whether active checks run (so /ready waits for a healthy server).
     pub has_health_checks: bool,
     pub retry_budget: RetryBudget,
     pub(super) checks: ActiveChecks,
-    balancer: Balancer,
-    settings: PoolSettings,
+    /// Present when `servers` names a host by DNS: the lookups and their
+    /// last good answers.
+    pub(super) dns: Option<Names>,
+    pub(super) settings: PoolSettings,
 }
 
-/// No server can take a request.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum NoServer {
-    /// Every server failed its active checks.
-    Unhealthy,
-    /// Every usable server was already tried for this request.
-    AllTried,
-}
-
-/// Where to connect: an address, or a name resolved at connect time.
-#[derive(Debug)]
-enum Target {
-    Addr(SocketAddr),
-    Name(String),
-}
-
-struct IdleConn {
-    sender: http1::SendRequest<RequestBody>,
-    /// The task driving the connection, to close it at once when needed.
-    task: AbortHandle,
-    since: Instant,
-}
-
-/// One server of a pool with its idle connections.
-pub struct UpstreamServer {
-    /// The address as written in the config: the `server` label and the
-    /// access log's upstream field.
-    pub label: Arc<str>,
-    /// Host part of the address: the TLS server name unless one is configured.
-    host: String,
-    /// portico_upstream_requests_total of this server; the pipeline records
-    /// one outcome per attempt.
-    pub metrics: Arc<ServerMetrics>,
-    target: Target,
-    pub health: Arc<ServerHealth>,
-    idle: Mutex<Vec<IdleConn>>,
-    h2: Mutex<Option<http2::SendRequest<RequestBody>>>,
-    /// Held while an HTTP/2 connection is being made, so that concurrent
-    /// first requests share one connection instead of racing to open several.
-    h2_connecting: tokio::sync::Mutex<()>,
-    max_idle: usize,
+/// A pool's members: fixed when every server is an IP address (read
+/// without even an atomic), else swapped whole by each new DNS answer.
+enum MemberList {
+    Fixed(Members),
+    Resolved(ArcSwap<Members>),
 }
 
 /// A pooled HTTP/1.1 connection on loan to one exchange; give it back with
@@ -252,18 +220,21 @@ impl Exchange {
 }
 
 impl UpstreamPool {
-    /// Builds a pool and starts its idle reaper; its health checks start
-    /// with [`UpstreamPool::activate`]. Health
-    /// state is carried over from `previous` (the pool of the same name in
-    /// the config being replaced). Each server's counters come from
-    /// `metrics`, keyed by (pool, address), so they go on when a reload
-    /// rebuilds the pool. Must run inside the runtime.
+    /// Builds a pool and starts its idle reaper; its health checks and DNS
+    /// lookups start with [`UpstreamPool::activate`] (so `portico check`,
+    /// which never activates, resolves nothing). Health state is carried
+    /// over from `previous` (the pool of the same name in the config being
+    /// replaced), and so are its last DNS answers for names still listed.
+    /// Each server's counters come from `metrics`, keyed by (pool,
+    /// address), so they go on when a reload rebuilds the pool. Must run
+    /// inside the runtime.
     pub fn new(
         name: &str,
         def: &UpstreamConfig,
         tls: Option<ClientTls>,
         previous: Option<&UpstreamPool>,
-        metrics: &Metrics,
+        metrics: &Arc<Metrics>,
+        resolver: &Resolver,
     ) -> Arc<UpstreamPool> {
         let settings = PoolSettings {
             protocol: def.protocol,
@@ -272,45 +243,35 @@ impl UpstreamPool {
             max_idle: def.max_idle_per_server,
             passive_eject: def.passive_eject.0,
         };
-        let servers: Vec<Arc<UpstreamServer>> = def
-            .servers
-            .get_ref()
-            .iter()
-            .map(|s| {
-                let host = match s.addr.parse::<SocketAddr>() {
-                    Ok(a) => a.ip().to_string(),
-                    Err(_) => s
-                        .addr
-                        .rsplit_once(':')
-                        .map(|(h, _)| h.to_string())
-                        .unwrap_or_default(),
-                };
-                Arc::new(UpstreamServer {
-                    label: Arc::from(s.addr.as_str()),
-                    host,
-                    metrics: metrics.server(name, &s.addr),
-                    target: match s.addr.parse::<SocketAddr>() {
-                        Ok(a) => Target::Addr(a),
-                        Err(_) => Target::Name(s.addr.clone()),
-                    },
-                    health: inherit(previous, &s.addr),
-                    idle: Mutex::new(Vec::new()),
-                    h2: Mutex::new(None),
-                    h2_connecting: tokio::sync::Mutex::new(()),
-                    max_idle: settings.max_idle,
-                })
-            })
-            .collect();
-        let weights: Vec<u32> = def.servers.get_ref().iter().map(|s| s.weight).collect();
+        let dns = Names::new(
+            name,
+            def,
+            resolver,
+            previous.and_then(|p| p.dns.as_ref()),
+            metrics,
+        );
+        let build = MemberBuild {
+            pool: name,
+            max_idle: settings.max_idle,
+            metrics,
+        };
+        let members = match &dns {
+            None => MemberList::Fixed(build.members(def, None, |addr| inherit(previous, addr))),
+            Some(d) => MemberList::Resolved(ArcSwap::from_pointee(build.members(
+                def,
+                Some(&d.answers()),
+                |addr| inherit(previous, addr),
+            ))),
+        };
         let pool = Arc::new(UpstreamPool {
             name: Arc::from(name),
             definition: def.clone(),
-            servers: servers.into_boxed_slice(),
+            members,
             tls,
             has_health_checks: def.health.is_some(),
             retry_budget: RetryBudget::default(),
             checks: ActiveChecks::new(def.health.clone()),
-            balancer: Balancer::new(&weights),
+            dns,
             settings,
         });
         spawn_reaper(Arc::downgrade(&pool), pool.settings.idle_timeout);
@@ -318,39 +279,46 @@ impl UpstreamPool {
     }
 
     /// Whether `previous` can serve in place of a pool built from `def`
-    /// with `tls`: same definition, same certificate files.
-    pub fn reusable_for(&self, def: &UpstreamConfig, tls: Option<&ClientTls>) -> bool {
+    /// with `tls` and `resolver`: same definition, same certificate files,
+    /// and, when it has DNS names, the same resolver.
+    pub fn reusable_for(
+        &self,
+        def: &UpstreamConfig,
+        tls: Option<&ClientTls>,
+        resolver: &Resolver,
+    ) -> bool {
         &self.definition == def
             && self.tls.as_ref().map(|t| t.fingerprint) == tls.map(|t| t.fingerprint)
+            && self.dns.as_ref().is_none_or(|d| d.resolver == *resolver)
+    }
+
+    /// The servers in force, for one request (or one scrape).
+    pub fn members(&self) -> CurrentMembers<'_> {
+        match &self.members {
+            MemberList::Fixed(m) => CurrentMembers::Fixed(m),
+            MemberList::Resolved(m) => CurrentMembers::Resolved(m.load_full()),
+        }
+    }
+
+    /// Puts a new member set in force (after a DNS answer changed it).
+    /// Servers it no longer holds close their idle connections now and
+    /// those their requests in flight give back.
+    pub(super) fn replace_members(&self, next: Members) {
+        let MemberList::Resolved(list) = &self.members else {
+            return;
+        };
+        let old = list.swap(Arc::new(next));
+        let now = list.load();
+        for s in old.servers.iter() {
+            if !now.servers.iter().any(|n| Arc::ptr_eq(n, s)) {
+                s.retire();
+            }
+        }
     }
 
     /// Whether some server passes its active checks (always, without checks).
     pub fn any_healthy(&self) -> bool {
-        self.servers.iter().any(|s| s.health.is_healthy())
-    }
-
-    /// The next server in round-robin order among those in rotation and not
-    /// in `tried` (indexes). Panic mode: when every healthy server is
-    /// passively ejected, ejection is ignored.
-    pub fn pick(&self, tried: &[usize]) -> Result<usize, NoServer> {
-        let s = &self.servers;
-        let (i, found) = self
-            .balancer
-            .pick(|i| !tried.contains(&i) && s[i].health.is_healthy() && !s[i].health.is_ejected());
-        if found {
-            return Ok(i);
-        }
-        let (i, found) = self
-            .balancer
-            .pick(|i| !tried.contains(&i) && s[i].health.is_healthy());
-        if found {
-            return Ok(i);
-        }
-        if self.any_healthy() {
-            Err(NoServer::AllTried)
-        } else {
-            Err(NoServer::Unhealthy)
-        }
+        self.members().any_healthy()
     }
 
     /// Records a failed exchange with `server`: refused connects and resets
@@ -490,13 +458,9 @@ impl UpstreamPool {
     }
 
     async fn connect(&self, server: &UpstreamServer) -> Result<TokioIo<ClientIo>, UpstreamError> {
-        let (tls, host) = (self.tls.as_ref(), server.host.as_str());
+        let (tls, host) = (self.tls.as_ref(), &*server.host);
         let timeout = self.settings.connect_timeout;
-        let io = match &server.target {
-            Target::Addr(a) => crate::tls::connect(*a, tls, host, timeout).await,
-            Target::Name(n) => crate::tls::connect(n.as_str(), tls, host, timeout).await,
-        };
-        match io {
+        match crate::tls::connect(server.addr, tls, host, timeout).await {
             Ok(io) => Ok(TokioIo::new(io)),
             Err(ConnectError::Io(e)) => Err(UpstreamError::Connect(e)),
             Err(ConnectError::Timeout) => Err(UpstreamError::ConnectTimeout),
@@ -534,7 +498,9 @@ impl UpstreamPool {
             UpstreamProtocol::Http1 => path.parse().ok(),
             UpstreamProtocol::Http2 => {
                 let scheme = if self.tls.is_some() { "https" } else { "http" };
-                format!("{scheme}://{}{path}", server.label).parse().ok()
+                format!("{scheme}://{}{path}", server.authority)
+                    .parse()
+                    .ok()
             }
         }
     }
@@ -546,88 +512,31 @@ impl UpstreamPool {
 
     /// Closes connections idle longer than idle_timeout.
     fn reap(&self) {
-        for s in self.servers.iter() {
+        for s in self.members().servers.iter() {
             s.reap(self.settings.idle_timeout);
         }
     }
 
     /// Idle HTTP/1.1 connections per server, for tests and the admin API.
     pub fn idle_counts(&self) -> Vec<usize> {
-        self.servers
+        self.members()
+            .servers
             .iter()
-            .map(|s| s.idle.lock().map(|v| v.len()).unwrap_or(0))
+            .map(|s| s.idle_count())
             .collect()
     }
 }
 
-impl UpstreamServer {
-    /// Whether the server passes its active checks (portico_upstream_healthy).
-    /// Every server starts healthy.
-    pub fn is_healthy(&self) -> bool {
-        self.health.is_healthy()
-    }
-
-    fn take_idle(
-        &self,
-        idle_timeout: Duration,
-    ) -> Option<(http1::SendRequest<RequestBody>, AbortHandle)> {
-        let mut idle = self.idle.lock().ok()?;
-        while let Some(c) = idle.pop() {
-            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() {
-                return Some((c.sender, c.task));
-            }
-        }
-        None
-    }
-
-    fn put_idle(&self, sender: http1::SendRequest<RequestBody>, task: AbortHandle) {
-        if sender.is_closed() || self.max_idle == 0 {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            if idle.len() < self.max_idle {
-                idle.push(IdleConn {
-                    sender,
-                    task,
-                    since: Instant::now(),
-                });
-            }
-        }
-    }
-
-    fn reap(&self, idle_timeout: Duration) {
-        let expired: Vec<IdleConn> = match self.idle.lock() {
-            Ok(mut idle) => {
-                // The stack is LIFO, so the oldest connections are at the front.
-                let keep_from = idle
-                    .iter()
-                    .position(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed())
-                    .unwrap_or(idle.len());
-                idle.drain(..keep_from).collect()
-            }
-            Err(_) => return,
-        };
-        // Dropping the senders outside the lock ends their connection tasks,
-        // which closes the sockets.
-        drop(expired);
-    }
-
-    fn h2_sender(&self) -> Option<http2::SendRequest<RequestBody>> {
-        let slot = self.h2.lock().ok()?;
-        slot.as_ref().filter(|s| !s.is_closed()).cloned()
-    }
-
-    fn set_h2_sender(&self, s: http2::SendRequest<RequestBody>) {
-        if let Ok(mut slot) = self.h2.lock() {
-            *slot = Some(s);
-        }
-    }
-}
-
 /// Health state of a pool's servers, to carry into the next generation.
-fn inherit(previous: Option<&UpstreamPool>, addr: &str) -> Arc<ServerHealth> {
+fn inherit(previous: Option<&UpstreamPool>, label: &str) -> Arc<ServerHealth> {
     previous
-        .and_then(|p| p.servers.iter().find(|s| &*s.label == addr))
+        .and_then(|p| {
+            p.members()
+                .servers
+                .iter()
+                .find(|s| &*s.label == label)
+                .cloned()
+        })
         .map(|s| s.health.clone())
         .unwrap_or_default()
 }

@@ -3,6 +3,7 @@
 //! Everything listens on 127.0.0.1 only.
 #![allow(dead_code)]
 
+pub mod dns;
 pub mod h2frames;
 pub mod http3;
 pub mod jwt;
