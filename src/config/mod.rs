@@ -26,6 +26,7 @@ pub use auth::{
 };
 pub use cors::CorsConfig;
 pub use duration::Dur;
+pub use validate::parse_cidr;
 pub use error::{ConfigError, SourceFile};
 pub use model::{
     AccessLogFormat, AdminConfig, Config, HealthCheck, ListenerConfig, ListenerTls, LoadedConfig,
