@@ -231,7 +231,10 @@ impl RequestBody {
     }
 
     /// The next frame, with the limits applied.
-    fn poll_limited(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+    fn poll_limited(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let polled = self.kind.poll_frame(cx);
         let Some(l) = &mut self.limit else {
             return polled;

@@ -100,7 +100,12 @@ async fn proxy_protocol_gives_the_client_address() {
 
     // v2: IPv6 over TCP (0x21), 2001:db8::5 port 4242 -> ::1 port 80.
     let mut addrs = Vec::new();
-    addrs.extend_from_slice(&"2001:db8::5".parse::<std::net::Ipv6Addr>().unwrap().octets());
+    addrs.extend_from_slice(
+        &"2001:db8::5"
+            .parse::<std::net::Ipv6Addr>()
+            .unwrap()
+            .octets(),
+    );
     addrs.extend_from_slice(&std::net::Ipv6Addr::LOCALHOST.octets());
     addrs.extend_from_slice(&4242u16.to_be_bytes());
     addrs.extend_from_slice(&80u16.to_be_bytes());
@@ -108,7 +113,11 @@ async fn proxy_protocol_gives_the_client_address() {
     req.extend_from_slice(GET);
     assert_eq!(status_of(&send_all(addr, &req).await), Some(200));
     assert_eq!(xff(&b), "2001:db8::5");
-    assert!(log_has(&p, "2001:db8::5").await, "access log: {}", p.stdout());
+    assert!(
+        log_has(&p, "2001:db8::5").await,
+        "access log: {}",
+        p.stdout()
+    );
 
     // v2 LOCAL (the balancer's health check): the socket's own address.
     let mut req = v2_header(0, 0x00, &[]);
@@ -132,7 +141,11 @@ async fn a_connection_without_a_proxy_header_is_closed_unserved() {
         b"GET /x HTTP/1.1\r\nHost: app\r\nX-Forwarded-For: 1.2.3.4\r\n\r\n",
     )
     .await;
-    assert!(got.is_empty(), "answered: {}", String::from_utf8_lossy(&got));
+    assert!(
+        got.is_empty(),
+        "answered: {}",
+        String::from_utf8_lossy(&got)
+    );
     // A malformed v1 line.
     let mut req = b"PROXY TCP4 203.0.113.7\r\n".to_vec();
     req.extend_from_slice(GET);
@@ -206,11 +219,17 @@ async fn a_body_over_max_body_bytes_is_refused() {
         b"POST /x HTTP/1.1\r\nHost: app\r\nContent-Length: 1000\r\n\r\nabcdef",
     )
     .await;
-    assert_eq!(status_of(&got), Some(413), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        status_of(&got),
+        Some(413),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
     assert_eq!(up.count(), 0);
     // Within the limit: forwarded.
-    let mut ok = b"POST /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 100\r\n\r\n"
-        .to_vec();
+    let mut ok =
+        b"POST /x HTTP/1.1\r\nHost: app\r\nConnection: close\r\nContent-Length: 100\r\n\r\n"
+            .to_vec();
     ok.extend_from_slice(&[b'a'; 100]);
     assert_eq!(status_of(&send_all(addr, &ok).await), Some(200));
     assert_eq!(up.count(), 1);
@@ -222,7 +241,8 @@ async fn a_chunked_body_crossing_max_body_bytes_is_aborted() {
     let (_p, addr) = start("max_body_bytes = 100", &upstream_toml("up", &[&b], ""));
     // /upload answers only after the whole body: the limit trips before
     // any response head.
-    let mut req = b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
     for _ in 0..3 {
         req.extend_from_slice(b"3c\r\n");
         req.extend_from_slice(&[b'z'; 60]);
@@ -230,7 +250,12 @@ async fn a_chunked_body_crossing_max_body_bytes_is_aborted() {
     }
     req.extend_from_slice(b"0\r\n\r\n");
     let got = send_all(addr, &req).await;
-    assert_eq!(status_of(&got), Some(413), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        status_of(&got),
+        Some(413),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -244,7 +269,12 @@ async fn a_stalled_upload_gets_408() {
     s.write_all(&[b'h'; 50]).await.unwrap();
     // ...and nothing more: the connection stays open on our side.
     let got = read_to_close(&mut s).await;
-    assert_eq!(status_of(&got), Some(408), "{}", String::from_utf8_lossy(&got));
+    assert_eq!(
+        status_of(&got),
+        Some(408),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
 }
 
 /// An upstream that answers a head and 10 of the 100 body bytes it

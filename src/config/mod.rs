@@ -26,13 +26,13 @@ pub use auth::{
 };
 pub use cors::CorsConfig;
 pub use duration::Dur;
-pub use validate::parse_cidr;
 pub use error::{ConfigError, SourceFile};
 pub use model::{
     AccessLogFormat, AdminConfig, Config, HealthCheck, ListenerConfig, ListenerTls, LoadedConfig,
     Protocol, Respond, RouteConfig, RouteMatch, ServerConfig, ServerEntry, TlsVersion,
     UpstreamConfig, UpstreamProtocol, UpstreamTls, MAX_CONNECTIONS, MAX_HEADER_BYTES,
 };
+pub use validate::parse_cidr;
 
 use std::path::Path;
 

@@ -252,7 +252,9 @@ fn upstreams(lc: &LoadedConfig) -> Result<(), ConfigError> {
             }
         }
         let rt = u.read_timeout.0;
-        if rt < std::time::Duration::from_millis(10) || rt > std::time::Duration::from_secs(24 * 3600) {
+        if rt < std::time::Duration::from_millis(10)
+            || rt > std::time::Duration::from_secs(24 * 3600)
+        {
             return Err(lc.error_at(
                 &u.servers,
                 format!("upstream \"{name}\": read_timeout must be 10ms to 24h"),

@@ -147,7 +147,10 @@ mod tests {
         assert_eq!(a, "192.0.2.7:5555".parse().unwrap());
         let a = client_address(b"PROXY TCP6 2001:db8::1 ::1 5555 443\r\n", peer()).unwrap();
         assert_eq!(a, "[2001:db8::1]:5555".parse().unwrap());
-        assert_eq!(client_address(b"PROXY UNKNOWN\r\n", peer()).unwrap(), peer());
+        assert_eq!(
+            client_address(b"PROXY UNKNOWN\r\n", peer()).unwrap(),
+            peer()
+        );
         assert!(client_address(b"PROXY TCP4 192.0.2.7\r\n", peer()).is_err());
         assert!(client_address(b"PROXY TCP4 999.0.2.7 10.0.0.1 1 2\r\n", peer()).is_err());
     }
