@@ -91,12 +91,13 @@ impl Stall {
     /// After the body's own poll: `got` whether it had something (a
     /// frame, its end, an error). True: stalled.
     fn stalled(&mut self, cx: &mut Context<'_>, got: bool) -> bool {
-        let deadline = Instant::now() + self.idle;
-        let timer = self
-            .timer
-            .get_or_insert_with(|| Box::pin(tokio::time::sleep_until(deadline)));
+        let timer = match &mut self.timer {
+            Some(t) => t,
+            None => self.timer.insert(Box::pin(tokio::time::sleep(self.idle))),
+        };
         if got {
-            timer.as_mut().reset(deadline);
+            // The clock is read only when a frame came.
+            timer.as_mut().reset(Instant::now() + self.idle);
             return false;
         }
         std::future::Future::poll(timer.as_mut(), cx).is_ready()

@@ -406,6 +406,60 @@ pub fn host_header_error(h: &HeaderMap, version: http::Version) -> Option<&'stat
 mod tests {
     use super::*;
 
+    fn trusting(h: &mut HeaderMap, peer: &str, trusted: &[&str]) -> std::net::IpAddr {
+        let ip: std::net::IpAddr = peer.parse().unwrap();
+        let value = HeaderValue::from_str(peer).unwrap();
+        let nets: Vec<ipnet::IpNet> = trusted
+            .iter()
+            .map(|c| crate::config::parse_cidr(c).unwrap())
+            .collect();
+        let p = Peer {
+            ip,
+            value: &value,
+            https: true,
+            trusted: &nets,
+        };
+        set_forwarded_trusting(h, p, Some(&HeaderValue::from_static("app")))
+    }
+
+    #[test]
+    fn trusted_proxies_pick_the_rightmost_untrusted_entry() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.2"),
+        );
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let client = trusting(&mut h, "10.0.0.1", &["10.0.0.0/8"]);
+        assert_eq!(client.to_string(), "1.2.3.4");
+        assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 1.2.3.4, 10.0.0.2, 10.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "app");
+        // All trusted: the leftmost; garbage stops the walk.
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.9.9.9"));
+        assert_eq!(
+            trusting(&mut h, "10.0.0.1", &["10.0.0.0/8"]).to_string(),
+            "10.9.9.9"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("nope, 10.9.9.9"));
+        assert_eq!(
+            trusting(&mut h, "10.0.0.1", &["10.0.0.0/8"]).to_string(),
+            "10.9.9.9"
+        );
+        // An untrusted peer: reset to it.
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        assert_eq!(
+            trusting(&mut h, "192.0.2.1", &["10.0.0.0/8"]).to_string(),
+            "192.0.2.1"
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    }
+
     #[test]
     fn hop_by_hop_headers_are_removed() {
         let mut h = HeaderMap::new();
