@@ -343,3 +343,31 @@ fn check_reports_edge_settings_at_their_place() {
     ));
     assert!(err.contains("read_timeout"), "{err}");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h2_body_crossing_max_body_bytes_gets_413() {
+    let b = Backend::start("up").await;
+    let (_p, addr) = start("max_body_bytes = 100", &upstream_toml("up", &[&b], ""));
+    // No content-length: the body is counted as it streams.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..3).map(|_| Ok(vec![b'q'; 60])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = h2c_client()
+        .post(format!("http://{addr}/upload"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.version(), reqwest::Version::HTTP_2);
+    assert_eq!(r.status().as_u16(), 413);
+    // Within the limit, the same way: forwarded whole.
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> = (0..2).map(|_| Ok(vec![b'q'; 50])).collect();
+    let body = reqwest::Body::wrap_stream(futures_util::stream::iter(chunks));
+    let r = h2c_client()
+        .post(format!("http://{addr}/upload"))
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.text().await.unwrap().starts_with("100 "));
+}
