@@ -371,3 +371,43 @@ async fn an_h2_body_crossing_max_body_bytes_gets_413() {
     assert_eq!(r.status().as_u16(), 200);
     assert!(r.text().await.unwrap().starts_with("100 "));
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_proxy_header_comes_before_tls() {
+    let b = Backend::start("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml(
+        "edge",
+        "proxy_protocol = true\nprotocols = [\"http1\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n",
+    );
+    let _p = Portico::start_in(
+        dir,
+        &format!(
+            "{l}\n[[route]]\nname = \"all\"\nupstream = \"up\"\n\n{}",
+            upstream_toml("up", &[&b], "")
+        ),
+    );
+    let mut tcp = TcpStream::connect(addr).await.unwrap();
+    tcp.write_all(b"PROXY TCP4 192.0.2.44 127.0.0.1 1234 443\r\n")
+        .await
+        .unwrap();
+    let cfg = pki.client_config(&[b"http/1.1"], &[&rustls::version::TLS13]);
+    let connector = tokio_rustls::TlsConnector::from(std::sync::Arc::new(cfg));
+    let name = rustls_pki_types::ServerName::try_from("localhost").unwrap();
+    let mut tls = connector.connect(name, tcp).await.unwrap();
+    tls.write_all(GET).await.unwrap();
+    let mut got = Vec::new();
+    let _ = tokio::time::timeout(Duration::from_secs(20), tls.read_to_end(&mut got))
+        .await
+        .expect("portico kept the connection open");
+    assert_eq!(
+        status_of(&got),
+        Some(200),
+        "{}",
+        String::from_utf8_lossy(&got)
+    );
+    assert_eq!(xff(&b), "192.0.2.44");
+    let seen = b.last_seen();
+    assert_eq!(seen.headers["x-forwarded-proto"], "https");
+}
