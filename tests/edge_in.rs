@@ -411,3 +411,36 @@ async fn the_proxy_header_comes_before_tls() {
     let seen = b.last_seen();
     assert_eq!(seen.headers["x-forwarded-proto"], "https");
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_h3_body_crossing_max_body_bytes_gets_413() {
+    let b = Backend::start("up").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml(
+        "edge",
+        "max_body_bytes = 100\nprotocols = [\"http1\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n",
+    );
+    let _p = Portico::start_in(
+        dir,
+        &format!(
+            "{l}\n[[route]]\nname = \"all\"\nupstream = \"up\"\n\n{}",
+            upstream_toml("up", &[&b], "")
+        ),
+    );
+    let client = support::http3::H3Client::new(&pki, false);
+    let mut c = client.connect(addr).await.unwrap();
+    // No content-length: counted as it streams.
+    let req = support::http3::request("POST", "/upload");
+    let r = c
+        .request(req, bytes::Bytes::from(vec![b'w'; 300]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 413, "{}", r.text());
+    let req = support::http3::request("POST", "/upload");
+    let r = c
+        .request(req, bytes::Bytes::from(vec![b'w'; 100]))
+        .await
+        .unwrap();
+    assert_eq!(r.status, 200, "{}", r.text());
+}
