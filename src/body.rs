@@ -9,9 +9,9 @@
 //! access log line is written, so both see the whole exchange.
 //!
 //! Both bodies may carry a stall timer ([`RequestBody::limit`],
-//! [`ProxyBody::read_timeout`]): armed at the first poll, pushed back by
-//! every frame (a reset of one timer, no allocation), it fails the body
-//! with [`BodyFault::Stalled`] when no frame came for that long. A request
+//! [`ProxyBody::read_timeout`]): it fails the body with
+//! [`BodyFault::Stalled`] when a wait for the next frame lasts that long
+//! (one timer per body, reset at each wait: no allocation per frame). A request
 //! body may also carry a size limit: the frame that crosses it fails the
 //! body with [`BodyFault::TooLarge`] instead of going on.
 
@@ -74,32 +74,47 @@ impl BodyFault {
     }
 }
 
-/// A timer that fails a body after `idle` without a frame.
+/// A timer that fails a body after `idle` spent waiting for a frame.
+///
+/// Only waiting counts: the timer starts when a poll finds nothing after
+/// one that found something, so time the body's reader spends elsewhere
+/// (an upstream or a client slow to take the bytes) is not a stall. The
+/// clock is read once per wait, not per frame.
 struct Stall {
     idle: Duration,
-    /// Armed at the first poll: a request body is not read before the
+    /// Armed at the first wait: a request body is not read before the
     /// upstream is reached (and a client that sent Expect: 100-continue
     /// waits for that read).
     timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
 }
 
 impl Stall {
     fn new(idle: Duration) -> Stall {
-        Stall { idle, timer: None }
+        Stall {
+            idle,
+            timer: None,
+            waiting: false,
+        }
     }
 
     /// After the body's own poll: `got` whether it had something (a
     /// frame, its end, an error). True: stalled.
     fn stalled(&mut self, cx: &mut Context<'_>, got: bool) -> bool {
-        let timer = match &mut self.timer {
-            Some(t) => t,
-            None => self.timer.insert(Box::pin(tokio::time::sleep(self.idle))),
-        };
         if got {
-            // The clock is read only when a frame came.
-            timer.as_mut().reset(Instant::now() + self.idle);
+            self.waiting = false;
             return false;
         }
+        if !std::mem::replace(&mut self.waiting, true) {
+            let deadline = Instant::now() + self.idle;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let Some(timer) = &mut self.timer else {
+            return false;
+        };
         std::future::Future::poll(timer.as_mut(), cx).is_ready()
     }
 }
@@ -221,8 +236,8 @@ impl RequestBody {
     }
 
     /// Fails the body with [`BodyFault::TooLarge`] when its data crosses
-    /// `max` bytes (0: no limit), and with [`BodyFault::Stalled`] when no
-    /// frame comes for `idle` (counted from the first poll).
+    /// `max` bytes (0: no limit), and with [`BodyFault::Stalled`] when a
+    /// wait for the next frame lasts `idle`.
     pub fn limit(&mut self, max: u64, idle: Duration) {
         self.limit = Some(Limit {
             max,
@@ -362,8 +377,8 @@ impl ProxyBody {
         }
     }
 
-    /// Fails the body with [`BodyFault::Stalled`] when no frame comes for
-    /// `idle` (counted from the first poll): the client sees the response
+    /// Fails the body with [`BodyFault::Stalled`] when a wait for the next
+    /// frame lasts `idle`: the client sees the response
     /// cut short, and the completion runs with `ended` false.
     pub fn read_timeout(&mut self, idle: Duration) {
         self.stall = Some(Stall::new(idle));
