@@ -7,6 +7,13 @@
 //! carry a [`Completion`], run exactly once when the body ends or is dropped:
 //! that is where the pooled upstream connection goes back to its pool and the
 //! access log line is written, so both see the whole exchange.
+//!
+//! Both bodies may carry a stall timer ([`RequestBody::limit`],
+//! [`ProxyBody::read_timeout`]): it fails the body with
+//! [`BodyFault::Stalled`] when a wait for the next frame lasts that long
+//! (one timer per body, reset at each wait: no allocation per frame). A request
+//! body may also carry a size limit: the frame that crosses it fails the
+//! body with [`BodyFault::TooLarge`] instead of going on.
 
 use bytes::Bytes;
 use http_body::{Body, Frame, SizeHint};
@@ -15,6 +22,8 @@ use std::pin::Pin;
 use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::time::{Instant, Sleep};
 
 /// Error type of both bodies: whatever the underlying stream failed with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -27,6 +36,94 @@ pub struct RequestBody {
     kind: Source,
     counter: Option<Arc<AtomicU64>>,
     watch: Option<BodyWatch>,
+    limit: Option<Limit>,
+}
+
+/// Why portico itself failed a body.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyFault {
+    /// The request body crossed max_body_bytes.
+    TooLarge,
+    /// No body bytes for the stall timeout.
+    Stalled,
+}
+
+impl std::fmt::Display for BodyFault {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(match self {
+            BodyFault::TooLarge => "request body over max_body_bytes",
+            BodyFault::Stalled => "body stalled",
+        })
+    }
+}
+
+impl std::error::Error for BodyFault {}
+
+impl BodyFault {
+    /// The fault somewhere in the source chain of `e`, if portico failed
+    /// the body itself.
+    pub fn find(e: &(dyn std::error::Error + 'static)) -> Option<BodyFault> {
+        let mut cur = Some(e);
+        while let Some(e) = cur {
+            if let Some(f) = e.downcast_ref::<BodyFault>() {
+                return Some(*f);
+            }
+            cur = e.source();
+        }
+        None
+    }
+}
+
+/// A timer that fails a body after `idle` spent waiting for a frame.
+///
+/// Only waiting counts: the timer starts when a poll finds nothing after
+/// one that found something, so time the body's reader spends elsewhere
+/// (an upstream or a client slow to take the bytes) is not a stall. The
+/// clock is read once per wait, not per frame.
+struct Stall {
+    idle: Duration,
+    /// Armed at the first wait: a request body is not read before the
+    /// upstream is reached (and a client that sent Expect: 100-continue
+    /// waits for that read).
+    timer: Option<Pin<Box<Sleep>>>,
+    waiting: bool,
+}
+
+impl Stall {
+    fn new(idle: Duration) -> Stall {
+        Stall {
+            idle,
+            timer: None,
+            waiting: false,
+        }
+    }
+
+    /// After the body's own poll: `got` whether it had something (a
+    /// frame, its end, an error). True: stalled.
+    fn stalled(&mut self, cx: &mut Context<'_>, got: bool) -> bool {
+        if got {
+            self.waiting = false;
+            return false;
+        }
+        if !std::mem::replace(&mut self.waiting, true) {
+            let deadline = Instant::now() + self.idle;
+            match &mut self.timer {
+                Some(t) => t.as_mut().reset(deadline),
+                None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),
+            }
+        }
+        let Some(timer) = &mut self.timer else {
+            return false;
+        };
+        std::future::Future::poll(timer.as_mut(), cx).is_ready()
+    }
+}
+
+/// A request body's limits: size (0: none) and stall timeout.
+struct Limit {
+    max: u64,
+    seen: u64,
+    stall: Stall,
 }
 
 /// How far a [`RequestBody`] got, seen from outside it: still open, read
@@ -37,6 +134,8 @@ pub struct BodyWatch(Arc<AtomicU8>);
 const OPEN: u8 = 0;
 const ENDED: u8 = 1;
 const FAILED: u8 = 2;
+const TOO_LARGE: u8 = 3;
+const STALLED: u8 = 4;
 
 impl BodyWatch {
     /// Whether the body was read to its end (its last frame, or its end,
@@ -47,7 +146,16 @@ impl BodyWatch {
 
     /// Whether the body itself returned an error.
     pub fn failed(&self) -> bool {
-        self.0.load(Ordering::Acquire) == FAILED
+        self.0.load(Ordering::Acquire) >= FAILED
+    }
+
+    /// Whether portico failed the body itself, and why.
+    pub fn fault(&self) -> Option<BodyFault> {
+        match self.0.load(Ordering::Acquire) {
+            TOO_LARGE => Some(BodyFault::TooLarge),
+            STALLED => Some(BodyFault::Stalled),
+            _ => None,
+        }
     }
 }
 
@@ -105,6 +213,7 @@ impl RequestBody {
             kind: Source::full(b),
             counter: None,
             watch: None,
+            limit: None,
         }
     }
 
@@ -113,6 +222,7 @@ impl RequestBody {
             kind: Source::Incoming(b),
             counter: None,
             watch: None,
+            limit: None,
         }
     }
 
@@ -121,7 +231,42 @@ impl RequestBody {
             kind: Source::Boxed(b),
             counter: None,
             watch: None,
+            limit: None,
         }
+    }
+
+    /// Fails the body with [`BodyFault::TooLarge`] when its data crosses
+    /// `max` bytes (0: no limit), and with [`BodyFault::Stalled`] when a
+    /// wait for the next frame lasts `idle`.
+    pub fn limit(&mut self, max: u64, idle: Duration) {
+        self.limit = Some(Limit {
+            max,
+            seen: 0,
+            stall: Stall::new(idle),
+        });
+    }
+
+    /// The next frame, with the limits applied.
+    fn poll_limited(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        let polled = self.kind.poll_frame(cx);
+        let Some(l) = &mut self.limit else {
+            return polled;
+        };
+        if let Poll::Ready(Some(Ok(f))) = &polled {
+            if let Some(d) = f.data_ref() {
+                l.seen += d.len() as u64;
+                if l.max > 0 && l.seen > l.max {
+                    return Poll::Ready(Some(Err(Box::new(BodyFault::TooLarge))));
+                }
+            }
+        }
+        if l.stall.stalled(cx, polled.is_ready()) {
+            return Poll::Ready(Some(Err(Box::new(BodyFault::Stalled))));
+        }
+        polled
     }
 
     /// Counts the data bytes that pass from now on into `counter`.
@@ -152,7 +297,7 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = this.kind.poll_frame(cx);
+        let polled = this.poll_limited(cx);
         if let (Some(n), Poll::Ready(Some(Ok(f)))) = (&this.counter, &polled) {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, Ordering::Relaxed);
@@ -163,7 +308,11 @@ impl Body for RequestBody {
             let state = match &polled {
                 Poll::Ready(None) => ENDED,
                 Poll::Ready(Some(Ok(_))) if this.is_end_stream() => ENDED,
-                Poll::Ready(Some(Err(_))) => FAILED,
+                Poll::Ready(Some(Err(e))) => match BodyFault::find(&**e) {
+                    Some(BodyFault::TooLarge) => TOO_LARGE,
+                    Some(BodyFault::Stalled) => STALLED,
+                    None => FAILED,
+                },
                 _ => OPEN,
             };
             if state != OPEN {
@@ -194,6 +343,7 @@ pub struct ProxyBody {
     kind: Source,
     bytes_out: u64,
     completion: Option<Box<dyn Completion>>,
+    stall: Option<Stall>,
 }
 
 impl ProxyBody {
@@ -204,6 +354,7 @@ impl ProxyBody {
             kind: Source::full(b),
             bytes_out: 0,
             completion: None,
+            stall: None,
         }
     }
 
@@ -212,6 +363,7 @@ impl ProxyBody {
             kind: Source::Full(None),
             bytes_out: 0,
             completion: None,
+            stall: None,
         }
     }
 
@@ -221,7 +373,15 @@ impl ProxyBody {
             kind: Source::Incoming(b),
             bytes_out: 0,
             completion: None,
+            stall: None,
         }
+    }
+
+    /// Fails the body with [`BodyFault::Stalled`] when a wait for the next
+    /// frame lasts `idle`: the client sees the response
+    /// cut short, and the completion runs with `ended` false.
+    pub fn read_timeout(&mut self, idle: Duration) {
+        self.stall = Some(Stall::new(idle));
     }
 
     /// Attaches the work to run when this body is done. If the body is
@@ -248,7 +408,12 @@ impl Body for ProxyBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = this.kind.poll_frame(cx);
+        let mut polled = this.kind.poll_frame(cx);
+        if let Some(s) = &mut this.stall {
+            if s.stalled(cx, polled.is_ready()) {
+                polled = Poll::Ready(Some(Err(Box::new(BodyFault::Stalled))));
+            }
+        }
         match &polled {
             Poll::Ready(Some(Ok(frame))) => {
                 if let Some(d) = frame.data_ref() {

@@ -32,6 +32,7 @@ pub use model::{
     LogFormat, Protocol, Respond, RouteConfig, RouteMatch, ServerConfig, ServerEntry, TlsVersion,
     UpstreamConfig, UpstreamProtocol, UpstreamTls, MAX_CONNECTIONS, MAX_HEADER_BYTES,
 };
+pub use validate::parse_cidr;
 
 use std::path::Path;
 

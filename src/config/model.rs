@@ -161,6 +161,17 @@ pub struct ListenerConfig {
     pub backlog: u32,
     #[serde(default = "default_h2_streams")]
     pub h2_max_concurrent_streams: u32,
+    /// Each connection starts with a PROXY protocol (v1 or v2) header.
+    #[serde(default)]
+    pub proxy_protocol: bool,
+    /// CIDRs of the peers whose X-Forwarded-* headers are believed.
+    #[serde(default)]
+    pub trusted_proxies: Vec<Spanned<String>>,
+    /// 0: no limit.
+    #[serde(default)]
+    pub max_body_bytes: u64,
+    #[serde(default = "default_body_timeout")]
+    pub body_timeout: Dur,
 }
 
 fn default_protocols() -> Spanned<Vec<Protocol>> {
@@ -183,6 +194,9 @@ fn default_backlog() -> u32 {
 }
 fn default_h2_streams() -> u32 {
     256
+}
+fn default_body_timeout() -> Dur {
+    Dur::secs(60)
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -295,6 +309,10 @@ pub struct UpstreamConfig {
     pub tls: Option<UpstreamTls>,
     /// Present: active health checks.
     pub health: Option<HealthCheck>,
+    /// After the response head: no response body bytes for this long
+    /// aborts the response.
+    #[serde(default = "default_read_timeout")]
+    pub read_timeout: Dur,
 }
 
 #[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
@@ -351,6 +369,9 @@ fn default_upstream_idle() -> Dur {
 }
 fn default_connect_timeout() -> Dur {
     Dur::secs(2)
+}
+fn default_read_timeout() -> Dur {
+    Dur::secs(60)
 }
 fn default_passive_eject() -> Dur {
     Dur::secs(10)

@@ -125,6 +125,7 @@ fn listeners(lc: &LoadedConfig) -> Result<(), ConfigError> {
         }
         listener_protocols(lc, l)?;
         listener_limits(lc, l)?;
+        listener_edge(lc, l)?;
         if let Some(tls) = &l.tls {
             if tls.cert.get_ref().is_empty() {
                 return Err(lc.error_at(&tls.cert, "tls.cert must not be empty"));
@@ -197,6 +198,61 @@ fn listener_limits(lc: &LoadedConfig, l: &ListenerConfig) -> Result<(), ConfigEr
     Ok(())
 }
 
+/// A listener's PROXY protocol, trusted proxies and body limits.
+fn listener_edge(lc: &LoadedConfig, l: &ListenerConfig) -> Result<(), ConfigError> {
+    for cidr in &l.trusted_proxies {
+        if parse_cidr(cidr.get_ref()).is_none() {
+            return Err(lc.error_at(
+                cidr,
+                format!(
+                    "trusted_proxies: \"{}\" is not an address or CIDR like \"10.0.0.0/8\"",
+                    cidr.get_ref()
+                ),
+            ));
+        }
+    }
+    timeout_in_range(lc, l, "body_timeout", l.body_timeout.0)?;
+    if l.proxy_protocol && l.protocols.get_ref() == &[Protocol::Http3] {
+        return Err(lc.error_at(
+            &l.protocols,
+            "proxy_protocol applies to TCP connections only; this listener serves HTTP/3 (QUIC) only",
+        ));
+    }
+    Ok(())
+}
+
+/// Shortest timeout a listener accepts: below it, ordinary scheduling
+/// delays would cut healthy clients off.
+const MIN_TIMEOUT: std::time::Duration = std::time::Duration::from_millis(10);
+
+/// A timeout that is neither zero (or too short to be meant) nor above a
+/// day.
+fn timeout_in_range(
+    lc: &LoadedConfig,
+    l: &ListenerConfig,
+    key: &str,
+    d: std::time::Duration,
+) -> Result<(), ConfigError> {
+    if d < MIN_TIMEOUT || d > std::time::Duration::from_secs(24 * 3600) {
+        return Err(lc.error_at(
+            &l.name,
+            format!(
+                "listener \"{}\": {key} must be 10ms to 24h",
+                l.name.get_ref()
+            ),
+        ));
+    }
+    Ok(())
+}
+
+/// An address (`10.1.2.3`, `::1`) or a CIDR (`10.0.0.0/8`).
+pub fn parse_cidr(s: &str) -> Option<ipnet::IpNet> {
+    let s = s.trim();
+    s.parse::<ipnet::IpNet>()
+        .ok()
+        .or_else(|| s.parse::<std::net::IpAddr>().ok().map(ipnet::IpNet::from))
+}
+
 fn listener_binds(lc: &LoadedConfig) -> Result<(), ConfigError> {
     let mut binds = HashSet::new();
     for l in &lc.config.listeners {
@@ -236,6 +292,15 @@ fn upstreams(lc: &LoadedConfig) -> Result<(), ConfigError> {
             return Err(lc.error_at(
                 &u.servers,
                 format!("upstream \"{name}\": resolve_interval must be more than 0"),
+            ));
+        }
+        let rt = u.read_timeout.0;
+        if rt < std::time::Duration::from_millis(10)
+            || rt > std::time::Duration::from_secs(24 * 3600)
+        {
+            return Err(lc.error_at(
+                &u.servers,
+                format!("upstream \"{name}\": read_timeout must be 10ms to 24h"),
             ));
         }
         if let Some(h) = &u.health {

@@ -31,6 +31,7 @@ mod h1_framing;
 mod h2_guard;
 mod linger;
 mod preface;
+pub mod proxy_protocol;
 pub mod quic;
 mod settings;
 mod timeouts;
@@ -195,6 +196,9 @@ pub(crate) fn listener_facts(s: &ListenerSettings) -> ListenerFacts {
         max_header_bytes: s.max_header_bytes,
         idle_timeout: s.idle_timeout,
         metrics: s.metrics.clone(),
+        trusted_proxies: s.trusted_proxies.clone(),
+        max_body_bytes: s.max_body_bytes,
+        body_timeout: s.body_timeout,
     }
 }
 
@@ -427,7 +431,7 @@ fn apply_settings(
 }
 
 async fn serve_connection(
-    stream: TcpStream,
+    mut stream: TcpStream,
     peer: SocketAddr,
     fe: Arc<Frontend>,
     shared: Arc<Shared>,
@@ -436,6 +440,14 @@ async fn serve_connection(
 ) {
     let _ = stream.set_nodelay(true);
     let s = &fe.settings;
+    let peer = if s.proxy_protocol {
+        match proxy_header(&mut stream, peer, s.header_read_timeout).await {
+            Some(client) => client,
+            None => return,
+        }
+    } else {
+        peer
+    };
     let tls = s.tls.clone();
     let activity = Arc::new(ConnActivity::default());
     match tls {
@@ -481,6 +493,27 @@ async fn serve_connection(
             };
             let conn = (peer, false, protocol, slot);
             serve_http(io, &fe.detect, &fe, conn, activity, shared, stop).await;
+        }
+    }
+}
+
+/// The client address from the PROXY protocol header at the start of
+/// `stream` (`peer`'s own for a LOCAL command), read within `timeout`;
+/// `None`: no valid header in time, and the connection is to be closed.
+async fn proxy_header(
+    stream: &mut TcpStream,
+    peer: SocketAddr,
+    timeout: Duration,
+) -> Option<SocketAddr> {
+    match tokio::time::timeout(timeout, proxy_protocol::read_header(stream, peer)).await {
+        Ok(Ok(client)) => Some(client),
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "connection closed");
+            None
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "PROXY header timed out");
+            None
         }
     }
 }

@@ -50,6 +50,14 @@ pub struct ListenerSettings {
     pub request_id_header: HeaderName,
     /// portico_connections_active of this listener.
     pub metrics: Arc<ListenerMetrics>,
+    /// TCP connections start with a PROXY protocol header.
+    pub proxy_protocol: bool,
+    /// Peers whose X-Forwarded-* headers are believed (empty: none, and
+    /// X-Forwarded-For is appended to as before).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// 0: no limit.
+    pub max_body_bytes: u64,
+    pub body_timeout: Duration,
 }
 
 impl ListenerSettings {
@@ -100,8 +108,26 @@ impl ListenerSettings {
             h2_max_concurrent_streams: l.h2_max_concurrent_streams,
             request_id_header: crate::proxy::runtime::request_id_header(lc)?,
             metrics: metrics.listener(l.name.get_ref()),
+            proxy_protocol: l.proxy_protocol,
+            trusted_proxies: trusted_proxies(lc, l)?,
+            max_body_bytes: l.max_body_bytes,
+            body_timeout: l.body_timeout.0,
         })
     }
+}
+
+/// The parsed trusted_proxies of `l`.
+fn trusted_proxies(
+    lc: &LoadedConfig,
+    l: &ListenerConfig,
+) -> Result<Arc<[ipnet::IpNet]>, ConfigError> {
+    l.trusted_proxies
+        .iter()
+        .map(|c| {
+            crate::config::parse_cidr(c.get_ref())
+                .ok_or_else(|| lc.error_at(c, "not an address or CIDR"))
+        })
+        .collect()
 }
 
 /// The Alt-Svc value of a listener with http3.

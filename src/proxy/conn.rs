@@ -47,6 +47,13 @@ pub struct ListenerFacts {
     pub idle_timeout: Duration,
     /// portico_connections_active of this listener.
     pub metrics: Arc<ListenerMetrics>,
+    /// Peers whose X-Forwarded-* headers are believed; empty: none (and
+    /// X-Forwarded-For is appended to, as without the setting).
+    pub trusted_proxies: Arc<[ipnet::IpNet]>,
+    /// Largest request body; 0: no limit.
+    pub max_body_bytes: u64,
+    /// Longest wait for the next request body bytes.
+    pub body_timeout: Duration,
 }
 
 /// What a request knows about the connection it came on.

@@ -47,4 +47,7 @@ pub(super) struct Trace {
     /// The connection is becoming a tunnel (WebSocket): both sides'
     /// upgrades, for the tunnel task that then ends the request.
     pub tunnel: Option<Tunnel>,
+    /// The client address trusted_proxies made out of X-Forwarded-For,
+    /// when it is not the connection's peer.
+    pub client: Option<std::net::IpAddr>,
 }

@@ -27,6 +27,10 @@ pub enum ProxyError {
     RequestTimeout,
     /// The request head is larger than max_header_bytes.
     HeaderTooLarge,
+    /// The request body is larger than max_body_bytes.
+    PayloadTooLarge,
+    /// No request body bytes for body_timeout.
+    BodyTimeout,
     /// A request other than GET/HEAD arrived in HTTP/3 0-RTT data, before
     /// the handshake completed (RFC 8470): the client retries it after.
     TooEarly,
@@ -56,6 +60,8 @@ impl ProxyError {
             ProxyError::CorsRejected => StatusCode::FORBIDDEN,
             ProxyError::RequestTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::HeaderTooLarge => StatusCode::REQUEST_HEADER_FIELDS_TOO_LARGE,
+            ProxyError::PayloadTooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            ProxyError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ProxyError::TooEarly => StatusCode::TOO_EARLY,
             ProxyError::BadGateway => StatusCode::BAD_GATEWAY,
             ProxyError::ServiceUnavailable => StatusCode::SERVICE_UNAVAILABLE,
@@ -75,6 +81,8 @@ impl ProxyError {
             }
             ProxyError::RequestTimeout => "request head not received in time",
             ProxyError::HeaderTooLarge => "request header fields too large",
+            ProxyError::PayloadTooLarge => "request body too large",
+            ProxyError::BodyTimeout => "request body not received in time",
             ProxyError::TooEarly => "request sent in TLS early data; retry after the handshake",
             ProxyError::BadGateway => "upstream unavailable or sent an invalid response",
             ProxyError::ServiceUnavailable => "no healthy upstream server",
@@ -94,6 +102,8 @@ impl ProxyError {
             ProxyError::CorsRejected => "CORS preflight rejected",
             ProxyError::RequestTimeout => "request head timeout",
             ProxyError::HeaderTooLarge => "request header fields too large",
+            ProxyError::PayloadTooLarge => "request body too large",
+            ProxyError::BodyTimeout => "request body timeout",
             ProxyError::TooEarly => "non-idempotent request in early data",
             ProxyError::BadGateway => "upstream failed",
             ProxyError::ServiceUnavailable => "no healthy upstream",
@@ -124,7 +134,8 @@ impl ProxyError {
             ProxyError::NotFound => "12",
             ProxyError::CorsRejected => "7",
             ProxyError::RequestTimeout => "4",
-            ProxyError::HeaderTooLarge => "8",
+            ProxyError::HeaderTooLarge | ProxyError::PayloadTooLarge => "8",
+            ProxyError::BodyTimeout => "4",
             // UNAVAILABLE: gRPC clients retry it, as 425 asks.
             ProxyError::TooEarly
             | ProxyError::BadGateway
@@ -141,7 +152,11 @@ impl ProxyError {
     fn closes_connection(self) -> bool {
         matches!(
             self,
-            ProxyError::BadRequest(_) | ProxyError::RequestTimeout | ProxyError::HeaderTooLarge
+            ProxyError::BadRequest(_)
+                | ProxyError::RequestTimeout
+                | ProxyError::HeaderTooLarge
+                | ProxyError::PayloadTooLarge
+                | ProxyError::BodyTimeout
         )
     }
 
@@ -179,6 +194,18 @@ impl ProxyError {
                 .insert(CONNECTION, HeaderValue::from_static("close"));
         }
         resp
+    }
+}
+
+impl ProxyError {
+    /// The answer to a client request body that failed with `e`: 413 or
+    /// 408 when portico failed it for its limits, else 400.
+    pub fn client_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
+        match crate::body::BodyFault::find(e) {
+            Some(crate::body::BodyFault::TooLarge) => ProxyError::PayloadTooLarge,
+            Some(crate::body::BodyFault::Stalled) => ProxyError::BodyTimeout,
+            None => ProxyError::BadRequest("malformed request body"),
+        }
     }
 }
 

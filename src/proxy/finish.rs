@@ -89,6 +89,9 @@ impl Done {
             l.status = self.status;
             l.route = trace.route.take();
             l.upstream = trace.upstream.take();
+            if let Some(ip) = trace.client {
+                l.client = std::net::SocketAddr::new(ip, l.client.port());
+            }
             l.bytes_out = bytes_out;
             l.bytes_in = trace
                 .bytes_in

@@ -60,6 +60,7 @@ pub(super) async fn forward(
     let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
 
     let (mut parts, mut body) = req.into_parts();
+    limit_body(&mut body, ctx)?;
     let accept = upstream_head::build(&mut parts, ctx, route, pool, websocket)?;
     let upgrade = client_upgrade.map(|on| ClientUpgrade { on, accept });
 
@@ -85,6 +86,21 @@ pub(super) async fn forward(
         tried: Tried::new(),
     };
     attempts.run(req, ctx, upgrade).await
+}
+
+/// The listener's body limits on `body`: a body whose length is known to
+/// be over max_body_bytes is refused before anything is sent (413); any
+/// other fails when it crosses it, or stalls for body_timeout.
+fn limit_body(body: &mut RequestBody, ctx: &RequestCtx<'_>) -> Result<(), ProxyError> {
+    let l = &ctx.conn.listener;
+    if http_body::Body::is_end_stream(body) {
+        return Ok(());
+    }
+    if l.max_body_bytes > 0 && http_body::Body::size_hint(body).lower() > l.max_body_bytes {
+        return Err(ProxyError::PayloadTooLarge);
+    }
+    body.limit(l.max_body_bytes, l.body_timeout);
+    Ok(())
 }
 
 /// The sending of one request: to one server, then, where the rules allow,
@@ -148,8 +164,8 @@ impl Attempts<'_> {
             };
             pool.record_failure(server, &failure.error);
             tracing::warn!(upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
-            if let UpstreamError::ClientBody(_) = failure.error {
-                return Err(ProxyError::BadRequest("malformed request body"));
+            if let UpstreamError::ClientBody(e) = &failure.error {
+                return Err(ProxyError::client_body(e));
             }
             last_error = ProxyError::BadGateway;
             if !self.attempts_left() {
@@ -215,7 +231,9 @@ impl Attempts<'_> {
         let (mut rp, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut rp.headers);
         rp.version = Version::HTTP_11;
-        Ok(Response::from_parts(rp, ProxyBody::upstream(body)))
+        let mut body = ProxyBody::upstream(body);
+        body.read_timeout(self.pool.definition.read_timeout.0);
+        Ok(Response::from_parts(rp, body))
     }
 
     /// The server accepted the client's WebSocket upgrade: the 101 for the

@@ -299,6 +299,66 @@ pub fn set_forwarded(
     }
 }
 
+/// The listener's view of the peer for [`set_forwarded_trusting`].
+pub struct Peer<'a> {
+    pub ip: std::net::IpAddr,
+    /// `ip` as a header value (made once per connection).
+    pub value: &'a HeaderValue,
+    pub https: bool,
+    /// trusted_proxies: not empty.
+    pub trusted: &'a [ipnet::IpNet],
+}
+
+/// As [`set_forwarded`] on a listener with trusted_proxies: from a trusted
+/// peer X-Forwarded-For is kept and the peer appended, and the client's
+/// -Proto and -Host are kept (set by portico when absent); from any other
+/// peer all three are set by portico, -For to the peer alone. Returns the
+/// client address: the rightmost -For entry not in the list (the leftmost
+/// if all are; the entry right of one that is no IP address).
+pub fn set_forwarded_trusting(
+    h: &mut HeaderMap,
+    peer: Peer<'_>,
+    host: Option<&HeaderValue>,
+) -> std::net::IpAddr {
+    let is_trusted = |ip: &std::net::IpAddr| peer.trusted.iter().any(|n| n.contains(ip));
+    if !is_trusted(&peer.ip) {
+        h.remove(&X_FORWARDED_FOR);
+        set_forwarded(h, peer.value, peer.https, host);
+        return peer.ip;
+    }
+    let proto = h.get(&X_FORWARDED_PROTO).cloned();
+    let fhost = h.get(&X_FORWARDED_HOST).cloned();
+    set_forwarded(h, peer.value, peer.https, host);
+    if let Some(v) = proto {
+        h.insert(X_FORWARDED_PROTO.clone(), v);
+    }
+    if let Some(v) = fhost {
+        h.insert(X_FORWARDED_HOST.clone(), v);
+    }
+    let list = h
+        .get(&X_FORWARDED_FOR)
+        .and_then(|v| v.to_str().ok())
+        .unwrap_or("");
+    let mut client = peer.ip;
+    for entry in list.rsplit(',') {
+        match parse_forwarded_ip(entry) {
+            Some(ip) if is_trusted(&ip) => client = ip,
+            Some(ip) => return ip,
+            None => break,
+        }
+    }
+    client
+}
+
+/// An X-Forwarded-For entry: an IP address, also with a port (`1.2.3.4:5`,
+/// `[::1]:5`).
+fn parse_forwarded_ip(s: &str) -> Option<std::net::IpAddr> {
+    let s = s.trim();
+    s.parse()
+        .ok()
+        .or_else(|| s.parse::<std::net::SocketAddr>().ok().map(|a| a.ip()))
+}
+
 /// A method that equals a standard one (RFC 9110 9, PATCH) only
 /// case-insensitively (`post`, `Get`): methods are case-sensitive, and an
 /// upstream that folds case would read it as the standard one that routing
@@ -345,6 +405,60 @@ pub fn host_header_error(h: &HeaderMap, version: http::Version) -> Option<&'stat
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn trusting(h: &mut HeaderMap, peer: &str, trusted: &[&str]) -> std::net::IpAddr {
+        let ip: std::net::IpAddr = peer.parse().unwrap();
+        let value = HeaderValue::from_str(peer).unwrap();
+        let nets: Vec<ipnet::IpNet> = trusted
+            .iter()
+            .map(|c| crate::config::parse_cidr(c).unwrap())
+            .collect();
+        let p = Peer {
+            ip,
+            value: &value,
+            https: true,
+            trusted: &nets,
+        };
+        set_forwarded_trusting(h, p, Some(&HeaderValue::from_static("app")))
+    }
+
+    #[test]
+    fn trusted_proxies_pick_the_rightmost_untrusted_entry() {
+        let mut h = HeaderMap::new();
+        h.insert(
+            &X_FORWARDED_FOR,
+            HeaderValue::from_static("6.6.6.6, 1.2.3.4, 10.0.0.2"),
+        );
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        let client = trusting(&mut h, "10.0.0.1", &["10.0.0.0/8"]);
+        assert_eq!(client.to_string(), "1.2.3.4");
+        assert_eq!(h[&X_FORWARDED_FOR], "6.6.6.6, 1.2.3.4, 10.0.0.2, 10.0.0.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "http");
+        assert_eq!(h[&X_FORWARDED_HOST], "app");
+        // All trusted: the leftmost; garbage stops the walk.
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("10.9.9.9"));
+        assert_eq!(
+            trusting(&mut h, "10.0.0.1", &["10.0.0.0/8"]).to_string(),
+            "10.9.9.9"
+        );
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("nope, 10.9.9.9"));
+        assert_eq!(
+            trusting(&mut h, "10.0.0.1", &["10.0.0.0/8"]).to_string(),
+            "10.9.9.9"
+        );
+        // An untrusted peer: reset to it.
+        let mut h = HeaderMap::new();
+        h.insert(&X_FORWARDED_FOR, HeaderValue::from_static("1.2.3.4"));
+        h.insert(&X_FORWARDED_PROTO, HeaderValue::from_static("http"));
+        assert_eq!(
+            trusting(&mut h, "192.0.2.1", &["10.0.0.0/8"]).to_string(),
+            "192.0.2.1"
+        );
+        assert_eq!(h[&X_FORWARDED_FOR], "192.0.2.1");
+        assert_eq!(h[&X_FORWARDED_PROTO], "https");
+    }
 
     #[test]
     fn hop_by_hop_headers_are_removed() {

@@ -49,7 +49,7 @@ impl Replay {
         } else {
             match tokio::time::timeout_at(deadline, body.collect()).await {
                 Ok(Ok(c)) => c.to_bytes(),
-                Ok(Err(_)) => return Err(ProxyError::BadRequest("malformed request body")),
+                Ok(Err(e)) => return Err(ProxyError::client_body(&*e)),
                 Err(_) => return Err(ProxyError::GatewayTimeout),
             }
         };

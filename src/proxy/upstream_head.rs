@@ -30,19 +30,26 @@ use http::{HeaderValue, Uri, Version};
 /// asking for an upgrade with a key).
 pub(super) fn build(
     parts: &mut Parts,
-    ctx: &RequestCtx<'_>,
+    ctx: &mut RequestCtx<'_>,
     route: &Route,
     pool: &UpstreamPool,
     websocket: Option<HeaderValue>,
 ) -> Result<Option<HeaderValue>, ProxyError> {
     let host = ctx.host.as_ref();
     headers::strip_request_only(&mut parts.headers);
-    headers::set_forwarded(
-        &mut parts.headers,
-        &ctx.conn.client_ip,
-        ctx.conn.https,
-        host,
-    );
+    let conn = ctx.conn;
+    if conn.listener.trusted_proxies.is_empty() {
+        headers::set_forwarded(&mut parts.headers, &conn.client_ip, conn.https, host);
+    } else {
+        let peer = headers::Peer {
+            ip: conn.peer.ip(),
+            value: &conn.client_ip,
+            https: conn.https,
+            trusted: &conn.listener.trusted_proxies,
+        };
+        let client = headers::set_forwarded_trusting(&mut parts.headers, peer, host);
+        ctx.trace.client = Some(client);
+    }
     parts.headers.insert(
         ctx.runtime.request_id_header.clone(),
         ctx.request_id.clone(),
