@@ -125,7 +125,9 @@ pub fn check_name(lc: &LoadedConfig, side: Side, name: &str) -> Result<HeaderNam
     let h = HeaderName::from_bytes(name.as_bytes())
         .map_err(|_| format!("\"{name}\" is not a valid header name"))?;
     match owned_reason(lc, side, h.as_str()) {
-        Some(why) => Err(format!("header \"{name}\" may not be changed by a rule: {why}")),
+        Some(why) => Err(format!(
+            "header \"{name}\" may not be changed by a rule: {why}"
+        )),
         None => Ok(h),
     }
 }
@@ -155,7 +157,9 @@ pub(super) fn check_route(lc: &LoadedConfig, r: &RouteConfig) -> Result<(), Conf
             if n.eq_ignore_ascii_case("content-type") || n.eq_ignore_ascii_case("location") {
                 return Err(lc.error_at(
                     resp,
-                    format!("respond.headers: set \"{n}\" with respond.content_type / respond.location"),
+                    format!(
+                        "respond.headers: set \"{n}\" with respond.content_type / respond.location"
+                    ),
                 ));
             }
         }
@@ -168,13 +172,18 @@ pub(super) fn check_route(lc: &LoadedConfig, r: &RouteConfig) -> Result<(), Conf
     Ok(())
 }
 
-fn check_rules(lc: &LoadedConfig, side: Side, rules: &HeaderRulesConfig) -> Result<(), ConfigError> {
+fn check_rules(
+    lc: &LoadedConfig,
+    side: Side,
+    rules: &HeaderRulesConfig,
+) -> Result<(), ConfigError> {
     let key = match side {
         Side::Request => "request_headers",
         Side::Response => "response_headers",
     };
     for (n, v) in rules.set.get_ref() {
-        check_pair(lc, side, n, v).map_err(|e| lc.error_at(&rules.set, format!("{key}.set: {e}")))?;
+        check_pair(lc, side, n, v)
+            .map_err(|e| lc.error_at(&rules.set, format!("{key}.set: {e}")))?;
     }
     for n in &rules.remove {
         check_name(lc, side, n.get_ref())

@@ -29,9 +29,10 @@ pub use cors::CorsConfig;
 pub use duration::Dur;
 pub use error::{ConfigError, SourceFile};
 pub use model::{
-    AccessLogFormat, AdminConfig, CertPair, Config, HeaderRulesConfig, HealthCheck, ListenerConfig, ListenerTls, LoadedConfig,
-    Protocol, Respond, RouteConfig, RouteMatch, ServerConfig, ServerEntry, TlsVersion,
-    UpstreamConfig, UpstreamProtocol, UpstreamTls, MAX_CONNECTIONS, MAX_HEADER_BYTES,
+    AccessLogFormat, AdminConfig, CertPair, Config, HeaderRulesConfig, HealthCheck, ListenerConfig,
+    ListenerTls, LoadedConfig, Protocol, Respond, RouteConfig, RouteMatch, ServerConfig,
+    ServerEntry, TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTls, MAX_CONNECTIONS,
+    MAX_HEADER_BYTES,
 };
 
 use std::path::Path;

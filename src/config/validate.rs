@@ -98,7 +98,9 @@ fn listeners(lc: &LoadedConfig) -> Result<(), ConfigError> {
             }
             for pair in &tls.certs {
                 if pair.cert.get_ref().is_empty() || pair.key.get_ref().is_empty() {
-                    return Err(lc.error_at(&pair.cert, "tls.certs: cert and key must not be empty"));
+                    return Err(
+                        lc.error_at(&pair.cert, "tls.certs: cert and key must not be empty")
+                    );
                 }
             }
         }

@@ -75,8 +75,7 @@ impl ListenerSettings {
         let (mut tls, mut quic, mut ticketer) = (None, None, None);
         if let Some(t) = &l.tls {
             let certs = crate::tls::SniResolver::build(lc, t)?;
-            ticketer =
-                crate::tls::ticketer(lc, t, previous.and_then(|p| p.ticketer.as_ref()))?;
+            ticketer = crate::tls::ticketer(lc, t, previous.and_then(|p| p.ticketer.as_ref()))?;
             tls = Some(crate::tls::server_config(
                 lc,
                 t,
