@@ -11,7 +11,7 @@
 //! has only known placeholders.
 
 use super::model::{HeaderRulesConfig, LoadedConfig, RouteConfig};
-use super::ConfigError;
+use super::error::ConfigError;
 use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 
