@@ -606,3 +606,50 @@ impl AsyncWrite for ClientIo {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certified(names: &[&str]) -> Arc<CertifiedKey> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        Arc::new(CertifiedKey::from_der(vec![cert.der().clone()], der, &provider()).unwrap())
+    }
+
+    #[test]
+    fn san_names_are_read() {
+        let ck = certified(&["a.test", "*.b.test"]);
+        assert_eq!(cert_dns_names(&ck.cert[0]), ["a.test", "*.b.test"]);
+        assert!(cert_dns_names(b"\x30\x03\x02\x01").is_empty());
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_default() {
+        let default = certified(&["default.test"]);
+        let wild = certified(&["*.w.test"]);
+        let exact = certified(&["x.w.test", "A.test"]);
+        let mut r = SniResolver {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: default.clone(),
+        };
+        for ck in [&wild, &exact, &default] {
+            r.add(cert_dns_names(&ck.cert[0]), ck);
+        }
+        let pick = |n| Arc::as_ptr(r.pick(n));
+        assert_eq!(pick(Some("x.w.test")), Arc::as_ptr(&exact));
+        assert_eq!(pick(Some("y.w.test")), Arc::as_ptr(&wild));
+        assert_eq!(pick(Some("y.w.test.")), Arc::as_ptr(&wild));
+        assert_eq!(pick(Some("a.test")), Arc::as_ptr(&exact));
+        assert_eq!(pick(Some("z.y.w.test")), Arc::as_ptr(&default));
+        assert_eq!(pick(Some("w.test")), Arc::as_ptr(&default));
+        assert_eq!(pick(Some("unknown.test")), Arc::as_ptr(&default));
+        assert_eq!(pick(None), Arc::as_ptr(&default));
+    }
+}

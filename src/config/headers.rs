@@ -10,8 +10,8 @@
 //! can neither forge nor drop what the edge rules guarantee. A template
 //! has only known placeholders.
 
-use super::model::{HeaderRulesConfig, LoadedConfig, RouteConfig};
 use super::error::ConfigError;
+use super::model::{HeaderRulesConfig, LoadedConfig, RouteConfig};
 use http::{HeaderName, HeaderValue};
 use std::collections::BTreeMap;
 
