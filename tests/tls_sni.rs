@@ -180,3 +180,38 @@ async fn session_tickets_resume_also_after_a_reload() {
     let fresh = certs.client(true);
     assert_eq!(second_handshake(addr, &fresh).await, HandshakeKind::Full);
 }
+
+/// The certificate an HTTP/3 (QUIC) handshake for `name` is shown.
+async fn quic_cert(addr: SocketAddr, certs: &Certs, name: &str) -> Vec<u8> {
+    let mut tls = Arc::unwrap_or_clone(certs.client(true));
+    tls.alpn_protocols = vec![b"h3".to_vec()];
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let conn = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), addr, name)
+        .unwrap()
+        .await
+        .unwrap();
+    let chain = conn
+        .peer_identity()
+        .unwrap()
+        .downcast::<Vec<CertificateDer<'static>>>()
+        .unwrap();
+    conn.close(0u32.into(), b"");
+    chain[0].to_vec()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn http3_chooses_certificates_by_sni_too() {
+    let b = Backend::start("app").await;
+    let dir = tempfile::tempdir().unwrap();
+    let certs = Certs::new(dir.path());
+    let default = certs.issue("default", &["default.test"]);
+    let wild = certs.issue("wild", &["*.wild.test"]);
+    let a = certs.issue("a", &["a.test"]);
+    let (addr, cfg) = config(&THREE.replace("\"http1\"", "\"http1\", \"http3\""), &b);
+    let _p = Portico::start_in(dir, &cfg);
+    assert_eq!(quic_cert(addr, &certs, "a.test").await, a);
+    assert_eq!(quic_cert(addr, &certs, "b.wild.test").await, wild);
+    assert_eq!(quic_cert(addr, &certs, "default.test").await, default);
+}
