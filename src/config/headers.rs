@@ -5,7 +5,7 @@
 //! Guarantees: a rule names a valid header, sets a valid value (no CR, LF
 //! or NUL), and never names a header portico owns: the hop-by-hop headers,
 //! Host and the framing headers, the request id header, and on requests
-//! also x-forwarded-*, Early-Data and every claim header of any JWT policy
+//! also x-forwarded-*, Early-Data, Expect and every claim header of any JWT policy
 //! (in every spelling an upstream may read as the same name), so a rule
 //! can neither forge nor drop what the edge rules guarantee. A template
 //! has only known placeholders.
@@ -83,6 +83,8 @@ const OWNED_ON_REQUESTS: &[&str] = &[
     "x-forwarded-proto",
     "x-forwarded-host",
     "early-data",
+    // Answered by portico's own 100 Continue, never forwarded.
+    "expect",
 ];
 
 /// Which side of the exchange a rule acts on.
