@@ -58,7 +58,10 @@ impl Snapshot {
             .config
             .listeners
             .iter()
-            .map(|l| ListenerSettings::build(&lc, l, &metrics).map(Arc::new))
+            .map(|l| {
+                let prev = previous.and_then(|p| p.listener(l.name.get_ref()));
+                ListenerSettings::build(&lc, l, &metrics, prev.map(|p| &**p)).map(Arc::new)
+            })
             .collect::<Result<Vec<_>, _>>()?;
         let pools = build_pools(&lc, previous, &metrics)?;
         let auth = crate::auth::AuthSet::build(&lc, previous.map(|p| &p.auth))?;

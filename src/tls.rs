@@ -3,17 +3,21 @@
 //! configured, under one timeout) that upstreams and JWKS fetches share.
 //!
 //! Guarantees: TLS 1.3 only unless a listener asks for 1.2 (its QUIC side
-//! is always 1.3); ALPN offers exactly the listener's protocols (h2 before
+//! is always 1.3); certificates are chosen by SNI ([`SniResolver`]); TLS
+//! 1.3 session tickets come from a ticketer a listener keeps across
+//! reloads; ALPN offers exactly the listener's protocols (h2 before
 //! http/1.1 over TCP, h3 over QUIC); a key that does not
 //! match its certificate, an unreadable or empty file, or a bad client CA is
 //! a [`ConfigError`] at the position of the offending setting. The crypto
 //! provider is ring, which builds with the toolchain and a C compiler alone.
 
 use crate::config::{ConfigError, ListenerTls, LoadedConfig, Protocol, TlsVersion};
-use rustls::server::WebPkiClientVerifier;
+use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
+use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
 use rustls_pki_types::pem::PemObject;
 use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use std::collections::HashMap;
 use std::io;
 use std::pin::Pin;
 use std::sync::Arc;
@@ -66,28 +70,61 @@ pub fn load_key(
     })
 }
 
-/// Builds the rustls config of one TLS listener's TCP side.
+/// Builds the rustls config of one TLS listener's TCP side: certificates
+/// by SNI from `certs`, TLS 1.3 session tickets from `ticketer` (`None`:
+/// no tickets, so no resumption).
 pub fn server_config(
     lc: &LoadedConfig,
     t: &ListenerTls,
     protocols: &[Protocol],
+    certs: &Arc<SniResolver>,
+    ticketer: Option<Arc<dyn ProducesTickets>>,
 ) -> Result<Arc<ServerConfig>, ConfigError> {
     let versions: &[&'static rustls::SupportedProtocolVersion] = match t.min_version {
         TlsVersion::V1_3 => &[&rustls::version::TLS13],
         TlsVersion::V1_2 => &[&rustls::version::TLS13, &rustls::version::TLS12],
     };
-    let mut cfg = base_config(lc, t, versions)?;
+    let mut cfg = base_config(lc, t, versions, certs)?;
     cfg.alpn_protocols = alpn(protocols);
+    match ticketer {
+        Some(t) => cfg.ticketer = t,
+        None => {
+            // Neither tickets nor the default session cache: no resumption.
+            cfg.send_tls13_tickets = 0;
+            cfg.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        }
+    }
     Ok(Arc::new(cfg))
 }
 
+/// The ticketer of a listener with `tls.session_tickets`: `previous` (the
+/// one the listener had before a reload) when given, so tickets issued
+/// before the reload still resume; else a new rotating one (ring,
+/// ChaCha20-Poly1305, keys rotated every 6 hours, each valid for 12).
+pub fn ticketer(
+    lc: &LoadedConfig,
+    t: &ListenerTls,
+    previous: Option<&Arc<dyn ProducesTickets>>,
+) -> Result<Option<Arc<dyn ProducesTickets>>, ConfigError> {
+    if !t.session_tickets {
+        return Ok(None);
+    }
+    if let Some(p) = previous {
+        return Ok(Some(p.clone()));
+    }
+    rustls::crypto::ring::Ticketer::new()
+        .map(Some)
+        .map_err(|e| lc.error_at(&t.cert, format!("cannot make TLS session tickets: {e}")))
+}
+
 /// Builds the rustls config of one listener's QUIC side (HTTP/3), from the
-/// same certificate, key and client CA as its TCP side.
+/// same certificates and client CA as its TCP side.
 ///
 /// Guarantees: TLS 1.3 only (QUIC has no other version), ALPN exactly `h3`.
 /// 0-RTT is off unless `tls.early_data`: then `max_early_data_size` is
 /// `u32::MAX`, the only non-zero value QUIC allows (RFC 9001 4.6.1). Session
-/// resumption is stateful (rustls's in-memory cache, no ticketer), which is
+/// resumption is stateful (rustls's in-memory cache, no ticketer, whatever
+/// `tls.session_tickets` says), which is
 /// what rustls requires for early data: a ticket is taken from the cache once,
 /// so one instance never accepts the same 0-RTT ticket twice. Replays against
 /// other instances are not possible either, since a ticket only resumes on
@@ -96,8 +133,9 @@ pub fn server_config(
 pub fn quic_server_config(
     lc: &LoadedConfig,
     t: &ListenerTls,
+    certs: &Arc<SniResolver>,
 ) -> Result<Arc<quinn::crypto::rustls::QuicServerConfig>, ConfigError> {
-    let mut cfg = base_config(lc, t, &[&rustls::version::TLS13])?;
+    let mut cfg = base_config(lc, t, &[&rustls::version::TLS13], certs)?;
     cfg.alpn_protocols = vec![b"h3".to_vec()];
     cfg.max_early_data_size = if t.early_data { u32::MAX } else { 0 };
     quinn::crypto::rustls::QuicServerConfig::try_from(cfg)
@@ -105,15 +143,14 @@ pub fn quic_server_config(
         .map_err(|e| lc.error_at(&t.cert, format!("QUIC TLS setup failed: {e}")))
 }
 
-/// Certificate, key and client authentication of a listener, with the
-/// given protocol versions and no ALPN yet.
+/// Certificates and client authentication of a listener, with the given
+/// protocol versions and no ALPN yet.
 fn base_config(
     lc: &LoadedConfig,
     t: &ListenerTls,
     versions: &[&'static rustls::SupportedProtocolVersion],
+    certs: &Arc<SniResolver>,
 ) -> Result<ServerConfig, ConfigError> {
-    let certs = load_certs(lc, &t.cert)?;
-    let key = load_key(lc, &t.key)?;
     let builder = ServerConfig::builder_with_provider(provider())
         .with_protocol_versions(versions)
         .map_err(|e| lc.error_at(&t.cert, format!("TLS setup failed: {e}")))?;
@@ -131,12 +168,163 @@ fn base_config(
             .map_err(|e| lc.error_at(&t.client_ca, format!("bad client CA: {e}")))?;
         builder.with_client_cert_verifier(verifier)
     };
-    builder.with_single_cert(certs, key).map_err(|e| {
-        lc.error_at(
-            &t.key,
-            format!("key does not fit the certificate, or is unusable: {e}"),
-        )
-    })
+    Ok(builder.with_cert_resolver(certs.clone()))
+}
+
+/// The certificates of a listener, chosen by the name the client asks for
+/// (SNI): a certificate whose DNS names (subjectAltName) include it
+/// exactly, else one with a wildcard (`*.example.com` covers one label:
+/// `a.example.com`, not `example.com` nor `a.b.example.com`), else the
+/// default (`tls.cert`), which also answers clients that send no name.
+/// Among `tls.certs`, the first that names a host wins; the default's own
+/// names come last.
+#[derive(Debug)]
+pub struct SniResolver {
+    exact: HashMap<String, Arc<CertifiedKey>>,
+    /// By the suffix after `*.`.
+    wildcard: HashMap<String, Arc<CertifiedKey>>,
+    default: Arc<CertifiedKey>,
+}
+
+impl SniResolver {
+    /// Reads and checks every pair of `t` (each key must match its cert).
+    pub fn build(lc: &LoadedConfig, t: &ListenerTls) -> Result<Arc<SniResolver>, ConfigError> {
+        let default = certified_key(lc, &t.cert, &t.key)?;
+        let mut r = SniResolver {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: default.clone(),
+        };
+        for pair in &t.certs {
+            let ck = certified_key(lc, &pair.cert, &pair.key)?;
+            let names = cert_dns_names(&ck.cert[0]);
+            if names.is_empty() {
+                return Err(lc.error_at(
+                    &pair.cert,
+                    "certificate has no DNS name in its subjectAltName, so no SNI can pick it",
+                ));
+            }
+            r.add(names, &ck);
+        }
+        r.add(cert_dns_names(&default.cert[0]), &default);
+        Ok(Arc::new(r))
+    }
+
+    fn add(&mut self, names: Vec<String>, ck: &Arc<CertifiedKey>) {
+        for n in names {
+            let n = n.to_ascii_lowercase();
+            match n.strip_prefix("*.") {
+                Some(suffix) => self.wildcard.entry(suffix.to_string()),
+                None => self.exact.entry(n),
+            }
+            .or_insert_with(|| ck.clone());
+        }
+    }
+
+    /// The certificate for a client asking for `name` (lower case, as
+    /// rustls hands it over).
+    pub fn pick(&self, name: Option<&str>) -> &Arc<CertifiedKey> {
+        let Some(name) = name else {
+            return &self.default;
+        };
+        let name = name.strip_suffix('.').unwrap_or(name);
+        self.exact
+            .get(name)
+            .or_else(|| {
+                let (_, parent) = name.split_once('.')?;
+                self.wildcard.get(parent)
+            })
+            .unwrap_or(&self.default)
+    }
+}
+
+impl ResolvesServerCert for SniResolver {
+    fn resolve(&self, hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.pick(hello.server_name()).clone())
+    }
+}
+
+/// One certificate chain and its key, checked to match.
+fn certified_key(
+    lc: &LoadedConfig,
+    cert: &Spanned<String>,
+    key: &Spanned<String>,
+) -> Result<Arc<CertifiedKey>, ConfigError> {
+    let certs = load_certs(lc, cert)?;
+    let k = load_key(lc, key)?;
+    CertifiedKey::from_der(certs, k, &provider())
+        .map(Arc::new)
+        .map_err(|e| {
+            lc.error_at(
+                key,
+                format!("key does not fit the certificate, or is unusable: {e}"),
+            )
+        })
+}
+
+/// The DNS names of a DER certificate's subjectAltName extension (empty
+/// when it has none, or the DER cannot be read).
+pub fn cert_dns_names(cert: &[u8]) -> Vec<String> {
+    san_dns_names(cert).unwrap_or_default()
+}
+
+/// One DER element: its tag, its contents, and what follows it.
+fn der_element(input: &[u8]) -> Option<(u8, &[u8], &[u8])> {
+    let (&tag, rest) = input.split_first()?;
+    let (&first, rest) = rest.split_first()?;
+    let (len, rest) = if first < 0x80 {
+        (usize::from(first), rest)
+    } else {
+        let n = usize::from(first & 0x7f);
+        if n == 0 || n > 4 || rest.len() < n {
+            return None;
+        }
+        let len = rest[..n]
+            .iter()
+            .fold(0usize, |acc, b| (acc << 8) | usize::from(*b));
+        (len, &rest[n..])
+    };
+    (rest.len() >= len).then(|| (tag, &rest[..len], &rest[len..]))
+}
+
+/// Walks Certificate → tbsCertificate → [3] extensions → subjectAltName
+/// (2.5.29.17) → dNSName ([2]) entries.
+fn san_dns_names(cert: &[u8]) -> Option<Vec<String>> {
+    const SEQUENCE: u8 = 0x30;
+    const SAN_OID: &[u8] = &[0x55, 0x1d, 0x11];
+    let (_, certificate, _) = der_element(cert).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let (_, mut tbs, _) = der_element(certificate).filter(|(t, _, _)| *t == SEQUENCE)?;
+    let mut extensions = None;
+    while let Some((tag, content, rest)) = der_element(tbs) {
+        if tag == 0xa3 {
+            extensions = Some(der_element(content)?.1);
+        }
+        tbs = rest;
+    }
+    let mut exts = extensions?;
+    while let Some((_, ext, rest)) = der_element(exts) {
+        exts = rest;
+        let (_, oid, mut fields) = der_element(ext)?;
+        if oid != SAN_OID {
+            continue;
+        }
+        // critical BOOLEAN DEFAULT FALSE, then the OCTET STRING.
+        while let Some((tag, value, rest)) = der_element(fields) {
+            if tag == 0x04 {
+                let (_, mut general_names, _) = der_element(value)?;
+                let mut names = Vec::new();
+                while let Some((tag, name, rest)) = der_element(general_names) {
+                    if tag == 0x82 {
+                        names.push(String::from_utf8_lossy(name).into_owned());
+                    }
+                    general_names = rest;
+                }
+                return Some(names);
+            }
+            fields = rest;
+        }
+    }
+    None
 }
 
 fn alpn(protocols: &[Protocol]) -> Vec<Vec<u8>> {
@@ -416,5 +604,52 @@ impl AsyncWrite for ClientIo {
             ClientIo::Plain(s) => Pin::new(s).poll_shutdown(cx),
             ClientIo::Tls(s) => Pin::new(s.as_mut()).poll_shutdown(cx),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn certified(names: &[&str]) -> Arc<CertifiedKey> {
+        let key = rcgen::KeyPair::generate().unwrap();
+        let names: Vec<String> = names.iter().map(|n| n.to_string()).collect();
+        let cert = rcgen::CertificateParams::new(names)
+            .unwrap()
+            .self_signed(&key)
+            .unwrap();
+        let der = PrivateKeyDer::try_from(key.serialize_der()).unwrap();
+        Arc::new(CertifiedKey::from_der(vec![cert.der().clone()], der, &provider()).unwrap())
+    }
+
+    #[test]
+    fn san_names_are_read() {
+        let ck = certified(&["a.test", "*.b.test"]);
+        assert_eq!(cert_dns_names(&ck.cert[0]), ["a.test", "*.b.test"]);
+        assert!(cert_dns_names(b"\x30\x03\x02\x01").is_empty());
+    }
+
+    #[test]
+    fn exact_then_wildcard_then_default() {
+        let default = certified(&["default.test"]);
+        let wild = certified(&["*.w.test"]);
+        let exact = certified(&["x.w.test", "A.test"]);
+        let mut r = SniResolver {
+            exact: HashMap::new(),
+            wildcard: HashMap::new(),
+            default: default.clone(),
+        };
+        for ck in [&wild, &exact, &default] {
+            r.add(cert_dns_names(&ck.cert[0]), ck);
+        }
+        let pick = |n| Arc::as_ptr(r.pick(n));
+        assert_eq!(pick(Some("x.w.test")), Arc::as_ptr(&exact));
+        assert_eq!(pick(Some("y.w.test")), Arc::as_ptr(&wild));
+        assert_eq!(pick(Some("y.w.test.")), Arc::as_ptr(&wild));
+        assert_eq!(pick(Some("a.test")), Arc::as_ptr(&exact));
+        assert_eq!(pick(Some("z.y.w.test")), Arc::as_ptr(&default));
+        assert_eq!(pick(Some("w.test")), Arc::as_ptr(&default));
+        assert_eq!(pick(Some("unknown.test")), Arc::as_ptr(&default));
+        assert_eq!(pick(None), Arc::as_ptr(&default));
     }
 }

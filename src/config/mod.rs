@@ -15,6 +15,7 @@ mod auth;
 mod cors;
 mod duration;
 mod error;
+pub mod headers;
 mod model;
 pub mod redact;
 mod spanned;
@@ -28,9 +29,10 @@ pub use cors::CorsConfig;
 pub use duration::Dur;
 pub use error::{ConfigError, SourceFile};
 pub use model::{
-    AccessLogFormat, AdminConfig, Config, HealthCheck, ListenerConfig, ListenerTls, LoadedConfig,
-    LogFormat, Protocol, Respond, RouteConfig, RouteMatch, ServerConfig, ServerEntry, TlsVersion,
-    UpstreamConfig, UpstreamProtocol, UpstreamTls, MAX_CONNECTIONS, MAX_HEADER_BYTES,
+    AccessLogFormat, AdminConfig, CertPair, Config, HeaderRulesConfig, HealthCheck, ListenerConfig,
+    ListenerTls, LoadedConfig, LogFormat, Protocol, Respond, RouteConfig, RouteMatch, ServerConfig,
+    ServerEntry, TlsVersion, UpstreamConfig, UpstreamProtocol, UpstreamTls, MAX_CONNECTIONS,
+    MAX_HEADER_BYTES,
 };
 pub use validate::parse_cidr;
 

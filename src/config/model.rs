@@ -210,6 +210,23 @@ pub struct ListenerTls {
     pub min_version: TlsVersion,
     #[serde(default)]
     pub early_data: bool,
+    /// More certificates, chosen by SNI against each one's DNS names.
+    #[serde(default)]
+    pub certs: Vec<CertPair>,
+    #[serde(default = "default_true")]
+    pub session_tickets: bool,
+}
+
+/// One `{ cert, key }` entry of `tls.certs`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields)]
+pub struct CertPair {
+    pub cert: Spanned<String>,
+    pub key: Spanned<String>,
+}
+
+fn default_true() -> bool {
+    true
 }
 
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
@@ -243,6 +260,29 @@ pub struct RouteConfig {
     /// Name of a `[cors.NAME]` policy; empty: none.
     #[serde(default = "empty_spanned")]
     pub cors: Spanned<String>,
+    /// Header rules on the request as the upstream gets it.
+    #[serde(default)]
+    pub request_headers: HeaderRulesConfig,
+    /// Header rules on the answer to the client.
+    #[serde(default)]
+    pub response_headers: HeaderRulesConfig,
+}
+
+/// `{ set = { name = "value" }, remove = ["name"] }`.
+#[derive(Debug, Clone, Deserialize, Serialize, PartialEq)]
+#[serde(deny_unknown_fields, default)]
+pub struct HeaderRulesConfig {
+    pub set: Spanned<BTreeMap<String, String>>,
+    pub remove: Vec<Spanned<String>>,
+}
+
+impl Default for HeaderRulesConfig {
+    fn default() -> Self {
+        HeaderRulesConfig {
+            set: Spanned::new(0..0, BTreeMap::new()),
+            remove: Vec::new(),
+        }
+    }
 }
 
 fn default_route_timeout() -> Dur {
@@ -279,6 +319,12 @@ pub struct Respond {
     pub body: String,
     #[serde(default = "default_content_type")]
     pub content_type: String,
+    /// More headers of the answer.
+    #[serde(default)]
+    pub headers: BTreeMap<String, String>,
+    /// A `Location` template: `{host}`, `{path}`, `{path_and_query}`.
+    #[serde(default)]
+    pub location: String,
 }
 
 fn default_respond_status() -> u16 {

@@ -12,6 +12,8 @@
 //! - the userinfo of a URL (`redis://user:pass@host`) keeps the user name
 //!   and loses the password (`redis://user:***@host`); userinfo without a
 //!   `:` (`https://TOKEN@host`) is masked whole;
+//! - so is the value of a header rule whose name carries credentials
+//!   (`authorization`, `cookie`, `*-token`, `*api-key*`);
 //! - a string holding PEM material (`-----BEGIN`) becomes `"***"`.
 
 use super::model::Config;
@@ -57,6 +59,11 @@ fn names_secret(key: &str) -> bool {
         .any(|w| k.contains(w))
         || k == "token"
         || k.ends_with("_token")
+        // Header names in route header rules whose values are credentials.
+        || matches!(k.as_str(), "authorization" | "cookie")
+        || k.ends_with("-token")
+        || k.contains("api-key")
+        || k.contains("apikey")
 }
 
 /// The URL with its password masked, if `s` is a URL with userinfo.
@@ -100,6 +107,8 @@ mod tests {
                               "forward_token": true, "jwks_url": "https://u:p@idp/jwks" } },
             "revocation": { "redis_url": "redis://:hunter2@localhost/0", "password": "" },
             "inline": ["-----BEGIN PRIVATE KEY-----\nxyz"],
+            "route": [{ "request_headers": { "set": { "authorization": "Bearer x",
+                              "x-api-key": "k", "x-env": "prod" } } }],
         });
         mask(&mut v, false);
         assert_eq!(v["admin"]["token_file"], "/etc/portico/token");
@@ -111,5 +120,9 @@ mod tests {
         assert_eq!(v["revocation"]["redis_url"], "redis://:***@localhost/0");
         assert_eq!(v["revocation"]["password"], "");
         assert_eq!(v["inline"][0], MASK);
+        let set = &v["route"][0]["request_headers"]["set"];
+        assert_eq!(set["authorization"], MASK);
+        assert_eq!(set["x-api-key"], MASK);
+        assert_eq!(set["x-env"], "prod");
     }
 }

@@ -31,6 +31,7 @@ const CHECKS: &[(&str, Check)] = &[
     ("auth policies", auth_policies),
     ("revocation", revocation),
     ("route auth", route_auth),
+    ("route headers", route_headers),
 ];
 
 /// Runs every check; the first failure is the error.
@@ -132,6 +133,13 @@ fn listeners(lc: &LoadedConfig) -> Result<(), ConfigError> {
             }
             if tls.key.get_ref().is_empty() {
                 return Err(lc.error_at(&tls.key, "tls.key must not be empty"));
+            }
+            for pair in &tls.certs {
+                if pair.cert.get_ref().is_empty() || pair.key.get_ref().is_empty() {
+                    return Err(
+                        lc.error_at(&pair.cert, "tls.certs: cert and key must not be empty")
+                    );
+                }
             }
         }
     }
@@ -475,6 +483,15 @@ fn route_auth(lc: &LoadedConfig) -> Result<(), ConfigError> {
         }
     }
     Ok(())
+}
+
+/// Each route's header rules, `respond.headers` and `respond.location`
+/// (see [`super::headers`]).
+fn route_headers(lc: &LoadedConfig) -> Result<(), ConfigError> {
+    lc.config
+        .routes
+        .iter()
+        .try_for_each(|r| super::headers::check_route(lc, r))
 }
 
 fn valid_host_port(s: &str) -> bool {

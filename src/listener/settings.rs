@@ -34,6 +34,10 @@ pub struct ListenerSettings {
     /// The QUIC side's config: TLS 1.3 with ALPN h3 (0-RTT when
     /// `early_data`) and the transport limits; `Some` exactly when `http3`.
     pub quic: Option<quinn::ServerConfig>,
+    /// The TLS 1.3 ticketer of the TCP side (tls.session_tickets), handed
+    /// on to the next settings of the same listener so that a reload keeps
+    /// resumption working.
+    pub ticketer: Option<Arc<dyn rustls::server::ProducesTickets>>,
     /// tls.early_data: HTTP/3 0-RTT accepted (non-GET/HEAD get 425).
     pub early_data: bool,
     /// `Alt-Svc: h3=":PORT"; ma=86400` for the TCP side's responses when
@@ -62,11 +66,13 @@ pub struct ListenerSettings {
 
 impl ListenerSettings {
     /// Compiles listener `l` of `lc`; its connection gauge is the handle of
-    /// its name in `metrics`.
+    /// its name in `metrics`; `previous`: the settings the listener of the
+    /// same name has now (a reload), whose ticketer it keeps.
     pub fn build(
         lc: &LoadedConfig,
         l: &ListenerConfig,
         metrics: &Metrics,
+        previous: Option<&ListenerSettings>,
     ) -> Result<ListenerSettings, ConfigError> {
         let protocols = l.protocols.get_ref();
         let bind: SocketAddr = l
@@ -74,18 +80,25 @@ impl ListenerSettings {
             .get_ref()
             .parse()
             .map_err(|_| lc.error_at(&l.bind, "bad bind address"))?;
-        let tls = match &l.tls {
-            Some(t) => Some(crate::tls::server_config(lc, t, protocols)?),
-            None => None,
-        };
-        let quic = match &l.tls {
-            Some(t) if protocols.contains(&Protocol::Http3) => Some(quic_server_config(
-                crate::tls::quic_server_config(lc, t)?,
-                l.idle_timeout.0,
-                l.h2_max_concurrent_streams,
-            )),
-            _ => None,
-        };
+        let (mut tls, mut quic, mut ticketer) = (None, None, None);
+        if let Some(t) = &l.tls {
+            let certs = crate::tls::SniResolver::build(lc, t)?;
+            ticketer = crate::tls::ticketer(lc, t, previous.and_then(|p| p.ticketer.as_ref()))?;
+            tls = Some(crate::tls::server_config(
+                lc,
+                t,
+                protocols,
+                &certs,
+                ticketer.clone(),
+            )?);
+            if protocols.contains(&Protocol::Http3) {
+                quic = Some(quic_server_config(
+                    crate::tls::quic_server_config(lc, t, &certs)?,
+                    l.idle_timeout.0,
+                    l.h2_max_concurrent_streams,
+                ));
+            }
+        }
         let alt_svc = match &quic {
             Some(_) => Some(alt_svc(lc, l, bind)?),
             None => None,
@@ -98,6 +111,7 @@ impl ListenerSettings {
             http3: quic.is_some(),
             tls,
             quic,
+            ticketer,
             early_data: l.tls.as_ref().is_some_and(|t| t.early_data),
             alt_svc,
             max_header_bytes: l.max_header_bytes,

@@ -1,7 +1,10 @@
 //! The finish phase.
 //!
 //! Guarantees: every response, the proxy's own included, carries the
-//! request id (and the CORS headers its route's policy owes it); when its
+//! request id (and the CORS headers its route's policy owes it); every
+//! answer on a request that matched a route, the proxy's own included, has
+//! the route's `response_headers` applied (before the request id and CORS
+//! headers, which they cannot change); when its
 //! body ends (or is dropped) the upstream connection returns to its pool
 //! (only after a complete exchange), the request ends on its connection, is
 //! counted in the route's metrics and its access log line is written. A
@@ -136,6 +139,13 @@ pub(super) fn respond(
             e.response(grpc)
         }
     };
+    let route = done
+        .trace
+        .route_index
+        .and_then(|i| done.runtime.routes.get(i));
+    if let Some(r) = route.filter(|r| !r.response_headers.is_empty()) {
+        r.response_headers.apply(resp.headers_mut());
+    }
     resp.headers_mut()
         .insert(done.runtime.request_id_header.clone(), request_id);
     if let Some(pending) = done.trace.cors.take() {

@@ -50,6 +50,7 @@ pub mod error;
 mod finish;
 mod forward;
 mod framing;
+pub mod header_rules;
 pub mod headers;
 pub mod path;
 mod phases;
@@ -147,11 +148,7 @@ async fn serve(
     }
     phases::authenticate(&mut req, &mut ctx, route).await?;
     match &route.action {
-        Action::Respond {
-            status,
-            body,
-            content_type,
-        } => Ok(phases::respond(req.method(), *status, body, content_type)),
+        Action::Respond(canned) => phases::respond(&req, &ctx, canned),
         Action::Forward(pool) => forward::forward(req, &mut ctx, route, pool).await,
     }
 }

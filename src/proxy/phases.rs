@@ -6,11 +6,10 @@ use super::cors;
 use super::error::ProxyError;
 use super::headers;
 use super::path;
-use super::routing::{self, Route};
+use super::routing::{self, Canned, Route};
 use crate::body::{ProxyBody, RequestBody};
-use bytes::Bytes;
-use http::header::{CONTENT_LENGTH, CONTENT_TYPE};
-use http::{HeaderValue, Method, Request, Response, StatusCode};
+use http::header::{CONTENT_LENGTH, CONTENT_TYPE, LOCATION};
+use http::{HeaderValue, Method, Request, Response};
 use std::borrow::Cow;
 
 /// The route phase: the route for the request's listener, host, path and
@@ -103,25 +102,40 @@ pub(super) async fn authenticate(
     Ok(())
 }
 
-/// The answer of a `respond` route (its body left out for HEAD, its length
-/// given).
+/// The answer of a `respond` route: its status, content type, headers
+/// and `Location` (the template expanded for the request's host and
+/// path), the body left out for HEAD, its length given.
 pub(super) fn respond(
-    method: &Method,
-    status: StatusCode,
-    body: &Bytes,
-    content_type: &HeaderValue,
-) -> Response<ProxyBody> {
-    let head = method == Method::HEAD;
+    req: &Request<RequestBody>,
+    ctx: &RequestCtx<'_>,
+    canned: &Canned,
+) -> Result<Response<ProxyBody>, ProxyError> {
+    let head = req.method() == Method::HEAD;
     let mut r = Response::new(if head {
         ProxyBody::empty()
     } else {
-        ProxyBody::full(body.clone())
+        ProxyBody::full(canned.body.clone())
     });
-    *r.status_mut() = status;
-    r.headers_mut().insert(CONTENT_TYPE, content_type.clone());
-    if head {
-        r.headers_mut()
-            .insert(CONTENT_LENGTH, HeaderValue::from(body.len()));
+    *r.status_mut() = canned.status;
+    let h = r.headers_mut();
+    for (n, v) in &canned.headers {
+        h.insert(n.clone(), v.clone());
     }
-    r
+    if let Some(t) = &canned.location {
+        let host = ctx
+            .host
+            .as_ref()
+            .and_then(|v| v.to_str().ok())
+            .and_then(routing::route_host)
+            .unwrap_or("");
+        let location = t
+            .expand(host, req.uri())
+            .ok_or(ProxyError::BadRequest("no host to redirect to"))?;
+        h.insert(LOCATION, location);
+    }
+    h.insert(CONTENT_TYPE, canned.content_type.clone());
+    if head {
+        h.insert(CONTENT_LENGTH, HeaderValue::from(canned.body.len()));
+    }
+    Ok(r)
 }

@@ -8,9 +8,10 @@
 
 use crate::observe::metrics::RouteMetrics;
 use crate::proxy::cors::CorsPolicy;
+use crate::proxy::header_rules::{HeaderRules, Template};
 use crate::upstream::UpstreamPool;
 use bytes::Bytes;
-use http::{HeaderValue, Method, StatusCode};
+use http::{HeaderName, HeaderValue, Method, StatusCode};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -61,11 +62,18 @@ impl HostMatch {
 /// What a route does with a request it matched.
 pub enum Action {
     Forward(Arc<UpstreamPool>),
-    Respond {
-        status: StatusCode,
-        body: Bytes,
-        content_type: HeaderValue,
-    },
+    Respond(Canned),
+}
+
+/// The answer of a `respond` route.
+pub struct Canned {
+    pub status: StatusCode,
+    pub body: Bytes,
+    pub content_type: HeaderValue,
+    /// respond.headers.
+    pub headers: Vec<(HeaderName, HeaderValue)>,
+    /// respond.location, expanded per request.
+    pub location: Option<Template>,
 }
 
 /// One compiled `[[route]]`.
@@ -85,6 +93,11 @@ pub struct Route {
     pub metrics: Arc<RouteMetrics>,
     /// The route's `[cors.NAME]` policy, if any.
     pub cors: Option<Arc<CorsPolicy>>,
+    /// request_headers: applied last to the upstream request.
+    pub request_headers: HeaderRules,
+    /// response_headers: applied to every answer of the route (the
+    /// upstream's, the `respond` one, the proxy's own errors).
+    pub response_headers: HeaderRules,
 }
 
 impl Route {
@@ -217,17 +230,21 @@ mod tests {
                 .iter()
                 .map(|m| Method::from_bytes(m.as_bytes()).unwrap())
                 .collect(),
-            action: Action::Respond {
+            action: Action::Respond(Canned {
                 status: StatusCode::OK,
                 body: Bytes::new(),
                 content_type: HeaderValue::from_static("text/plain"),
-            },
+                headers: Vec::new(),
+                location: None,
+            }),
             strip_prefix: false,
             timeout: Duration::from_secs(1),
             retries: 0,
             auth: None,
             metrics: Default::default(),
             cors: None,
+            request_headers: HeaderRules::default(),
+            response_headers: HeaderRules::default(),
         }
     }
 

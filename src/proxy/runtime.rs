@@ -19,8 +19,10 @@ use std::collections::HashMap;
 use std::sync::Arc;
 
 use super::cors::CorsPolicy;
+use super::header_rules::{self, HeaderRules, Template};
 use super::headers::ClaimHeaders;
-use super::routing::{Action, HostMatch, Route, RouteTable};
+use super::routing::{Action, Canned, HostMatch, Route, RouteTable};
+use crate::config::headers::Side;
 
 /// What a build may do besides computing.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -152,6 +154,8 @@ fn compile_route(
                     .ok_or_else(|| lc.error_at(&r.auth, "unknown auth policy"))?,
             ),
         },
+        request_headers: HeaderRules::build(lc, Side::Request, &r.request_headers)?,
+        response_headers: HeaderRules::build(lc, Side::Response, &r.response_headers)?,
         metrics: parts.metrics.route(r.name.get_ref()),
         cors: match r.cors.get_ref().as_str() {
             "" => None,
@@ -178,14 +182,20 @@ fn route_action(
                 .ok_or_else(|| lc.error_at(u, "unknown upstream"))?,
         )),
         (None, Some(resp)) => {
-            let resp = resp.get_ref();
-            Ok(Action::Respond {
-                status: StatusCode::from_u16(resp.status)
+            let c = resp.get_ref();
+            let location = match c.location.as_str() {
+                "" => None,
+                t => Some(Template::parse(t).map_err(|e| lc.error_at(resp, e))?),
+            };
+            Ok(Action::Respond(Canned {
+                status: StatusCode::from_u16(c.status)
                     .map_err(|_| lc.error_at(&r.name, "bad respond.status"))?,
-                body: Bytes::from(resp.body.clone()),
-                content_type: HeaderValue::from_str(&resp.content_type)
+                body: Bytes::from(c.body.clone()),
+                content_type: HeaderValue::from_str(&c.content_type)
                     .map_err(|_| lc.error_at(&r.name, "bad respond.content_type"))?,
-            })
+                headers: header_rules::pairs(lc, Side::Response, resp, &c.headers)?,
+                location,
+            }))
         }
         (None, None) => Err(lc.error_at(&r.name, "route needs `upstream` or `respond`")),
     }

@@ -8,6 +8,8 @@
 //!   one when given);
 //! - a WebSocket upgrade is asked for again, hop by hop, with the client's
 //!   protocol;
+//! - the route's `request_headers` rules apply after all of that (they
+//!   cannot name a header set above: see `crate::config::headers`);
 //! - the target is origin-form for an HTTP/1.1 upstream (the client's own
 //!   URI when nothing changes), absolute for HTTP/2 (which needs :scheme
 //!   and :authority), without the route's prefix when it strips it; the
@@ -65,6 +67,9 @@ pub(super) fn build(
         if parts.headers.get(HOST) != Some(h) {
             parts.headers.insert(HOST, h.clone());
         }
+    }
+    if !route.request_headers.is_empty() {
+        route.request_headers.apply(&mut parts.headers);
     }
     // What the server's 101 must carry for the tunnel to open.
     let websocket_accept = websocket.as_ref().and_then(|_| {
