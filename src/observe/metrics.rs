@@ -839,7 +839,39 @@ impl Metrics {
         );
         let version = [("version", env!("CARGO_PKG_VERSION"))];
         sample(out, "portico_build_info", &version, 1);
-        super::process::render(out);
+        let p = super::process::read();
+        let floats = [
+            (
+                "process_cpu_seconds_total",
+                "counter",
+                "User and system CPU time spent, in seconds.",
+                p.cpu_seconds,
+            ),
+            (
+                "process_resident_memory_bytes",
+                "gauge",
+                "Resident memory size in bytes.",
+                p.resident_bytes.map(|b| b as f64),
+            ),
+            (
+                "process_open_fds",
+                "gauge",
+                "Number of open file descriptors.",
+                p.open_fds.map(|n| n as f64),
+            ),
+            (
+                "process_start_time_seconds",
+                "gauge",
+                "Start time of the process since the Unix epoch, in seconds.",
+                p.start_time_seconds,
+            ),
+        ];
+        for (name, kind, help, value) in floats {
+            if let Some(v) = value {
+                family(out, name, kind, help);
+                let _ = writeln!(out, "{name} {v}");
+            }
+        }
     }
 }
 
@@ -872,12 +904,11 @@ fn escape_label_value(out: &mut String, v: &str) {
     }
 }
 
-/// One family's `# HELP` and `# TYPE` lines; for the process metrics too.
-pub(super) fn family(out: &mut String, name: &str, kind: &str, help: &str) {
+fn family(out: &mut String, name: &str, kind: &str, help: &str) {
     let _ = write!(out, "# HELP {name} {help}\n# TYPE {name} {kind}\n");
 }
 
-pub(super) fn sample(out: &mut String, name: &str, l: &[(&str, &str)], v: u64) {
+fn sample(out: &mut String, name: &str, l: &[(&str, &str)], v: u64) {
     out.push_str(name);
     labels(out, l);
     let _ = writeln!(out, " {v}");

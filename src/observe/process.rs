@@ -1,19 +1,26 @@
 //! The standard process_* metrics, read from /proc at scrape time.
 //!
 //! Guarantees: a scrape reads a few small /proc files and lists
-//! /proc/self/fd; nothing runs between scrapes. A metric whose file cannot
-//! be read (not Linux, /proc not mounted) is left out, never made up.
-
-use super::metrics::{family, sample};
-use std::fmt::Write as _;
+//! /proc/self/fd; nothing runs between scrapes. A value whose file cannot
+//! be read (not Linux, /proc not mounted) is `None` (the metric is left
+//! out), never made up.
 
 /// Clock ticks per second of /proc's CPU times: USER_HZ, which Linux fixes
 /// at 100 for userspace on every architecture it exports /proc for.
 const TICKS_PER_SECOND: f64 = 100.0;
 
-/// Appends process_cpu_seconds_total, process_resident_memory_bytes,
-/// process_open_fds and process_start_time_seconds.
-pub fn render(out: &mut String) {
+/// What a scrape shows of the process; `None` where /proc could not say.
+pub struct Stats {
+    /// User and system CPU time.
+    pub cpu_seconds: Option<f64>,
+    pub resident_bytes: Option<u64>,
+    pub open_fds: Option<u64>,
+    /// Unix time.
+    pub start_time_seconds: Option<f64>,
+}
+
+/// Reads the process's stats now.
+pub fn read() -> Stats {
     let stat = std::fs::read_to_string("/proc/self/stat").ok();
     // Fields after the command name, which is in parentheses and may hold
     // spaces: utime is field 14 of the line, so index 11 here; stime 12;
@@ -24,46 +31,23 @@ pub fn render(out: &mut String) {
         .map(|(_, rest)| rest.split_whitespace().collect())
         .unwrap_or_default();
     let tick = |i: usize| fields.get(i).and_then(|f| f.parse::<u64>().ok());
-
-    if let (Some(u), Some(s)) = (tick(11), tick(12)) {
-        family(
-            out,
-            "process_cpu_seconds_total",
-            "counter",
-            "User and system CPU time spent, in seconds.",
-        );
-        let secs = (u + s) as f64 / TICKS_PER_SECOND;
-        let _ = writeln!(out, "process_cpu_seconds_total {secs}");
-    }
-    if let Some(rss) = resident_bytes() {
-        family(
-            out,
-            "process_resident_memory_bytes",
-            "gauge",
-            "Resident memory size in bytes.",
-        );
-        sample(out, "process_resident_memory_bytes", &[], rss);
-    }
-    if let Ok(dir) = std::fs::read_dir("/proc/self/fd") {
-        // The directory handle itself is one of the entries listed.
-        let n = dir.count().saturating_sub(1) as u64;
-        family(
-            out,
-            "process_open_fds",
-            "gauge",
-            "Number of open file descriptors.",
-        );
-        sample(out, "process_open_fds", &[], n);
-    }
-    if let (Some(start), Some(boot)) = (tick(19), boot_time()) {
-        family(
-            out,
-            "process_start_time_seconds",
-            "gauge",
-            "Start time of the process since the Unix epoch, in seconds.",
-        );
-        let secs = boot as f64 + start as f64 / TICKS_PER_SECOND;
-        let _ = writeln!(out, "process_start_time_seconds {secs}");
+    let cpu_seconds = match (tick(11), tick(12)) {
+        (Some(u), Some(s)) => Some((u + s) as f64 / TICKS_PER_SECOND),
+        _ => None,
+    };
+    // The directory handle itself is one of the entries listed.
+    let open_fds = std::fs::read_dir("/proc/self/fd")
+        .ok()
+        .map(|d| d.count().saturating_sub(1) as u64);
+    let start_time_seconds = match (tick(19), boot_time()) {
+        (Some(start), Some(boot)) => Some(boot as f64 + start as f64 / TICKS_PER_SECOND),
+        _ => None,
+    };
+    Stats {
+        cpu_seconds,
+        resident_bytes: resident_bytes(),
+        open_fds,
+        start_time_seconds,
     }
 }
 
@@ -85,16 +69,11 @@ fn boot_time() -> Option<u64> {
 #[cfg(test)]
 mod tests {
     #[test]
-    fn renders_all_four_on_linux() {
-        let mut out = String::new();
-        super::render(&mut out);
-        for name in [
-            "process_cpu_seconds_total ",
-            "process_resident_memory_bytes ",
-            "process_open_fds ",
-            "process_start_time_seconds ",
-        ] {
-            assert!(out.contains(name), "{name} missing in {out}");
-        }
+    fn reads_all_four_on_linux() {
+        let s = super::read();
+        assert!(s.cpu_seconds.is_some());
+        assert!(s.resident_bytes.is_some_and(|b| b > 0));
+        assert!(s.open_fds.is_some_and(|n| n >= 3));
+        assert!(s.start_time_seconds.is_some_and(|t| t > 1e9));
     }
 }
