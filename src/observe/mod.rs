@@ -3,6 +3,6 @@
 
 pub mod access_log;
 pub mod metrics;
-mod process;
+pub mod process;
 pub mod request_id;
 pub mod trace;
