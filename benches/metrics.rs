@@ -167,7 +167,11 @@ fn vs_client(c: &mut Criterion) {
     });
     let mut registry = <Registry>::default();
     registry.register("portico_requests", "Requests", requests.clone());
-    registry.register("portico_request_duration_seconds", "Durations", durations.clone());
+    registry.register(
+        "portico_request_duration_seconds",
+        "Durations",
+        durations.clone(),
+    );
 
     // Handles fetched once, as a snapshot build would.
     let mut held = Vec::new();
@@ -182,7 +186,9 @@ fn vs_client(c: &mut Criterion) {
         let ok = requests
             .get_or_create(&vec![("route", route.clone()), ("code", "200".to_string())])
             .clone();
-        let hist = durations.get_or_create(&vec![("route", route.clone())]).clone();
+        let hist = durations
+            .get_or_create(&vec![("route", route.clone())])
+            .clone();
         hist.observe(0.003);
         held.push((ok, hist));
         let r = ours.route(&route);
@@ -212,6 +218,11 @@ fn vs_client(c: &mut Criterion) {
     };
     g.bench_function("render_hand_written", |b| {
         b.iter(|| black_box(ours.render(&in_force)).len())
+    });
+    // The /proc reads that the hand-written render includes (process_*
+    // metrics, which prometheus-client's registry above does not have).
+    g.bench_function("render_process_part", |b| {
+        b.iter(|| black_box(portico::observe::process::read()))
     });
     g.bench_function("render_prometheus_client", |b| {
         b.iter(|| {

@@ -27,11 +27,7 @@ async fn wait_for(what: &str, ok: impl Fn() -> bool) {
 /// The line of `text` (read again until it appears) that contains `id`.
 async fn line_with(read: impl Fn() -> String, id: &str) -> String {
     wait_for(id, || read().contains(id)).await;
-    read()
-        .lines()
-        .find(|l| l.contains(id))
-        .unwrap()
-        .to_string()
+    read().lines().find(|l| l.contains(id)).unwrap().to_string()
 }
 
 fn json(line: &str) -> serde_json::Value {
@@ -93,7 +89,11 @@ servers = ["{dead}", "{}"]
         assert_eq!(r.status(), 200);
         r.bytes().await.unwrap();
     }
-    let r = c.get(format!("{base}/api/status/500")).send().await.unwrap();
+    let r = c
+        .get(format!("{base}/api/status/500"))
+        .send()
+        .await
+        .unwrap();
     assert_eq!(r.status(), 500);
     r.bytes().await.unwrap();
     // Body bytes: 1000 in (echoed), 1000 out.
@@ -114,7 +114,9 @@ servers = ["{dead}", "{}"]
 
     // Not a TLS ClientHello, on the TLS listener.
     let mut s = tokio::net::TcpStream::connect(tls_addr).await.unwrap();
-    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n").await.unwrap();
+    s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n")
+        .await
+        .unwrap();
     let mut sink = Vec::new();
     let _ = tokio::time::timeout(Duration::from_secs(10), s.read_to_end(&mut sink)).await;
     // A real TLS request works and is not counted as an error.
@@ -145,7 +147,10 @@ servers = ["{dead}", "{}"]
     assert_ne!(status, 200);
 
     let m = scrape_until(p.admin, |m| {
-        m.value_or_zero("portico_requests_total", &[("route", "api"), ("code", "499")]) >= 1.0
+        m.value_or_zero(
+            "portico_requests_total",
+            &[("route", "api"), ("code", "499")],
+        ) >= 1.0
     })
     .await;
     let api = [("route", "api")];
@@ -154,7 +159,11 @@ servers = ["{dead}", "{}"]
         assert_eq!(v(&m, "portico_requests_total", &labels), n, "{code}");
     }
     assert_eq!(
-        v(&m, "portico_requests_total", &[("route", "pair"), ("code", "200")]),
+        v(
+            &m,
+            "portico_requests_total",
+            &[("route", "pair"), ("code", "200")]
+        ),
         2.0
     );
     assert_eq!(v(&m, "portico_request_bytes_total", &api), 1000.0);
@@ -163,9 +172,8 @@ servers = ["{dead}", "{}"]
         .iter()
         .map(|p| format!("a GET {p}").len())
         .sum();
-    let status_500_body = m.value_or_zero("portico_response_bytes_total", &api)
-        - 1000.0
-        - small as f64;
+    let status_500_body =
+        m.value_or_zero("portico_response_bytes_total", &api) - 1000.0 - small as f64;
     assert!(
         (0.0..100.0).contains(&status_500_body),
         "response bytes: {}",
@@ -267,15 +275,41 @@ async fn a_json_access_line_has_every_field() {
         lines.push(json(&line_with(|| p.stdout(), id).await));
     }
     // Round robin: one of the two went to the dead server first.
-    let attempts: BTreeSet<u64> = lines.iter().map(|l| l["attempts"].as_u64().unwrap()).collect();
+    let attempts: BTreeSet<u64> = lines
+        .iter()
+        .map(|l| l["attempts"].as_u64().unwrap())
+        .collect();
     assert_eq!(attempts, BTreeSet::from([1, 2]), "{lines:?}");
     for line in &lines {
-        let keys: BTreeSet<&str> = line.as_object().unwrap().keys().map(|k| k.as_str()).collect();
+        let keys: BTreeSet<&str> = line
+            .as_object()
+            .unwrap()
+            .keys()
+            .map(|k| k.as_str())
+            .collect();
         let want = BTreeSet::from([
-            "time", "request_id", "listener", "protocol", "client", "method", "host", "path",
-            "status", "duration_ms", "bytes_in", "bytes_out", "route", "upstream",
-            "upstream_status", "upstream_duration_ms", "attempts", "user_agent", "referer",
-            "tls", "error", "trace_id",
+            "time",
+            "request_id",
+            "listener",
+            "protocol",
+            "client",
+            "method",
+            "host",
+            "path",
+            "status",
+            "duration_ms",
+            "bytes_in",
+            "bytes_out",
+            "route",
+            "upstream",
+            "upstream_status",
+            "upstream_duration_ms",
+            "attempts",
+            "user_agent",
+            "referer",
+            "tls",
+            "error",
+            "trace_id",
         ]);
         assert_eq!(keys, want, "{line}");
         assert_eq!(line["listener"], "web");
@@ -288,7 +322,9 @@ async fn a_json_access_line_has_every_field() {
         assert_eq!(line["upstream"], a.addr.to_string());
         assert_eq!(line["upstream_status"], 201);
         assert!(line["upstream_duration_ms"].as_f64().unwrap() >= 0.0);
-        assert!(line["duration_ms"].as_f64().unwrap() >= line["upstream_duration_ms"].as_f64().unwrap());
+        assert!(
+            line["duration_ms"].as_f64().unwrap() >= line["upstream_duration_ms"].as_f64().unwrap()
+        );
         assert_eq!(line["user_agent"], "probe/1.0");
         assert_eq!(line["referer"], "https://example.test/from");
         assert_eq!(line["tls"], "");
@@ -311,7 +347,11 @@ async fn a_json_access_line_has_every_field() {
     assert_eq!(line["route"], "", "{line}");
     assert_eq!(line["upstream"], "", "{line}");
     assert_eq!(line["upstream_status"], serde_json::Value::Null, "{line}");
-    assert_eq!(line["upstream_duration_ms"], serde_json::Value::Null, "{line}");
+    assert_eq!(
+        line["upstream_duration_ms"],
+        serde_json::Value::Null,
+        "{line}"
+    );
     assert_eq!(line["attempts"], 0, "{line}");
     assert_ne!(line["error"], "", "{line}");
     assert_eq!(line["trace_id"], "", "{line}");
@@ -385,7 +425,11 @@ async fn combined_and_tls_lines_go_to_their_files() {
         let read = || std::fs::read_to_string(&log).unwrap_or_default();
         let line = json(&line_with(read, id).await);
         assert_eq!(line["tls"], "TLSv1.3", "{line}");
-        assert_eq!(line["host"], format!("localhost:{}", tls_addr.port()), "{line}");
+        assert_eq!(
+            line["host"],
+            format!("localhost:{}", tls_addr.port()),
+            "{line}"
+        );
     }
 }
 
@@ -429,7 +473,10 @@ async fn traceparent_is_forwarded_when_valid_and_removed_when_not() {
     ];
     for (i, h) in bad.iter().enumerate() {
         let id = format!("tp-bad-{i}");
-        assert_eq!(raw_get(addr, &format!("{h}x-request-id: {id}\r\n")).await, 200);
+        assert_eq!(
+            raw_get(addr, &format!("{h}x-request-id: {id}\r\n")).await,
+            200
+        );
         let head = up.last();
         assert!(head.contains(&id), "{head}");
         assert!(
@@ -447,7 +494,10 @@ async fn traceparent_is_forwarded_when_valid_and_removed_when_not() {
 async fn dashboard_and_alerts_name_only_exported_metrics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
     let mut used = BTreeSet::new();
-    for file in ["deploy/grafana/portico.json", "deploy/prometheus/alerts.yml"] {
+    for file in [
+        "deploy/grafana/portico.json",
+        "deploy/prometheus/alerts.yml",
+    ] {
         let text = std::fs::read_to_string(root.join(file)).unwrap();
         let found = metric_names(&text);
         assert!(!found.is_empty(), "{file} names no portico metric");
@@ -465,7 +515,11 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
 
     // A JWT policy, so that its family is exported too.
     let dir = tempfile::tempdir().unwrap();
-    std::fs::write(dir.path().join("secret"), "0123456789abcdef0123456789abcdef").unwrap();
+    std::fs::write(
+        dir.path().join("secret"),
+        "0123456789abcdef0123456789abcdef",
+    )
+    .unwrap();
     let (_, l) = listener_toml("web", "");
     let p = Portico::start_in(
         dir,

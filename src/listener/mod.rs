@@ -464,7 +464,9 @@ async fn serve_connection(
                         return;
                     }
                 };
-            let _ = activity.tls_version.set(tls_version_name(tls_stream.get_ref().1));
+            let _ = activity
+                .tls_version
+                .set(tls_version_name(tls_stream.get_ref().1));
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let (mode, builder) = if h2 || !s.http1 {
                 (Mode::Http2, &fe.http2)
@@ -684,7 +686,9 @@ fn log_parser_answer(
             error: e.to_string().into(),
         });
         if !written {
-            snap.metrics.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+            snap.metrics
+                .access_log_dropped
+                .fetch_add(1, Ordering::Relaxed);
         }
     }
 }

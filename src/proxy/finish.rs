@@ -10,12 +10,12 @@
 //! became a tunnel is ended by the tunnel.
 
 use super::conn::ConnInfo;
-use crate::config::Protocol;
 use super::context::Trace;
 use super::error::ProxyError;
 use super::runtime::Runtime;
 use super::tunnel;
 use crate::body::{Completion, ProxyBody, RequestBody};
+use crate::config::Protocol;
 use crate::observe::access_log::LogEntry;
 use crate::observe::trace::TraceId;
 use http::header::{HOST, REFERER, USER_AGENT};
