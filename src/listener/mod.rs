@@ -430,6 +430,15 @@ fn apply_settings(
     Arc::new(Frontend::new(new))
 }
 
+/// The access log's name of the TLS version a handshake agreed.
+fn tls_version_name(c: &rustls::ServerConnection) -> &'static str {
+    match c.protocol_version() {
+        Some(rustls::ProtocolVersion::TLSv1_3) => "TLSv1.3",
+        Some(rustls::ProtocolVersion::TLSv1_2) => "TLSv1.2",
+        _ => "TLS",
+    }
+}
+
 async fn serve_connection(
     mut stream: TcpStream,
     peer: SocketAddr,
@@ -458,13 +467,18 @@ async fn serve_connection(
                     Ok(Ok(t)) => t,
                     Ok(Err(e)) => {
                         tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                        s.metrics.record_tls_handshake_error();
                         return;
                     }
                     Err(_) => {
                         tracing::debug!(%peer, "TLS handshake timed out");
+                        s.metrics.record_tls_handshake_error();
                         return;
                     }
                 };
+            let _ = activity
+                .tls_version
+                .set(tls_version_name(tls_stream.get_ref().1));
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
             let (mode, builder) = if h2 || !s.http1 {
                 (Mode::Http2, &fe.http2)
@@ -678,7 +692,7 @@ fn log_parser_answer(
     tracing::debug!(%peer, request_id = id, status, error = %e, "request head rejected by the HTTP/1 parser");
     snap.metrics.no_route.record(status, Duration::ZERO);
     if snap.access_log.enabled() {
-        snap.access_log.write(crate::observe::access_log::LogEntry {
+        let written = snap.access_log.write(crate::observe::access_log::LogEntry {
             time: std::time::SystemTime::now(),
             request_id: id.to_string(),
             listener: settings.name.clone(),
@@ -693,10 +707,21 @@ fn log_parser_answer(
             bytes_in: 0,
             bytes_out: 0,
             client: peer,
+            host: None,
             referer: None,
             user_agent: None,
+            upstream_status: None,
+            upstream_duration: None,
+            attempts: 0,
+            tls: "",
+            trace_id: None,
             // hyper's parse error kind, e.g. "invalid HTTP method parsed".
             error: e.to_string().into(),
         });
+        if !written {
+            snap.metrics
+                .access_log_dropped
+                .fetch_add(1, Ordering::Relaxed);
+        }
     }
 }

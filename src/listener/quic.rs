@@ -344,10 +344,12 @@ async fn handshake(
             Ok(Ok(conn)) => (conn, Handshake::Complete),
             Ok(Err(e)) => {
                 tracing::debug!(%peer, error = %e, "QUIC handshake failed");
+                settings.metrics.record_tls_handshake_error();
                 return None;
             }
             Err(_) => {
                 tracing::debug!(%peer, "QUIC handshake timed out");
+                settings.metrics.record_tls_handshake_error();
                 return None;
             }
         },

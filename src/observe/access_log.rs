@@ -15,6 +15,7 @@
 //! written, also by the writers of logs that a reload replaced, so a process
 //! that exits loses no line it had accepted.
 
+use super::trace::TraceId;
 use crate::config::AccessLogFormat;
 use std::io::Write;
 use std::net::SocketAddr;
@@ -57,8 +58,21 @@ pub struct LogEntry {
     pub bytes_in: u64,
     pub bytes_out: u64,
     pub client: SocketAddr,
+    /// The host the client named (absolute-form target or :authority, else
+    /// the Host header).
+    pub host: Option<String>,
     pub referer: Option<String>,
     pub user_agent: Option<String>,
+    /// The status of the upstream's answer, when one arrived.
+    pub upstream_status: Option<u16>,
+    /// Time from sending the answering attempt to its response head.
+    pub upstream_duration: Option<Duration>,
+    /// Attempts sent upstream (retries included); 0 when none was.
+    pub attempts: u32,
+    /// The connection's TLS version ("TLSv1.3"), "" on plain HTTP.
+    pub tls: &'static str,
+    /// From the request's valid `traceparent`.
+    pub trace_id: Option<TraceId>,
     /// Why portico made the answer itself (a parse error, no route, an
     /// upstream timeout...); empty for an answer from the upstream.
     pub error: std::borrow::Cow<'static, str>,
@@ -70,7 +84,6 @@ pub struct AccessLog {
     writer: Option<JoinHandle<()>>,
     pub dropped: AtomicU64,
     queued: Arc<AtomicUsize>,
-    format: AccessLogFormat,
     /// Set by [`AccessLog::reopen`], cleared by the writer when it reopens.
     reopen: Arc<AtomicBool>,
 }
@@ -103,7 +116,6 @@ impl AccessLog {
             writer: None,
             dropped: AtomicU64::new(0),
             queued: Arc::new(AtomicUsize::new(0)),
-            format: AccessLogFormat::Json,
             reopen: Arc::new(AtomicBool::new(false)),
         }
     }
@@ -135,7 +147,6 @@ impl AccessLog {
             writer: Some(writer),
             dropped: AtomicU64::new(0),
             queued,
-            format,
             reopen,
         })
     }
@@ -155,19 +166,16 @@ impl AccessLog {
         self.sender.is_some()
     }
 
-    /// Whether lines need the referer and user agent (combined format).
-    pub fn wants_agent(&self) -> bool {
-        self.format == AccessLogFormat::Combined
-    }
-
-    pub fn write(&self, e: LogEntry) {
+    /// Queues a line; false if it was dropped (the writer is behind).
+    pub fn write(&self, e: LogEntry) -> bool {
         if let Some(tx) = &self.sender {
             if tx.try_send(Msg::Line(e)).is_err() {
                 self.dropped.fetch_add(1, Ordering::Relaxed);
-            } else {
-                self.queued.fetch_add(1, Ordering::Relaxed);
+                return false;
             }
+            self.queued.fetch_add(1, Ordering::Relaxed);
         }
+        true
     }
 
     /// Waits until every line queued so far is written and flushed, by this
@@ -277,6 +285,11 @@ impl Writer {
     }
 }
 
+/// Milliseconds with microsecond precision.
+fn millis(d: Duration) -> f64 {
+    (d.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0
+}
+
 fn format_json(e: &LogEntry, out: &mut String) {
     let v = serde_json::json!({
         "time": humantime::format_rfc3339_millis(e.time).to_string(),
@@ -288,10 +301,18 @@ fn format_json(e: &LogEntry, out: &mut String) {
         "protocol": format!("{:?}", e.version),
         "status": e.status,
         "upstream": e.upstream.as_deref().unwrap_or(""),
-        "duration_ms": (e.duration.as_secs_f64() * 1000.0 * 1000.0).round() / 1000.0,
+        "duration_ms": millis(e.duration),
         "bytes_in": e.bytes_in,
         "bytes_out": e.bytes_out,
         "client": e.client.ip().to_string(),
+        "host": e.host.as_deref().unwrap_or(""),
+        "upstream_status": e.upstream_status,
+        "upstream_duration_ms": e.upstream_duration.map(millis),
+        "attempts": e.attempts,
+        "user_agent": e.user_agent.as_deref().unwrap_or(""),
+        "referer": e.referer.as_deref().unwrap_or(""),
+        "tls": e.tls,
+        "trace_id": e.trace_id.as_ref().map_or("", TraceId::as_str),
         "error": e.error,
     });
     out.push_str(&v.to_string());

@@ -156,6 +156,9 @@ pub struct ConnActivity {
     /// The connection ends with an error answer the client must be able to
     /// read: close it lingering.
     linger: AtomicBool,
+    /// The TLS version a TCP connection's handshake agreed ("TLSv1.3"),
+    /// for the access log; unset on plain and QUIC connections.
+    pub tls_version: std::sync::OnceLock<&'static str>,
 }
 
 impl Default for ConnActivity {
@@ -168,6 +171,7 @@ impl Default for ConnActivity {
             length_and_chunked: AtomicU64::new(NONE),
             untracked_from: AtomicU64::new(NONE),
             linger: AtomicBool::new(false),
+            tls_version: std::sync::OnceLock::new(),
         }
     }
 }

@@ -13,6 +13,7 @@ use crate::upstream::PoolReturn;
 use http::HeaderValue;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
+use std::time::Duration;
 
 /// One request on its way through the phases.
 pub(super) struct RequestCtx<'a> {
@@ -42,7 +43,14 @@ pub(super) struct Trace {
     /// What the route's CORS policy owes the response.
     pub cors: Option<cors::Pending>,
     pub upstream: Option<Arc<str>>,
+    /// The status of the upstream's answer, and the time from sending the
+    /// attempt that got it to its head.
+    pub upstream_answer: Option<(u16, Duration)>,
+    /// Attempts sent upstream, retries included.
+    pub attempts: u32,
     pub pooled: Option<PoolReturn>,
+    /// The request body's bytes, counted for this request alone (for its
+    /// access log line); without a log they count into the route's total.
     pub bytes_in: Option<Arc<AtomicU64>>,
     /// The connection is becoming a tunnel (WebSocket): both sides'
     /// upgrades, for the tunnel task that then ends the request.

@@ -18,8 +18,10 @@ use super::error::ProxyError;
 use super::runtime::Runtime;
 use super::tunnel;
 use crate::body::{Completion, ProxyBody, RequestBody};
-use crate::observe::access_log::{AccessLog, LogEntry};
-use http::header::{REFERER, USER_AGENT};
+use crate::config::Protocol;
+use crate::observe::access_log::LogEntry;
+use crate::observe::trace::TraceId;
+use http::header::{HOST, REFERER, USER_AGENT};
 use http::{HeaderValue, Request, Response};
 use std::borrow::Cow;
 use std::sync::atomic::Ordering;
@@ -84,10 +86,19 @@ impl Done {
             self.conn.activity.request_finished();
         }
         let elapsed = self.start.elapsed();
-        match trace.route_index.and_then(|i| self.runtime.routes.get(i)) {
-            Some(r) => r.metrics.record(self.status, elapsed),
-            None => self.runtime.metrics.no_route.record(self.status, elapsed),
-        }
+        // Counted here only when the body counted for this request alone;
+        // otherwise it counted into the route's total as it went.
+        let bytes_in = trace
+            .bytes_in
+            .as_ref()
+            .map_or(0, |c| c.load(Ordering::Relaxed));
+        let metrics = &self.runtime.metrics;
+        let route = match trace.route_index.and_then(|i| self.runtime.routes.get(i)) {
+            Some(r) => &*r.metrics,
+            None => &metrics.no_route,
+        };
+        route.record(self.status, elapsed);
+        route.record_bytes(bytes_in, bytes_out);
         if let Some(mut l) = self.log.take() {
             l.status = self.status;
             l.route = trace.route.take();
@@ -95,13 +106,15 @@ impl Done {
             if let Some(ip) = trace.client {
                 l.client = std::net::SocketAddr::new(ip, l.client.port());
             }
+            l.upstream_status = trace.upstream_answer.map(|(s, _)| s);
+            l.upstream_duration = trace.upstream_answer.map(|(_, d)| d);
+            l.attempts = trace.attempts;
             l.bytes_out = bytes_out;
-            l.bytes_in = trace
-                .bytes_in
-                .as_ref()
-                .map_or(0, |c| c.load(Ordering::Relaxed));
+            l.bytes_in = bytes_in;
             l.duration = elapsed;
-            self.runtime.access_log.write(l);
+            if !self.runtime.access_log.write(l) {
+                metrics.access_log_dropped.fetch_add(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -173,19 +186,18 @@ pub(super) fn respond(
 pub(super) fn log_entry(
     req: &Request<RequestBody>,
     conn: &ConnInfo,
-    sink: &AccessLog,
     request_id: &HeaderValue,
+    trace_id: Option<TraceId>,
 ) -> LogEntry {
-    let agent = sink.wants_agent();
     let header = |n| {
-        agent
-            .then(|| {
-                req.headers()
-                    .get(n)
-                    .and_then(|v: &HeaderValue| v.to_str().ok())
-                    .map(str::to_string)
-            })
-            .flatten()
+        req.headers()
+            .get(n)
+            .and_then(|v: &HeaderValue| v.to_str().ok())
+            .map(str::to_string)
+    };
+    let host = match req.uri().authority() {
+        Some(a) => Some(a.as_str().to_string()),
+        None => header(HOST),
     };
     LogEntry {
         time: SystemTime::now(),
@@ -206,8 +218,24 @@ pub(super) fn log_entry(
         bytes_in: 0,
         bytes_out: 0,
         client: conn.peer,
+        host,
         referer: header(REFERER),
         user_agent: header(USER_AGENT),
+        upstream_status: None,
+        upstream_duration: None,
+        attempts: 0,
+        tls: tls_version(conn),
+        trace_id,
         error: Cow::Borrowed(""),
+    }
+}
+
+/// The TLS version of the request's connection, "" on plain HTTP.
+fn tls_version(conn: &ConnInfo) -> &'static str {
+    match conn.activity.tls_version.get() {
+        Some(v) => v,
+        // QUIC is TLS 1.3 only.
+        None if conn.protocol == Some(Protocol::Http3) => "TLSv1.3",
+        None => "",
     }
 }

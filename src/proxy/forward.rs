@@ -70,9 +70,14 @@ pub(super) async fn forward(
     if route.retries > 0 && upgrade.is_none() && retry_safe(&parts.method, &parts.headers) {
         (body, replay) = Replay::keep(&parts, body, deadline).await?;
     }
-    if ctx.count_bytes && !http_body::Body::is_end_stream(&body) {
-        let counter = Arc::new(AtomicU64::new(0));
-        ctx.trace.bytes_in = Some(counter.clone());
+    if !http_body::Body::is_end_stream(&body) {
+        let counter = if ctx.count_bytes {
+            let c = Arc::new(AtomicU64::new(0));
+            ctx.trace.bytes_in = Some(c.clone());
+            c
+        } else {
+            route.metrics.request_bytes.clone()
+        };
         body.count_into(counter);
     }
     let req = Request::from_parts(parts, body);
@@ -137,7 +142,12 @@ impl Attempts<'_> {
             self.tried.push(idx);
             let server = &self.members.servers[idx];
             ctx.trace.upstream = Some(server.label.clone());
+            ctx.trace.attempts += 1;
+            if ctx.trace.attempts > 1 {
+                server.metrics.upstream.record_retry();
+            }
 
+            let sent_at = std::time::Instant::now();
             let sent = tokio::time::timeout_at(self.deadline, pool.send(server, request)).await;
             let failure = match sent {
                 Err(_) => {
@@ -146,6 +156,9 @@ impl Attempts<'_> {
                 }
                 Ok(Ok(ex)) => {
                     let status = ex.response.status();
+                    let took = sent_at.elapsed();
+                    server.metrics.upstream.duration.observe(took);
+                    ctx.trace.upstream_answer = Some((status.as_u16(), took));
                     server.metrics.record(if status.is_server_error() {
                         UpstreamOutcome::Http5xx
                     } else {

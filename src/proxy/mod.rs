@@ -86,7 +86,7 @@ use tracing::Instrument;
 /// connection's in-flight count; an upstream exchange under way is dropped
 /// with the pipeline, which aborts it).
 pub async fn handle(
-    req: Request<RequestBody>,
+    mut req: Request<RequestBody>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -96,10 +96,11 @@ pub async fn handle(
 
     let request_id = admit::request_id(&req, &runtime);
     let grpc = is_grpc(&req);
+    let trace_id = crate::observe::trace::check(req.headers_mut());
     let log = runtime
         .access_log
         .enabled()
-        .then(|| finish::log_entry(&req, &conn, &runtime.access_log, &request_id));
+        .then(|| finish::log_entry(&req, &conn, &request_id, trace_id));
     let mut done = Done::new(conn, runtime, log, start);
     let d = &mut *done;
     let ctx = RequestCtx {

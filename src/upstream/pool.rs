@@ -326,6 +326,7 @@ impl UpstreamPool {
     pub fn record_failure(&self, server: &UpstreamServer, e: &UpstreamError) {
         if matches!(e, UpstreamError::Connect(_) | UpstreamError::Reset(_)) {
             server.health.eject_for(self.settings.passive_eject);
+            (!self.settings.passive_eject.is_zero()).then(|| server.metrics.record_ejection());
         }
     }
 
