@@ -6,10 +6,12 @@
 //!   runtime); a failed connect is tried again by the next command, so a
 //!   store that comes back is used from the first request after it did (no
 //!   sticky failure);
-//! - a command is one round trip on every kind. Cluster: a multi-key
-//!   command whose keys fall in different slots is split by the client into
-//!   one command per node, all sent at once and merged, so the wait is still
-//!   one round trip;
+//! - a read of several keys ([`RedisConn::mget`]) is one round trip on
+//!   every kind: one `MGET` on a server; on a Cluster one `GET` per key, all
+//!   sent at once, each routed by its own slot (a cross-slot `MGET` would be
+//!   split by the client anyway, and its split form does not survive a
+//!   failover in redis-rs 1.8: "Mismatch in the number of multi-slot
+//!   results");
 //! - after a failure the next command finds the store afresh: one server —
 //!   the connection manager reconnects; Cluster — the client follows
 //!   MOVED/ASK and reloads its slot map after a node failure; Sentinel —
@@ -113,6 +115,23 @@ impl RedisConn {
         })
     }
 
+    /// The string values of `keys`, in order (None: no such key).
+    pub async fn mget(&self, keys: &[String]) -> RedisResult<Vec<Option<String>>> {
+        if let RedisConn::Cluster { client, conn } = self {
+            let c = cluster(client, conn).await?;
+            let gets = keys.iter().map(|k| {
+                let mut c = c.clone();
+                let mut get = redis::cmd("GET");
+                get.arg(k);
+                async move { get.query_async::<Option<String>>(&mut c).await }
+            });
+            return futures_util::future::try_join_all(gets).await;
+        }
+        let mut c = redis::cmd("MGET");
+        c.arg(keys);
+        self.query(&c).await
+    }
+
     /// Sends one command and reads its answer.
     pub async fn query<T: FromRedisValue>(&self, cmd: &Cmd) -> RedisResult<T> {
         match self {
@@ -121,15 +140,24 @@ impl RedisConn {
                 cmd.query_async(&mut c).await
             }
             RedisConn::Cluster { client, conn } => {
-                let mut c = conn
-                    .get_or_try_init(|| client.get_async_connection())
-                    .await?
-                    .clone();
+                let mut c = cluster(client, conn).await?;
                 cmd.query_async(&mut c).await
             }
             RedisConn::Sentinel(s) => s.query(cmd).await,
         }
     }
+}
+
+/// The cluster connection, made on first use (a failed attempt leaves
+/// the cell empty for the next command).
+async fn cluster(
+    client: &ClusterClient,
+    conn: &tokio::sync::OnceCell<ClusterConnection>,
+) -> RedisResult<ClusterConnection> {
+    Ok(conn
+        .get_or_try_init(|| client.get_async_connection())
+        .await?
+        .clone())
 }
 
 /// The one server's connection manager, made on first use.
@@ -226,7 +254,9 @@ impl SentinelConn {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let conn = client.get_async_connection_with_config(&self.config).await?;
+        let conn = client
+            .get_async_connection_with_config(&self.config)
+            .await?;
         let tag = self.made.fetch_add(1, Ordering::Relaxed);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((tag, conn.clone()));
         Ok((tag, conn))

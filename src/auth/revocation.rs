@@ -11,7 +11,7 @@
 //! - a check asks the store on every request: a "not revoked" answer is
 //!   never cached, so a revocation applies from the very next request;
 //! - the jti and the subject cut-off are checked in one round trip (one
-//!   `MGET`; on a Cluster, one GET per slot sent at once), bounded by
+//!   `MGET`; on a Cluster, one GET per key sent at once), bounded by
 //!   [`CHECK_TIMEOUT`]; a store that does not answer in
 //!   time, or fails, is a [`StoreDown`], which the caller turns into 503
 //!   ("deny") or a pass ("allow"), counted here either way;
@@ -321,15 +321,15 @@ impl RedisStore {
         sub: Option<&str>,
         iat: Option<i64>,
     ) -> Result<bool, StoreDown> {
-        let mut cmd = redis::cmd("MGET");
+        let mut keys = Vec::with_capacity(2);
         if let Some(j) = jti {
-            cmd.arg(self.jti_key(j));
+            keys.push(self.jti_key(j));
         }
         if let Some(s) = sub {
-            cmd.arg(self.sub_key(s));
+            keys.push(self.sub_key(s));
         }
         let answer: Vec<Option<String>> =
-            match tokio::time::timeout(CHECK_TIMEOUT, self.conn.query(&cmd)).await {
+            match tokio::time::timeout(CHECK_TIMEOUT, self.conn.mget(&keys)).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "revocation store: redis check failed");
@@ -376,8 +376,7 @@ impl RedisStore {
                 c
             }
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, self.conn.query::<redis::Value>(&cmd)).await
-        {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.conn.query::<redis::Value>(&cmd)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "revocation store: redis write failed");

@@ -339,7 +339,10 @@ fn revocation(lc: &LoadedConfig) -> Result<(), ConfigError> {
     let r = &lc.config.revocation;
     let urls: Vec<&Spanned<String>> = match r.store {
         RevocationStoreKind::Memory => return Ok(()),
-        RevocationStoreKind::Redis => vec![&r.redis_url],
+        RevocationStoreKind::Redis => {
+            redis_url_shape(lc, "redis_url", &r.redis_url)?;
+            vec![&r.redis_url]
+        }
         RevocationStoreKind::RedisCluster | RevocationStoreKind::RedisSentinel => {
             if r.redis_urls.is_empty() {
                 return Err(lc.error_at(
@@ -347,12 +350,12 @@ fn revocation(lc: &LoadedConfig) -> Result<(), ConfigError> {
                     "this store needs redis_urls: the cluster's seed nodes, or the sentinels",
                 ));
             }
+            for u in &r.redis_urls {
+                redis_url_shape(lc, "redis_urls", u)?;
+            }
             r.redis_urls.iter().collect()
         }
     };
-    for u in &urls {
-        redis_url_shape(lc, u)?;
-    }
     let tls = urls[0].get_ref().starts_with("rediss://");
     if let Some(u) = urls
         .iter()
@@ -376,16 +379,16 @@ fn revocation(lc: &LoadedConfig) -> Result<(), ConfigError> {
 }
 
 /// A `redis://` or `rediss://` URL that the client accepts.
-fn redis_url_shape(lc: &LoadedConfig, u: &Spanned<String>) -> Result<(), ConfigError> {
+fn redis_url_shape(lc: &LoadedConfig, key: &str, u: &Spanned<String>) -> Result<(), ConfigError> {
     let url = u.get_ref();
     if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
         return Err(lc.error_at(
             u,
-            "a Redis URL must look like \"redis://HOST:PORT/DB\" or \"rediss://HOST:PORT/DB\" (unix sockets are not supported)",
+            format!("{key}: a Redis URL looks like \"redis://HOST:PORT/DB\" or \"rediss://HOST:PORT/DB\" (unix sockets are not supported)"),
         ));
     }
     if redis::Client::open(url.as_str()).is_err() {
-        return Err(lc.error_at(u, "not a valid redis:// or rediss:// URL"));
+        return Err(lc.error_at(u, format!("{key}: not a valid redis:// or rediss:// URL")));
     }
     Ok(())
 }
