@@ -112,7 +112,8 @@ pub struct RevocationStore {
 
 enum Backend {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    /// Boxed: the Redis clients are large, and the enum lives once per store.
+    Redis(Box<RedisStore>),
 }
 
 impl RevocationStore {
@@ -129,11 +130,11 @@ impl RevocationStore {
     ) -> Result<RevocationStore, String> {
         let conn = RedisConn::new(&target)?;
         Ok(RevocationStore::with(
-            Backend::Redis(RedisStore {
+            Backend::Redis(Box::new(RedisStore {
                 conn,
                 target,
                 prefix: prefix.to_string(),
-            }),
+            })),
             on_error,
         ))
     }
