@@ -95,8 +95,8 @@ async fn until_status(addr: SocketAddr, t: &str, want: u16, what: &str, p: &Port
     panic!("{what}: still {last}, wanted {want}\n{}", p.stderr());
 }
 
-/// portico_jwt_validations_total{result="unavailable"} of an instance.
-async fn unavailable_count(p: &Portico) -> f64 {
+/// The sum of the samples of `family` whose labels contain `label`.
+async fn counter(p: &Portico, family: &str, label: &str) -> f64 {
     let text = client()
         .get(format!("http://{}/metrics", p.admin))
         .send()
@@ -106,12 +106,12 @@ async fn unavailable_count(p: &Portico) -> f64 {
         .await
         .unwrap();
     text.lines()
-        .filter(|l| {
-            l.starts_with("portico_jwt_validations_total") && l.contains("result=\"unavailable\"")
-        })
+        .filter(|l| l.starts_with(family) && l.contains(label))
         .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
         .sum()
 }
+
+const STORE_ERRORS: &str = "portico_revocation_store_errors_total";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn cluster_fleet_shares_revocations_across_a_master_failover() {
@@ -217,13 +217,39 @@ async fn sentinel_fleet_follows_a_failover_and_store_errors_follow_policy() {
     assert_eq!(cli(s.master.port, &["WAIT", "1", "5000"]), "1");
     let old_master = s.master.port;
     s.master.kill();
-    let before = unavailable_count(&deny1.1).await;
+    let denied_before = counter(&deny1.1, STORE_ERRORS, "decision=\"deny\"").await;
+    let unavailable_before = counter(
+        &deny1.1,
+        "portico_jwt_validations_total",
+        "result=\"unavailable\"",
+    )
+    .await;
     assert_eq!(status(deny0.0, &clean).await, 503);
     assert_eq!(status(deny1.0, &clean).await, 503);
     assert_eq!(status(deny1.0, &revoked).await, 503);
     assert_eq!(status(allow.0, &clean).await, 200);
     assert_eq!(revoke_jti(&allow.1, "s-2").await, 503);
-    assert!(unavailable_count(&deny1.1).await >= before + 2.0);
+    assert_eq!(
+        counter(&deny1.1, STORE_ERRORS, "decision=\"deny\"").await,
+        denied_before + 2.0
+    );
+    assert_eq!(
+        counter(
+            &deny1.1,
+            "portico_jwt_validations_total",
+            "result=\"unavailable\""
+        )
+        .await,
+        unavailable_before + 2.0
+    );
+    assert_eq!(
+        counter(&allow.1, STORE_ERRORS, "decision=\"allow\"").await,
+        1.0
+    );
+    assert_eq!(
+        counter(&allow.1, STORE_ERRORS, "decision=\"deny\"").await,
+        0.0
+    );
 
     // The failover happens; every instance follows it, no restart.
     s.allow_promotion();

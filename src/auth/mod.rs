@@ -122,11 +122,17 @@ impl AuthSet {
                     Arc::new(prev.with_on_error(rc.on_store_error))
                 }
             }
-            _ => Arc::new(match target {
-                None => RevocationStore::memory(rc.on_store_error),
-                Some(t) => RevocationStore::redis(t, &rc.key_prefix, rc.on_store_error)
-                    .map_err(|e| lc.error_at(&rc.redis_url, e))?,
-            }),
+            prev => {
+                let store = match target {
+                    None => RevocationStore::memory(rc.on_store_error),
+                    Some(t) => RevocationStore::redis(t, &rc.key_prefix, rc.on_store_error)
+                        .map_err(|e| lc.error_at(&rc.redis_url, e))?,
+                };
+                Arc::new(match prev {
+                    Some(p) => store.counting_on(p),
+                    None => store,
+                })
+            }
         };
         let mut policies = BTreeMap::new();
         let mut revoke_leeway = 30;

@@ -106,6 +106,14 @@ impl Revocation {
 pub struct RevocationStore {
     backend: Arc<Backend>,
     on_error: OnStoreError,
+    /// Shared with the stores that replace this one on a reload, so the
+    /// counts run from process start.
+    errors: Arc<StoreErrors>,
+}
+
+/// Requests that met a store failure, by the decision taken.
+#[derive(Default)]
+struct StoreErrors {
     denied: AtomicU64,
     allowed: AtomicU64,
 }
@@ -143,8 +151,7 @@ impl RevocationStore {
         RevocationStore {
             backend: Arc::new(backend),
             on_error,
-            denied: AtomicU64::new(0),
-            allowed: AtomicU64::new(0),
+            errors: Arc::default(),
         }
     }
 
@@ -163,9 +170,15 @@ impl RevocationStore {
         RevocationStore {
             backend: self.backend.clone(),
             on_error,
-            denied: AtomicU64::new(0),
-            allowed: AtomicU64::new(0),
+            errors: self.errors.clone(),
         }
+    }
+
+    /// This store, counting on from `previous`'s failure counts (a reload
+    /// that changed the backend).
+    pub fn counting_on(mut self, previous: &RevocationStore) -> RevocationStore {
+        self.errors = previous.errors.clone();
+        self
     }
 
     pub fn on_error(&self) -> OnStoreError {
@@ -175,16 +188,16 @@ impl RevocationStore {
     /// Requests that met a store failure: (denied with 503, allowed through).
     pub fn error_counts(&self) -> (u64, u64) {
         (
-            self.denied.load(Ordering::Relaxed),
-            self.allowed.load(Ordering::Relaxed),
+            self.errors.denied.load(Ordering::Relaxed),
+            self.errors.allowed.load(Ordering::Relaxed),
         )
     }
 
     /// Counts a store failure under the on_store_error decision.
     pub(crate) fn count_failure(&self) {
         match self.on_error {
-            OnStoreError::Deny => &self.denied,
-            OnStoreError::Allow => &self.allowed,
+            OnStoreError::Deny => &self.errors.denied,
+            OnStoreError::Allow => &self.errors.allowed,
         }
         .fetch_add(1, Ordering::Relaxed);
     }
