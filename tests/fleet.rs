@@ -326,6 +326,42 @@ async fn rediss_store_is_verified_against_redis_ca() {
     assert_eq!(revoke_jti(&bad.1, "t-2").await, 503);
 }
 
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rediss_cluster_is_verified_against_redis_ca() {
+    let b = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let certs = pki.dir.clone();
+    let _cluster = tokio::task::spawn_blocking(move || Cluster::start_with(3, 0, Some(&certs)))
+        .await
+        .unwrap();
+    let urls = _cluster.urls();
+    assert!(urls.iter().all(|u| u.starts_with("rediss://")));
+    let start = |ca: &str| {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::copy(pki.dir.join(ca), d.path().join("ca.pem")).unwrap();
+        instance(
+            &b,
+            &format!(
+                "store = \"redis-cluster\"\nredis_urls = {}\nredis_ca = \"ca.pem\"",
+                toml_list(&urls[..1])
+            ),
+            d,
+        )
+    };
+    let good = start("ca.crt");
+    let bad = start("other.crt");
+    let tokens: Vec<String> = (0..6).map(|i| token("kim", &format!("ct-{i}"))).collect();
+    assert_eq!(status(good.0, &tokens[0]).await, 200, "{}", good.1.stderr());
+    for i in 0..6 {
+        assert_eq!(revoke_jti(&good.1, &format!("ct-{i}")).await, 204);
+    }
+    for t in &tokens {
+        assert_eq!(status(good.0, t).await, 401);
+    }
+    assert_eq!(status(bad.0, &tokens[0]).await, 503);
+}
+
 #[test]
 fn redis_store_settings_are_checked() {
     let check = |rev: &str| {

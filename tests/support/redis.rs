@@ -36,7 +36,10 @@ pub fn cli(port: u16, args: &[&str]) -> String {
 
 /// One redis-server (or sentinel) process.
 pub struct Node {
+    /// The port clients use (TLS for a TLS node).
     pub port: u16,
+    /// The plain port, for redis-cli.
+    pub plain: u16,
     pub dir: PathBuf,
     child: Option<Child>,
 }
@@ -70,6 +73,7 @@ impl Node {
             .expect("redis-server is needed (scripts/test.sh installs it)");
         let n = Node {
             port,
+            plain: ping_port,
             dir: dir.to_path_buf(),
             child: Some(child),
         };
@@ -105,6 +109,7 @@ impl Node {
             .expect("redis-server is needed (scripts/test.sh installs it)");
         let n = Node {
             port,
+            plain: port,
             dir: dir.to_path_buf(),
             child: Some(child),
         };
@@ -115,7 +120,12 @@ impl Node {
     }
 
     pub fn url(&self) -> String {
-        format!("redis://127.0.0.1:{}/0", self.port)
+        let scheme = if self.port == self.plain {
+            "redis"
+        } else {
+            "rediss"
+        };
+        format!("{scheme}://127.0.0.1:{}/0", self.port)
     }
 
     /// Kills the process and waits for it.
@@ -141,11 +151,18 @@ pub struct Cluster {
 
 impl Cluster {
     pub fn start(masters: usize) -> Cluster {
+        Self::start_with(masters, 1, None)
+    }
+
+    /// `replicas` per master; `tls`: the folder of a [`super::Pki`]'s
+    /// files, to serve TLS (bus and replication too) on a second port of
+    /// each node, reported to TLS clients by CLUSTER SLOTS.
+    pub fn start_with(masters: usize, replicas: usize, tls: Option<&Path>) -> Cluster {
         let dir = tempfile::tempdir().unwrap();
         let mut nodes = Vec::new();
-        for i in 0..masters * 2 {
-            let port = free_port();
-            let extra: Vec<String> = [
+        for i in 0..masters * (1 + replicas) {
+            let plain = free_port();
+            let mut extra: Vec<String> = [
                 "--cluster-enabled",
                 "yes",
                 "--cluster-config-file",
@@ -159,22 +176,60 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
-            nodes.push(Node::start(
-                &dir.path().join(format!("n{i}")),
-                port,
-                port,
-                &extra,
-            ));
+            let port = match tls {
+                None => plain,
+                Some(certs) => {
+                    let t = free_port();
+                    let f = |n: &str| certs.join(n).display().to_string();
+                    extra.extend([
+                        "--tls-port".into(),
+                        t.to_string(),
+                        "--tls-cluster".into(),
+                        "yes".into(),
+                        "--tls-replication".into(),
+                        "yes".into(),
+                        "--tls-cert-file".into(),
+                        f("server.crt"),
+                        "--tls-key-file".into(),
+                        f("server.key"),
+                        "--tls-ca-cert-file".into(),
+                        f("ca.crt"),
+                        // The bus and replication are mutual TLS; the
+                        // server certificate is for servers only.
+                        "--tls-client-cert-file".into(),
+                        f("client.crt"),
+                        "--tls-client-key-file".into(),
+                        f("client.key"),
+                        "--tls-auth-clients".into(),
+                        "optional".into(),
+                    ]);
+                    t
+                }
+            };
+            let mut n = Node::start(&dir.path().join(format!("n{i}")), port, plain, &extra);
+            n.plain = plain;
+            nodes.push(n);
         }
+        // Through the ports clients use: a node derives the bus port of a
+        // node it meets from that port (TLS: tls-port + 10000).
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
             .collect();
-        let out = Command::new("redis-cli")
+        // Bounded: a cluster whose nodes cannot meet would wait forever.
+        let mut create = Command::new("timeout");
+        create.args(["30", "redis-cli"]);
+        if let Some(certs) = tls {
+            create
+                .arg("--tls")
+                .arg("--cacert")
+                .arg(certs.join("ca.crt"));
+        }
+        let out = create
             .arg("--cluster")
             .arg("create")
             .args(&addrs)
-            .args(["--cluster-replicas", "1", "--cluster-yes"])
+            .args(["--cluster-replicas", &replicas.to_string(), "--cluster-yes"])
             .stdin(Stdio::null())
             .output()
             .expect("redis-cli");
@@ -192,7 +247,7 @@ impl Cluster {
     pub fn wait_ok(&self) {
         wait_until(Duration::from_secs(20), "cluster_state:ok", || {
             self.live()
-                .all(|n| cli(n.port, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
+                .all(|n| cli(n.plain, &["CLUSTER", "INFO"]).contains("cluster_state:ok"))
         });
     }
 
@@ -207,18 +262,18 @@ impl Cluster {
 
     /// Index of the node that serves `key` as master now.
     pub fn master_of(&self, key: &str) -> usize {
-        let any = self.live().next().unwrap().port;
+        let any = self.live().next().unwrap().plain;
         let slot: u16 = cli(any, &["CLUSTER", "KEYSLOT", key]).parse().unwrap();
         let port = master_port_of(&cli(any, &["CLUSTER", "NODES"]), slot)
             .unwrap_or_else(|| panic!("no master serves slot {slot}"));
-        self.nodes.iter().position(|n| n.port == port).unwrap()
+        self.nodes.iter().position(|n| n.plain == port).unwrap()
     }
 
     /// Until every master's writes reached its replica.
     pub fn sync_replicas(&self) {
         for n in self.live() {
-            if cli(n.port, &["ROLE"]).starts_with("master") {
-                assert_eq!(cli(n.port, &["WAIT", "1", "5000"]), "1", "replica sync");
+            if cli(n.plain, &["ROLE"]).starts_with("master") {
+                assert_eq!(cli(n.plain, &["WAIT", "1", "5000"]), "1", "replica sync");
             }
         }
     }
