@@ -6,8 +6,11 @@ cd "$(dirname "$0")/.."
 
 need=()
 command -v curl >/dev/null 2>&1 || need+=(curl)
-# tests/jwt.rs: a real redis-server for shared revocation; openssl makes RSA test keys.
+# tests/jwt.rs, tests/fleet.rs: real redis-server instances for shared
+# revocation (plain, TLS, Cluster, and sentinels run as `redis-server
+# --sentinel`); redis-cli creates the Cluster. openssl makes RSA test keys.
 command -v redis-server >/dev/null 2>&1 || need+=(redis-server)
+command -v redis-cli >/dev/null 2>&1 || need+=(redis-tools)
 command -v openssl >/dev/null 2>&1 || need+=(openssl)
 if [ "${#need[@]}" -gt 0 ]; then
   if [ "$(id -u)" = 0 ]; then

@@ -129,6 +129,7 @@ impl Snapshot {
                 })
                 .collect(),
             jwt_policies: self.auth.policies().map(|(n, p)| (n, p.counts())).collect(),
+            revocation_store_errors: self.auth.revocation().error_counts(),
         }
     }
 }

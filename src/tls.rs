@@ -607,6 +607,26 @@ impl AsyncWrite for ClientIo {
     }
 }
 
+/// Makes ring the process-wide default rustls provider, for client
+/// libraries that build their own rustls configs from it (the Redis
+/// client's rediss:// connections). Without it rustls would panic there
+/// whenever more than one provider is compiled in. Idempotent.
+pub fn install_default_provider() {
+    // Err means a provider is installed already: whichever, it is kept.
+    let _ = rustls::crypto::ring::default_provider().install_default();
+}
+
+/// A PEM CA bundle named at `at` for a client that takes PEM bytes (the
+/// Redis client): checked as [`load_certs`] checks it (readable, at least
+/// one certificate, each one usable as a trust anchor), returned as read.
+pub fn ca_pem(lc: &LoadedConfig, at: &Spanned<String>) -> Result<Vec<u8>, ConfigError> {
+    let certs = load_certs(lc, at)?;
+    roots_of(certs).map_err(|e| lc.error_at(at, e))?;
+    let path = lc.resolve(at.get_ref());
+    std::fs::read(&path)
+        .map_err(|e| lc.error_at(at, format!("cannot read {}: {e}", path.display())))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

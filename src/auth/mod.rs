@@ -25,6 +25,7 @@ pub mod failure;
 pub mod jwks;
 pub mod keys;
 pub mod policy;
+mod redis_conn;
 pub mod revocation;
 pub mod token;
 
@@ -50,6 +51,33 @@ pub struct AuthSet {
     /// Longest leeway of any policy: how long a jti revocation must last
     /// past the token's exp.
     revoke_leeway: i64,
+}
+
+/// The Redis store `[revocation]` describes (None: memory), its CA read.
+fn redis_target(lc: &LoadedConfig) -> Result<Option<redis_conn::Target>, ConfigError> {
+    use redis_conn::Kind;
+    let rc = &lc.config.revocation;
+    let (kind, urls) = match rc.store {
+        RevocationStoreKind::Memory => return Ok(None),
+        RevocationStoreKind::Redis => (Kind::Single, vec![rc.redis_url.get_ref().clone()]),
+        RevocationStoreKind::RedisCluster => (Kind::Cluster, spanned_strings(&rc.redis_urls)),
+        RevocationStoreKind::RedisSentinel => (Kind::Sentinel, spanned_strings(&rc.redis_urls)),
+    };
+    let ca = if rc.redis_ca.get_ref().is_empty() {
+        None
+    } else {
+        Some(crate::tls::ca_pem(lc, &rc.redis_ca)?)
+    };
+    Ok(Some(redis_conn::Target {
+        kind,
+        urls,
+        master: rc.sentinel_master.get_ref().clone(),
+        ca,
+    }))
+}
+
+fn spanned_strings(v: &[toml::Spanned<String>]) -> Vec<String> {
+    v.iter().map(|s| s.get_ref().clone()).collect()
 }
 
 /// Why POST /revoke failed.
@@ -85,23 +113,26 @@ impl AuthSet {
     pub fn build(lc: &LoadedConfig, previous: Option<&AuthSet>) -> Result<AuthSet, ConfigError> {
         let c = &lc.config;
         let rc = &c.revocation;
+        let target = redis_target(lc)?;
         let revocation = match previous.map(|p| &p.revocation) {
-            Some(prev) if prev.same_backend(rc) => {
+            Some(prev) if prev.same_backend(target.as_ref(), &rc.key_prefix) => {
                 if prev.on_error() == rc.on_store_error {
                     prev.clone()
                 } else {
                     Arc::new(prev.with_on_error(rc.on_store_error))
                 }
             }
-            _ => Arc::new(match rc.store {
-                RevocationStoreKind::Memory => RevocationStore::memory(rc.on_store_error),
-                RevocationStoreKind::Redis => RevocationStore::redis(
-                    rc.redis_url.get_ref(),
-                    &rc.key_prefix,
-                    rc.on_store_error,
-                )
-                .map_err(|e| lc.error_at(&rc.redis_url, e))?,
-            }),
+            prev => {
+                let store = match target {
+                    None => RevocationStore::memory(rc.on_store_error),
+                    Some(t) => RevocationStore::redis(t, &rc.key_prefix, rc.on_store_error)
+                        .map_err(|e| lc.error_at(&rc.redis_url, e))?,
+                };
+                Arc::new(match prev {
+                    Some(p) => store.counting_on(p),
+                    None => store,
+                })
+            }
         };
         let mut policies = BTreeMap::new();
         let mut revoke_leeway = 30;

@@ -2,16 +2,17 @@
 //!
 //! Two stores, one contract:
 //! - **memory**: this process only; survives a reload, not a restart;
-//! - **redis**: shared by every instance through one Redis server, over one
-//!   multiplexed connection that reconnects by itself (redis-rs
-//!   `ConnectionManager`). A revocation made through any instance holds on
-//!   every instance from the next request on.
+//! - **redis**: shared by every instance through one Redis server, a Redis
+//!   Cluster or the master that Sentinels name (see [`super::redis_conn`]:
+//!   connections, failover, TLS). A revocation made through any instance
+//!   holds on every instance from the next request on.
 //!
 //! Guarantees:
 //! - a check asks the store on every request: a "not revoked" answer is
 //!   never cached, so a revocation applies from the very next request;
 //! - the jti and the subject cut-off are checked in one round trip (one
-//!   `MGET`), bounded by [`CHECK_TIMEOUT`]; a store that does not answer in
+//!   `MGET`; on a Cluster, one GET per key sent at once), bounded by
+//!   [`CHECK_TIMEOUT`]; a store that does not answer in
 //!   time, or fails, is a [`StoreDown`], which the caller turns into 503
 //!   ("deny") or a pass ("allow"), counted here either way;
 //! - a jti revocation lives exp − now + leeway seconds (after that the
@@ -26,11 +27,12 @@
 //! Redis keys: `{key_prefix}jti:{jti}` (value "1", with a TTL) and
 //! `{key_prefix}sub:{sub}` (value: the cut-off, seconds since the epoch).
 
+use super::redis_conn::{RedisConn, Target};
 use crate::config::OnStoreError;
 use serde::Deserialize;
 use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
-use std::sync::{Arc, OnceLock, RwLock};
+use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
 /// Longest a request waits for the shared store.
@@ -104,13 +106,22 @@ impl Revocation {
 pub struct RevocationStore {
     backend: Arc<Backend>,
     on_error: OnStoreError,
+    /// Shared with the stores that replace this one on a reload, so the
+    /// counts run from process start.
+    errors: Arc<StoreErrors>,
+}
+
+/// Requests that met a store failure, by the decision taken.
+#[derive(Default)]
+struct StoreErrors {
     denied: AtomicU64,
     allowed: AtomicU64,
 }
 
 enum Backend {
     Memory(MemoryStore),
-    Redis(RedisStore),
+    /// Boxed: the Redis clients are large, and the enum lives once per store.
+    Redis(Box<RedisStore>),
 }
 
 impl RevocationStore {
@@ -121,18 +132,17 @@ impl RevocationStore {
 
     /// A Redis store. Nothing is connected until first use.
     pub fn redis(
-        url: &str,
+        target: Target,
         prefix: &str,
         on_error: OnStoreError,
     ) -> Result<RevocationStore, String> {
-        let client = redis::Client::open(url).map_err(|e| format!("bad redis_url: {e}"))?;
+        let conn = RedisConn::new(&target)?;
         Ok(RevocationStore::with(
-            Backend::Redis(RedisStore {
-                client,
-                url: url.to_string(),
+            Backend::Redis(Box::new(RedisStore {
+                conn,
+                target,
                 prefix: prefix.to_string(),
-                conn: OnceLock::new(),
-            }),
+            })),
             on_error,
         ))
     }
@@ -141,19 +151,16 @@ impl RevocationStore {
         RevocationStore {
             backend: Arc::new(backend),
             on_error,
-            denied: AtomicU64::new(0),
-            allowed: AtomicU64::new(0),
+            errors: Arc::default(),
         }
     }
 
-    /// Whether `store` describes this store's backend (same kind; for
-    /// Redis the same URL and key prefix), so a reload may keep it.
-    pub fn same_backend(&self, store: &crate::config::RevocationConfig) -> bool {
-        match (&*self.backend, store.store) {
-            (Backend::Memory(_), crate::config::RevocationStoreKind::Memory) => true,
-            (Backend::Redis(r), crate::config::RevocationStoreKind::Redis) => {
-                r.url == *store.redis_url.get_ref() && r.prefix == store.key_prefix
-            }
+    /// Whether this store's backend is the one described (memory: `None`;
+    /// Redis: the same target and key prefix), so a reload may keep it.
+    pub fn same_backend(&self, target: Option<&Target>, prefix: &str) -> bool {
+        match (&*self.backend, target) {
+            (Backend::Memory(_), None) => true,
+            (Backend::Redis(r), Some(t)) => r.target == *t && r.prefix == prefix,
             _ => false,
         }
     }
@@ -163,9 +170,15 @@ impl RevocationStore {
         RevocationStore {
             backend: self.backend.clone(),
             on_error,
-            denied: AtomicU64::new(0),
-            allowed: AtomicU64::new(0),
+            errors: self.errors.clone(),
         }
+    }
+
+    /// This store, counting on from `previous`'s failure counts (a reload
+    /// that changed the backend).
+    pub fn counting_on(mut self, previous: &RevocationStore) -> RevocationStore {
+        self.errors = previous.errors.clone();
+        self
     }
 
     pub fn on_error(&self) -> OnStoreError {
@@ -175,16 +188,16 @@ impl RevocationStore {
     /// Requests that met a store failure: (denied with 503, allowed through).
     pub fn error_counts(&self) -> (u64, u64) {
         (
-            self.denied.load(Ordering::Relaxed),
-            self.allowed.load(Ordering::Relaxed),
+            self.errors.denied.load(Ordering::Relaxed),
+            self.errors.allowed.load(Ordering::Relaxed),
         )
     }
 
     /// Counts a store failure under the on_store_error decision.
     pub(crate) fn count_failure(&self) {
         match self.on_error {
-            OnStoreError::Deny => &self.denied,
-            OnStoreError::Allow => &self.allowed,
+            OnStoreError::Deny => &self.errors.denied,
+            OnStoreError::Allow => &self.errors.allowed,
         }
         .fetch_add(1, Ordering::Relaxed);
     }
@@ -289,12 +302,9 @@ impl MemoryStore {
 
 /// Revocations shared through Redis.
 struct RedisStore {
-    client: redis::Client,
-    url: String,
+    conn: RedisConn,
+    target: Target,
     prefix: String,
-    /// Made on first use (it needs the runtime), then reused: one
-    /// multiplexed connection, re-established by itself after a failure.
-    conn: OnceLock<redis::aio::ConnectionManager>,
 }
 
 /// Keeps the greater of the stored and the new cut-off.
@@ -303,26 +313,6 @@ const SET_MAX_SCRIPT: &str = "local c = redis.call('GET', KEYS[1]) \
      redis.call('SET', KEYS[1], ARGV[1]) end return 1";
 
 impl RedisStore {
-    fn conn(&self) -> Result<redis::aio::ConnectionManager, StoreDown> {
-        if let Some(c) = self.conn.get() {
-            return Ok(c.clone());
-        }
-        let cfg = redis::aio::ConnectionManagerConfig::new()
-            .set_connection_timeout(Some(CHECK_TIMEOUT))
-            .set_response_timeout(Some(CHECK_TIMEOUT))
-            .set_number_of_retries(2)
-            .set_min_delay(Duration::from_millis(20))
-            .set_max_delay(Duration::from_millis(500));
-        let made = redis::aio::ConnectionManager::new_lazy_with_config(self.client.clone(), cfg)
-            .map_err(|e| {
-                tracing::warn!(error = %e, "revocation store: cannot set up the redis connection");
-                StoreDown
-            })?;
-        // Two first requests may race here; one connection wins, the other
-        // is dropped before it connected.
-        Ok(self.conn.get_or_init(|| made).clone())
-    }
-
     fn jti_key(&self, jti: &str) -> String {
         let mut k = String::with_capacity(self.prefix.len() + 4 + jti.len());
         k.push_str(&self.prefix);
@@ -345,16 +335,15 @@ impl RedisStore {
         sub: Option<&str>,
         iat: Option<i64>,
     ) -> Result<bool, StoreDown> {
-        let mut conn = self.conn()?;
-        let mut cmd = redis::cmd("MGET");
+        let mut keys = Vec::with_capacity(2);
         if let Some(j) = jti {
-            cmd.arg(self.jti_key(j));
+            keys.push(self.jti_key(j));
         }
         if let Some(s) = sub {
-            cmd.arg(self.sub_key(s));
+            keys.push(self.sub_key(s));
         }
         let answer: Vec<Option<String>> =
-            match tokio::time::timeout(CHECK_TIMEOUT, cmd.query_async(&mut conn)).await {
+            match tokio::time::timeout(CHECK_TIMEOUT, self.conn.mget(&keys)).await {
                 Ok(Ok(v)) => v,
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "revocation store: redis check failed");
@@ -382,7 +371,6 @@ impl RedisStore {
     }
 
     async fn revoke(&self, r: &Revocation, now: i64, leeway: i64) -> Result<(), StoreDown> {
-        let mut conn = self.conn()?;
         let cmd = match r {
             Revocation::Jti { jti, exp } => {
                 let ttl = exp.saturating_add(leeway).saturating_sub(now);
@@ -402,8 +390,7 @@ impl RedisStore {
                 c
             }
         };
-        match tokio::time::timeout(WRITE_TIMEOUT, cmd.query_async::<redis::Value>(&mut conn)).await
-        {
+        match tokio::time::timeout(WRITE_TIMEOUT, self.conn.query::<redis::Value>(&cmd)).await {
             Ok(Ok(_)) => Ok(()),
             Ok(Err(e)) => {
                 tracing::warn!(error = %e, "revocation store: redis write failed");

@@ -113,13 +113,25 @@ fn yes() -> bool {
 
 /// Where revocations live.
 #[derive(Debug, Clone, Copy, Deserialize, Serialize, PartialEq, Eq, Default)]
-#[serde(rename_all = "lowercase")]
+#[serde(rename_all = "kebab-case")]
 pub enum RevocationStoreKind {
     /// This process only.
     #[default]
     Memory,
-    /// Shared by every instance through one Redis server.
+    /// Shared by every instance through one Redis server (`redis_url`).
     Redis,
+    /// Shared through a Redis Cluster (`redis_urls`: seed nodes).
+    RedisCluster,
+    /// Shared through the master that Sentinels name (`redis_urls`: the
+    /// sentinels; `sentinel_master`: the master's name).
+    RedisSentinel,
+}
+
+impl RevocationStoreKind {
+    /// Whether the store is shared through Redis.
+    pub fn is_redis(self) -> bool {
+        self != RevocationStoreKind::Memory
+    }
 }
 
 /// What a request gets when the revocation store cannot answer.
@@ -139,6 +151,11 @@ pub enum OnStoreError {
 pub struct RevocationConfig {
     pub store: RevocationStoreKind,
     pub redis_url: Spanned<String>,
+    pub redis_urls: Vec<Spanned<String>>,
+    pub sentinel_master: Spanned<String>,
+    /// PEM CA bundle that rediss:// servers are verified against; empty:
+    /// the system's trust roots.
+    pub redis_ca: Spanned<String>,
     pub key_prefix: String,
     pub on_store_error: OnStoreError,
 }
@@ -148,6 +165,9 @@ impl Default for RevocationConfig {
         RevocationConfig {
             store: RevocationStoreKind::Memory,
             redis_url: Spanned::new(0..0, "redis://127.0.0.1:6379/0".into()),
+            redis_urls: Vec::new(),
+            sentinel_master: Spanned::new(0..0, String::new()),
+            redis_ca: Spanned::new(0..0, String::new()),
             key_prefix: "portico:revoked:".into(),
             on_store_error: OnStoreError::Deny,
         }

@@ -13,6 +13,7 @@ use super::model::{
     ListenerConfig, LoadedConfig, Protocol, RouteConfig, MAX_CONNECTIONS, MAX_HEADER_BYTES,
 };
 use std::collections::HashSet;
+use toml::Spanned;
 
 /// One check over the whole config.
 type Check = fn(&LoadedConfig) -> Result<(), ConfigError>;
@@ -452,17 +453,58 @@ fn auth_policies(lc: &LoadedConfig) -> Result<(), ConfigError> {
 
 fn revocation(lc: &LoadedConfig) -> Result<(), ConfigError> {
     let r = &lc.config.revocation;
-    if r.store == RevocationStoreKind::Redis {
-        let url = r.redis_url.get_ref();
-        if !url.starts_with("redis://") {
-            return Err(lc.error_at(
-                &r.redis_url,
-                "redis_url must look like \"redis://HOST:PORT/DB\" (rediss:// and unix sockets are not supported)",
-            ));
+    let urls: Vec<&Spanned<String>> = match r.store {
+        RevocationStoreKind::Memory => return Ok(()),
+        RevocationStoreKind::Redis => {
+            redis_url_shape(lc, "redis_url", &r.redis_url)?;
+            vec![&r.redis_url]
         }
-        if redis::Client::open(url.as_str()).is_err() {
-            return Err(lc.error_at(&r.redis_url, "redis_url is not a valid redis:// URL"));
+        RevocationStoreKind::RedisCluster | RevocationStoreKind::RedisSentinel => {
+            if r.redis_urls.is_empty() {
+                return Err(lc.error_at(
+                    &r.redis_url,
+                    "this store needs redis_urls: the cluster's seed nodes, or the sentinels",
+                ));
+            }
+            for u in &r.redis_urls {
+                redis_url_shape(lc, "redis_urls", u)?;
+            }
+            r.redis_urls.iter().collect()
         }
+    };
+    let tls = urls[0].get_ref().starts_with("rediss://");
+    if let Some(u) = urls
+        .iter()
+        .find(|u| u.get_ref().starts_with("rediss://") != tls)
+    {
+        return Err(lc.error_at(u, "mixed redis:// and rediss:// URLs: use one scheme"));
+    }
+    if !tls && !r.redis_ca.get_ref().is_empty() {
+        return Err(lc.error_at(
+            &r.redis_ca,
+            "redis_ca is set but the store's URLs are not rediss://",
+        ));
+    }
+    if r.store == RevocationStoreKind::RedisSentinel && r.sentinel_master.get_ref().is_empty() {
+        return Err(lc.error_at(
+            &r.sentinel_master,
+            "store = \"redis-sentinel\" needs sentinel_master: the name the sentinels monitor",
+        ));
+    }
+    Ok(())
+}
+
+/// A `redis://` or `rediss://` URL that the client accepts.
+fn redis_url_shape(lc: &LoadedConfig, key: &str, u: &Spanned<String>) -> Result<(), ConfigError> {
+    let url = u.get_ref();
+    if !(url.starts_with("redis://") || url.starts_with("rediss://")) {
+        return Err(lc.error_at(
+            u,
+            format!("{key}: a Redis URL looks like \"redis://HOST:PORT/DB\" or \"rediss://HOST:PORT/DB\" (unix sockets are not supported)"),
+        ));
+    }
+    if redis::Client::open(url.as_str()).is_err() {
+        return Err(lc.error_at(u, format!("{key}: not a valid redis:// or rediss:// URL")));
     }
     Ok(())
 }

@@ -462,6 +462,8 @@ pub struct InForce<'a> {
     /// JWT policies of the config in force that count in counters of their
     /// own: (policy, [(result, count)]).
     pub jwt_policies: Vec<(&'a str, [(&'static str, u64); 7])>,
+    /// Requests that met a revocation store failure: (denied, allowed).
+    pub revocation_store_errors: (u64, u64),
 }
 
 /// The process-wide registry; see the module docs.
@@ -813,6 +815,21 @@ impl Metrics {
                     n,
                 );
             }
+        }
+        family(
+            out,
+            "portico_revocation_store_errors_total",
+            "counter",
+            "Requests whose revocation check met a store failure, by on_store_error decision (deny: 503, allow: passed).",
+        );
+        let (denied, allowed) = in_force.revocation_store_errors;
+        for (decision, n) in [("deny", denied), ("allow", allowed)] {
+            sample(
+                out,
+                "portico_revocation_store_errors_total",
+                &[("decision", decision)],
+                n,
+            );
         }
     }
 

@@ -9,6 +9,7 @@ pub mod http3;
 pub mod jwt;
 pub mod prom;
 pub mod raw;
+pub mod redis;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
