@@ -228,6 +228,7 @@ fn vs_client(c: &mut Criterion) {
         listeners: Vec::new(),
         servers: Vec::new(),
         jwt_policies: Vec::new(),
+        revocation_store_errors: (0, 0),
     };
     g.bench_function("render_hand_written", |b| {
         b.iter(|| black_box(ours.render(&in_force)).len())
