@@ -22,7 +22,7 @@ use crate::admin::{AdminState, Exposure};
 use crate::config::{Config, ConfigError, LoadedConfig};
 use crate::supervisor::Supervisor;
 use sd_notify::NotifyState;
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::ffi::OsString;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -52,10 +52,7 @@ const WATCH_REFRESH: Duration = Duration::from_secs(2);
 /// Runs portico until a stop signal; returns after draining and writing out
 /// the access log. `inherited` are the sockets passed by systemd
 /// ([`crate::sys::inherited_sockets`]).
-pub async fn run(
-    lc: LoadedConfig,
-    inherited: HashMap<SocketAddr, std::net::TcpListener>,
-) -> Result<(), ConfigError> {
+pub async fn run(lc: LoadedConfig, inherited: crate::sys::Inherited) -> Result<(), ConfigError> {
     crate::sys::ignore_stray_signals();
     let config_path = lc.source.path.clone();
     let mut signals = Signals::install().map_err(|e| {

@@ -133,7 +133,7 @@ pub struct Supervisor {
     listeners: Mutex<HashMap<ListenerKey, RunningListener>>,
     /// Sockets handed over by systemd (LISTEN_FDS), by local address, not
     /// yet adopted by a listener.
-    inherited: Mutex<HashMap<SocketAddr, std::net::TcpListener>>,
+    inherited: Mutex<crate::sys::Inherited>,
     reload_lock: tokio::sync::Mutex<()>,
     stopping: watch::Sender<bool>,
 }
@@ -145,7 +145,7 @@ impl Supervisor {
     pub fn new(
         lc: config::LoadedConfig,
         config_path: PathBuf,
-        inherited: HashMap<SocketAddr, std::net::TcpListener>,
+        inherited: crate::sys::Inherited,
     ) -> Result<(Arc<Supervisor>, BoundListeners), ConfigError> {
         let lc = Arc::new(lc);
         let snapshot = Snapshot::build(lc.clone(), 1, None, BuildMode::Run)?;
@@ -207,6 +207,7 @@ impl Supervisor {
             .inherited
             .lock()
             .unwrap_or_else(PoisonError::into_inner)
+            .tcp
             .remove(&s.bind);
         match inherited {
             Some(l) => {
@@ -215,6 +216,26 @@ impl Supervisor {
                 TcpListener::from_std(l)
             }
             None => crate::listener::bind(s.bind, s.backlog),
+        }
+    }
+
+    /// The UDP socket of the QUIC side of `s`: the one the service manager
+    /// passed for its address, else a new one.
+    fn bind_udp(&self, s: &ListenerSettings) -> std::io::Result<std::net::UdpSocket> {
+        let inherited = self
+            .inherited
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+            .udp
+            .remove(&s.bind);
+        match inherited {
+            Some(u) => {
+                tracing::info!(listener = %s.name, bind = %s.bind, "adopting UDP socket passed by the service manager");
+                u.set_nonblocking(true)?;
+                Ok(u)
+            }
+            None => crate::listener::quic::bind_udp(s.bind)
+                .map_err(|e| std::io::Error::new(e.kind(), format!("UDP (http3): {e}"))),
         }
     }
 
@@ -230,10 +251,7 @@ impl Supervisor {
             false => None,
         };
         let udp = match udp_missing && s.http3 {
-            true => Some(
-                crate::listener::quic::bind_udp(s.bind)
-                    .map_err(|e| std::io::Error::new(e.kind(), format!("UDP (http3): {e}")))?,
-            ),
+            true => Some(self.bind_udp(s)?),
             false => None,
         };
         Ok(BoundSockets { tcp, udp })
@@ -565,8 +583,12 @@ mod tests {
         let path = dir.path().join("proxy.toml");
         let (a, b) = (free_addr(), free_addr());
         std::fs::write(&path, config(&[("a", a)])).unwrap();
-        let (sup, bound) =
-            Supervisor::new(config::load(&path).unwrap(), path.clone(), HashMap::new()).unwrap();
+        let (sup, bound) = Supervisor::new(
+            config::load(&path).unwrap(),
+            path.clone(),
+            Default::default(),
+        )
+        .unwrap();
         let s = sup.clone();
         let _ = std::thread::spawn(move || {
             let _held = s.listeners.lock();

@@ -62,57 +62,57 @@ pub fn ignore_stray_signals() {
     }
 }
 
-/// Takes the listening sockets systemd passed (LISTEN_PID/LISTEN_FDS, from
-/// fd 3 on), by local address. The variables are removed so that nothing
-/// started later inherits them. Each socket is made close-on-exec.
+/// Sockets passed by the service manager (socket activation), by local
+/// address: stream sockets for listeners' TCP sides, datagram sockets for
+/// their QUIC (HTTP/3) sides.
+#[derive(Default)]
+pub struct Inherited {
+    pub tcp: HashMap<SocketAddr, std::net::TcpListener>,
+    pub udp: HashMap<SocketAddr, std::net::UdpSocket>,
+}
+
+/// Takes the sockets systemd passed (LISTEN_PID/LISTEN_FDS, from fd 3 on,
+/// read by the sd-notify crate, which also makes them close-on-exec), by
+/// type and local address. The variables are removed so that nothing
+/// started later inherits them. A descriptor that is neither a bound
+/// stream nor a bound datagram socket is left as it is.
 ///
 /// Call it once, from `main` before any other thread exists (the tokio
 /// runtime included): changing the environment while another thread may
 /// read it is undefined behaviour, and a second call would take the same
 /// descriptors again.
-pub fn inherited_sockets() -> HashMap<SocketAddr, std::net::TcpListener> {
+pub fn inherited_sockets() -> Inherited {
     use std::os::fd::FromRawFd;
-    let mut out = HashMap::new();
-    let pid_ok = std::env::var("LISTEN_PID")
-        .ok()
-        .and_then(|p| p.parse::<u32>().ok())
-        .is_some_and(|p| p == std::process::id());
-    let n: i32 = std::env::var("LISTEN_FDS")
-        .ok()
-        .and_then(|n| n.parse().ok())
-        .unwrap_or(0);
-    std::env::remove_var("LISTEN_PID");
-    std::env::remove_var("LISTEN_FDS");
-    std::env::remove_var("LISTEN_FDNAMES");
-    if !pid_ok || n <= 0 {
-        return out;
-    }
-    for fd in 3..3 + n.min(1024) {
-        // SAFETY: systemd hands these descriptors to this process (LISTEN_PID
-        // is ours); each is taken once, here, and owned by the TcpListener
-        // from now on.
-        let l = unsafe { std::net::TcpListener::from_raw_fd(fd) };
-        // A UDP socket has an address too: only a stream socket may stand
-        // for a listener's TCP side, or a datagram socket passed for the
-        // same address would displace it.
-        let stream = socket2::SockRef::from(&l).r#type().ok() == Some(socket2::Type::STREAM);
-        match l.local_addr() {
-            Ok(addr) if stream => {
-                // Descriptors passed by the service manager are not CLOEXEC.
-                // SAFETY: fcntl on a descriptor we own only changes its flags.
-                unsafe {
-                    libc::fcntl(fd, libc::F_SETFD, libc::FD_CLOEXEC);
-                }
-                out.insert(addr, l);
+    let mut out = Inherited::default();
+    // SAFETY: called from main before any other thread exists (see above),
+    // so removing the variables races with no reader.
+    let fds = match unsafe { sd_notify::listen_fds_with_names_and_unset_env() } {
+        Ok(fds) => fds,
+        Err(e) => {
+            tracing::warn!(error = %e, "ignoring the sockets passed by the service manager");
+            return out;
+        }
+    };
+    for (fd, _name) in fds {
+        // SAFETY: the service manager hands these descriptors to this
+        // process (LISTEN_PID is ours); each is taken once, here, and owned
+        // by the socket from now on.
+        let socket = unsafe { socket2::Socket::from_raw_fd(fd) };
+        let addr = socket.local_addr().ok().and_then(|a| a.as_socket());
+        match (socket.r#type().ok(), addr) {
+            (Some(socket2::Type::STREAM), Some(addr)) => {
+                out.tcp.insert(addr, socket.into());
             }
-            Ok(addr) => {
-                tracing::warn!(fd, %addr, "ignoring a passed descriptor that is not a stream socket");
-                std::mem::forget(l);
+            (Some(socket2::Type::DGRAM), Some(addr)) => {
+                out.udp.insert(addr, socket.into());
             }
-            Err(e) => {
-                tracing::warn!(fd, error = %e, "ignoring a passed descriptor that is not a TCP listening socket");
+            _ => {
+                tracing::warn!(
+                    fd,
+                    "ignoring a passed descriptor that is not a bound TCP or UDP socket"
+                );
                 // Not ours to close: whatever it is stays as it was.
-                std::mem::forget(l);
+                std::mem::forget(socket);
             }
         }
     }

@@ -402,10 +402,13 @@ fn systemd_units_run_portico_the_right_way() {
         l.parse::<SocketAddr>()
             .unwrap_or_else(|e| panic!("ListenStream={l}: {e}"));
     }
-    assert!(
-        !s["Socket"].contains_key("ListenDatagram"),
-        "passed descriptors are all taken for TCP listeners"
-    );
+    // A datagram socket is adopted for the QUIC side of the listener at
+    // the same address: each must name a stream socket's address too.
+    for d in s["Socket"].get("ListenDatagram").into_iter().flatten() {
+        d.parse::<SocketAddr>()
+            .unwrap_or_else(|e| panic!("ListenDatagram={d}: {e}"));
+        assert!(streams.contains(d), "ListenDatagram={d} without its ListenStream");
+    }
 }
 
 #[test]

@@ -677,3 +677,33 @@ async fn stream_limit_and_idle_timeout_hold_over_h3() {
         "closed too early"
     );
 }
+
+/// systemd's portico.socket with ListenStream= and ListenDatagram= for the
+/// same address: both sides are adopted, so the UDP port (already bound
+/// here, as the service manager holds it) serves HTTP/3.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sockets_passed_by_the_service_manager_serve_tcp_and_http3() {
+    use std::os::fd::AsRawFd;
+    let b = Backend::start("a").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let tcp = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let addr = tcp.local_addr().unwrap();
+    let udp = std::net::UdpSocket::bind(addr).unwrap();
+    let listener = format!("[[listener]]\nname = \"web\"\nbind = \"{addr}\"\n");
+    let p = Portico::start_activated(
+        dir,
+        &h3_config(&listener, "", &b, ""),
+        vec![tcp.as_raw_fd(), udp.as_raw_fd()],
+        Vec::new(),
+    );
+    // Without adoption the listener could not have bound UDP at all: the
+    // port is taken by the passed socket.
+    assert!(p.stderr().contains("adopting UDP socket"), "{}", p.stderr());
+    let client = H3Client::new(&pki, false);
+    let mut c = client.connect(addr).await.unwrap();
+    let r = c.get("/over-h3").await.unwrap();
+    assert_eq!(r.status, 200);
+    assert_eq!(r.text(), "a GET /over-h3");
+    drop((tcp, udp));
+}

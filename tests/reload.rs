@@ -442,7 +442,6 @@ async fn streaming_responses_flow_across_ten_reloads() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn systemd_notify_and_socket_activation() {
     use std::os::fd::AsRawFd;
-    use std::os::unix::process::CommandExt;
     let a = Backend::start("a").await;
     let dir = tempfile::tempdir().unwrap();
     let notify_path = dir.path().join("notify.sock");
@@ -463,31 +462,12 @@ async fn systemd_notify_and_socket_activation() {
         "[[listener]]\nname = \"web\"\nbind = \"{addr}\"\n[[route]]\nname = \"r\"\nupstream = \"a\"\n{}",
         upstream_toml("a", &[&a], "")
     );
-    let exe = env!("CARGO_BIN_EXE_portico");
-    let logs = dir.path().to_path_buf();
-    let p = Portico::start_custom(dir, &config, move |cmd| {
-        // LISTEN_PID must be portico's own pid: a shell sets it, then execs.
-        let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
-        let mut sh = std::process::Command::new("/bin/sh");
-        sh.arg("-c")
-            .arg("LISTEN_PID=$$ LISTEN_FDS=2 exec \"$0\" \"$@\"")
-            .arg(exe)
-            .args(args);
-        std::mem::swap(cmd, &mut sh);
-        cmd.env("NOTIFY_SOCKET", &notify_path)
-            .env("RUST_LOG", "info")
-            .stdout(std::fs::File::create(logs.join("stdout.log")).unwrap())
-            .stderr(std::fs::File::create(logs.join("stderr.log")).unwrap());
-        // Move the listening socket to fd 3 in the child.
-        unsafe {
-            cmd.pre_exec(move || {
-                if libc::dup2(fd, 3) < 0 || libc::dup2(udp_fd, 4) < 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-    });
+    let p = Portico::start_activated(
+        dir,
+        &config,
+        vec![fd, udp_fd],
+        vec![("NOTIFY_SOCKET".into(), notify_path.clone().into())],
+    );
     let recv = || {
         let mut buf = [0u8; 256];
         let n = notify.recv(&mut buf).expect("notify message");

@@ -484,6 +484,48 @@ impl Portico {
         p
     }
 
+    /// Starts portico as systemd's socket activation does: `fds` become
+    /// descriptors 3, 4, ... of the process, with LISTEN_FDS and its own
+    /// pid in LISTEN_PID; `env` is added to its environment.
+    pub fn start_activated(
+        dir: tempfile::TempDir,
+        config: &str,
+        fds: Vec<std::os::fd::RawFd>,
+        env: Vec<(String, std::ffi::OsString)>,
+    ) -> Portico {
+        use std::os::unix::process::CommandExt;
+        let logs = dir.path().to_path_buf();
+        Portico::start_custom(dir, config, move |cmd| {
+            // LISTEN_PID must be portico's own pid: a shell sets it, then execs.
+            let args: Vec<std::ffi::OsString> = cmd.get_args().map(|a| a.to_owned()).collect();
+            let mut sh = Command::new("/bin/sh");
+            sh.arg("-c")
+                .arg(format!(
+                    "LISTEN_PID=$$ LISTEN_FDS={} exec \"$0\" \"$@\"",
+                    fds.len()
+                ))
+                .arg(env!("CARGO_BIN_EXE_portico"))
+                .args(args);
+            std::mem::swap(cmd, &mut sh);
+            cmd.env("RUST_LOG", "info")
+                .envs(env)
+                .stdout(std::fs::File::create(logs.join("stdout.log")).unwrap())
+                .stderr(std::fs::File::create(logs.join("stderr.log")).unwrap());
+            // SAFETY: dup2 is async-signal-safe; the descriptors stay open
+            // in the parent until the child has exec'd.
+            unsafe {
+                cmd.pre_exec(move || {
+                    for (i, fd) in fds.iter().enumerate() {
+                        if libc::dup2(*fd, 3 + i as i32) < 0 {
+                            return Err(std::io::Error::last_os_error());
+                        }
+                    }
+                    Ok(())
+                });
+            }
+        })
+    }
+
     fn wait_ready(&mut self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while Instant::now() < deadline {
