@@ -407,7 +407,10 @@ fn systemd_units_run_portico_the_right_way() {
     for d in s["Socket"].get("ListenDatagram").into_iter().flatten() {
         d.parse::<SocketAddr>()
             .unwrap_or_else(|e| panic!("ListenDatagram={d}: {e}"));
-        assert!(streams.contains(d), "ListenDatagram={d} without its ListenStream");
+        assert!(
+            streams.contains(d),
+            "ListenDatagram={d} without its ListenStream"
+        );
     }
 }
 

@@ -63,14 +63,16 @@ async fn serve_raw(
         };
         let head = String::from_utf8_lossy(&buf[..end]).into_owned();
         buf.drain(..end);
-        let mut left = content_length(&head);
-        while left > 0 {
-            if buf.is_empty() && !fill(&mut s, &mut buf).await {
-                return;
-            }
-            let n = left.min(buf.len());
-            buf.drain(..n);
-            left -= n;
+        let chunked = header_values(&head, "transfer-encoding")
+            .iter()
+            .any(|v| v.eq_ignore_ascii_case("chunked"));
+        let body_read = if chunked {
+            skip_chunked(&mut s, &mut buf).await
+        } else {
+            skip(&mut s, &mut buf, content_length(&head)).await
+        };
+        if !body_read {
+            return;
         }
         let answer = special(&head);
         heads.lock().unwrap().push(head);
@@ -86,6 +88,49 @@ async fn serve_raw(
         };
         if s.write_all(answer.as_bytes()).await.is_err() || close {
             return;
+        }
+    }
+}
+
+/// Reads and drops `n` body bytes; false at EOF or on an error.
+async fn skip(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>, mut n: usize) -> bool {
+    while n > 0 {
+        if buf.is_empty() && !fill(s, buf).await {
+            return false;
+        }
+        let k = n.min(buf.len());
+        buf.drain(..k);
+        n -= k;
+    }
+    true
+}
+
+/// Reads and drops a chunked body (a request without a known length, as
+/// an HTTP/3 body whose end comes after its head is sent on); trailers
+/// are not expected. False at EOF, an error or a malformed chunk line.
+async fn skip_chunked(s: &mut tokio::net::TcpStream, buf: &mut Vec<u8>) -> bool {
+    loop {
+        let line_end = loop {
+            if let Some(i) = buf.windows(2).position(|w| w == b"\r\n") {
+                break i;
+            }
+            if !fill(s, buf).await {
+                return false;
+            }
+        };
+        let line = String::from_utf8_lossy(&buf[..line_end]).into_owned();
+        let Ok(size) = usize::from_str_radix(line.split(';').next().unwrap_or("").trim(), 16)
+        else {
+            return false;
+        };
+        buf.drain(..line_end + 2);
+        // the chunk and its CRLF; after the last (size 0) chunk, the empty
+        // line that ends the body
+        if !skip(s, buf, size + 2).await {
+            return false;
+        }
+        if size == 0 {
+            return true;
         }
     }
 }
