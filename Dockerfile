@@ -3,9 +3,9 @@
 # (glibc, libgcc, CA certificates for upstream TLS and JWKS fetches; no shell).
 #   docker build -t portico:0.1.0 .
 #   docker run --rm -p 8080:8080 -p 9902:9902 portico:0.1.0
-# Health: the image has no curl or shell, so no HEALTHCHECK: probe over HTTP
-# from outside, on admin.public_bind (GET /health = alive, GET /ready =
-# serving), as the kubelet does (deploy/kubernetes/deployment.yaml).
+# Health: the image has no curl or shell; `portico probe` GETs /health of
+# the admin API itself (exit 0 on 2xx). Kubernetes probes over HTTP on
+# admin.public_bind instead (deploy/kubernetes/deployment.yaml).
 
 FROM rust:1-bookworm AS build
 WORKDIR /src
@@ -26,4 +26,8 @@ ENV PORTICO_CONFIG=/etc/portico/proxy.toml
 # 8080: the listener; 9902: the read-only /health, /ready, /metrics.
 EXPOSE 8080/tcp 9902/tcp
 STOPSIGNAL SIGTERM
+# admin.public_bind of deploy/container/proxy.toml; a config of your own
+# with another admin address needs its own HEALTHCHECK line.
+HEALTHCHECK --interval=10s --timeout=3s --start-period=5s --retries=3 \
+    CMD ["/usr/bin/portico", "probe", "127.0.0.1:9902", "--path", "/health"]
 ENTRYPOINT ["/usr/bin/portico"]

@@ -224,6 +224,34 @@ async fn revoke(req: Request<Incoming>, snap: &crate::snapshot::Snapshot) -> Res
     }
 }
 
+/// The status of `GET path` on a running portico's admin API at `addr`,
+/// over a plain blocking HTTP/1.0 exchange (no runtime): what `portico
+/// probe` runs as a container health check, where the image has no curl.
+pub fn probe(
+    addr: std::net::SocketAddr,
+    path: &str,
+    timeout: std::time::Duration,
+) -> Result<u16, String> {
+    use std::io::{Read, Write};
+    if !path.starts_with('/') || path.bytes().any(|b| b <= b' ' || b == 0x7f) {
+        return Err("the path must start with / and hold no spaces or controls".into());
+    }
+    let mut s = std::net::TcpStream::connect_timeout(&addr, timeout).map_err(|e| e.to_string())?;
+    s.set_read_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    s.set_write_timeout(Some(timeout))
+        .map_err(|e| e.to_string())?;
+    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    // The status line is all that is needed: "HTTP/1.x NNN ...".
+    let mut head = [0u8; 12];
+    s.read_exact(&mut head).map_err(|e| e.to_string())?;
+    std::str::from_utf8(&head)
+        .ok()
+        .filter(|h| h.starts_with("HTTP/1."))
+        .and_then(|h| h[9..12].parse().ok())
+        .ok_or_else(|| "not an HTTP answer".to_string())
+}
+
 /// Serves the admin API (all of it, or the public part) until `stop`
 /// turns true.
 pub async fn serve(

@@ -42,6 +42,15 @@ enum Command {
     },
     /// Print the man page (roff), e.g. `portico manpage > portico.1`.
     Manpage,
+    /// GET a path of a running portico's admin API and exit 0 on a 2xx
+    /// answer, 1 otherwise (a container HEALTHCHECK without curl).
+    Probe {
+        /// The admin address, ip:port (admin.bind or admin.public_bind).
+        addr: std::net::SocketAddr,
+        /// The path to GET.
+        #[arg(long, default_value = "/health")]
+        path: String,
+    },
 }
 
 fn config_path(cli: &Cli) -> PathBuf {
@@ -69,6 +78,15 @@ fn main() -> ExitCode {
                 return fail(format!("portico: cannot render the man page: {e}"));
             }
             return print_bytes(&out);
+        }
+        Some(Command::Probe { addr, ref path }) => {
+            return match portico::admin::probe(addr, path, std::time::Duration::from_secs(2)) {
+                Ok(status) => {
+                    println!("{status}");
+                    ExitCode::from(if (200..300).contains(&status) { 0 } else { 1 })
+                }
+                Err(e) => fail(format!("portico: probe {addr}{path}: {e}")),
+            };
         }
         _ => {}
     }

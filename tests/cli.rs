@@ -305,3 +305,29 @@ fn manpage_is_roff_naming_the_subcommands() {
     }
     assert!(out.contains("\\fBportico check\\fR"), "{out}");
 }
+
+/// `portico probe`, the container health check: exit 0 on a 2xx answer of
+/// the admin API, 1 on any other answer or none.
+#[test]
+fn probe_exits_by_the_admin_answer() {
+    let dir = tempfile::tempdir().unwrap();
+    let (_, listener) = listener_toml("web", "");
+    let p = Portico::start(&format!(
+        "{listener}[[route]]\nname = \"r\"\nrespond = {{ status = 200, body = \"hi\" }}\n"
+    ));
+    let admin = p.admin.to_string();
+    let ok = portico(&["probe", &admin], dir.path());
+    assert!(ok.status.success(), "{}", stderr(&ok));
+    assert_eq!(String::from_utf8_lossy(&ok.stdout).trim(), "200");
+    let ready = portico(&["probe", &admin, "--path", "/ready"], dir.path());
+    assert!(ready.status.success(), "{}", stderr(&ready));
+    // A path the admin API does not have: 404, so unhealthy.
+    let missing = portico(&["probe", &admin, "--path", "/nope"], dir.path());
+    assert_eq!(missing.status.code(), Some(1));
+    assert_eq!(String::from_utf8_lossy(&missing.stdout).trim(), "404");
+    drop(p);
+    // Nothing listening any more.
+    let down = portico(&["probe", &admin], dir.path());
+    assert_eq!(down.status.code(), Some(1));
+    assert!(stderr(&down).contains("probe"), "{}", stderr(&down));
+}

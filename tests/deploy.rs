@@ -460,4 +460,17 @@ fn dockerfile_runs_portico_as_non_root() {
         d.contains("portico check --config"),
         "the build checks the image's config"
     );
+    // The health check probes the image config's public admin bind.
+    let hc = last
+        .lines()
+        .skip_while(|l| !l.starts_with("HEALTHCHECK"))
+        .take(2)
+        .collect::<String>();
+    let cfg: toml::Value = toml::from_str(&read("deploy/container/proxy.toml")).unwrap();
+    let public = cfg["admin"]["public_bind"].as_str().unwrap();
+    let port = public.rsplit(':').next().unwrap();
+    assert!(
+        hc.contains(&format!("\"probe\", \"127.0.0.1:{port}\"")),
+        "{hc}"
+    );
 }
