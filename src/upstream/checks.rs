@@ -3,6 +3,7 @@
 //! (the guarantees are in [`super::health`]).
 
 use super::pool::UpstreamPool;
+use super::rounds::Rounds;
 use super::server::UpstreamServer;
 use crate::body::RequestBody;
 use crate::config::HealthCheck;
@@ -54,19 +55,12 @@ impl UpstreamPool {
 /// Runs the active checks of a pool until it is retired or dropped. Each
 /// round probes the members in force then; the counts in a row are kept
 /// per server (by address), so a DNS change does not reset the others.
-fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, mut stop: watch::Receiver<bool>) {
+fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, stop: watch::Receiver<bool>) {
     tokio::spawn(async move {
         // (good, bad) checks in a row.
         let mut runs: HashMap<Arc<str>, (u32, u32)> = HashMap::new();
-        let mut interval = tokio::time::interval(cfg.interval.0);
-        interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-        loop {
-            // A dropped sender (the pool is gone) ends the checker too.
-            tokio::select! {
-                _ = interval.tick() => {}
-                _ = stop.wait_for(|s| *s) => break,
-            }
-            let Some(p) = pool.upgrade() else { break };
+        let mut rounds = Rounds::new(pool, cfg.interval.0, stop);
+        while let Some(p) = rounds.next().await {
             let servers: Vec<Arc<UpstreamServer>> = p.members().servers.to_vec();
             let checks = servers.iter().map(|s| {
                 let p = p.clone();
@@ -74,9 +68,11 @@ fn spawn_checker(pool: Weak<UpstreamPool>, cfg: HealthCheck, mut stop: watch::Re
                 let path = cfg.path.get_ref().clone();
                 async move { check_once(&p, &s, &path, cfg.timeout.0).await }
             });
-            let results = tokio::select! {
-                r = futures_util::future::join_all(checks) => r,
-                _ = stop.wait_for(|s| *s) => break,
+            let Some(results) = rounds
+                .until_stopped(futures_util::future::join_all(checks))
+                .await
+            else {
+                break;
             };
             let retired = p.checks.retired();
             if *retired {

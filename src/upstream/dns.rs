@@ -16,6 +16,7 @@
 
 use super::members::MemberBuild;
 use super::pool::UpstreamPool;
+use super::rounds::Rounds;
 use std::net::SocketAddr;
 use std::sync::atomic::Ordering;
 use std::sync::{Arc, PoisonError, Weak};
@@ -77,19 +78,11 @@ impl UpstreamPool {
     }
 }
 
-async fn resolve_loop(pool: Weak<UpstreamPool>, every: Duration, mut stop: watch::Receiver<bool>) {
-    let mut interval = tokio::time::interval(every);
-    interval.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
-    loop {
-        // A dropped sender (the pool is gone) ends the lookups too.
-        tokio::select! {
-            _ = interval.tick() => {}
-            _ = stop.wait_for(|s| *s) => break,
-        }
-        let Some(p) = pool.upgrade() else { break };
-        tokio::select! {
-            _ = p.refresh() => {}
-            _ = stop.wait_for(|s| *s) => break,
+async fn resolve_loop(pool: Weak<UpstreamPool>, every: Duration, stop: watch::Receiver<bool>) {
+    let mut rounds = Rounds::new(pool, every, stop);
+    while let Some(p) = rounds.next().await {
+        if rounds.until_stopped(p.refresh()).await.is_none() {
+            break;
         }
     }
 }

@@ -38,6 +38,7 @@ mod members;
 mod pool;
 pub mod resolve;
 mod retry;
+mod rounds;
 mod server;
 
 pub use balancer::Balancer;
