@@ -366,25 +366,21 @@ async fn accept_loop(
     // False once the sender is gone (the listener is being removed).
     let mut updates = true;
     loop {
+        // Biased, stop and settings first: a reload's settings, sent before
+        // its answer, apply to every connection accepted after it, even
+        // when the connection is already waiting as this task wakes.
         let permit = tokio::select! {
-            p = limit.acquire() => match p { Some(p) => p, None => break },
+            biased;
             _ = stop.changed() => break,
             r = settings.changed(), if updates => {
                 updates = r.is_ok();
                 fe = apply_settings(&listener, &limit, &fe, &mut settings);
                 continue;
             }
+            p = limit.acquire() => match p { Some(p) => p, None => break },
         };
         let (stream, peer) = tokio::select! {
-            r = listener.accept() => match r {
-                Ok(x) => x,
-                Err(e) => {
-                    // EMFILE and friends: back off instead of spinning.
-                    tracing::warn!(listener = %fe.settings.name, error = %e, "accept failed");
-                    tokio::time::sleep(Duration::from_millis(50)).await;
-                    continue;
-                }
-            },
+            biased;
             _ = stop.changed() => break,
             r = settings.changed(), if updates => {
                 updates = r.is_ok();
@@ -394,6 +390,15 @@ async fn accept_loop(
                 fe = apply_settings(&listener, &limit, &fe, &mut settings);
                 continue;
             }
+            r = listener.accept() => match r {
+                Ok(x) => x,
+                Err(e) => {
+                    // EMFILE and friends: back off instead of spinning.
+                    tracing::warn!(listener = %fe.settings.name, error = %e, "accept failed");
+                    tokio::time::sleep(Duration::from_millis(50)).await;
+                    continue;
+                }
+            },
         };
         let guard = tracker.track();
         let slot = ConnSlot {

@@ -177,17 +177,20 @@ async fn accept_loop(
     let mut updates = true;
     let mut retrying = false;
     while !*stop.borrow() {
+        // Biased, as on the TCP side: a reload's settings apply to every
+        // connection accepted after its answer.
         let permit = tokio::select! {
-            p = limit.acquire() => match p { Some(p) => p, None => break },
+            biased;
             _ = stop.changed() => break,
             r = settings_rx.changed(), if updates => {
                 updates = r.is_ok();
                 settings = apply_settings(&limit, settings, &mut settings_rx);
                 continue;
             }
+            p = limit.acquire() => match p { Some(p) => p, None => break },
         };
         let incoming = tokio::select! {
-            i = endpoint.accept() => match i { Some(i) => i, None => break },
+            biased;
             _ = stop.changed() => break,
             r = settings_rx.changed(), if updates => {
                 updates = r.is_ok();
@@ -197,6 +200,7 @@ async fn accept_loop(
                 settings = apply_settings(&limit, settings, &mut settings_rx);
                 continue;
             }
+            i = endpoint.accept() => match i { Some(i) => i, None => break },
         };
         // Connections open before this one (its permit is taken already).
         let open = limit.in_use(settings.max_connections).saturating_sub(1);
