@@ -176,6 +176,10 @@ impl Cluster {
             .iter()
             .map(|s| s.to_string())
             .collect();
+            // The bus port from the tests' own range too: the default,
+            // port + 10000, may be a port another test or an outgoing
+            // connection already holds.
+            extra.extend(["--cluster-port".into(), free_port().to_string()]);
             let port = match tls {
                 None => plain,
                 Some(certs) => {
@@ -210,8 +214,8 @@ impl Cluster {
             n.plain = plain;
             nodes.push(n);
         }
-        // Through the ports clients use: a node derives the bus port of a
-        // node it meets from that port (TLS: tls-port + 10000).
+        // Through the ports clients use; redis-cli introduces the nodes to
+        // each other with the bus port each reports (--cluster-port).
         let addrs: Vec<String> = nodes
             .iter()
             .map(|n| format!("127.0.0.1:{}", n.port))
