@@ -245,11 +245,12 @@ pub fn probe(
     // The status line is all that is needed: "HTTP/1.x NNN ...".
     let mut head = [0u8; 12];
     s.read_exact(&mut head).map_err(|e| e.to_string())?;
-    std::str::from_utf8(&head)
-        .ok()
-        .filter(|h| h.starts_with("HTTP/1."))
-        .and_then(|h| h[9..12].parse().ok())
-        .ok_or_else(|| "not an HTTP answer".to_string())
+    // Bytes, not text: a peer's non-ASCII byte must not split a slice.
+    let code = &head[9..12];
+    if !head.starts_with(b"HTTP/1.") || !code.iter().all(u8::is_ascii_digit) {
+        return Err("not an HTTP answer".into());
+    }
+    Ok(code.iter().fold(0, |n, d| n * 10 + u16::from(d - b'0')))
 }
 
 /// Serves the admin API (all of it, or the public part) until `stop`
@@ -288,6 +289,37 @@ pub async fn serve(
 mod tests {
     use super::*;
     use http::header::AUTHORIZATION;
+
+    /// What `probe` makes of a peer that sends `answer`.
+    fn probe_against(answer: &'static [u8]) -> Result<u16, String> {
+        use std::io::{Read, Write};
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let addr = l.local_addr().unwrap();
+        let peer = std::thread::spawn(move || {
+            let (mut s, _) = l.accept().unwrap();
+            let mut buf = [0u8; 256];
+            let _ = s.read(&mut buf);
+            let _ = s.write_all(answer);
+        });
+        let r = probe(addr, "/health", std::time::Duration::from_secs(2));
+        peer.join().unwrap();
+        r
+    }
+
+    #[test]
+    fn probe_reads_the_status_and_refuses_what_is_not_http() {
+        assert_eq!(probe_against(b"HTTP/1.1 204 No Content\r\n\r\n"), Ok(204));
+        assert_eq!(probe_against(b"HTTP/1.0 503 x\r\n\r\n"), Ok(503));
+        // A multi-byte character where the status goes: an error, no panic.
+        assert!(probe_against("HTTP/1.1\u{e9}99 x\r\n\r\n".as_bytes()).is_err());
+        assert!(probe_against(b"SSH-2.0-OpenSSH_9.2\r\n").is_err());
+        assert!(probe(
+            "127.0.0.1:9".parse().unwrap(),
+            "no slash",
+            std::time::Duration::from_secs(1)
+        )
+        .is_err());
+    }
 
     fn req(auth: &[&str]) -> Request<()> {
         let mut b = Request::builder().method("POST").uri("/x");
