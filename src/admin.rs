@@ -241,7 +241,10 @@ pub fn probe(
         .map_err(|e| e.to_string())?;
     s.set_write_timeout(Some(timeout))
         .map_err(|e| e.to_string())?;
-    write!(s, "GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n").map_err(|e| e.to_string())?;
+    // One write: `write!` on a socket is one syscall per piece, and a peer
+    // that answers after the first piece and closes would reset the rest.
+    let request = format!("GET {path} HTTP/1.0\r\nHost: {addr}\r\n\r\n");
+    s.write_all(request.as_bytes()).map_err(|e| e.to_string())?;
     // The status line is all that is needed: "HTTP/1.x NNN ...".
     let mut head = [0u8; 12];
     s.read_exact(&mut head).map_err(|e| e.to_string())?;
@@ -297,8 +300,16 @@ mod tests {
         let addr = l.local_addr().unwrap();
         let peer = std::thread::spawn(move || {
             let (mut s, _) = l.accept().unwrap();
+            // Read the whole head: closing with unread bytes would reset
+            // the connection before the client reads the answer.
+            let mut got = Vec::new();
             let mut buf = [0u8; 256];
-            let _ = s.read(&mut buf);
+            while !got.windows(4).any(|w| w == b"\r\n\r\n") {
+                match s.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => got.extend_from_slice(&buf[..n]),
+                }
+            }
             let _ = s.write_all(answer);
         });
         let r = probe(addr, "/health", std::time::Duration::from_secs(2));
