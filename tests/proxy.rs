@@ -111,6 +111,57 @@ async fn keepalive_connections_are_reused() {
     );
 }
 
+/// With the default pool (no fixed cap), a burst keeps the connections it
+/// needed: the next bursts of the same size open none. A fixed cap of 32
+/// closed 48 of 80 after every burst and opened them again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_default_pool_keeps_what_a_burst_needed() {
+    const BURST: usize = 80;
+    let b = Backend::start("a").await;
+    let (addr, l) = listener_toml("web", "");
+    let _p = Portico::start(&basic_config(
+        &l,
+        &upstream_toml("app", &[&b], ""),
+        "[[route]]\nname = \"all\"\nupstream = \"app\"\n",
+    ));
+    let c = client();
+    let burst = |round: usize| {
+        let c = c.clone();
+        async move {
+            // /slow holds each answer, so the whole burst is in flight at once.
+            let calls = (0..BURST).map(|i| {
+                let c = c.clone();
+                async move {
+                    let r = c
+                        .get(format!("http://{addr}/slow/100?r{round}-{i}"))
+                        .send()
+                        .await
+                        .unwrap();
+                    assert_eq!(r.status(), 200);
+                    r.bytes().await.unwrap();
+                }
+            });
+            futures_util::future::join_all(calls).await;
+        }
+    };
+    burst(0).await;
+    let opened = b.accepts.load(Ordering::SeqCst);
+    assert!(
+        opened >= BURST / 2,
+        "only {opened} connections for the burst"
+    );
+    for round in 1..5 {
+        burst(round).await;
+    }
+    let total = b.accepts.load(Ordering::SeqCst);
+    // A few may race a connection on its way back to the pool.
+    assert!(
+        total <= opened + BURST / 8,
+        "{total} upstream connections over 5 bursts of {BURST} ({opened} for the first)"
+    );
+    assert_eq!(b.request_count(), 5 * BURST);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn idle_upstream_connections_close_after_idle_timeout() {
     let b = Backend::start("a").await;

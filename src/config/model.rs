@@ -407,8 +407,10 @@ fn default_unhealthy_threshold() -> u32 {
     3
 }
 
+/// 0: no fixed cap (the pool holds what recent demand opened; idle_timeout
+/// expires the rest).
 fn default_max_idle() -> usize {
-    32
+    0
 }
 fn default_upstream_idle() -> Dur {
     Dur::secs(90)

@@ -10,8 +10,9 @@
 //!   server answered before reading the whole upload) closes the
 //!   connection; the stack is LIFO (hot
 //!   connections stay hot, surplus ones age out), capped at
-//!   `max_idle_per_server`, and a reaper task closes connections idle longer
-//!   than `idle_timeout` even when no request comes;
+//!   `max_idle_per_server` when that is set (by default it holds what
+//!   recent demand opened), and a reaper task closes connections idle
+//!   longer than `idle_timeout` even when no request comes;
 //! - HTTP/2 upstreams share one multiplexed connection per server;
 //! - a request that a reused connection could not even start sending (the
 //!   server closed it while idle: the keepalive race) is sent again on

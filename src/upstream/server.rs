@@ -1,6 +1,8 @@
 //! One upstream server (one address) and its keepalive connections.
 //!
-//! Guarantees: the idle stack is LIFO and capped at `max_idle`; a
+//! Guarantees: the idle stack is LIFO and capped at `max_idle` (0: no
+//! fixed cap, so it holds at most the connections that recent demand
+//! opened, and the reaper expires those unused for idle_timeout); a
 //! connection goes onto it only while the server is a member of its pool:
 //! once [`UpstreamServer::retire`] ran (a DNS answer dropped the address),
 //! idle connections are closed and returned ones are closed too.
@@ -116,12 +118,13 @@ impl UpstreamServer {
     }
 
     pub(super) fn put_idle(&self, sender: http1::SendRequest<RequestBody>, task: AbortHandle) {
-        if sender.is_closed() || self.max_idle == 0 {
+        if sender.is_closed() {
             return;
         }
         if let Ok(mut idle) = self.idle.lock() {
             // Checked under the lock, so that `retire` cannot miss it.
-            if idle.len() < self.max_idle && !self.retired.load(Ordering::Relaxed) {
+            let room = self.max_idle == 0 || idle.len() < self.max_idle;
+            if room && !self.retired.load(Ordering::Relaxed) {
                 idle.push(IdleConn {
                     sender,
                     task,
