@@ -467,20 +467,22 @@ async fn serve_connection(
     match tls {
         Some(cfg) => {
             let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            let tls_stream =
-                match tokio::time::timeout(s.header_read_timeout, acceptor.accept(stream)).await {
-                    Ok(Ok(t)) => t,
-                    Ok(Err(e)) => {
-                        tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                        s.metrics.record_tls_handshake_error();
-                        return;
-                    }
-                    Err(_) => {
-                        tracing::debug!(%peer, "TLS handshake timed out");
-                        s.metrics.record_tls_handshake_error();
-                        return;
-                    }
-                };
+            // Boxed, so that the handshake's state is freed once done
+            // instead of sizing the connection's task for good.
+            let handshake = Box::pin(acceptor.accept(stream));
+            let tls_stream = match tokio::time::timeout(s.header_read_timeout, handshake).await {
+                Ok(Ok(t)) => t,
+                Ok(Err(e)) => {
+                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
+                    s.metrics.record_tls_handshake_error();
+                    return;
+                }
+                Err(_) => {
+                    tracing::debug!(%peer, "TLS handshake timed out");
+                    s.metrics.record_tls_handshake_error();
+                    return;
+                }
+            };
             let _ = activity
                 .tls_version
                 .set(tls_version_name(tls_stream.get_ref().1));
@@ -496,7 +498,7 @@ async fn serve_connection(
                 _ => Protocol::Http1,
             });
             let conn = (peer, true, protocol, slot);
-            serve_http(io, builder, &fe, conn, activity, shared, stop).await;
+            Box::pin(serve_http(io, builder, &fe, conn, activity, shared, stop)).await;
         }
         None => {
             let mode = match (s.http1, s.http2) {
@@ -511,7 +513,12 @@ async fn serve_connection(
                 Mode::Detect => None,
             };
             let conn = (peer, false, protocol, slot);
-            serve_http(io, &fe.detect, &fe, conn, activity, shared, stop).await;
+            // Boxed (both arms): a task is sized by its largest state, and
+            // a plain connection would otherwise carry room for TLS.
+            Box::pin(serve_http(
+                io, &fe.detect, &fe, conn, activity, shared, stop,
+            ))
+            .await;
         }
     }
 }
