@@ -16,6 +16,9 @@
 //!   the connection manager reconnects; Cluster — the client follows
 //!   MOVED/ASK and reloads its slot map after a node failure; Sentinel —
 //!   the master is asked of the sentinels again (and its role checked);
+//! - Sentinel: the master is reached with the user, password and database
+//!   of the first URL; the sentinels with the same user and password only
+//!   when every URL carries them (else without any);
 //! - rediss:// servers are verified against `redis_ca` when set, else
 //!   against the system's trust roots; hostnames are always checked.
 //!
@@ -26,8 +29,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, RedisResult, TlsCertificates,
-    TlsMode,
+    AsyncConnectionConfig, Cmd, ConnectionInfo, FromRedisValue, IntoConnectionInfo, RedisResult,
+    TlsCertificates, TlsMode,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -194,29 +197,39 @@ pub struct SentinelConn {
 
 impl SentinelConn {
     fn new(t: &Target, tls: bool, certs: Option<TlsCertificates>) -> Result<SentinelConn, String> {
-        let mut addrs = Vec::with_capacity(t.urls.len());
+        let mut infos = Vec::with_capacity(t.urls.len());
         for u in &t.urls {
             let info = u
                 .as_str()
                 .into_connection_info()
                 .map_err(|e| format!("bad sentinel URL: {e}"))?;
-            addrs.push(info.addr().clone());
+            infos.push(info);
         }
-        // The master's credentials and database come from the first URL;
-        // the sentinels are asked without them.
-        let first = t.urls[0]
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("bad sentinel URL: {e}"))?;
-        let settings = first.redis_settings();
+        let first = infos.first().ok_or("no sentinel URL")?.redis_settings();
+        let addrs = infos.iter().map(|i| i.addr().clone());
         let mut b = SentinelClientBuilder::new(addrs, &t.master, SentinelServerType::Master)
             .map_err(|e| format!("bad sentinel setup: {e}"))?
-            .set_client_to_redis_db(settings.db());
-        if let Some(u) = settings.username() {
+            .set_client_to_redis_db(first.db());
+        // The master's credentials and database come from the first URL.
+        if let Some(u) = first.username() {
             b = b.set_client_to_redis_username(u);
         }
-        if let Some(p) = settings.password() {
+        if let Some(p) = first.password() {
             b = b.set_client_to_redis_password(p);
+        }
+        // The sentinels get them too when every URL carries the same ones
+        // (sentinels with `requirepass`). A password in the first URL only
+        // is the master's alone: a sentinel without `requirepass` refuses
+        // `AUTH <password>`, and the client has one set of credentials for
+        // all sentinels, not one per URL.
+        let shared = (first.username(), first.password());
+        if shared.1.is_some() && infos.iter().all(|i| credentials(i) == shared) {
+            if let Some(u) = shared.0 {
+                b = b.set_client_to_sentinel_username(u);
+            }
+            if let Some(p) = shared.1 {
+                b = b.set_client_to_sentinel_password(p);
+            }
         }
         if tls {
             b = b
@@ -275,6 +288,12 @@ impl SentinelConn {
         guard.armed = r.is_err();
         r
     }
+}
+
+/// The user and password a URL carries.
+fn credentials(i: &ConnectionInfo) -> (Option<&str>, Option<&str>) {
+    let r = i.redis_settings();
+    (r.username(), r.password())
 }
 
 /// Drops the sentinel connection `tag` unless disarmed.
