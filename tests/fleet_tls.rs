@@ -214,7 +214,7 @@ async fn tls_sentinel_store_follows_a_failover_and_a_wrong_ca_fails_closed() {
     assert_eq!(get(&s.replica, "fleet:jti:st-3"), "1");
     assert_eq!(status(good.0, &token("oli", "st-3")).await, 401);
 
-    // The wrong CA is still refused by the new master's sentinels.
+    // The wrong CA is still refused after the failover.
     assert_eq!(status(bad.0, &clean).await, 503);
 }
 
