@@ -2,7 +2,8 @@
 //! and three sentinels that serve no plain TCP at all (`port 0`), verified
 //! against `redis_ca`; a failover is followed without a restart, a wrong CA
 //! fails closed, and sentinels that require a password are given the one
-//! the URLs carry.
+//! the URLs carry, while sentinels that require none are asked without it
+//! (also when they gain one later).
 
 mod support;
 
@@ -270,5 +271,101 @@ async fn a_password_in_the_first_url_only_is_the_masters_alone() {
     assert_eq!(status(p.0, &t).await, 200, "{}", p.1.stderr());
     assert_eq!(revoke_jti(&p.1, "sm-1").await, 204);
     assert_eq!(get(&s.master, "fleet:jti:sm-1"), "1");
+    assert_eq!(status(p.0, &t).await, 401);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_masters_password_in_every_url_works_with_sentinels_that_require_none() {
+    let b = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let pw = "data-pw";
+    // The servers require a password; the sentinels require none, and
+    // refuse an AUTH with one. Every URL carries the servers' password, as
+    // many clients' sentinel URIs do (`redis-sentinel://password@host`).
+    let s = sentinels(&pki, Some(pw), None).await;
+    let no_pw = Reach {
+        ca: Some(pki.dir.join("ca.crt")),
+        password: None,
+    };
+    for n in &s.sentinels {
+        assert!(cli_with(n.port, &no_pw, &["AUTH", pw]).starts_with("ERR"));
+    }
+    assert!(cli_with(s.master.port, &no_pw, &["PING"]).contains("NOAUTH"));
+    let urls: Vec<String> = s
+        .urls()
+        .iter()
+        .map(|u| u.replacen("rediss://", &format!("rediss://:{pw}@"), 1))
+        .collect();
+    let p = instance(&b, &urls, &pki, "ca.crt");
+    let t = token("sal", "sn-1");
+    assert_eq!(status(p.0, &t).await, 200, "{}", p.1.stderr());
+    assert_eq!(revoke_jti(&p.1, "sn-1").await, 204);
+    assert_eq!(get(&s.master, "fleet:jti:sn-1"), "1");
+    assert_eq!(status(p.0, &t).await, 401);
+    assert_eq!(status(p.0, &token("tam", "sn-2")).await, 200);
+    // Every lookup was answered: none failed closed.
+    assert_eq!(counter(&p.1, STORE_ERRORS, "decision=").await, 0.0);
+}
+
+/// The ids of the clients of `n` (reached with `reach`) whose last command
+/// was `cmd`.
+fn clients_of(n: &Node, reach: &Reach, cmd: &str) -> Vec<String> {
+    cli_with(n.port, reach, &["CLIENT", "LIST"])
+        .lines()
+        .filter(|l| l.contains(&format!(" cmd={cmd} ")))
+        .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+        .map(str::to_string)
+        .collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinels_that_gain_a_password_are_asked_with_it_at_the_next_lookup() {
+    let b = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let pw = "shared-pw";
+    let s = sentinels(&pki, Some(pw), None).await;
+    let urls: Vec<String> = s
+        .urls()
+        .iter()
+        .map(|u| u.replacen("rediss://", &format!("rediss://:{pw}@"), 1))
+        .collect();
+    let p = instance(&b, &urls, &pki, "ca.crt");
+    let t = token("uma", "sg-1");
+    // Found without credentials: the sentinels have none.
+    assert_eq!(status(p.0, &t).await, 200, "{}", p.1.stderr());
+    let before = clients_of(&s.master, &s.master.reach, "mget");
+    assert_eq!(before.len(), 1, "portico's connection to the master");
+
+    // The sentinels now require the password the URLs carry, and drop
+    // portico's connections, made without it (the check's connection is
+    // the master's, the lookups' the sentinels'): the next lookup asks
+    // the sentinels afresh, is refused without the password (NOAUTH) and
+    // answered with it.
+    let with_pw = Reach {
+        ca: Some(pki.dir.join("ca.crt")),
+        password: Some(pw.to_string()),
+    };
+    for n in &s.sentinels {
+        assert_eq!(
+            n.cli(&["ACL", "SETUSER", "default", &format!(">{pw}")]),
+            "OK"
+        );
+        assert!(n.cli(&["PING"]).contains("NOAUTH"));
+        for id in clients_of(n, &with_pw, "sentinel|masters") {
+            assert_eq!(
+                cli_with(n.port, &with_pw, &["CLIENT", "KILL", "ID", &id]),
+                "1"
+            );
+        }
+    }
+    assert_eq!(s.master.cli(&["CLIENT", "KILL", "ID", &before[0]]), "1");
+    until_status(p.0, &t, 200, "after the sentinels gained a password", &p.1).await;
+    let after = clients_of(&s.master, &s.master.reach, "mget");
+    assert_eq!(after.len(), 1, "portico's new connection to the master");
+    assert_ne!(after, before);
+    assert_eq!(revoke_jti(&p.1, "sg-1").await, 204);
+    assert_eq!(get(&s.master, "fleet:jti:sg-1"), "1");
     assert_eq!(status(p.0, &t).await, 401);
 }
