@@ -16,6 +16,13 @@
 //!   the connection manager reconnects; Cluster — the client follows
 //!   MOVED/ASK and reloads its slot map after a node failure; Sentinel —
 //!   the master is asked of the sentinels again (and its role checked);
+//! - Sentinel: the master is reached with the user, password and database
+//!   of the first URL. The same user and password in every URL may be the
+//!   sentinels' (`requirepass`) or the master's alone (sentinels without a
+//!   password refuse them): the sentinels are asked with them first, and
+//!   after an authentication error the other way; the way that worked
+//!   last is tried first at the next lookup. Without the same credentials
+//!   in every URL the sentinels are asked without any;
 //! - rediss:// servers are verified against `redis_ca` when set, else
 //!   against the system's trust roots; hostnames are always checked.
 //!
@@ -26,8 +33,8 @@ use redis::cluster::{ClusterClient, ClusterClientBuilder};
 use redis::cluster_async::ClusterConnection;
 use redis::sentinel::{SentinelClient, SentinelClientBuilder, SentinelServerType};
 use redis::{
-    AsyncConnectionConfig, Cmd, FromRedisValue, IntoConnectionInfo, RedisResult, TlsCertificates,
-    TlsMode,
+    AsyncConnectionConfig, Cmd, ConnectionInfo, ErrorKind, FromRedisValue, IntoConnectionInfo,
+    RedisError, RedisResult, TlsCertificates, TlsMode,
 };
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Mutex, OnceLock};
@@ -65,7 +72,8 @@ pub enum RedisConn {
         conn: OnceLock<ConnectionManager>,
     },
     Cluster {
-        client: ClusterClient,
+        /// Boxed: it is most of the enum's size otherwise.
+        client: Box<ClusterClient>,
         conn: tokio::sync::OnceCell<ClusterConnection>,
     },
     Sentinel(SentinelConn),
@@ -107,7 +115,7 @@ impl RedisConn {
                 }
                 let client = b.build().map_err(|e| format!("bad redis_urls: {e}"))?;
                 RedisConn::Cluster {
-                    client,
+                    client: Box::new(client),
                     conn: tokio::sync::OnceCell::new(),
                 }
             }
@@ -183,9 +191,11 @@ fn single(
 /// The master that the sentinels name, and one multiplexed connection to
 /// it, dropped on any failure so that the next command asks again.
 pub struct SentinelConn {
-    /// Asks the sentinels (one lookup at a time: concurrent requests that
-    /// find no master wait for the lookup under way).
-    client: tokio::sync::Mutex<SentinelClient>,
+    /// Clients that ask the sentinels, one per way: with the credentials
+    /// every URL carries (when they all carry the same), and without any;
+    /// the one that worked last is first. One lookup at a time: concurrent requests
+    /// that find no master wait for the lookup under way.
+    clients: tokio::sync::Mutex<Vec<SentinelClient>>,
     /// The connection in use, tagged so a failure drops only its own.
     current: Mutex<Option<(u64, MultiplexedConnection)>>,
     made: AtomicU64,
@@ -194,43 +204,32 @@ pub struct SentinelConn {
 
 impl SentinelConn {
     fn new(t: &Target, tls: bool, certs: Option<TlsCertificates>) -> Result<SentinelConn, String> {
-        let mut addrs = Vec::with_capacity(t.urls.len());
+        let mut infos = Vec::with_capacity(t.urls.len());
         for u in &t.urls {
             let info = u
                 .as_str()
                 .into_connection_info()
                 .map_err(|e| format!("bad sentinel URL: {e}"))?;
-            addrs.push(info.addr().clone());
+            infos.push(info);
         }
-        // The master's credentials and database come from the first URL;
-        // the sentinels are asked without them.
-        let first = t.urls[0]
-            .as_str()
-            .into_connection_info()
-            .map_err(|e| format!("bad sentinel URL: {e}"))?;
-        let settings = first.redis_settings();
-        let mut b = SentinelClientBuilder::new(addrs, &t.master, SentinelServerType::Master)
-            .map_err(|e| format!("bad sentinel setup: {e}"))?
-            .set_client_to_redis_db(settings.db());
-        if let Some(u) = settings.username() {
-            b = b.set_client_to_redis_username(u);
+        let first = infos.first().ok_or("no sentinel URL")?.redis_settings();
+        let mut clients = vec![sentinel_client(t, &infos, None, tls, certs.as_ref())?];
+        // Credentials in every URL may be the sentinels' (`requirepass`) or
+        // only the master's (many clients put the data password in every
+        // sentinel URI, and a sentinel without one refuses `AUTH`): both
+        // ways are kept, the other tried after an authentication error. A
+        // password in the first URL only is the master's alone.
+        if let (user, Some(password)) = (first.username(), first.password()) {
+            if infos
+                .iter()
+                .all(|i| credentials(i) == (user, Some(password)))
+            {
+                let login = Some((user, password));
+                clients.insert(0, sentinel_client(t, &infos, login, tls, certs.as_ref())?);
+            }
         }
-        if let Some(p) = settings.password() {
-            b = b.set_client_to_redis_password(p);
-        }
-        if tls {
-            b = b
-                .set_client_to_redis_tls_mode(TlsMode::Secure)
-                .set_client_to_sentinel_tls_mode(TlsMode::Secure);
-        }
-        if let Some(c) = certs {
-            b = b
-                .set_client_to_redis_certificates(c.clone())
-                .set_client_to_sentinel_certificates(c);
-        }
-        let client = b.build().map_err(|e| format!("bad sentinel setup: {e}"))?;
         Ok(SentinelConn {
-            client: tokio::sync::Mutex::new(client),
+            clients: tokio::sync::Mutex::new(clients),
             current: Mutex::new(None),
             made: AtomicU64::new(0),
             config: AsyncConnectionConfig::new()
@@ -250,13 +249,11 @@ impl SentinelConn {
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let mut client = self.client.lock().await;
+        let mut clients = self.clients.lock().await;
         if let Some(c) = self.current() {
             return Ok(c);
         }
-        let conn = client
-            .get_async_connection_with_config(&self.config)
-            .await?;
+        let conn = ask_sentinels(&mut clients, &self.config).await?;
         let tag = self.made.fetch_add(1, Ordering::Relaxed);
         *self.current.lock().unwrap_or_else(|p| p.into_inner()) = Some((tag, conn.clone()));
         Ok((tag, conn))
@@ -275,6 +272,84 @@ impl SentinelConn {
         guard.armed = r.is_err();
         r
     }
+}
+
+/// A client that asks the sentinels of `infos` for `t.master`, giving them
+/// `login` (user, password) when set, and reaches the master with the user,
+/// password and database of the first URL.
+fn sentinel_client(
+    t: &Target,
+    infos: &[ConnectionInfo],
+    login: Option<(Option<&str>, &str)>,
+    tls: bool,
+    certs: Option<&TlsCertificates>,
+) -> Result<SentinelClient, String> {
+    let first = infos.first().ok_or("no sentinel URL")?.redis_settings();
+    let addrs = infos.iter().map(|i| i.addr().clone());
+    let mut b = SentinelClientBuilder::new(addrs, &t.master, SentinelServerType::Master)
+        .map_err(|e| format!("bad sentinel setup: {e}"))?
+        .set_client_to_redis_db(first.db());
+    if let Some(u) = first.username() {
+        b = b.set_client_to_redis_username(u);
+    }
+    if let Some(p) = first.password() {
+        b = b.set_client_to_redis_password(p);
+    }
+    if let Some((user, password)) = login {
+        if let Some(u) = user {
+            b = b.set_client_to_sentinel_username(u);
+        }
+        b = b.set_client_to_sentinel_password(password);
+    }
+    if tls {
+        b = b
+            .set_client_to_redis_tls_mode(TlsMode::Secure)
+            .set_client_to_sentinel_tls_mode(TlsMode::Secure);
+    }
+    if let Some(c) = certs {
+        b = b
+            .set_client_to_redis_certificates(c.clone())
+            .set_client_to_sentinel_certificates(c.clone());
+    }
+    b.build().map_err(|e| format!("bad sentinel setup: {e}"))
+}
+
+/// The master's connection through the first of `clients` that is not
+/// refused for its credentials; that one moves first, so later lookups
+/// (after a failover) start with what worked, and a refusal of it later
+/// (a sentinel that gained or lost a password) tries the other again.
+/// Any other failure (no sentinel answers, the master is down) is the
+/// store's and is returned as it is.
+async fn ask_sentinels(
+    clients: &mut [SentinelClient],
+    config: &AsyncConnectionConfig,
+) -> RedisResult<MultiplexedConnection> {
+    let mut refused = None;
+    for i in 0..clients.len() {
+        match clients[i].get_async_connection_with_config(config).await {
+            Ok(conn) => {
+                clients.swap(0, i);
+                return Ok(conn);
+            }
+            Err(e) if is_auth_error(&e) => {
+                refused.get_or_insert(e);
+            }
+            Err(e) => return Err(e),
+        }
+    }
+    Err(refused.unwrap_or_else(|| (ErrorKind::InvalidClientConfig, "no sentinel client").into()))
+}
+
+/// A server refusing the credentials given (AUTH failed: a wrong password,
+/// or a password given to a server that has none), or wanting some.
+fn is_auth_error(e: &RedisError) -> bool {
+    e.kind() == ErrorKind::AuthenticationFailed || e.code() == Some("NOAUTH")
+}
+
+/// The user and password a URL carries.
+fn credentials(i: &ConnectionInfo) -> (Option<&str>, Option<&str>) {
+    let r = i.redis_settings();
+    (r.username(), r.password())
 }
 
 /// Drops the sentinel connection `tag` unless disarmed.

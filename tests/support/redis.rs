@@ -1,6 +1,8 @@
 //! Real Redis topologies on loopback ports: plain or TLS servers, a Redis
 //! Cluster (made by `redis-cli --cluster create`), and a master with a
-//! replica watched by three sentinels (`redis-server --sentinel`).
+//! replica watched by three sentinels (`redis-server --sentinel`), plain or
+//! TLS only (`port 0`: no plain TCP anywhere) and with or without
+//! passwords.
 //!
 //! Every process is killed when its owner is dropped. Waits poll the real
 //! state (PING, CLUSTER INFO, SENTINEL get-master-addr-by-name) with a
@@ -34,14 +36,62 @@ pub fn cli(port: u16, args: &[&str]) -> String {
     String::from_utf8_lossy(&out.stdout).trim().to_string()
 }
 
+/// How redis-cli reaches a TLS-only node: the CA to verify it against, and
+/// the password it requires.
+#[derive(Debug, Clone, Default)]
+pub struct Reach {
+    pub ca: Option<PathBuf>,
+    pub password: Option<String>,
+}
+
+/// `redis-cli` to `port` through TLS when `reach` has a CA, with its
+/// password; the output trimmed.
+pub fn cli_with(port: u16, reach: &Reach, args: &[&str]) -> String {
+    let mut c = Command::new("redis-cli");
+    c.args(["-h", "127.0.0.1", "-p", &port.to_string()]);
+    if let Some(ca) = &reach.ca {
+        c.arg("--tls").arg("--cacert").arg(ca);
+    }
+    if let Some(p) = &reach.password {
+        c.args(["-a", p, "--no-auth-warning"]);
+    }
+    let out = c
+        .args(args)
+        .stdin(Stdio::null())
+        .output()
+        .expect("redis-cli is needed (scripts/test.sh installs it)");
+    String::from_utf8_lossy(&out.stdout).trim().to_string()
+}
+
 /// One redis-server (or sentinel) process.
 pub struct Node {
     /// The port clients use (TLS for a TLS node).
     pub port: u16,
-    /// The plain port, for redis-cli.
+    /// The plain port, for redis-cli (0 for a TLS-only node).
     pub plain: u16,
     pub dir: PathBuf,
+    /// How redis-cli reaches a TLS-only node.
+    pub reach: Reach,
     child: Option<Child>,
+}
+
+/// The TLS settings of a TLS-only server or sentinel (`port 0`), with the
+/// files of a [`super::Pki`] in `certs`: replication, and a sentinel's
+/// links to the servers and to the other sentinels, are TLS too.
+fn tls_only_settings(port: u16, certs: &Path) -> Vec<(String, String)> {
+    let f = |n: &str| certs.join(n).display().to_string();
+    [
+        ("port", "0".to_string()),
+        ("tls-port", port.to_string()),
+        ("tls-cert-file", f("server.crt")),
+        ("tls-key-file", f("server.key")),
+        ("tls-ca-cert-file", f("ca.crt")),
+        ("tls-replication", "yes".to_string()),
+        ("tls-auth-clients", "no".to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_string(), v))
+    .collect()
 }
 
 impl Node {
@@ -75,6 +125,7 @@ impl Node {
             port,
             plain: ping_port,
             dir: dir.to_path_buf(),
+            reach: Reach::default(),
             child: Some(child),
         };
         wait_until(Duration::from_secs(10), "redis-server PING", || {
@@ -83,23 +134,96 @@ impl Node {
         n
     }
 
+    /// A server on 127.0.0.1:`port` that speaks only TLS (certificates in
+    /// `certs`), requiring `password` (as a replica too) when given.
+    pub fn start_tls_only(
+        dir: &Path,
+        port: u16,
+        certs: &Path,
+        password: Option<&str>,
+        extra: &[String],
+    ) -> Node {
+        std::fs::create_dir_all(dir).unwrap();
+        let mut args: Vec<String> = Vec::new();
+        for (k, v) in tls_only_settings(port, certs) {
+            args.extend([format!("--{k}"), v]);
+        }
+        for (k, v) in [("bind", "127.0.0.1"), ("save", ""), ("appendonly", "no")] {
+            args.extend([format!("--{k}"), v.to_string()]);
+        }
+        args.extend(["--dir".to_string(), dir.display().to_string()]);
+        if let Some(p) = password {
+            args.extend([
+                "--requirepass".into(),
+                p.into(),
+                "--masterauth".into(),
+                p.into(),
+            ]);
+        }
+        args.extend(extra.iter().cloned());
+        let child = Command::new("redis-server")
+            .args(&args)
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("redis-server is needed (scripts/test.sh installs it)");
+        let n = Node {
+            port,
+            plain: 0,
+            dir: dir.to_path_buf(),
+            reach: Reach {
+                ca: Some(certs.join("ca.crt")),
+                password: password.map(str::to_string),
+            },
+            child: Some(child),
+        };
+        wait_until(Duration::from_secs(10), "TLS redis-server PING", || {
+            n.cli(&["PING"]) == "PONG"
+        });
+        n
+    }
+
     /// A sentinel on a free port watching `master` as `name`.
     pub fn sentinel(dir: &Path, name: &str, master: u16) -> Node {
+        Self::sentinel_with(dir, name, master, &Reach::default(), None)
+    }
+
+    /// A sentinel watching `master` as `name`: TLS only when `reach` has a
+    /// CA (the [`super::Pki`] files beside it), requiring the password of
+    /// `reach` from its clients (and giving it to the other sentinels, as
+    /// `requirepass` does); `auth_pass` is the servers' password.
+    pub fn sentinel_with(
+        dir: &Path,
+        name: &str,
+        master: u16,
+        reach: &Reach,
+        auth_pass: Option<&str>,
+    ) -> Node {
         std::fs::create_dir_all(dir).unwrap();
         let port = free_port();
         let conf = dir.join("sentinel.conf");
-        std::fs::write(
-            &conf,
-            format!(
-                "port {port}\nbind 127.0.0.1\ndir {}\n\
-                 sentinel monitor {name} 127.0.0.1 {master} 2\n\
-                 sentinel down-after-milliseconds {name} 400\n\
-                 sentinel failover-timeout {name} 1000\n\
-                 sentinel parallel-syncs {name} 1\n",
-                dir.display()
-            ),
-        )
-        .unwrap();
+        let mut text = match &reach.ca {
+            None => format!("port {port}\n"),
+            Some(ca) => tls_only_settings(port, ca.parent().unwrap())
+                .iter()
+                .map(|(k, v)| format!("{k} {v}\n"))
+                .collect(),
+        };
+        text.push_str(&format!(
+            "bind 127.0.0.1\ndir {}\n\
+             sentinel monitor {name} 127.0.0.1 {master} 2\n\
+             sentinel down-after-milliseconds {name} 400\n\
+             sentinel failover-timeout {name} 1000\n\
+             sentinel parallel-syncs {name} 1\n",
+            dir.display()
+        ));
+        if let Some(p) = &reach.password {
+            text.push_str(&format!("requirepass {p}\n"));
+        }
+        if let Some(p) = auth_pass {
+            text.push_str(&format!("sentinel auth-pass {name} {p}\n"));
+        }
+        std::fs::write(&conf, text).unwrap();
         let child = Command::new("redis-server")
             .arg(&conf)
             .arg("--sentinel")
@@ -109,14 +233,23 @@ impl Node {
             .expect("redis-server is needed (scripts/test.sh installs it)");
         let n = Node {
             port,
-            plain: port,
+            plain: if reach.ca.is_some() { 0 } else { port },
             dir: dir.to_path_buf(),
+            reach: reach.clone(),
             child: Some(child),
         };
         wait_until(Duration::from_secs(10), "sentinel PING", || {
-            cli(port, &["PING"]) == "PONG"
+            n.cli(&["PING"]) == "PONG"
         });
         n
+    }
+
+    /// redis-cli to this node: its plain port, else TLS to its port.
+    pub fn cli(&self, args: &[&str]) -> String {
+        if self.plain != 0 {
+            return cli_with(self.plain, &Reach::default(), args);
+        }
+        cli_with(self.port, &self.reach, args)
     }
 
     pub fn url(&self) -> String {
@@ -316,13 +449,31 @@ impl Sentinels {
     /// `replica_priority` 0 keeps the replica from ever being promoted
     /// until [`Sentinels::allow_promotion`].
     pub fn start(replica_priority: u32) -> Sentinels {
+        Self::start_with(replica_priority, &Reach::default(), &Reach::default())
+    }
+
+    /// As [`Sentinels::start`]; with a CA in `servers` every server and
+    /// sentinel speaks only TLS (the [`super::Pki`] files beside the CA);
+    /// the servers require the password of `servers`, the sentinels that
+    /// of `sentinels` (whose CA is ignored).
+    pub fn start_with(replica_priority: u32, servers: &Reach, sentinels: &Reach) -> Sentinels {
+        let reach = servers;
         let dir = tempfile::tempdir().unwrap();
+        let server = |sub: &str, port: u16, extra: &[String]| match &reach.ca {
+            None => Node::start(&dir.path().join(sub), port, port, extra),
+            Some(ca) => Node::start_tls_only(
+                &dir.path().join(sub),
+                port,
+                ca.parent().unwrap(),
+                reach.password.as_deref(),
+                extra,
+            ),
+        };
         let mp = free_port();
-        let master = Node::start(&dir.path().join("m"), mp, mp, &[]);
+        let master = server("m", mp, &[]);
         let rp = free_port();
-        let replica = Node::start(
-            &dir.path().join("r"),
-            rp,
+        let replica = server(
+            "r",
             rp,
             &[
                 "--replicaof".to_string(),
@@ -333,10 +484,19 @@ impl Sentinels {
             ],
         );
         wait_until(Duration::from_secs(10), "replica link up", || {
-            cli(rp, &["INFO", "replication"]).contains("master_link_status:up")
+            replica
+                .cli(&["INFO", "replication"])
+                .contains("master_link_status:up")
         });
         let sentinels = (0..3)
-            .map(|i| Node::sentinel(&dir.path().join(format!("s{i}")), MASTER_NAME, mp))
+            .map(|i| {
+                let r = Reach {
+                    ca: servers.ca.clone(),
+                    password: sentinels.password.clone(),
+                };
+                let d = dir.path().join(format!("s{i}"));
+                Node::sentinel_with(&d, MASTER_NAME, mp, &r, servers.password.as_deref())
+            })
             .collect::<Vec<_>>();
         let s = Sentinels {
             master,
@@ -347,7 +507,7 @@ impl Sentinels {
         // Every sentinel knows the replica and the other sentinels.
         wait_until(Duration::from_secs(15), "sentinels see each other", || {
             s.sentinels.iter().all(|n| {
-                let m = cli(n.port, &["SENTINEL", "MASTER", MASTER_NAME]);
+                let m = n.cli(&["SENTINEL", "MASTER", MASTER_NAME]);
                 field(&m, "num-other-sentinels") == Some("2")
                     && field(&m, "num-slaves") == Some("1")
             })
@@ -355,10 +515,18 @@ impl Sentinels {
         s
     }
 
+    /// The sentinels' URLs (rediss:// for TLS ones), with the password.
     pub fn urls(&self) -> Vec<String> {
         self.sentinels
             .iter()
-            .map(|n| format!("redis://127.0.0.1:{}", n.port))
+            .map(|n| {
+                let scheme = if n.plain == 0 { "rediss" } else { "redis" };
+                let auth = match &n.reach.password {
+                    Some(p) => format!(":{p}@"),
+                    None => String::new(),
+                };
+                format!("{scheme}://{auth}127.0.0.1:{}", n.port)
+            })
             .collect()
     }
 
@@ -366,10 +534,7 @@ impl Sentinels {
     pub fn master_port(&self) -> Option<u16> {
         let mut seen = None;
         for n in &self.sentinels {
-            let a = cli(
-                n.port,
-                &["SENTINEL", "get-master-addr-by-name", MASTER_NAME],
-            );
+            let a = n.cli(&["SENTINEL", "get-master-addr-by-name", MASTER_NAME]);
             let p = a.lines().nth(1)?.trim().parse::<u16>().ok()?;
             if seen.is_some_and(|s| s != p) {
                 return None;
@@ -382,10 +547,8 @@ impl Sentinels {
     /// Lets the replica be promoted.
     pub fn allow_promotion(&self) {
         assert_eq!(
-            cli(
-                self.replica.port,
-                &["CONFIG", "SET", "replica-priority", "100"]
-            ),
+            self.replica
+                .cli(&["CONFIG", "SET", "replica-priority", "100"]),
             "OK"
         );
     }
