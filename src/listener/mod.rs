@@ -29,6 +29,7 @@
 mod conn_io;
 mod h1_framing;
 mod h2_guard;
+mod h3_transport;
 mod linger;
 mod preface;
 pub mod proxy_protocol;

@@ -55,6 +55,7 @@
 
 use crate::body::{BoxError, RequestBody};
 use crate::config::Protocol;
+use crate::listener::h3_transport::{self, StopWatch, Stopped};
 use crate::listener::settings::STREAM_WINDOW;
 use crate::listener::{ConnLimit, ConnTracker, ListenerSettings, SideControl};
 use crate::proxy::{ConnActivity, ConnInfo, EarlyData, Shared};
@@ -85,8 +86,10 @@ const RETRY_AT_TENTHS: usize = 9;
 /// H3_NO_ERROR (RFC 9114 8.1), the code of a graceful close.
 const H3_NO_ERROR: u32 = 0x100;
 
-type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
-type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type RecvHalf = RequestStream<h3_transport::RecvStream, Bytes>;
+type SendHalf = RequestStream<h3_transport::SendStream<Bytes>, Bytes>;
+type H3Conn = h3::server::Connection<h3_transport::Connection, Bytes>;
+type Resolver = RequestResolver<h3_transport::Connection, Bytes>;
 
 /// Binds the UDP socket of a listener's QUIC side.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -300,7 +303,8 @@ async fn serve_connection(
     let Some((conn, handshake)) = handshake(incoming, &settings, handshake_deadline).await else {
         return;
     };
-    let Some(h3) = h3_setup(&conn, &settings, handshake_deadline).await else {
+    let stops = StopWatch::default();
+    let Some(h3) = h3_setup(&conn, stops.clone(), &settings, handshake_deadline).await else {
         return;
     };
     let info = Arc::new(ConnInfo::new(
@@ -315,6 +319,7 @@ async fn serve_connection(
         handshake,
         handshake_deadline,
         stop,
+        stops,
     };
     serve_requests(h3, conn, info, &settings, phase).await;
 }
@@ -364,6 +369,7 @@ async fn handshake(
 /// The HTTP/3 connection on `conn`, set up by `handshake_deadline`.
 async fn h3_setup(
     conn: &quinn::Connection,
+    stops: StopWatch,
     settings: &ListenerSettings,
     handshake_deadline: tokio::time::Instant,
 ) -> Option<H3Conn> {
@@ -372,7 +378,7 @@ async fn h3_setup(
     builder.max_field_section_size((settings.max_header_bytes + FIELD_SLACK) as u64);
     let h3 = match tokio::time::timeout_at(
         handshake_deadline,
-        builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())),
+        builder.build::<_, Bytes>(h3_transport::Connection::new(conn.clone(), stops)),
     )
     .await
     {
@@ -396,6 +402,8 @@ struct ConnPhase {
     handshake_deadline: tokio::time::Instant,
     /// A dropped sender (the listener is gone) means stop too.
     stop: watch::Receiver<bool>,
+    /// Where each request finds out whether the client stopped its stream.
+    stops: StopWatch,
 }
 
 /// Serves the requests of an HTTP/3 connection, each in a task of its own,
@@ -410,6 +418,7 @@ async fn serve_requests(
         mut handshake,
         handshake_deadline,
         mut stop,
+        stops,
     }: ConnPhase,
 ) {
     let peer = info.peer;
@@ -460,7 +469,7 @@ async fn serve_requests(
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    start_request(resolver, &conn, &mut handshake, &mut info, settings, &mut requests);
+                    start_request(resolver, &conn, &mut handshake, &mut info, settings, &stops, &mut requests);
                 }
                 // The client sent GOAWAY and its requests are done.
                 Ok(None) => {
@@ -482,11 +491,12 @@ async fn serve_requests(
 /// Starts serving one request of an HTTP/3 connection in a task of its
 /// own, telling 0-RTT requests apart and following the client's address.
 fn start_request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: Resolver,
     conn: &quinn::Connection,
     handshake: &mut Handshake,
     info: &mut Arc<ConnInfo>,
     settings: &Arc<ListenerSettings>,
+    stops: &StopWatch,
     requests: &mut JoinSet<()>,
 ) {
     let early = !handshake.complete_now(conn);
@@ -510,6 +520,7 @@ fn start_request(
         info.clone(),
         early,
         settings.header_read_timeout,
+        stops.clone(),
     )));
 }
 
@@ -536,12 +547,17 @@ async fn linger(conn: &quinn::Connection, bound: Duration) {
     }
 }
 
-/// Serves one HTTP/3 request through the pipeline.
+/// Serves one HTTP/3 request through the pipeline. A client that gives
+/// the request up while its response is being made or sent ([`ClientGone`])
+/// has the pipeline dropped at once, which logs and counts it as 499 before
+/// its response head (the head's status after it) and aborts the upstream
+/// exchange, as an HTTP/2 stream reset does; the stream is then reset.
 async fn serve_request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: Resolver,
     info: Arc<ConnInfo>,
     early: bool,
     header_timeout: Duration,
+    stops: StopWatch,
 ) {
     let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
     {
@@ -556,34 +572,80 @@ async fn serve_request(
             return;
         }
     };
-    let (send, recv) = stream.split();
+    let stopped = stops.take(stream.id());
+    drop(stops);
+    let peer = info.peer;
+    let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (body, unread) = H3Body::new(recv, declared).into_request_body();
+    let (body, unread, reset) = H3Body::new(recv, declared).into_request_body();
+    let mut gone = ClientGone { stopped, reset };
     let mut req = Request::from_parts(parts, body);
     if early {
         req.extensions_mut().insert(EarlyData);
     }
 
-    let resp = match crate::proxy::handle(req, info).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+    let resp = tokio::select! {
+        biased;
+        () = &mut gone => return give_up(&mut send, peer),
+        r = crate::proxy::handle(req, info) => match r {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
     };
-    if send_response(send, resp).await {
+    let whole = tokio::select! {
+        biased;
+        () = &mut gone => return give_up(&mut send, peer),
+        whole = send_response(&mut send, resp) => whole,
+    };
+    if whole {
         close_request_side(unread).await;
     }
 }
 
+/// Resolves when the client gave a request up: it stopped the response
+/// direction of the stream (STOP_SENDING), or reset the request direction
+/// before the body's end, or the connection is gone.
+struct ClientGone {
+    stopped: Stopped,
+    /// Told by the request body when the client reset it; gone once the
+    /// body ended or was dropped.
+    reset: Option<oneshot::Receiver<()>>,
+}
+
+impl std::future::Future for ClientGone {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Pin::new(&mut self.stopped).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if let Some(rx) = self.reset.as_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(()),
+                Poll::Ready(Err(_)) => self.reset = None,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Ends the stream of a request the client gave up (its pipeline or
+/// response already dropped): RESET_STREAM with H3_REQUEST_CANCELLED, as
+/// the answer to a STOP_SENDING must be a reset (RFC 9000 3.5).
+fn give_up(send: &mut SendHalf, peer: SocketAddr) {
+    tracing::debug!(%peer, "HTTP/3 request cancelled by the client");
+    send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+}
+
 /// Sends a response: head, body frame by frame, trailers. Returns whether
 /// it went out whole (and the stream was finished).
-async fn send_response(
-    mut send: h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
-    resp: Response<crate::body::ProxyBody>,
-) -> bool {
+async fn send_response(send: &mut SendHalf, resp: Response<crate::body::ProxyBody>) -> bool {
     let (mut head, mut body) = resp.into_parts();
     // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2);
     // the pipeline's own errors may carry `Connection: close`.
@@ -693,6 +755,10 @@ struct H3Body {
     received: u64,
     /// Where the request side goes when the body is dropped before its end.
     back: Option<oneshot::Sender<RestOfBody>>,
+    /// Told when the client resets the request side before the body's end
+    /// (it gave the request up); the body then never ends, as the request
+    /// is about to be dropped.
+    reset: Option<oneshot::Sender<()>>,
 }
 
 /// The request side of a stream, with where its body stopped being read.
@@ -716,29 +782,44 @@ impl H3Body {
             declared,
             received: 0,
             back: None,
+            reset: None,
         }
     }
 
-    /// The pipeline's request body, and the request side of the stream if
-    /// the body may end unread. A body already known to be empty (the
+    /// The pipeline's request body, the request side of the stream if
+    /// the body may end unread, and what tells that the client reset the
+    /// body (see [`ClientGone`]). A body already known to be empty (the
     /// stream ended with the head, or Content-Length: 0) becomes an empty
     /// one, so a GET goes upstream without chunked framing.
-    fn into_request_body(mut self) -> (RequestBody, Option<Unread>) {
+    fn into_request_body(mut self) -> (RequestBody, Option<Unread>, Option<oneshot::Receiver<()>>) {
         if self.declared == Some(0) {
             let rest = self.take_rest().map(Unread::Kept);
-            return (RequestBody::empty(), rest);
+            return (RequestBody::empty(), rest, None);
         }
+        let (reset_tx, reset_rx) = oneshot::channel();
+        self.reset = Some(reset_tx);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let first = match Pin::new(&mut self).poll_frame(&mut cx) {
             Poll::Pending => None,
-            Poll::Ready(None) => return (RequestBody::empty(), None),
+            Poll::Ready(None) => return (RequestBody::empty(), None, None),
             Poll::Ready(Some(f)) => Some(f),
         };
         let (tx, rx) = oneshot::channel();
         self.back = Some(tx);
         let body = RequestBody::boxed(Prefixed { first, rest: self }.boxed());
-        (body, Some(Unread::Returning(rx)))
+        (body, Some(Unread::Returning(rx)), Some(reset_rx))
+    }
+
+    /// Whether `e` is the client's reset of the request side, told to
+    /// whoever serves the request: then the body waits to be dropped with
+    /// the request rather than fail it (which would answer an error nobody
+    /// reads, and log it in place of the cancel).
+    fn told_reset(&mut self, e: &h3::error::StreamError) -> bool {
+        if !matches!(e, h3::error::StreamError::RemoteTerminate { .. }) {
+            return false;
+        }
+        self.reset.take().is_some_and(|tx| tx.send(()).is_ok())
     }
 
     /// The request side, unless the body was read to its end.
@@ -800,6 +881,9 @@ impl H3Body {
             match recv.poll_recv_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
+                    if this.told_reset(&e) {
+                        return Poll::Pending;
+                    }
                     this.state = BodyState::Done;
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
@@ -829,6 +913,7 @@ impl H3Body {
             let polled: Poll<Result<Option<HeaderMap>, _>> = recv.poll_recv_trailers(cx);
             return match polled {
                 Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) if this.told_reset(&e) => Poll::Pending,
                 Poll::Ready(r) => {
                     this.state = BodyState::Done;
                     match r {
