@@ -23,7 +23,13 @@
 //! - a request body is never stopped under its response: one the pipeline
 //!   did not read to its end is read and discarded, after the response went
 //!   out whole, for up to 2 s or 1 MiB (the client's end
-//!   of stream is usually just behind its head), then the stream is dropped;
+//!   of stream is usually just behind its head), then stopped (H3_NO_ERROR);
+//! - a request the client gives up while its stream stays open (it stops
+//!   the response direction, or resets the request direction before the
+//!   body's end) is dropped at once, pipeline or response being sent, as an
+//!   HTTP/2 stream reset is: the upstream exchange is aborted, the request is
+//!   logged as 499 if no response head was sent, and the stream is reset
+//!   (H3_REQUEST_CANCELLED); the connection's other requests go on;
 //! - limits: flow-control windows of 1 MiB per stream and 4 MiB per
 //!   connection (receiving and sending), as on HTTP/2; at most
 //!   `h2_max_concurrent_streams` concurrent requests per
@@ -714,28 +720,35 @@ async fn close_request_side(unread: Option<Unread>) {
             _ => return,
         },
     };
-    let drain = async {
-        let mut left = DRAIN_BYTES;
-        if rest.state == BodyState::Data {
-            loop {
-                match rest.recv.recv_data().await {
-                    Ok(Some(b)) => match left.checked_sub(b.remaining()) {
-                        Some(l) => left = l,
-                        None => return,
-                    },
-                    Ok(None) => break,
-                    // Reset by the client: nothing left to stop.
-                    Err(_) => return,
-                }
+    // Past the bounds the request side is stopped, with H3_NO_ERROR: the
+    // response is complete (RFC 9114 4.1.2).
+    let ended = tokio::time::timeout_at(deadline, drain(&mut rest)).await;
+    if !matches!(ended, Ok(true)) {
+        rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+    }
+}
+
+/// Reads and discards the rest of a request body, at most [`DRAIN_BYTES`]
+/// of it. Returns whether the request side ended (read to its end, or
+/// reset by the client).
+async fn drain(rest: &mut RestOfBody) -> bool {
+    let mut left = DRAIN_BYTES;
+    if rest.state == BodyState::Data {
+        loop {
+            match rest.recv.recv_data().await {
+                Ok(Some(b)) => match left.checked_sub(b.remaining()) {
+                    Some(l) => left = l,
+                    None => return false,
+                },
+                Ok(None) => break,
+                // Reset by the client: nothing left to stop.
+                Err(_) => return true,
             }
         }
-        // Trailers, then the end of the stream.
-        let _ = rest.recv.recv_trailers().await;
-    };
-    // Past the bounds the stream is dropped, which stops it. (h3-quinn
-    // cannot stop a stream with a read under way, and h3 may leave one
-    // under way whatever it returned: so quinn's code 0, not H3_NO_ERROR.)
-    let _ = tokio::time::timeout_at(deadline, drain).await;
+    }
+    // Trailers, then the end of the stream.
+    let _ = rest.recv.recv_trailers().await;
+    true
 }
 
 /// A request body read from HTTP/3 DATA frames, then trailers. Reading is
