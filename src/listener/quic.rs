@@ -475,7 +475,8 @@ async fn serve_requests(
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    start_request(resolver, &conn, &mut handshake, &mut info, settings, &stops, &mut requests);
+                    let at = RequestAt { conn: &conn, handshake: &mut handshake, stops: &stops };
+                    start_request(resolver, at, &mut info, settings, &mut requests);
                 }
                 // The client sent GOAWAY and its requests are done.
                 Ok(None) => {
@@ -494,15 +495,24 @@ async fn serve_requests(
     requests.shutdown().await;
 }
 
+/// The connection a new request arrived on, as its task needs it.
+struct RequestAt<'a> {
+    conn: &'a quinn::Connection,
+    handshake: &'a mut Handshake,
+    stops: &'a StopWatch,
+}
+
 /// Starts serving one request of an HTTP/3 connection in a task of its
 /// own, telling 0-RTT requests apart and following the client's address.
 fn start_request(
     resolver: Resolver,
-    conn: &quinn::Connection,
-    handshake: &mut Handshake,
+    RequestAt {
+        conn,
+        handshake,
+        stops,
+    }: RequestAt<'_>,
     info: &mut Arc<ConnInfo>,
     settings: &Arc<ListenerSettings>,
-    stops: &StopWatch,
     requests: &mut JoinSet<()>,
 ) {
     let early = !handshake.complete_now(conn);
