@@ -8,7 +8,7 @@
 mod support;
 
 use bytes::{Buf, Bytes};
-use h3::error::Code;
+use h3::error::{Code, StreamError};
 use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -52,13 +52,13 @@ impl Raw {
         }
     }
 
-    /// Sends the head of a request with this request id, leaving its body
-    /// open.
+    /// Sends the head of a request with this request id (and, to
+    /// `/upload`, a Content-Length of 1000), leaving its body open.
     async fn open(&mut self, method: &str, path: &str, id: &str) -> Stream {
         let mut req = request(method, path);
         req.headers_mut()
             .insert("x-request-id", id.parse().unwrap());
-        if method == "POST" {
+        if path == "/upload" {
             req.headers_mut()
                 .insert("content-length", "1000".parse().unwrap());
         }
@@ -183,7 +183,8 @@ async fn read_head(s: &mut TcpStream) -> Option<String> {
     Some(String::from_utf8_lossy(&head).into_owned())
 }
 
-/// portico with an HTTP/3 listener and one route "r" to `upstream`.
+/// portico with an HTTP/3 listener, a route "fixed" answered by portico
+/// itself (`/fixed`) and a route "r" to `upstream`.
 fn start(upstream: SocketAddr) -> (Portico, SocketAddr, Pki) {
     let dir = tempfile::tempdir().unwrap();
     let pki = Pki::generate(dir.path());
@@ -192,7 +193,7 @@ fn start(upstream: SocketAddr) -> (Portico, SocketAddr, Pki) {
         "protocols = [\"http1\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n",
     );
     let cfg = format!(
-        "[server]\naccess_log = \"stdout\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\ntimeout = \"60s\"\n[upstream.a]\nservers = [\"{upstream}\"]\n"
+        "[server]\naccess_log = \"stdout\"\n{l}\n[[route]]\nname = \"fixed\"\nmatch.path_prefix = \"/fixed\"\nrespond = {{ status = 200, body = \"fixed\" }}\n[[route]]\nname = \"r\"\nupstream = \"a\"\ntimeout = \"60s\"\n[upstream.a]\nservers = [\"{upstream}\"]\n"
     );
     (Portico::start_in(dir, &cfg), addr, pki)
 }
@@ -301,4 +302,29 @@ async fn a_request_body_reset_before_its_end_is_a_499() {
     s2.finish().await.unwrap();
     assert_eq!(response(&mut s2).await, (200, "next".to_string()));
     drop(s);
+}
+
+/// A request body portico does not need and the client keeps sending is
+/// stopped once the response is out, with H3_NO_ERROR (RFC 9114 4.1.2): the
+/// request was served, not cancelled.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_unneeded_request_body_is_stopped_with_h3_no_error() {
+    let up = Upstream::start().await;
+    let (_p, addr, pki) = start(up.addr);
+    let mut c = Raw::connect(&pki, addr).await;
+    let mut s = c.open("POST", "/fixed", "h3-unneeded-body").await;
+    assert_eq!(s.recv_response().await.unwrap().status(), 200);
+    let chunk = Bytes::from(vec![b'x'; 64 * 1024]);
+    // Far more than the 1 MiB portico reads and discards.
+    let mut stopped = None;
+    for _ in 0..4096 {
+        if let Err(e) = s.send_data(chunk.clone()).await {
+            stopped = Some(e);
+            break;
+        }
+    }
+    assert!(
+        matches!(&stopped, Some(StreamError::RemoteTerminate { code, .. }) if *code == Code::H3_NO_ERROR),
+        "expected the stream stopped with H3_NO_ERROR, got {stopped:?}"
+    );
 }
