@@ -250,6 +250,29 @@ async fn a_stream_stopped_while_its_upstream_is_awaited_is_a_499_and_the_connect
     drop(s);
 }
 
+/// STOP_SENDING right behind the head (often in the same packet, so
+/// portico may learn of it before the request starts): still a request,
+/// logged and counted as 499. (Only STOP_SENDING: a reset of the request
+/// side that arrives with the head discards the head, so there would be no
+/// request at all.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stream_stopped_right_behind_its_head_is_logged_as_a_499() {
+    let up = Upstream::start().await;
+    let (p, addr, pki) = start(up.addr);
+    let mut c = Raw::connect(&pki, addr).await;
+
+    let mut s = c.open("GET", "/hold", "h3-stopped-at-once").await;
+    s.stop_sending(Code::H3_REQUEST_CANCELLED);
+    let line = log_line(&p, "h3-stopped-at-once").await;
+    assert_eq!(line["status"], 499, "{line}");
+    assert_eq!(count(&p, "499").await, 1.0);
+
+    let mut s2 = c.open("GET", "/next", "h3-after-early-stop").await;
+    s2.finish().await.unwrap();
+    assert_eq!(response(&mut s2).await, (200, "next".to_string()));
+    drop(s);
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_stream_stopped_while_its_body_streams_aborts_the_upstream() {
     let mut up = Upstream::start().await;

@@ -605,13 +605,15 @@ async fn serve_request(
         req.extensions_mut().insert(EarlyData);
     }
 
+    // The pipeline first: polled once, a request the client gave up even
+    // before it started is still logged and counted (as 499).
     let resp = tokio::select! {
         biased;
-        () = &mut gone => return give_up(&mut send, peer),
         r = crate::proxy::handle(req, info) => match r {
             Ok(r) => r,
             Err(never) => match never {},
         },
+        () = &mut gone => return give_up(&mut send, peer),
     };
     let whole = tokio::select! {
         biased;
@@ -795,6 +797,9 @@ enum BodyState {
     Data,
     Trailers,
     Done,
+    /// The client reset the request side and whoever serves the request
+    /// was told: the body never ends, it waits to be dropped.
+    Reset,
 }
 
 impl H3Body {
@@ -842,12 +847,16 @@ impl H3Body {
         if !matches!(e, h3::error::StreamError::RemoteTerminate { .. }) {
             return false;
         }
-        self.reset.take().is_some_and(|tx| tx.send(()).is_ok())
+        let told = self.reset.take().is_some_and(|tx| tx.send(()).is_ok());
+        if told {
+            self.state = BodyState::Reset;
+        }
+        told
     }
 
-    /// The request side, unless the body was read to its end.
+    /// The request side, unless the body was read to its end (or reset).
     fn take_rest(&mut self) -> Option<RestOfBody> {
-        if self.state == BodyState::Done {
+        if matches!(self.state, BodyState::Done | BodyState::Reset) {
             return None;
         }
         let state = self.state;
@@ -897,6 +906,9 @@ impl H3Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self;
+        if this.state == BodyState::Reset {
+            return Poll::Pending;
+        }
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
         };
