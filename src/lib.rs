@@ -28,6 +28,10 @@
 //! the request path and swaps it in whole; requests in flight keep the
 //! runtime they started with.
 
+// A request task's future nests the whole pipeline (upstream, auth, Redis
+// clients): proving it Send goes deeper than the default limit of 128.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod auth;
 pub mod body;

@@ -569,7 +569,10 @@ async fn http3_receive_windows_are_bounded_per_connection() {
         let _ = driver.wait_idle().await;
     });
 
-    // Eight uploads at once, each writing until flow control stops it.
+    // Eight uploads at once, each writing until flow control stops it. Each
+    // keeps its stream open until all are measured: a stream the client
+    // drops is a cancelled request, whose buffered body portico frees,
+    // which would hand its credit to the uploads still writing.
     let mut tasks = Vec::new();
     for i in 0..8 {
         let mut send = send.clone();
@@ -578,7 +581,7 @@ async fn http3_receive_windows_are_bounded_per_connection() {
             let stall = Duration::from_secs(2);
             let req = request("POST", &format!("/upload/{i}"));
             let Ok(opened) = tokio::time::timeout(stall, send.send_request(req)).await else {
-                return 0;
+                return (0, None);
             };
             let mut stream = opened.unwrap();
             let chunk = Bytes::from(vec![b'x'; 16 * 1024]);
@@ -589,12 +592,14 @@ async fn http3_receive_windows_are_bounded_per_connection() {
                 sent += chunk.len();
                 assert!(sent <= 64 << 20, "no flow control at all");
             }
-            sent
+            (sent, Some(stream))
         }));
     }
     let mut total = 0;
+    let mut open = Vec::new();
     for t in tasks {
-        let sent = t.await.unwrap();
+        let (sent, stream) = t.await.unwrap();
+        open.push(stream);
         // 1 MiB per stream, plus what portico read before forwarding.
         assert!(
             sent <= (1 << 20) + (256 << 10),
@@ -613,5 +618,6 @@ async fn http3_receive_windows_are_bounded_per_connection() {
         "the uploads got almost no credit: {total}"
     );
     quic.close(quinn::VarInt::from_u32(0x100), b"");
+    drop(open);
     driver.abort();
 }

@@ -24,11 +24,13 @@
 //!   would describe the upstream, not this listener). The value is the one of
 //!   the settings the connection was accepted with.
 //!
-//! HTTP/3 (QUIC on UDP at the same address) is in [`quic`].
+//! HTTP/3 (QUIC on UDP at the same address) is in [`quic`], over h3 on
+//! quinn through [`h3_transport`].
 
 mod conn_io;
 mod h1_framing;
 mod h2_guard;
+mod h3_transport;
 mod linger;
 mod preface;
 pub mod proxy_protocol;

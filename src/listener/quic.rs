@@ -23,7 +23,13 @@
 //! - a request body is never stopped under its response: one the pipeline
 //!   did not read to its end is read and discarded, after the response went
 //!   out whole, for up to 2 s or 1 MiB (the client's end
-//!   of stream is usually just behind its head), then the stream is dropped;
+//!   of stream is usually just behind its head), then stopped (H3_NO_ERROR);
+//! - a request the client gives up while its stream stays open (it stops
+//!   the response direction, or resets the request direction before the
+//!   body's end) is dropped at once, pipeline or response being sent, as an
+//!   HTTP/2 stream reset is: the upstream exchange is aborted, the request is
+//!   logged as 499 if no response head was sent, and the stream is reset
+//!   (H3_REQUEST_CANCELLED); the connection's other requests go on;
 //! - limits: flow-control windows of 1 MiB per stream and 4 MiB per
 //!   connection (receiving and sending), as on HTTP/2; at most
 //!   `h2_max_concurrent_streams` concurrent requests per
@@ -55,6 +61,7 @@
 
 use crate::body::{BoxError, RequestBody};
 use crate::config::Protocol;
+use crate::listener::h3_transport::{self, StopWatch, Stopped};
 use crate::listener::settings::STREAM_WINDOW;
 use crate::listener::{ConnLimit, ConnTracker, ListenerSettings, SideControl};
 use crate::proxy::{ConnActivity, ConnInfo, EarlyData, Shared};
@@ -85,8 +92,10 @@ const RETRY_AT_TENTHS: usize = 9;
 /// H3_NO_ERROR (RFC 9114 8.1), the code of a graceful close.
 const H3_NO_ERROR: u32 = 0x100;
 
-type RecvHalf = RequestStream<h3_quinn::RecvStream, Bytes>;
-type H3Conn = h3::server::Connection<h3_quinn::Connection, Bytes>;
+type RecvHalf = RequestStream<h3_transport::RecvStream, Bytes>;
+type SendHalf = RequestStream<h3_transport::SendStream<Bytes>, Bytes>;
+type H3Conn = h3::server::Connection<h3_transport::Connection, Bytes>;
+type Resolver = RequestResolver<h3_transport::Connection, Bytes>;
 
 /// Binds the UDP socket of a listener's QUIC side.
 pub fn bind_udp(addr: SocketAddr) -> std::io::Result<std::net::UdpSocket> {
@@ -300,7 +309,8 @@ async fn serve_connection(
     let Some((conn, handshake)) = handshake(incoming, &settings, handshake_deadline).await else {
         return;
     };
-    let Some(h3) = h3_setup(&conn, &settings, handshake_deadline).await else {
+    let stops = StopWatch::default();
+    let Some(h3) = h3_setup(&conn, stops.clone(), &settings, handshake_deadline).await else {
         return;
     };
     let info = Arc::new(ConnInfo::new(
@@ -315,6 +325,7 @@ async fn serve_connection(
         handshake,
         handshake_deadline,
         stop,
+        stops,
     };
     serve_requests(h3, conn, info, &settings, phase).await;
 }
@@ -364,6 +375,7 @@ async fn handshake(
 /// The HTTP/3 connection on `conn`, set up by `handshake_deadline`.
 async fn h3_setup(
     conn: &quinn::Connection,
+    stops: StopWatch,
     settings: &ListenerSettings,
     handshake_deadline: tokio::time::Instant,
 ) -> Option<H3Conn> {
@@ -372,7 +384,7 @@ async fn h3_setup(
     builder.max_field_section_size((settings.max_header_bytes + FIELD_SLACK) as u64);
     let h3 = match tokio::time::timeout_at(
         handshake_deadline,
-        builder.build::<_, Bytes>(h3_quinn::Connection::new(conn.clone())),
+        builder.build::<_, Bytes>(h3_transport::Connection::new(conn.clone(), stops)),
     )
     .await
     {
@@ -396,6 +408,8 @@ struct ConnPhase {
     handshake_deadline: tokio::time::Instant,
     /// A dropped sender (the listener is gone) means stop too.
     stop: watch::Receiver<bool>,
+    /// Where each request finds out whether the client stopped its stream.
+    stops: StopWatch,
 }
 
 /// Serves the requests of an HTTP/3 connection, each in a task of its own,
@@ -410,6 +424,7 @@ async fn serve_requests(
         mut handshake,
         handshake_deadline,
         mut stop,
+        stops,
     }: ConnPhase,
 ) {
     let peer = info.peer;
@@ -460,7 +475,8 @@ async fn serve_requests(
             }
             accepted = h3.accept() => match accepted {
                 Ok(Some(resolver)) => {
-                    start_request(resolver, &conn, &mut handshake, &mut info, settings, &mut requests);
+                    let at = RequestAt { conn: &conn, handshake: &mut handshake, stops: &stops };
+                    start_request(resolver, at, &mut info, settings, &mut requests);
                 }
                 // The client sent GOAWAY and its requests are done.
                 Ok(None) => {
@@ -479,12 +495,22 @@ async fn serve_requests(
     requests.shutdown().await;
 }
 
+/// The connection a new request arrived on, as its task needs it.
+struct RequestAt<'a> {
+    conn: &'a quinn::Connection,
+    handshake: &'a mut Handshake,
+    stops: &'a StopWatch,
+}
+
 /// Starts serving one request of an HTTP/3 connection in a task of its
 /// own, telling 0-RTT requests apart and following the client's address.
 fn start_request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
-    conn: &quinn::Connection,
-    handshake: &mut Handshake,
+    resolver: Resolver,
+    RequestAt {
+        conn,
+        handshake,
+        stops,
+    }: RequestAt<'_>,
     info: &mut Arc<ConnInfo>,
     settings: &Arc<ListenerSettings>,
     requests: &mut JoinSet<()>,
@@ -510,6 +536,7 @@ fn start_request(
         info.clone(),
         early,
         settings.header_read_timeout,
+        stops.clone(),
     )));
 }
 
@@ -536,12 +563,17 @@ async fn linger(conn: &quinn::Connection, bound: Duration) {
     }
 }
 
-/// Serves one HTTP/3 request through the pipeline.
+/// Serves one HTTP/3 request through the pipeline. A client that gives
+/// the request up while its response is being made or sent ([`ClientGone`])
+/// has the pipeline dropped at once, which logs and counts it as 499 before
+/// its response head (the head's status after it) and aborts the upstream
+/// exchange, as an HTTP/2 stream reset does; the stream is then reset.
 async fn serve_request(
-    resolver: RequestResolver<h3_quinn::Connection, Bytes>,
+    resolver: Resolver,
     info: Arc<ConnInfo>,
     early: bool,
     header_timeout: Duration,
+    stops: StopWatch,
 ) {
     let (req, stream) = match tokio::time::timeout(header_timeout, resolver.resolve_request()).await
     {
@@ -556,34 +588,82 @@ async fn serve_request(
             return;
         }
     };
-    let (send, recv) = stream.split();
+    let stopped = stops.take(stream.id());
+    drop(stops);
+    let peer = info.peer;
+    let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
     let declared = parts
         .headers
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (body, unread) = H3Body::new(recv, declared).into_request_body();
+    let (body, unread, reset) = H3Body::new(recv, declared).into_request_body();
+    let mut gone = ClientGone { stopped, reset };
     let mut req = Request::from_parts(parts, body);
     if early {
         req.extensions_mut().insert(EarlyData);
     }
 
-    let resp = match crate::proxy::handle(req, info).await {
-        Ok(r) => r,
-        Err(never) => match never {},
+    // The pipeline first: polled once, a request the client gave up even
+    // before it started is still logged and counted (as 499).
+    let resp = tokio::select! {
+        biased;
+        r = crate::proxy::handle(req, info) => match r {
+            Ok(r) => r,
+            Err(never) => match never {},
+        },
+        () = &mut gone => return give_up(&mut send, peer),
     };
-    if send_response(send, resp).await {
+    let whole = tokio::select! {
+        biased;
+        () = &mut gone => return give_up(&mut send, peer),
+        whole = send_response(&mut send, resp) => whole,
+    };
+    if whole {
         close_request_side(unread).await;
     }
 }
 
+/// Resolves when the client gave a request up: it stopped the response
+/// direction of the stream (STOP_SENDING), or reset the request direction
+/// before the body's end, or the connection is gone.
+struct ClientGone {
+    stopped: Stopped,
+    /// Told by the request body when the client reset it; gone once the
+    /// body ended or was dropped.
+    reset: Option<oneshot::Receiver<()>>,
+}
+
+impl std::future::Future for ClientGone {
+    type Output = ();
+
+    fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
+        if Pin::new(&mut self.stopped).poll(cx).is_ready() {
+            return Poll::Ready(());
+        }
+        if let Some(rx) = self.reset.as_mut() {
+            match Pin::new(rx).poll(cx) {
+                Poll::Ready(Ok(())) => return Poll::Ready(()),
+                Poll::Ready(Err(_)) => self.reset = None,
+                Poll::Pending => {}
+            }
+        }
+        Poll::Pending
+    }
+}
+
+/// Ends the stream of a request the client gave up (its pipeline or
+/// response already dropped): RESET_STREAM with H3_REQUEST_CANCELLED, as
+/// the answer to a STOP_SENDING must be a reset (RFC 9000 3.5).
+fn give_up(send: &mut SendHalf, peer: SocketAddr) {
+    tracing::debug!(%peer, "HTTP/3 request cancelled by the client");
+    send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+}
+
 /// Sends a response: head, body frame by frame, trailers. Returns whether
 /// it went out whole (and the stream was finished).
-async fn send_response(
-    mut send: h3::server::RequestStream<h3_quinn::SendStream<Bytes>, Bytes>,
-    resp: Response<crate::body::ProxyBody>,
-) -> bool {
+async fn send_response(send: &mut SendHalf, resp: Response<crate::body::ProxyBody>) -> bool {
     let (mut head, mut body) = resp.into_parts();
     // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2);
     // the pipeline's own errors may carry `Connection: close`.
@@ -652,28 +732,35 @@ async fn close_request_side(unread: Option<Unread>) {
             _ => return,
         },
     };
-    let drain = async {
-        let mut left = DRAIN_BYTES;
-        if rest.state == BodyState::Data {
-            loop {
-                match rest.recv.recv_data().await {
-                    Ok(Some(b)) => match left.checked_sub(b.remaining()) {
-                        Some(l) => left = l,
-                        None => return,
-                    },
-                    Ok(None) => break,
-                    // Reset by the client: nothing left to stop.
-                    Err(_) => return,
-                }
+    // Past the bounds the request side is stopped, with H3_NO_ERROR: the
+    // response is complete (RFC 9114 4.1.2).
+    let ended = tokio::time::timeout_at(deadline, drain(&mut rest)).await;
+    if !matches!(ended, Ok(true)) {
+        rest.recv.stop_sending(h3::error::Code::H3_NO_ERROR);
+    }
+}
+
+/// Reads and discards the rest of a request body, at most [`DRAIN_BYTES`]
+/// of it. Returns whether the request side ended (read to its end, or
+/// reset by the client).
+async fn drain(rest: &mut RestOfBody) -> bool {
+    let mut left = DRAIN_BYTES;
+    if rest.state == BodyState::Data {
+        loop {
+            match rest.recv.recv_data().await {
+                Ok(Some(b)) => match left.checked_sub(b.remaining()) {
+                    Some(l) => left = l,
+                    None => return false,
+                },
+                Ok(None) => break,
+                // Reset by the client: nothing left to stop.
+                Err(_) => return true,
             }
         }
-        // Trailers, then the end of the stream.
-        let _ = rest.recv.recv_trailers().await;
-    };
-    // Past the bounds the stream is dropped, which stops it. (h3-quinn
-    // cannot stop a stream with a read under way, and h3 may leave one
-    // under way whatever it returned: so quinn's code 0, not H3_NO_ERROR.)
-    let _ = tokio::time::timeout_at(deadline, drain).await;
+    }
+    // Trailers, then the end of the stream.
+    let _ = rest.recv.recv_trailers().await;
+    true
 }
 
 /// A request body read from HTTP/3 DATA frames, then trailers. Reading is
@@ -693,6 +780,10 @@ struct H3Body {
     received: u64,
     /// Where the request side goes when the body is dropped before its end.
     back: Option<oneshot::Sender<RestOfBody>>,
+    /// Told when the client resets the request side before the body's end
+    /// (it gave the request up); the body then never ends, as the request
+    /// is about to be dropped.
+    reset: Option<oneshot::Sender<()>>,
 }
 
 /// The request side of a stream, with where its body stopped being read.
@@ -706,6 +797,9 @@ enum BodyState {
     Data,
     Trailers,
     Done,
+    /// The client reset the request side and whoever serves the request
+    /// was told: the body never ends, it waits to be dropped.
+    Reset,
 }
 
 impl H3Body {
@@ -716,34 +810,53 @@ impl H3Body {
             declared,
             received: 0,
             back: None,
+            reset: None,
         }
     }
 
-    /// The pipeline's request body, and the request side of the stream if
-    /// the body may end unread. A body already known to be empty (the
+    /// The pipeline's request body, the request side of the stream if
+    /// the body may end unread, and what tells that the client reset the
+    /// body (see [`ClientGone`]). A body already known to be empty (the
     /// stream ended with the head, or Content-Length: 0) becomes an empty
     /// one, so a GET goes upstream without chunked framing.
-    fn into_request_body(mut self) -> (RequestBody, Option<Unread>) {
+    fn into_request_body(mut self) -> (RequestBody, Option<Unread>, Option<oneshot::Receiver<()>>) {
         if self.declared == Some(0) {
             let rest = self.take_rest().map(Unread::Kept);
-            return (RequestBody::empty(), rest);
+            return (RequestBody::empty(), rest, None);
         }
+        let (reset_tx, reset_rx) = oneshot::channel();
+        self.reset = Some(reset_tx);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let first = match Pin::new(&mut self).poll_frame(&mut cx) {
             Poll::Pending => None,
-            Poll::Ready(None) => return (RequestBody::empty(), None),
+            Poll::Ready(None) => return (RequestBody::empty(), None, None),
             Poll::Ready(Some(f)) => Some(f),
         };
         let (tx, rx) = oneshot::channel();
         self.back = Some(tx);
         let body = RequestBody::boxed(Prefixed { first, rest: self }.boxed());
-        (body, Some(Unread::Returning(rx)))
+        (body, Some(Unread::Returning(rx)), Some(reset_rx))
     }
 
-    /// The request side, unless the body was read to its end.
+    /// Whether `e` is the client's reset of the request side, told to
+    /// whoever serves the request: then the body waits to be dropped with
+    /// the request rather than fail it (which would answer an error nobody
+    /// reads, and log it in place of the cancel).
+    fn told_reset(&mut self, e: &h3::error::StreamError) -> bool {
+        if !matches!(e, h3::error::StreamError::RemoteTerminate { .. }) {
+            return false;
+        }
+        let told = self.reset.take().is_some_and(|tx| tx.send(()).is_ok());
+        if told {
+            self.state = BodyState::Reset;
+        }
+        told
+    }
+
+    /// The request side, unless the body was read to its end (or reset).
     fn take_rest(&mut self) -> Option<RestOfBody> {
-        if self.state == BodyState::Done {
+        if matches!(self.state, BodyState::Done | BodyState::Reset) {
             return None;
         }
         let state = self.state;
@@ -793,6 +906,9 @@ impl H3Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self;
+        if this.state == BodyState::Reset {
+            return Poll::Pending;
+        }
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
         };
@@ -800,6 +916,9 @@ impl H3Body {
             match recv.poll_recv_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
+                    if this.told_reset(&e) {
+                        return Poll::Pending;
+                    }
                     this.state = BodyState::Done;
                     return Poll::Ready(Some(Err(Box::new(e))));
                 }
@@ -829,6 +948,7 @@ impl H3Body {
             let polled: Poll<Result<Option<HeaderMap>, _>> = recv.poll_recv_trailers(cx);
             return match polled {
                 Poll::Pending => Poll::Pending,
+                Poll::Ready(Err(e)) if this.told_reset(&e) => Poll::Pending,
                 Poll::Ready(r) => {
                     this.state = BodyState::Done;
                     match r {
