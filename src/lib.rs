@@ -30,7 +30,6 @@
 
 // A request task's future nests the whole pipeline (upstream, auth, Redis
 // clients): proving it Send goes deeper than the default limit of 128.
-#![recursion_limit = "256"]
 
 pub mod admin;
 pub mod auth;
