@@ -21,7 +21,7 @@ CONNS=${CONNS:-50}                # client connections (both scenarios)
 H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per h2 connection
 TLS13_CIPHERS=${TLS13_CIPHERS:-TLS_AES_128_GCM_SHA256}  # one suite for every proxy (h2load offers only this)
 PROXIES=${PROXIES:-"portico nginx haproxy"}
-SCENARIOS=${SCENARIOS:-"h1 h2"}
+SCENARIOS=${SCENARIOS:-"h1 h1big h2"}
 PROXY_CPU=${PROXY_CPU:-0}         # core the proxy under test is pinned to
 LOAD_CPU=${LOAD_CPU:-1}           # core for load generator and backends
 NGINX_KEEPALIVE=${NGINX_KEEPALIVE:-32}   # nginx upstream keepalive cache
@@ -233,6 +233,9 @@ EOF
 }
 
 write_backend_conf() {
+    # /16k: a 16 KiB body (scenario h1big)
+    mkdir -p "$WORK/backend/www"
+    head -c 16384 /dev/zero | tr '\0' 'x' >"$WORK/backend/www/16k"
     local f=$WORK/backend/nginx.conf p
     {
         cat <<EOF
@@ -250,7 +253,8 @@ http {
 $(nginx_temp_paths "$WORK/backend/tmp")
 EOF
         for p in $BACKEND_PORTS; do
-            echo "    server { listen 127.0.0.1:$p backlog=4096; location / { return 200 \"ok\"; } }"
+            echo "    server { listen 127.0.0.1:$p backlog=4096; location / { return 200 \"ok\"; }"
+            echo "        location = /16k { root $WORK/backend/www; } }"
         done
         echo "    server { listen 127.0.0.1:$BACKEND_STATUS_PORT; location / { stub_status; } }"
         echo "}"
@@ -425,6 +429,9 @@ smoke_test() {
     local name=$1 body ver
     body=$(curl -sS --max-time 5 "http://127.0.0.1:${H1_PORT[$name]}/")
     [[ $body == ok ]] || die "$name h1 smoke test: got '$body'"
+    body=$(curl -sS --max-time 5 -o /dev/null -w '%{http_code} %{size_download}' \
+        "http://127.0.0.1:${H1_PORT[$name]}/16k")
+    [[ $body == "200 16384" ]] || die "$name h1big smoke test: got '$body'"
     ver=$(curl -sSk --max-time 5 --http2 --tlsv1.3 -o /dev/null -w '%{http_version}' \
         "https://127.0.0.1:${H2_PORT[$name]}/")
     [[ $ver == 2 ]] || die "$name TLS smoke test: HTTP version '$ver', expected 2"
@@ -467,6 +474,10 @@ load_argv() {
     h1)
         LOAD_ARGV=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency
             "http://127.0.0.1:${H1_PORT[$name]}/")
+        ;;
+    h1big)
+        LOAD_ARGV=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency
+            "http://127.0.0.1:${H1_PORT[$name]}/16k")
         ;;
     h2)
         LOAD_ARGV=(taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$secs"

@@ -106,7 +106,7 @@ def load_runs(tsv):
     with open(tsv) as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             text = open(row["out"]).read()
-            if row["scenario"] == "h1":
+            if row["scenario"] in ("h1", "h1big"):
                 m = parse_wrk(text)
             else:
                 m = parse_h2load(text)
@@ -152,6 +152,7 @@ def fmt(x, nd=2):
 
 SCEN_TITLE = {
     "h1": "HTTP/1.1 keepalive (wrk)",
+    "h1big": "HTTP/1.1 keepalive, 16 KiB body (wrk)",
     "h2": "TLS 1.3 + HTTP/2 (h2load)",
 }
 
