@@ -9,7 +9,8 @@
 //! http/1.1 over TCP, h3 over QUIC); a key that does not
 //! match its certificate, an unreadable or empty file, or a bad client CA is
 //! a [`ConfigError`] at the position of the offending setting. The crypto
-//! provider is ring, which builds with the toolchain and a C compiler alone.
+//! provider is ring, which builds with the toolchain and a C compiler alone,
+//! or aws-lc-rs with the `aws-lc-rs` feature.
 
 use crate::config::{ConfigError, ListenerTls, LoadedConfig, Protocol, TlsVersion};
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
@@ -28,9 +29,15 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::client::TlsStream;
 use toml::Spanned;
 
+/// The rustls crypto provider module every TLS config of portico uses.
+#[cfg(not(feature = "aws-lc-rs"))]
+use rustls::crypto::ring as crypto;
+#[cfg(feature = "aws-lc-rs")]
+use rustls::crypto::aws_lc_rs as crypto;
+
 /// The crypto provider every TLS config of portico uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {
-    Arc::new(rustls::crypto::ring::default_provider())
+    Arc::new(crypto::default_provider())
 }
 
 /// Reads a PEM certificate chain named at `at` in the config.
@@ -99,8 +106,8 @@ pub fn server_config(
 
 /// The ticketer of a listener with `tls.session_tickets`: `previous` (the
 /// one the listener had before a reload) when given, so tickets issued
-/// before the reload still resume; else a new rotating one (ring,
-/// ChaCha20-Poly1305, keys rotated every 6 hours, each valid for 12).
+/// before the reload still resume; else a new rotating one (the crypto
+/// provider's, keys rotated every 6 hours, each valid for 12).
 pub fn ticketer(
     lc: &LoadedConfig,
     t: &ListenerTls,
@@ -112,7 +119,7 @@ pub fn ticketer(
     if let Some(p) = previous {
         return Ok(Some(p.clone()));
     }
-    rustls::crypto::ring::Ticketer::new()
+    crypto::Ticketer::new()
         .map(Some)
         .map_err(|e| lc.error_at(&t.cert, format!("cannot make TLS session tickets: {e}")))
 }
@@ -607,13 +614,13 @@ impl AsyncWrite for ClientIo {
     }
 }
 
-/// Makes ring the process-wide default rustls provider, for client
+/// Makes [`provider`] the process-wide default rustls provider, for client
 /// libraries that build their own rustls configs from it (the Redis
 /// client's rediss:// connections). Without it rustls would panic there
 /// whenever more than one provider is compiled in. Idempotent.
 pub fn install_default_provider() {
     // Err means a provider is installed already: whichever, it is kept.
-    let _ = rustls::crypto::ring::default_provider().install_default();
+    let _ = crypto::default_provider().install_default();
 }
 
 /// A PEM CA bundle named at `at` for a client that takes PEM bytes (the

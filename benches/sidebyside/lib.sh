@@ -19,6 +19,7 @@ WARMUP=${WARMUP:-2}               # seconds of unmeasured load per proxy+scenari
 SETTLE=${SETTLE:-1}               # pause between runs
 CONNS=${CONNS:-50}                # client connections (both scenarios)
 H2_STREAMS=${H2_STREAMS:-10}      # concurrent streams per h2 connection
+HS_CONNS=${HS_CONNS:-10}          # scenario hs: concurrent clients, each reconnecting per request
 TLS13_CIPHERS=${TLS13_CIPHERS:-TLS_AES_128_GCM_SHA256}  # one suite for every proxy (h2load offers only this)
 PROXIES=${PROXIES:-"portico nginx haproxy"}
 SCENARIOS=${SCENARIOS:-"h1 h1big h2"}
@@ -290,6 +291,9 @@ EOF
         ssl_certificate $WORK/tls/cert.pem;
         ssl_certificate_key $WORK/tls/key.pem;
         ssl_protocols TLSv1.3;
+        # No resumption anywhere: scenario hs measures full handshakes.
+        ssl_session_tickets off;
+        ssl_session_cache off;
         location / {
             proxy_pass http://backends;
             proxy_http_version 1.1;
@@ -315,7 +319,8 @@ write_haproxy_conf() {
 global
     nbthread 1
     maxconn 4096
-    ssl-default-bind-options ssl-min-ver TLSv1.3
+    ssl-default-bind-options ssl-min-ver TLSv1.3 no-tls-tickets
+    tune.ssl.cachesize 0
 
 defaults
     mode http
@@ -372,7 +377,7 @@ name = "tls"
 bind = "127.0.0.1:${H2_PORT[portico]}"
 protocols = ["http1", "http2"]
 backlog = 4096
-tls = { cert = "tls/cert.pem", key = "tls/key.pem" }
+tls = { cert = "tls/cert.pem", key = "tls/key.pem", session_tickets = false }
 
 [[route]]
 name = "all"
@@ -478,6 +483,11 @@ load_argv() {
     h1big)
         LOAD_ARGV=(taskset -c "$LOAD_CPU" wrk -t1 -c"$CONNS" -d"${secs}s" --latency
             "http://127.0.0.1:${H1_PORT[$name]}/16k")
+        ;;
+    hs)
+        # A new TCP connection and full TLS 1.3 handshake for every request.
+        LOAD_ARGV=(taskset -c "$LOAD_CPU" wrk -t1 -c"$HS_CONNS" -d"${secs}s" --latency
+            -H "Connection: close" "https://127.0.0.1:${H2_PORT[$name]}/")
         ;;
     h2)
         LOAD_ARGV=(taskset -c "$LOAD_CPU" h2load -t1 -c"$CONNS" -m"$H2_STREAMS" -D "$secs"

@@ -106,7 +106,7 @@ def load_runs(tsv):
     with open(tsv) as fh:
         for row in csv.DictReader(fh, delimiter="\t"):
             text = open(row["out"]).read()
-            if row["scenario"] in ("h1", "h1big"):
+            if row["scenario"] in ("h1", "h1big", "hs"):
                 m = parse_wrk(text)
             else:
                 m = parse_h2load(text)
@@ -153,6 +153,7 @@ def fmt(x, nd=2):
 SCEN_TITLE = {
     "h1": "HTTP/1.1 keepalive (wrk)",
     "h1big": "HTTP/1.1 keepalive, 16 KiB body (wrk)",
+    "hs": "full TLS 1.3 handshake + 1 request per connection (wrk)",
     "h2": "TLS 1.3 + HTTP/2 (h2load)",
 }
 
