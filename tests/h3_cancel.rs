@@ -513,3 +513,102 @@ async fn a_connection_that_resets_upload_after_upload_is_closed_past_a_limit() {
         e => panic!("expected H3_EXCESSIVE_LOAD, got {e}"),
     }
 }
+
+/// An HTTP/2 (h2c) upstream. For `/answer` it answers 401 "denied" at once
+/// and keeps reading the request body, reporting how it ended ("end", or
+/// "error: ..." for a reset); anything else gets "next".
+async fn h2_upstream() -> (SocketAddr, mpsc::UnboundedReceiver<String>) {
+    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(h2_answer(req, respond, tx.clone()));
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn h2_answer(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<Bytes>,
+    ended: mpsc::UnboundedSender<String>,
+) {
+    let answer = req.uri().path() == "/answer";
+    let (status, body) = if answer {
+        (401, "denied")
+    } else {
+        (200, "next")
+    };
+    let resp = http::Response::builder().status(status).body(()).unwrap();
+    let Ok(mut send) = respond.send_response(resp, false) else {
+        return;
+    };
+    let _ = send.send_data(Bytes::from_static(body.as_bytes()), true);
+    if !answer {
+        return;
+    }
+    let mut body = req.into_body();
+    loop {
+        match body.data().await {
+            Some(Ok(d)) => {
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            Some(Err(e)) => {
+                let _ = ended.send(format!("error: {e}"));
+                return;
+            }
+            None => {
+                let _ = ended.send("end".to_string());
+                return;
+            }
+        }
+    }
+}
+
+/// As [`an_upload_reset_after_an_early_answer_ends_the_upstream_request`],
+/// with an HTTP/2 upstream, where the request body is sent by a task of its
+/// own that outlives the response: once the client resets its upload, the
+/// upstream sees the request body reset rather than waiting for it forever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upload_reset_after_an_early_answer_resets_the_h2_upstream_request_body() {
+    let (up, mut ended) = h2_upstream().await;
+    let dir = tempfile::tempdir().unwrap();
+    let pki = Pki::generate(dir.path());
+    let (addr, l) = listener_toml(
+        "web",
+        "protocols = [\"http1\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n",
+    );
+    let cfg = format!(
+        "[server]\naccess_log = \"stdout\"\n{l}\n[[route]]\nname = \"r\"\nupstream = \"a\"\n[upstream.a]\nprotocol = \"http2\"\nservers = [\"{up}\"]\n"
+    );
+    let p = Portico::start_in(dir, &cfg);
+    let mut c = Raw::connect(&pki, addr).await;
+
+    let mut s = c.open("POST", "/answer", "h3-reset-after-h2-answer").await;
+    s.send_data(Bytes::from_static(b"0123456789"))
+        .await
+        .unwrap();
+    assert_eq!(response(&mut s).await, (401, "denied".to_string()));
+    s.stop_stream(Code::H3_NO_ERROR);
+
+    let end = tokio::time::timeout(Duration::from_secs(15), ended.recv())
+        .await
+        .expect("the upstream request body neither ended nor was reset")
+        .unwrap();
+    assert!(end.starts_with("error"), "{end}");
+    let line = log_line(&p, "h3-reset-after-h2-answer").await;
+    assert_eq!(line["status"], 401, "{line}");
+
+    let mut s2 = c.open("GET", "/next", "h3-after-h2-answer-reset").await;
+    s2.finish().await.unwrap();
+    assert_eq!(response(&mut s2).await, (200, "next".to_string()));
+}
