@@ -612,3 +612,39 @@ async fn an_upload_reset_after_an_early_answer_resets_the_h2_upstream_request_bo
     s2.finish().await.unwrap();
     assert_eq!(response(&mut s2).await, (200, "next".to_string()));
 }
+
+/// A request given up on STOP_SENDING alone, its body still coming: the
+/// request side is stopped too, with H3_REQUEST_CANCELLED (not quinn's
+/// default code 0, which HTTP/3 reads as H3_NO_ERROR).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_request_side_of_a_request_given_up_is_stopped_as_cancelled() {
+    let mut up = Upstream::start().await;
+    let (p, addr, pki) = start(up.addr);
+    let mut c = Raw::connect(&pki, addr).await;
+
+    let mut s = c.open("POST", "/upload", "h3-stop-request-side").await;
+    let chunk = Bytes::from_static(b"0123456789");
+    s.send_data(chunk.clone()).await.unwrap();
+    assert!(up.next_head().await.starts_with("POST /upload "));
+    s.stop_sending(Code::H3_REQUEST_CANCELLED);
+    assert_eq!(up.next_closed().await, "/upload");
+    let line = log_line(&p, "h3-stop-request-side").await;
+    assert_eq!(line["status"], 499, "{line}");
+
+    // Well under the stream's flow-control window: the writes fail only
+    // once portico's STOP_SENDING has arrived.
+    let stopped = tokio::time::timeout(Duration::from_secs(15), async {
+        loop {
+            if let Err(e) = s.send_data(chunk.clone()).await {
+                return e;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    })
+    .await
+    .expect("the request side was not stopped");
+    assert!(
+        matches!(&stopped, StreamError::RemoteTerminate { code, .. } if *code == Code::H3_REQUEST_CANCELLED),
+        "expected the request side stopped with H3_REQUEST_CANCELLED, got {stopped:?}"
+    );
+}
