@@ -1,6 +1,7 @@
 //! An HTTP/3 request whose stream alone the client cancels, the QUIC
 //! connection staying open: STOP_SENDING on the response direction (or a
-//! reset of the request direction before the body's end) gives the request
+//! reset of the request direction before the body's end and the response
+//! head) gives the request
 //! up as an HTTP/2 stream reset does. The upstream exchange is aborted, the
 //! access log and metrics say 499 when no response head was sent, and the
 //! other requests of the connection go on.
@@ -389,9 +390,8 @@ async fn reset_code(s: &mut Stream) -> Option<Code> {
 /// An upstream that answers early (401) without reading the request body,
 /// then a client that resets its unfinished upload once it has the whole
 /// answer (RFC 9114 4.1.2 allows it; Chromium does so with H3_NO_ERROR):
-/// the body held by the upstream connection fails at once, so that
-/// connection is closed rather than left waiting for a body that will
-/// never come, and the QUIC connection goes on.
+/// the upstream connection, whose request body will never end, is closed
+/// rather than left waiting, and the QUIC connection goes on.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn an_upload_reset_after_an_early_answer_ends_the_upstream_request() {
     let mut up = Upstream::start().await;

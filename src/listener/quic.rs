@@ -26,10 +26,21 @@
 //!   of stream is usually just behind its head), then stopped (H3_NO_ERROR);
 //! - a request the client gives up while its stream stays open (it stops
 //!   the response direction, or resets the request direction before the
-//!   body's end) is dropped at once, pipeline or response being sent, as an
-//!   HTTP/2 stream reset is: the upstream exchange is aborted, the request is
-//!   logged as 499 if no response head was sent, and the stream is reset
-//!   (H3_REQUEST_CANCELLED); the connection's other requests go on;
+//!   body's end while no response head was sent) is dropped at once,
+//!   pipeline or response being sent, as an HTTP/2 stream reset is: the
+//!   upstream exchange is aborted, the request is logged as 499 if no
+//!   response head was sent, and the stream is reset (H3_REQUEST_CANCELLED)
+//!   and its request side stopped (same code); the connection's other
+//!   requests go on. A reset of the request direction once the response
+//!   head is out (an upstream that answered early) is not a cancel: the
+//!   response goes on to its end (RFC 9114 4.1.2). A reset request body
+//!   fails, for whoever still holds it, once its response is out or given
+//!   up;
+//! - a connection on which portico has had to reset more than
+//!   [`h3_transport::MAX_LINGERING`] streams the client had not stopped
+//!   (request bodies reset before the response head, upstream bodies
+//!   failing midway) is closed with H3_EXCESSIVE_LOAD: quinn remembers each
+//!   such stream until the connection ends;
 //! - limits: flow-control windows of 1 MiB per stream and 4 MiB per
 //!   connection (receiving and sending), as on HTTP/2; at most
 //!   `h2_max_concurrent_streams` concurrent requests per
@@ -640,7 +651,7 @@ async fn respond(
     };
     if let Err(e) = sent {
         tracing::debug!(error = %e, "HTTP/3 response head not sent");
-        return;
+        return side.cancel();
     }
     // From here on the client has the answer's head: a reset of its upload
     // (an upstream that answered early, a 413) no longer gives the request
@@ -657,8 +668,11 @@ async fn respond(
             drop(gone);
             side.close().await;
         }
-        Sent::Reset => gone.stopped.reset_here(),
-        Sent::Failed => {}
+        Sent::Reset => {
+            gone.stopped.reset_here();
+            side.cancel();
+        }
+        Sent::Failed => side.cancel(),
     }
 }
 
@@ -779,9 +793,10 @@ impl RequestSide {
         close_request_side(self.unread).await;
     }
 
-    /// Stops the request side of a request given up: at once if the body
-    /// is at hand (kept, or handed back as the pipeline was dropped), else
-    /// by the body when whoever holds it drops it.
+    /// Stops the request side of a request given up or whose response was
+    /// cut: at once if the body is at hand (kept, or handed back as the
+    /// pipeline was dropped), else by the body when whoever holds it drops
+    /// it.
     fn cancel(mut self) {
         let code = h3::error::Code::H3_REQUEST_CANCELLED;
         if let Some(done) = self.done.take() {
