@@ -29,11 +29,11 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::client::TlsStream;
 use toml::Spanned;
 
+#[cfg(feature = "aws-lc-rs")]
+use rustls::crypto::aws_lc_rs as crypto;
 /// The rustls crypto provider module every TLS config of portico uses.
 #[cfg(not(feature = "aws-lc-rs"))]
 use rustls::crypto::ring as crypto;
-#[cfg(feature = "aws-lc-rs")]
-use rustls::crypto::aws_lc_rs as crypto;
 
 /// The crypto provider every TLS config of portico uses.
 pub fn provider() -> Arc<rustls::crypto::CryptoProvider> {

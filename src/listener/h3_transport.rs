@@ -11,7 +11,14 @@
 //!   `StreamTerminated` with their code, connection errors as such;
 //! - for each bidirectional stream the client opens, a [`Stopped`] can be
 //!   claimed once by stream id ([`StopWatch::take`]) until the stream is
-//!   dropped; nothing is kept for a stream after it is dropped;
+//!   dropped; nothing is kept here for a stream after it is dropped;
+//! - quinn itself keeps a small entry (about 80 bytes) for each watched
+//!   stream until the client stops it, its response is delivered, or the
+//!   connection ends: a stream this side resets without the client having
+//!   stopped it keeps its entry for the connection's life. Such resets are
+//!   counted ([`Stopped::reset_here`]); past [`MAX_LINGERING`] of them the
+//!   connection is closed with H3_EXCESSIVE_LOAD, so what one connection can
+//!   make quinn keep stays bounded;
 //! - the server opens unidirectional streams (control, QPACK) only; opening
 //!   a bidirectional one is an error (a server never does).
 
@@ -23,6 +30,7 @@ use quinn::VarInt;
 use std::collections::HashMap;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicU32, Ordering};
 use std::sync::{Arc, Mutex, PoisonError};
 use std::task::{ready, Context, Poll};
 
@@ -34,17 +42,45 @@ type Streams<T> = Pin<Box<dyn Stream<Item = Result<T, quinn::ConnectionError>> +
 type StopFuture =
     Pin<Box<dyn Future<Output = Result<Option<VarInt>, quinn::StoppedError>> + Send + Sync>>;
 
+/// Streams reset by this side without the client having stopped them, on
+/// one connection, past which the connection is closed (H3_EXCESSIVE_LOAD).
+/// Clients cancel with STOP_SENDING, which is not counted: only a client
+/// that resets request bodies (or makes upstreams fail mid-response) again
+/// and again gets here.
+pub const MAX_LINGERING: u32 = 1000;
+
 /// The STOP_SENDING watches of one connection's request streams, by QUIC
 /// stream id: put when the stream is accepted, claimed by the request's
 /// task, or removed when h3 drops the stream unclaimed.
-#[derive(Clone, Default)]
-pub struct StopWatch(Arc<Mutex<HashMap<u64, StopFuture>>>);
+#[derive(Clone)]
+pub struct StopWatch(Arc<Watches>);
+
+struct Watches {
+    streams: Mutex<HashMap<u64, StopFuture>>,
+    /// Watched streams reset by this side before the client stopped them.
+    lingering: AtomicU32,
+    conn: quinn::Connection,
+}
 
 impl StopWatch {
+    /// The watches of `conn`'s request streams.
+    pub fn new(conn: quinn::Connection) -> StopWatch {
+        StopWatch(Arc::new(Watches {
+            streams: Mutex::default(),
+            lingering: AtomicU32::new(0),
+            conn,
+        }))
+    }
+
     /// The watch of request stream `id`, if not claimed already.
-    pub fn take(&self, id: StreamId) -> Stopped {
+    pub fn take(self, id: StreamId) -> Stopped {
         let f = self.lock().remove(&id.into_inner());
-        Stopped(f)
+        Stopped {
+            f,
+            armed: false,
+            fired: false,
+            watch: self,
+        }
     }
 
     fn put(&self, id: u64, f: StopFuture) {
@@ -52,34 +88,89 @@ impl StopWatch {
     }
 
     fn forget(&self, id: u64) {
-        self.lock().remove(&id);
+        let f = self.lock().remove(&id);
+        // Dropped outside the lock.
+        drop(f);
     }
 
     fn lock(&self) -> std::sync::MutexGuard<'_, HashMap<u64, StopFuture>> {
-        self.0.lock().unwrap_or_else(PoisonError::into_inner)
+        self.0
+            .streams
+            .lock()
+            .unwrap_or_else(PoisonError::into_inner)
+    }
+
+    /// One more stream whose entry quinn keeps until the connection ends.
+    fn lingers(&self) {
+        let n = self.0.lingering.fetch_add(1, Ordering::Relaxed) + 1;
+        if n == MAX_LINGERING + 1 {
+            let peer = self.0.conn.remote_address();
+            tracing::info!(%peer, "HTTP/3: too many streams reset before the client stopped them; closing the connection (H3_EXCESSIVE_LOAD)");
+            self.0.conn.close(
+                varint(Code::H3_EXCESSIVE_LOAD.value()),
+                b"too many streams reset",
+            );
+        }
     }
 }
 
 /// Resolves once the client has stopped the response direction of a
 /// request stream (STOP_SENDING), or the connection is gone: nobody will
 /// read the response. Stays pending otherwise, also once a finished
-/// response has been acknowledged.
-pub struct Stopped(Option<StopFuture>);
+/// response has been acknowledged; stays ready once ready.
+pub struct Stopped {
+    f: Option<StopFuture>,
+    /// quinn keeps an entry for the stream: `f` was pending.
+    armed: bool,
+    fired: bool,
+    watch: StopWatch,
+}
+
+impl Stopped {
+    /// To be told when this side has reset the stream (or is about to):
+    /// unless the client had stopped it, quinn keeps the stream's entry
+    /// until the connection ends, which is counted (see [`MAX_LINGERING`]).
+    pub fn reset_here(mut self) {
+        if self.fired || !self.armed {
+            return;
+        }
+        let Some(f) = self.f.as_mut() else {
+            return;
+        };
+        // A STOP_SENDING quinn took in but this task was not woken for yet
+        // removes the entry itself.
+        let waker = futures_util::task::noop_waker();
+        if f.as_mut()
+            .poll(&mut Context::from_waker(&waker))
+            .is_pending()
+        {
+            self.watch.lingers();
+        }
+    }
+}
 
 impl Future for Stopped {
     type Output = ();
 
     fn poll(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<()> {
-        let Some(f) = self.0.as_mut() else {
+        if self.fired {
+            return Poll::Ready(());
+        }
+        let Some(f) = self.f.as_mut() else {
             return Poll::Pending;
         };
-        match ready!(f.as_mut().poll(cx)) {
+        let Poll::Ready(r) = f.as_mut().poll(cx) else {
+            self.armed = true;
+            return Poll::Pending;
+        };
+        self.f = None;
+        match r {
             // Delivered (or reset by this side): nothing left to give up.
-            Ok(None) => {
-                self.0 = None;
-                Poll::Pending
+            Ok(None) => Poll::Pending,
+            Ok(Some(_)) | Err(_) => {
+                self.fired = true;
+                Poll::Ready(())
             }
-            Ok(Some(_)) | Err(_) => Poll::Ready(()),
         }
     }
 }

@@ -26,10 +26,21 @@
 //!   of stream is usually just behind its head), then stopped (H3_NO_ERROR);
 //! - a request the client gives up while its stream stays open (it stops
 //!   the response direction, or resets the request direction before the
-//!   body's end) is dropped at once, pipeline or response being sent, as an
-//!   HTTP/2 stream reset is: the upstream exchange is aborted, the request is
-//!   logged as 499 if no response head was sent, and the stream is reset
-//!   (H3_REQUEST_CANCELLED); the connection's other requests go on;
+//!   body's end while no response head was sent) is dropped at once,
+//!   pipeline or response being sent, as an HTTP/2 stream reset is: the
+//!   upstream exchange is aborted, the request is logged as 499 if no
+//!   response head was sent, and the stream is reset (H3_REQUEST_CANCELLED)
+//!   and its request side stopped (same code); the connection's other
+//!   requests go on. A reset of the request direction once the response
+//!   head is out (an upstream that answered early) is not a cancel: the
+//!   response goes on to its end (RFC 9114 4.1.2). A reset request body
+//!   fails, for whoever still holds it, once its response is out or given
+//!   up;
+//! - a connection on which portico has had to reset more than
+//!   [`h3_transport::MAX_LINGERING`] streams the client had not stopped
+//!   (request bodies reset before the response head, upstream bodies
+//!   failing midway) is closed with H3_EXCESSIVE_LOAD: quinn remembers each
+//!   such stream until the connection ends;
 //! - limits: flow-control windows of 1 MiB per stream and 4 MiB per
 //!   connection (receiving and sending), as on HTTP/2; at most
 //!   `h2_max_concurrent_streams` concurrent requests per
@@ -309,7 +320,7 @@ async fn serve_connection(
     let Some((conn, handshake)) = handshake(incoming, &settings, handshake_deadline).await else {
         return;
     };
-    let stops = StopWatch::default();
+    let stops = StopWatch::new(conn.clone());
     let Some(h3) = h3_setup(&conn, stops.clone(), &settings, handshake_deadline).await else {
         return;
     };
@@ -589,7 +600,6 @@ async fn serve_request(
         }
     };
     let stopped = stops.take(stream.id());
-    drop(stops);
     let peer = info.peer;
     let (mut send, recv) = stream.split();
     let (parts, ()) = req.into_parts();
@@ -598,8 +608,12 @@ async fn serve_request(
         .get(http::header::CONTENT_LENGTH)
         .and_then(|v| v.to_str().ok())
         .and_then(|v| v.parse::<u64>().ok());
-    let (body, unread, reset) = H3Body::new(recv, declared).into_request_body();
-    let mut gone = ClientGone { stopped, reset };
+    let (body, side, reset) = H3Body::new(recv, declared).into_request_body();
+    let mut gone = ClientGone {
+        stopped,
+        reset,
+        peer,
+    };
     let mut req = Request::from_parts(parts, body);
     if early {
         req.extensions_mut().insert(EarlyData);
@@ -613,26 +627,65 @@ async fn serve_request(
             Ok(r) => r,
             Err(never) => match never {},
         },
-        () = &mut gone => return give_up(&mut send, peer),
+        () = &mut gone => return give_up(&mut send, gone, side),
     };
-    let whole = tokio::select! {
+    respond(send, resp, gone, side).await;
+}
+
+/// Sends the response of a request, unless the client gives it up first
+/// (see [`serve_request`]), then ends the request side of its stream.
+async fn respond(
+    mut send: SendHalf,
+    resp: Response<crate::body::ProxyBody>,
+    mut gone: ClientGone,
+    side: RequestSide,
+) {
+    let (mut head, body) = resp.into_parts();
+    // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2);
+    // the pipeline's own errors may carry `Connection: close`.
+    crate::proxy::headers::strip_hop_by_hop(&mut head.headers);
+    let sent = tokio::select! {
         biased;
-        () = &mut gone => return give_up(&mut send, peer),
-        whole = send_response(&mut send, resp) => whole,
+        () = &mut gone => return give_up(&mut send, gone, side),
+        r = send.send_response(Response::from_parts(head, ())) => r,
     };
-    if whole {
-        close_request_side(unread).await;
+    if let Err(e) = sent {
+        tracing::debug!(error = %e, "HTTP/3 response head not sent");
+        return side.cancel();
+    }
+    // From here on the client has the answer's head: a reset of its upload
+    // (an upstream that answered early, a 413) no longer gives the request
+    // up, and the response goes on (RFC 9114 4.1.2).
+    gone.reset = None;
+    let sent = tokio::select! {
+        biased;
+        () = &mut gone => return give_up(&mut send, gone, side),
+        sent = send_body(&mut send, body) => sent,
+    };
+    match sent {
+        Sent::Whole => {
+            // A reset of the request side is nobody's concern any more.
+            drop(gone);
+            side.close().await;
+        }
+        Sent::Reset => {
+            gone.stopped.reset_here();
+            side.cancel();
+        }
+        Sent::Failed => side.cancel(),
     }
 }
 
 /// Resolves when the client gave a request up: it stopped the response
 /// direction of the stream (STOP_SENDING), or reset the request direction
-/// before the body's end, or the connection is gone.
+/// before the body's end while no response head was sent, or the
+/// connection is gone.
 struct ClientGone {
     stopped: Stopped,
     /// Told by the request body when the client reset it; gone once the
-    /// body ended or was dropped.
+    /// body ended or was dropped, or once the response head is sent.
     reset: Option<oneshot::Receiver<()>>,
+    peer: SocketAddr,
 }
 
 impl std::future::Future for ClientGone {
@@ -655,45 +708,52 @@ impl std::future::Future for ClientGone {
 
 /// Ends the stream of a request the client gave up (its pipeline or
 /// response already dropped): RESET_STREAM with H3_REQUEST_CANCELLED, as
-/// the answer to a STOP_SENDING must be a reset (RFC 9000 3.5).
-fn give_up(send: &mut SendHalf, peer: SocketAddr) {
-    tracing::debug!(%peer, "HTTP/3 request cancelled by the client");
+/// the answer to a STOP_SENDING must be a reset (RFC 9000 3.5), and
+/// STOP_SENDING with the same code on the request side unless the client
+/// ended or reset it.
+fn give_up(send: &mut SendHalf, gone: ClientGone, side: RequestSide) {
+    tracing::debug!(peer = %gone.peer, "HTTP/3 request cancelled by the client");
     send.stop_stream(h3::error::Code::H3_REQUEST_CANCELLED);
+    gone.stopped.reset_here();
+    side.cancel();
 }
 
-/// Sends a response: head, body frame by frame, trailers. Returns whether
-/// it went out whole (and the stream was finished).
-async fn send_response(send: &mut SendHalf, resp: Response<crate::body::ProxyBody>) -> bool {
-    let (mut head, mut body) = resp.into_parts();
-    // Connection-specific fields are malformed in HTTP/3 (RFC 9114 4.2);
-    // the pipeline's own errors may carry `Connection: close`.
-    crate::proxy::headers::strip_hop_by_hop(&mut head.headers);
-    if let Err(e) = send.send_response(Response::from_parts(head, ())).await {
-        tracing::debug!(error = %e, "HTTP/3 response head not sent");
-        return false;
-    }
+/// How a response went out.
+enum Sent {
+    /// Whole, the stream finished.
+    Whole,
+    /// Cut by this side: the upstream body failed, the stream was reset.
+    Reset,
+    /// The client or the connection went away.
+    Failed,
+}
+
+/// Sends a response body frame by frame, then trailers, and finishes the
+/// stream.
+async fn send_body(send: &mut SendHalf, mut body: crate::body::ProxyBody) -> Sent {
+    let ok = |r: bool| if r { Sent::Whole } else { Sent::Failed };
     loop {
         match body.frame().await {
-            None => return send.finish().await.is_ok(),
+            None => return ok(send.finish().await.is_ok()),
             Some(Ok(frame)) => match frame.into_data() {
                 Ok(data) => {
                     if !data.is_empty() && send.send_data(data).await.is_err() {
                         // The client went away; dropping the body ends
                         // the exchange (and the upstream connection).
-                        return false;
+                        return Sent::Failed;
                     }
                 }
                 Err(frame) => {
                     if let Ok(trailers) = frame.into_trailers() {
-                        return send.send_trailers(trailers).await.is_ok()
-                            && send.finish().await.is_ok();
+                        return ok(send.send_trailers(trailers).await.is_ok()
+                            && send.finish().await.is_ok());
                     }
                 }
             },
             Some(Err(e)) => {
                 tracing::debug!(error = %e, "upstream body failed; resetting the HTTP/3 stream");
                 send.stop_stream(h3::error::Code::H3_INTERNAL_ERROR);
-                return false;
+                return Sent::Reset;
             }
         }
     }
@@ -712,6 +772,47 @@ enum Unread {
     Returning(oneshot::Receiver<RestOfBody>),
 }
 
+/// The serving task's end of a request body: the request side of the
+/// stream should the body not be read to its end, and how the body learns
+/// that the serving task is done with the request.
+struct RequestSide {
+    unread: Option<Unread>,
+    /// Told, once the response is out or given up, the code with which a
+    /// body dropped unfinished with nobody to take it back stops the
+    /// request side; a body the client reset waits for it (see [`H3Body`]).
+    done: Option<oneshot::Sender<h3::error::Code>>,
+}
+
+impl RequestSide {
+    /// Ends the request side once the response is out whole (see
+    /// [`close_request_side`]).
+    async fn close(mut self) {
+        if let Some(done) = self.done.take() {
+            let _ = done.send(h3::error::Code::H3_NO_ERROR);
+        }
+        close_request_side(self.unread).await;
+    }
+
+    /// Stops the request side of a request given up or whose response was
+    /// cut: at once if the body is at hand (kept, or handed back as the
+    /// pipeline was dropped), else by the body when whoever holds it drops
+    /// it.
+    fn cancel(mut self) {
+        let code = h3::error::Code::H3_REQUEST_CANCELLED;
+        if let Some(done) = self.done.take() {
+            let _ = done.send(code);
+        }
+        let at_hand = match self.unread {
+            None => None,
+            Some(Unread::Kept(r)) => Some(r),
+            Some(Unread::Returning(mut rx)) => rx.try_recv().ok(),
+        };
+        if let Some(mut rest) = at_hand {
+            rest.recv.stop_sending(code);
+        }
+    }
+}
+
 /// Ends the request side of a stream once its response is out whole.
 /// A request body that was not read to its end (a proxy answer, a GET
 /// forwarded without a body, an upstream that answered early) is read and
@@ -726,7 +827,7 @@ async fn close_request_side(unread: Option<Unread>) {
         None => return,
         Some(Unread::Kept(r)) => r,
         // A body still held elsewhere past the deadline stops the stream
-        // itself when it is dropped.
+        // itself (H3_NO_ERROR) when it is dropped.
         Some(Unread::Returning(rx)) => match tokio::time::timeout_at(deadline, rx).await {
             Ok(Ok(r)) => r,
             _ => return,
@@ -771,7 +872,13 @@ async fn drain(rest: &mut RestOfBody) -> bool {
 /// Dropped before its end (whoever holds it did not need the rest), it
 /// hands the request side of the stream back to the serving task, which
 /// ends it once the response is out (see [`close_request_side`]); it never
-/// stops the stream under a response still being made.
+/// stops the stream under a response still being made. With nobody to take
+/// it back, it stops the request side with the code the serving task left.
+///
+/// Reset by the client before its end, it tells the serving task (which
+/// gives the request up if no response head was sent) and then waits, as
+/// failing would cut a response still being relayed through whoever holds
+/// it, until the serving task is done; then it fails.
 struct H3Body {
     /// Always present until the body is dropped.
     recv: Option<RecvHalf>,
@@ -780,10 +887,10 @@ struct H3Body {
     received: u64,
     /// Where the request side goes when the body is dropped before its end.
     back: Option<oneshot::Sender<RestOfBody>>,
-    /// Told when the client resets the request side before the body's end
-    /// (it gave the request up); the body then never ends, as the request
-    /// is about to be dropped.
+    /// Told when the client resets the request side before the body's end.
     reset: Option<oneshot::Sender<()>>,
+    /// The serving task's word that it is done (see [`RequestSide`]).
+    done: Option<oneshot::Receiver<h3::error::Code>>,
 }
 
 /// The request side of a stream, with where its body stopped being read.
@@ -797,8 +904,8 @@ enum BodyState {
     Data,
     Trailers,
     Done,
-    /// The client reset the request side and whoever serves the request
-    /// was told: the body never ends, it waits to be dropped.
+    /// The client reset the request side: the body waits for the serving
+    /// task to be done, then fails.
     Reset,
 }
 
@@ -811,47 +918,78 @@ impl H3Body {
             received: 0,
             back: None,
             reset: None,
+            done: None,
         }
     }
 
-    /// The pipeline's request body, the request side of the stream if
-    /// the body may end unread, and what tells that the client reset the
-    /// body (see [`ClientGone`]). A body already known to be empty (the
-    /// stream ended with the head, or Content-Length: 0) becomes an empty
-    /// one, so a GET goes upstream without chunked framing.
-    fn into_request_body(mut self) -> (RequestBody, Option<Unread>, Option<oneshot::Receiver<()>>) {
+    /// The pipeline's request body, the serving task's end of it, and what
+    /// tells that the client reset the body (see [`ClientGone`]). A body
+    /// already known to be empty (the stream ended with the head, or
+    /// Content-Length: 0) becomes an empty one, so a GET goes upstream
+    /// without chunked framing.
+    fn into_request_body(mut self) -> (RequestBody, RequestSide, Option<oneshot::Receiver<()>>) {
         if self.declared == Some(0) {
-            let rest = self.take_rest().map(Unread::Kept);
-            return (RequestBody::empty(), rest, None);
+            let unread = self.take_rest().map(Unread::Kept);
+            let side = RequestSide { unread, done: None };
+            return (RequestBody::empty(), side, None);
         }
         let (reset_tx, reset_rx) = oneshot::channel();
         self.reset = Some(reset_tx);
+        let (done_tx, done_rx) = oneshot::channel();
+        self.done = Some(done_rx);
         let waker = futures_util::task::noop_waker();
         let mut cx = Context::from_waker(&waker);
         let first = match Pin::new(&mut self).poll_frame(&mut cx) {
             Poll::Pending => None,
-            Poll::Ready(None) => return (RequestBody::empty(), None, None),
+            Poll::Ready(None) => {
+                let side = RequestSide {
+                    unread: None,
+                    done: None,
+                };
+                return (RequestBody::empty(), side, None);
+            }
             Poll::Ready(Some(f)) => Some(f),
         };
         let (tx, rx) = oneshot::channel();
         self.back = Some(tx);
         let body = RequestBody::boxed(Prefixed { first, rest: self }.boxed());
-        (body, Some(Unread::Returning(rx)), Some(reset_rx))
+        let side = RequestSide {
+            unread: Some(Unread::Returning(rx)),
+            done: Some(done_tx),
+        };
+        (body, side, Some(reset_rx))
     }
 
-    /// Whether `e` is the client's reset of the request side, told to
-    /// whoever serves the request: then the body waits to be dropped with
-    /// the request rather than fail it (which would answer an error nobody
-    /// reads, and log it in place of the cancel).
-    fn told_reset(&mut self, e: &h3::error::StreamError) -> bool {
-        if !matches!(e, h3::error::StreamError::RemoteTerminate { .. }) {
+    /// Whether `e` is the client's reset of the request side, which the
+    /// body waits out (see [`H3Body`]) rather than fail at once: failing
+    /// would answer an error nobody reads, logged in place of the cancel,
+    /// or cut a response being relayed.
+    fn on_reset(&mut self, e: &h3::error::StreamError) -> bool {
+        if self.done.is_none() || !matches!(e, h3::error::StreamError::RemoteTerminate { .. }) {
             return false;
         }
-        let told = self.reset.take().is_some_and(|tx| tx.send(()).is_ok());
-        if told {
-            self.state = BodyState::Reset;
+        if let Some(tx) = self.reset.take() {
+            // Nobody listens once the response head is out.
+            let _ = tx.send(());
         }
-        told
+        self.state = BodyState::Reset;
+        true
+    }
+
+    /// Pending until the serving task is done with a request whose body
+    /// the client reset; then the body fails.
+    fn poll_released(
+        &mut self,
+        cx: &mut Context<'_>,
+    ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
+        if let Some(done) = self.done.as_mut() {
+            if std::future::Future::poll(Pin::new(done), cx).is_pending() {
+                return Poll::Pending;
+            }
+        }
+        self.done = None;
+        self.state = BodyState::Done;
+        Poll::Ready(Some(Err("request body reset by the client".into())))
     }
 
     /// The request side, unless the body was read to its end (or reset).
@@ -866,13 +1004,20 @@ impl H3Body {
 
 impl Drop for H3Body {
     fn drop(&mut self) {
-        let Some(rest) = self.take_rest() else {
+        let Some(mut rest) = self.take_rest() else {
             return;
         };
-        // Nobody to take it back (the response is long done): dropped, the
-        // stream is stopped.
-        if let Some(tx) = self.back.take() {
-            let _ = tx.send(rest);
+        let Some(back) = self.back.take() else {
+            return;
+        };
+        let Err(returned) = back.send(rest) else {
+            return;
+        };
+        rest = returned;
+        // Nobody to take it back (the response is long done, or was given
+        // up): stopped with the serving task's code, else quinn's.
+        if let Some(code) = self.done.as_mut().and_then(|d| d.try_recv().ok()) {
+            rest.recv.stop_sending(code);
         }
     }
 }
@@ -907,7 +1052,7 @@ impl H3Body {
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self;
         if this.state == BodyState::Reset {
-            return Poll::Pending;
+            return this.poll_released(cx);
         }
         let Some(recv) = this.recv.as_mut() else {
             return Poll::Ready(None);
@@ -916,8 +1061,8 @@ impl H3Body {
             match recv.poll_recv_data(cx) {
                 Poll::Pending => return Poll::Pending,
                 Poll::Ready(Err(e)) => {
-                    if this.told_reset(&e) {
-                        return Poll::Pending;
+                    if this.on_reset(&e) {
+                        return this.poll_released(cx);
                     }
                     this.state = BodyState::Done;
                     return Poll::Ready(Some(Err(Box::new(e))));
@@ -948,7 +1093,7 @@ impl H3Body {
             let polled: Poll<Result<Option<HeaderMap>, _>> = recv.poll_recv_trailers(cx);
             return match polled {
                 Poll::Pending => Poll::Pending,
-                Poll::Ready(Err(e)) if this.told_reset(&e) => Poll::Pending,
+                Poll::Ready(Err(e)) if this.on_reset(&e) => this.poll_released(cx),
                 Poll::Ready(r) => {
                     this.state = BodyState::Done;
                     match r {
