@@ -29,9 +29,9 @@ use tokio::net::{TcpStream, ToSocketAddrs};
 use tokio_rustls::client::TlsStream;
 use toml::Spanned;
 
+// The rustls crypto provider module every TLS config of portico uses.
 #[cfg(feature = "aws-lc-rs")]
 use rustls::crypto::aws_lc_rs as crypto;
-/// The rustls crypto provider module every TLS config of portico uses.
 #[cfg(not(feature = "aws-lc-rs"))]
 use rustls::crypto::ring as crypto;
 
