@@ -5,15 +5,12 @@
 
 mod support;
 
-use jsonwebtoken::{Algorithm, EncodingKey};
-use serde_json::json;
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::jwt::{mint_with, now, write};
+use support::fleet::*;
+use support::jwt::write;
 use support::redis::{cli, wait_until, Cluster, Node, Sentinels, MASTER_NAME};
 use support::*;
-
-const SECRET: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
 
 /// One portico with a revocation-checked route in front of `b`.
 fn instance(b: &Backend, revocation: &str, dir: tempfile::TempDir) -> (SocketAddr, Portico) {
@@ -45,70 +42,6 @@ auth = "users"
 fn toml_list(urls: &[String]) -> String {
     let q: Vec<String> = urls.iter().map(|u| format!("\"{u}\"")).collect();
     format!("[{}]", q.join(", "))
-}
-
-fn token(sub: &str, jti: &str) -> String {
-    let n = now();
-    mint_with(
-        &EncodingKey::from_secret(SECRET.as_bytes()),
-        Algorithm::HS256,
-        None,
-        &json!({"sub": sub, "jti": jti, "iat": n - 100, "exp": n + 600}),
-    )
-}
-
-async fn status(addr: SocketAddr, t: &str) -> u16 {
-    client()
-        .get(format!("http://{addr}/"))
-        .header("authorization", format!("Bearer {t}"))
-        .send()
-        .await
-        .expect("request")
-        .status()
-        .as_u16()
-}
-
-async fn revoke_jti(p: &Portico, jti: &str) -> u16 {
-    let body = format!(r#"{{"jti": "{jti}", "exp": {}}}"#, now() + 600);
-    client()
-        .post(format!("http://{}/revoke", p.admin))
-        .body(body)
-        .send()
-        .await
-        .expect("revoke")
-        .status()
-        .as_u16()
-}
-
-/// Polls until `addr` answers `want` for `t` (a store coming back, a
-/// failover being followed); panics after 20 s.
-async fn until_status(addr: SocketAddr, t: &str, want: u16, what: &str, p: &Portico) {
-    let deadline = std::time::Instant::now() + Duration::from_secs(20);
-    let mut last = 0;
-    while std::time::Instant::now() < deadline {
-        last = status(addr, t).await;
-        if last == want {
-            return;
-        }
-        tokio::time::sleep(Duration::from_millis(50)).await;
-    }
-    panic!("{what}: still {last}, wanted {want}\n{}", p.stderr());
-}
-
-/// The sum of the samples of `family` whose labels contain `label`.
-async fn counter(p: &Portico, family: &str, label: &str) -> f64 {
-    let text = client()
-        .get(format!("http://{}/metrics", p.admin))
-        .send()
-        .await
-        .unwrap()
-        .text()
-        .await
-        .unwrap();
-    text.lines()
-        .filter(|l| l.starts_with(family) && l.contains(label))
-        .filter_map(|l| l.rsplit(' ').next()?.parse::<f64>().ok())
-        .sum()
 }
 
 const STORE_ERRORS: &str = "portico_revocation_store_errors_total";

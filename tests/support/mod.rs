@@ -4,6 +4,7 @@
 #![allow(dead_code)]
 
 pub mod dns;
+pub mod fleet;
 pub mod h2frames;
 pub mod http3;
 pub mod jwt;
