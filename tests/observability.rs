@@ -466,8 +466,10 @@ async fn traceparent_is_forwarded_when_valid_and_removed_when_not() {
         "traceparent: 00-4bf92f3577b34da6a3ce929d0e0e4736-0000000000000000-01\r\n".to_string(),
         // Uppercase hex.
         "traceparent: 00-4BF92F3577B34DA6A3CE929D0E0E4736-00f067aa0ba902b7-01\r\n".to_string(),
-        // Another version, trailing data.
-        "traceparent: 01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01-x\r\n".to_string(),
+        // Version ff is invalid.
+        "traceparent: ff-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01\r\n".to_string(),
+        // A higher version whose 55 characters go on without a '-'.
+        "traceparent: 01-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-01x\r\n".to_string(),
         "traceparent: nonsense\r\n".to_string(),
         // Two of them, each valid.
         format!("traceparent: {TRACEPARENT}\r\ntraceparent: {TRACEPARENT}\r\n"),
