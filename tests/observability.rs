@@ -491,8 +491,9 @@ async fn traceparent_is_forwarded_when_valid_and_removed_when_not() {
     }
 }
 
-/// Every `portico_*` name in the Grafana dashboard and the alert rules is
-/// a family a running portico exports (histograms by their base name).
+/// Every metric name in the Grafana dashboard and the alert rules
+/// (`portico_*` and the standard `process_*`) is a family a running
+/// portico exports (histograms by their base name).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn dashboard_and_alerts_name_only_exported_metrics() {
     let root = std::path::Path::new(env!("CARGO_MANIFEST_DIR"));
@@ -512,6 +513,9 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
         "portico_upstream_ejections_total",
         "portico_config_last_reload_successful",
         "portico_jwt_validations_total",
+        "process_cpu_seconds_total",
+        "process_open_fds",
+        "process_resident_memory_bytes",
     ] {
         assert!(used.contains(needed), "nothing watches {needed}");
     }
@@ -541,23 +545,24 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
     }
 }
 
-/// The `portico_*` metric names in `text`, without a histogram's
-/// `_bucket`/`_sum`/`_count` suffix.
+/// The metric names in `text` (`portico_*` and `process_*`, each starting
+/// a word), without a histogram's `_bucket`/`_sum`/`_count` suffix.
 fn metric_names(text: &str) -> BTreeSet<String> {
+    let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = BTreeSet::new();
-    let mut rest = text;
-    while let Some(at) = rest.find("portico_") {
-        let tail = &rest[at..];
-        let end = tail
-            .find(|c: char| !(c.is_ascii_lowercase() || c.is_ascii_digit() || c == '_'))
-            .unwrap_or(tail.len());
+    for (at, _) in text.match_indices(|c| c == 'p') {
+        let tail = &text[at..];
+        let starts_word = !text[..at].ends_with(word);
+        if !starts_word || !(tail.starts_with("portico_") || tail.starts_with("process_")) {
+            continue;
+        }
+        let end = tail.find(|c: char| !word(c)).unwrap_or(tail.len());
         let name = &tail[..end];
         let base = ["_bucket", "_sum", "_count"]
             .iter()
             .find_map(|s| name.strip_suffix(s))
             .unwrap_or(name);
         out.insert(base.to_string());
-        rest = &tail[end..];
     }
     out
 }
