@@ -548,7 +548,7 @@ async fn dashboard_and_alerts_name_only_exported_metrics() {
 fn metric_names(text: &str) -> BTreeSet<String> {
     let word = |c: char| c.is_ascii_alphanumeric() || c == '_';
     let mut out = BTreeSet::new();
-    for (at, _) in text.match_indices(|c| c == 'p') {
+    for (at, _) in text.match_indices('p') {
         let tail = &text[at..];
         let starts_word = !text[..at].ends_with(word);
         if !starts_word || !(tail.starts_with("portico_") || tail.starts_with("process_")) {

@@ -113,7 +113,11 @@ mod tests {
             "fe-4bf92f3577b34da6a3ce929d0e0e4736-00f067aa0ba902b7-ff-x",
         ] {
             let (id, left, state) = run(&[ok]);
-            assert_eq!(id.as_deref(), Some("4bf92f3577b34da6a3ce929d0e0e4736"), "{ok}");
+            assert_eq!(
+                id.as_deref(),
+                Some("4bf92f3577b34da6a3ce929d0e0e4736"),
+                "{ok}"
+            );
             assert_eq!(left, [ok], "passed on unchanged");
             assert_eq!(state, 1, "{ok}");
         }
