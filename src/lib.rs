@@ -20,16 +20,13 @@
 //! | [`tls`], [`body`] | server and client TLS configs and the one TCP+TLS client connector; the body types every layer shares |
 //! | [`config`], [`sys`] | proxy.toml as plain data with `PATH:LINE:COL` errors; every `unsafe` block and libc call (systemd, sockets, thread priority, clocks) |
 //!
-//! A request: a [`listener`] accepts and decodes it, loads the
-//! [`proxy::runtime::Runtime`] once, and hands it to [`proxy`], which
-//! checks it against the edge rules, routes, authenticates through
-//! [`auth`], forwards through an [`upstream`] pool and logs through
+//! A request: a [`listener`] accepts and decodes it and hands it to
+//! [`proxy::handle`], which loads the [`proxy::runtime::Runtime`] in force
+//! once, checks the request against the edge rules, routes, authenticates
+//! through [`auth`], forwards through an [`upstream`] pool and logs through
 //! [`observe`]. A reload: the [`supervisor`] builds a new [`snapshot`] off
 //! the request path and swaps it in whole; requests in flight keep the
 //! runtime they started with.
-
-// A request task's future nests the whole pipeline (upstream, auth, Redis
-// clients): proving it Send goes deeper than the default limit of 128.
 
 pub mod admin;
 pub mod auth;

@@ -8,7 +8,10 @@
 //!   (LISTEN_PID/LISTEN_FDS);
 //! - [`lower_thread_priority`]: the nice value of the calling thread;
 //! - [`monotonic_usec`] and [`monotonic_ms`]: CLOCK_MONOTONIC, the one clock
-//!   portico measures intervals and deadlines with outside of tokio.
+//!   portico measures intervals and deadlines with outside of tokio;
+//! - [`unix_now`]: the wall clock in whole seconds, the one clock for times
+//!   that leave the process (JWT `exp`/`nbf`, revocations, the reload
+//!   timestamp metric).
 //!
 //! Linux only, as portico is. Each `unsafe` block says why it is sound.
 
@@ -175,6 +178,14 @@ pub fn monotonic_usec() -> u64 {
 /// atomics (never 0 on a running system, so 0 may stand for "none").
 pub fn monotonic_ms() -> u64 {
     monotonic_usec() / 1_000
+}
+
+/// Whole seconds since the Unix epoch by the wall clock; 0 if the clock
+/// reads before 1970.
+pub fn unix_now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 #[cfg(test)]

@@ -177,7 +177,7 @@ impl AuthSet {
     pub async fn revoke(&self, body: &[u8]) -> Result<(), RevokeError> {
         let r = Revocation::parse(body).map_err(RevokeError::BadBody)?;
         self.revocation
-            .revoke(&r, policy::unix_now(), self.revoke_leeway)
+            .revoke(&r, crate::sys::unix_now() as i64, self.revoke_leeway)
             .await
             .map_err(|_| RevokeError::StoreDown)
     }

@@ -39,7 +39,6 @@ use http::header::AUTHORIZATION;
 use http::{HeaderMap, HeaderName, HeaderValue};
 use jsonwebtoken::Algorithm;
 use std::sync::Arc;
-use std::time::{SystemTime, UNIX_EPOCH};
 
 /// Most keys tried for one token.
 pub const MAX_TRIES: usize = 8;
@@ -119,14 +118,6 @@ pub struct PolicyParts {
     /// The counters to record into: the previous generation's, for a
     /// policy a reload keeps.
     pub counts: Arc<JwtMetrics>,
-}
-
-/// Seconds since the epoch.
-pub fn unix_now() -> i64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
 }
 
 /// Outcome of trying keys on one token.
@@ -228,7 +219,8 @@ impl JwtPolicy {
     async fn check(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, AuthFailure> {
         let token = std::str::from_utf8(bearer(headers)?)
             .map_err(|_| AuthFailure::Invalid("Authorization is not text"))?;
-        let now = unix_now();
+        // JWT's NumericDate is signed; the clock is far below i64::MAX.
+        let now = crate::sys::unix_now() as i64;
         let key = self.cache.key(token);
         let epoch = self.epoch();
         let verified = match self.cache.get(&key, now) {

@@ -604,7 +604,8 @@ async fn serve_http<S>(
                         match parser_answer(&*e) {
                             Some(status) => {
                                 activity.set_linger(true);
-                                log_parser_answer(&shared, &fe.settings, peer, status, &*e);
+                                let tls = activity.tls_version.get().copied().unwrap_or("");
+                                log_parser_answer(&shared, &fe.settings, peer, tls, status, &*e);
                             }
                             None => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
                         }
@@ -692,11 +693,13 @@ fn parser_answer(e: &(dyn std::error::Error + 'static)) -> Option<u16> {
 
 /// hyper's answer to a head it could not parse never reaches the pipeline:
 /// it is logged and counted here, as a request that matched no route, with
-/// a request id of its own.
+/// a request id of its own, from client `peer` on a connection of TLS
+/// version `tls` ("" on plain HTTP), as the pipeline's lines say.
 fn log_parser_answer(
     shared: &Shared,
     settings: &ListenerSettings,
     peer: SocketAddr,
+    tls: &'static str,
     status: u16,
     e: &(dyn std::error::Error + 'static),
 ) {
@@ -727,7 +730,7 @@ fn log_parser_answer(
             upstream_status: None,
             upstream_duration: None,
             attempts: 0,
-            tls: "",
+            tls,
             trace_id: None,
             // hyper's parse error kind, e.g. "invalid HTTP method parsed".
             error: e.to_string().into(),

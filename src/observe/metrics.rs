@@ -40,7 +40,8 @@
 //! is kept, also for what it does besides speed: series of a route, server
 //! or listener that left the config disappear with it (weak entries), the
 //! exposition is the plain 0.0.4 text format, and there is no dependency.
-//! The registry is small (~400 lines with the render).
+//! The registry with its render is ~830 lines of code (~990 with docs
+//! and blank lines, tests aside).
 //!
 //! A scrape renders the registry's handles plus [`InForce`]: the few facts
 //! only the config in force knows (its generation, what its listeners
@@ -500,16 +501,10 @@ impl Default for Metrics {
             reloads_ok: AtomicU64::new(0),
             reloads_error: AtomicU64::new(0),
             last_reload_ok: AtomicU8::new(1),
-            last_reload_success: AtomicU64::new(unix_now()),
+            last_reload_success: AtomicU64::new(crate::sys::unix_now()),
             access_log_dropped: AtomicU64::new(0),
         }
     }
-}
-
-fn unix_now() -> u64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map_or(0, |d| d.as_secs())
 }
 
 impl Metrics {
@@ -559,7 +554,7 @@ impl Metrics {
         self.last_reload_ok.store(u8::from(ok), Ordering::Relaxed);
         if ok {
             self.last_reload_success
-                .store(unix_now(), Ordering::Relaxed);
+                .store(crate::sys::unix_now(), Ordering::Relaxed);
         }
     }
 
