@@ -11,6 +11,10 @@
 //! again before its next line: once logrotate has renamed the
 //! file, new lines go to a new file at the configured path.
 //!
+//! A target that fails (a write error, a reopen that cannot open the path)
+//! is reported through `tracing`, like every operational log line, so it
+//! comes out in `server.log_format`.
+//!
 //! At shutdown [`AccessLog::flush`] waits until every line queued so far is
 //! written, also by the writers of logs that a reload replaced, so a process
 //! that exits loses no line it had accepted.
@@ -92,6 +96,15 @@ pub struct AccessLog {
 enum Target {
     Stdout,
     File(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stdout => f.write_str("stdout"),
+            Target::File(path) => path.display().fmt(f),
+        }
+    }
 }
 
 impl Target {
@@ -232,6 +245,9 @@ impl Writer {
     fn run(self, rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
         let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
         let mut line = String::with_capacity(512);
+        // Lines lost since the target stopped taking them: one error when
+        // it breaks and one line when it works again, not one per request.
+        let mut lost: u64 = 0;
         loop {
             let e = match rx.try_recv() {
                 Ok(e) => e,
@@ -263,9 +279,18 @@ impl Writer {
                 AccessLogFormat::Combined => format_combined(&e, &mut line),
             }
             line.push('\n');
-            if w.write_all(line.as_bytes()).is_err() {
-                // Nowhere to report a broken log target but stderr; keep serving.
-                eprintln!("portico: access log write failed");
+            match w.write_all(line.as_bytes()) {
+                Ok(()) if lost > 0 => {
+                    tracing::warn!(lost, "access log writes work again");
+                    lost = 0;
+                }
+                Ok(()) => {}
+                Err(e) => {
+                    if lost == 0 {
+                        tracing::error!(path = %self.target, error = %e, "access log write failed; lines are lost until writes work again");
+                    }
+                    lost += 1;
+                }
             }
         }
         let _ = w.flush();
@@ -280,7 +305,11 @@ impl Writer {
         let _ = w.flush();
         match self.target.open() {
             Ok(out) => *w.get_mut() = out,
-            Err(e) => eprintln!("portico: cannot reopen the access log: {e}"),
+            Err(e) => tracing::warn!(
+                path = %self.target,
+                error = %e,
+                "cannot reopen the access log; writing on to the file already open"
+            ),
         }
     }
 }
