@@ -181,3 +181,40 @@ fn an_access_log_that_cannot_be_reopened_is_reported_as_json() {
     // Still serving, and the log still takes lines (into the file already open).
     assert_eq!(http_get_raw(addr, "/"), Some((200, "hi".to_string())));
 }
+
+/// A respond-only config with `server` lines: the TOML.
+fn respond_config(server: &str) -> String {
+    let (_, l) = listener_toml("web", "");
+    format!(
+        "[server]\naccess_log = \"off\"\n{server}\n{l}\n[[route]]\nname = \"r\"\nrespond = {{ status = 200, body = \"hi\" }}\n"
+    )
+}
+
+#[test]
+fn an_empty_rust_log_leaves_server_log_level_in_force() {
+    let p = Portico::start_custom(
+        tempfile::tempdir().unwrap(),
+        &respond_config("log_level = \"info\""),
+        |cmd| {
+            cmd.env("RUST_LOG", "");
+        },
+    );
+    assert!(p.stderr().contains("admin listening"), "{}", p.stderr());
+}
+
+#[test]
+fn an_invalid_rust_log_is_reported_and_server_log_level_applies() {
+    let p = Portico::start_custom(
+        tempfile::tempdir().unwrap(),
+        &respond_config("log_format = \"json\"\nlog_level = \"info\""),
+        |cmd| {
+            cmd.env("RUST_LOG", "portico=loud");
+        },
+    );
+    let log = p.stderr();
+    let warned = json_lines_with(&log, "RUST_LOG is not a valid filter");
+    assert_eq!(warned.len(), 1, "{log}");
+    assert_eq!(warned[0]["level"], "WARN", "{}", warned[0]);
+    assert_eq!(warned[0]["fields"]["rust_log"], "portico=loud");
+    assert_eq!(json_lines_with(&log, "admin listening").len(), 1, "{log}");
+}
