@@ -218,3 +218,33 @@ fn an_invalid_rust_log_is_reported_and_server_log_level_applies() {
     assert_eq!(warned[0]["fields"]["rust_log"], "portico=loud");
     assert_eq!(json_lines_with(&log, "admin listening").len(), 1, "{log}");
 }
+
+/// POST /reload on `admin` with `token` as the bearer: the status.
+fn post_reload(admin: SocketAddr, token: &str) -> Option<u16> {
+    let req = format!(
+        "POST /reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+    );
+    parse_status(&raw_exchange(admin, req.as_bytes(), Duration::from_secs(5))?)
+}
+
+#[test]
+fn a_rotated_admin_token_file_applies_with_watch_config() {
+    let dir = tempfile::tempdir().unwrap();
+    let token = dir.path().join("admin.token");
+    std::fs::write(&token, "first-token-0123456789\n").unwrap();
+    let config = format!(
+        "[admin]\nbind = \"{{admin}}\"\ntoken_file = \"admin.token\"\n\n{}",
+        respond_config("watch_config = true")
+    );
+    let p = Portico::start_in(dir, &config);
+    assert_eq!(post_reload(p.admin, "second-token-0123456789"), Some(401));
+    // A Secret update: the new file renamed over the old one.
+    let tmp = p.dir.path().join(".admin.token.tmp");
+    std::fs::write(&tmp, "second-token-0123456789\n").unwrap();
+    std::fs::rename(&tmp, &token).unwrap();
+    let rotated = wait_for(Duration::from_secs(15), || {
+        post_reload(p.admin, "second-token-0123456789").filter(|s| *s == 200)
+    });
+    assert_eq!(rotated, Some(200), "{}", p.stderr());
+    assert_eq!(post_reload(p.admin, "first-token-0123456789"), Some(401));
+}
