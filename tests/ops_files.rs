@@ -224,7 +224,11 @@ fn post_reload(admin: SocketAddr, token: &str) -> Option<u16> {
     let req = format!(
         "POST /reload HTTP/1.1\r\nHost: x\r\nAuthorization: Bearer {token}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
     );
-    parse_status(&raw_exchange(admin, req.as_bytes(), Duration::from_secs(5))?)
+    parse_status(&raw_exchange(
+        admin,
+        req.as_bytes(),
+        Duration::from_secs(5),
+    )?)
 }
 
 #[test]
@@ -247,4 +251,39 @@ fn a_rotated_admin_token_file_applies_with_watch_config() {
     });
     assert_eq!(rotated, Some(200), "{}", p.stderr());
     assert_eq!(post_reload(p.admin, "first-token-0123456789"), Some(401));
+}
+
+#[test]
+fn an_access_log_that_cannot_be_written_is_reported_once_as_json() {
+    if !Path::new("/dev/full").exists() {
+        eprintln!("skipped: no /dev/full");
+        return;
+    }
+    let (addr, l) = listener_toml("web", "");
+    let config = format!(
+        "[server]\nlog_format = \"json\"\naccess_log = \"/dev/full\"\n{l}\n[[route]]\nname = \"r\"\nrespond = {{ status = 200, body = \"hi\" }}\n"
+    );
+    let p = Portico::start(&config);
+    // Long paths fill the writer's 64 KiB buffer within some 60 lines; every
+    // write after that fails (ENOSPC).
+    let path = format!("/{}", "a".repeat(2000));
+    let mut answered = 0;
+    for _ in 0..6 {
+        let mut req = String::new();
+        for _ in 0..40 {
+            req.push_str(&format!("GET {path} HTTP/1.1\r\nHost: x\r\n\r\n"));
+        }
+        req.push_str("GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
+        let out = raw_exchange(addr, req.as_bytes(), Duration::from_secs(10)).unwrap();
+        answered += out.matches("HTTP/1.1 200").count();
+    }
+    assert_eq!(answered, 6 * 41);
+    let found = wait_for(Duration::from_secs(10), || {
+        let lines = json_lines_with(&p.stderr(), "access log write failed");
+        (!lines.is_empty()).then_some(lines)
+    });
+    let lines = found.unwrap_or_else(|| panic!("no JSON write-failed line: {}", p.stderr()));
+    assert_eq!(lines.len(), 1, "{}", p.stderr());
+    assert_eq!(lines[0]["level"], "ERROR", "{}", lines[0]);
+    assert_eq!(lines[0]["fields"]["path"], "/dev/full", "{}", lines[0]);
 }

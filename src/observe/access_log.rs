@@ -233,6 +233,47 @@ impl Drop for AccessLog {
     }
 }
 
+/// Whether the target takes what is written: one error when it stops, one
+/// warning when a flush gets through again, not a line per request.
+#[derive(Default)]
+struct Health {
+    broken: bool,
+    /// Lines refused since it broke (lost).
+    lost: u64,
+}
+
+impl Health {
+    fn wrote(&mut self, target: &Target, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            self.lost += 1;
+            self.failed(target, e);
+        }
+    }
+
+    /// A line accepted into the buffer proves nothing; a flush does.
+    fn flushed(&mut self, target: &Target, r: std::io::Result<()>) {
+        match r {
+            Ok(()) if self.broken => {
+                tracing::warn!(path = %target, lost = self.lost, "access log writes work again");
+                *self = Health::default();
+            }
+            Ok(()) => {}
+            Err(e) => self.failed(target, e),
+        }
+    }
+
+    fn failed(&mut self, target: &Target, e: std::io::Error) {
+        if !self.broken {
+            self.broken = true;
+            tracing::error!(
+                path = %target,
+                error = %e,
+                "access log write failed; lines are lost until writes work again"
+            );
+        }
+    }
+}
+
 /// The writer thread's side of a log.
 struct Writer {
     target: Target,
@@ -245,14 +286,12 @@ impl Writer {
     fn run(self, rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
         let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
         let mut line = String::with_capacity(512);
-        // Lines lost since the target stopped taking them: one error when
-        // it breaks and one line when it works again, not one per request.
-        let mut lost: u64 = 0;
+        let mut health = Health::default();
         loop {
             let e = match rx.try_recv() {
                 Ok(e) => e,
                 Err(TryRecvError::Empty) => {
-                    let _ = w.flush();
+                    health.flushed(&self.target, w.flush());
                     match rx.recv() {
                         Ok(e) => e,
                         Err(_) => break,
@@ -266,7 +305,7 @@ impl Writer {
             let e = match e {
                 Msg::Line(e) => e,
                 Msg::Flush(ack) => {
-                    let _ = w.flush();
+                    health.flushed(&self.target, w.flush());
                     let _ = ack.send(());
                     continue;
                 }
@@ -279,19 +318,7 @@ impl Writer {
                 AccessLogFormat::Combined => format_combined(&e, &mut line),
             }
             line.push('\n');
-            match w.write_all(line.as_bytes()) {
-                Ok(()) if lost > 0 => {
-                    tracing::warn!(lost, "access log writes work again");
-                    lost = 0;
-                }
-                Ok(()) => {}
-                Err(e) => {
-                    if lost == 0 {
-                        tracing::error!(path = %self.target, error = %e, "access log write failed; lines are lost until writes work again");
-                    }
-                    lost += 1;
-                }
-            }
+            health.wrote(&self.target, w.write_all(line.as_bytes()));
         }
         let _ = w.flush();
     }
@@ -401,6 +428,25 @@ fn clf_time(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_target_counts_lost_lines_until_a_flush_gets_through() {
+        let t = Target::File(PathBuf::from("/var/log/a.log"));
+        let full = || Err(std::io::Error::other("no space"));
+        let mut h = Health::default();
+        h.wrote(&t, Ok(()));
+        h.flushed(&t, Ok(()));
+        assert!(!h.broken);
+        h.flushed(&t, full());
+        h.wrote(&t, full());
+        h.wrote(&t, Ok(()));
+        h.wrote(&t, full());
+        assert!(h.broken);
+        assert_eq!(h.lost, 2);
+        h.flushed(&t, Ok(()));
+        assert!(!h.broken);
+        assert_eq!(h.lost, 0);
+    }
 
     #[test]
     fn clf_time_formats_utc() {
