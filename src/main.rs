@@ -103,13 +103,23 @@ fn main() -> ExitCode {
 }
 
 /// Operational logs on stderr, as text or JSON lines (server.log_format),
-/// filtered by RUST_LOG when it is set and valid, else by server.log_level.
-/// Both are read once, at start.
+/// filtered by RUST_LOG when it is set to a valid filter, else by
+/// server.log_level (checked with the config). Both are read once, at start.
 fn init_logging(server: &portico::config::ServerConfig) {
     use tracing_subscriber::EnvFilter;
-    let filter = EnvFilter::try_from_default_env()
-        .or_else(|_| EnvFilter::try_new(server.log_level.get_ref()))
-        .unwrap_or_else(|_| EnvFilter::new("info"));
+    // An empty RUST_LOG counts as unset: as a filter it would turn off every
+    // line, errors included.
+    let env = std::env::var("RUST_LOG")
+        .ok()
+        .filter(|v| !v.trim().is_empty());
+    let (from_env, bad_env) = match env.as_deref().map(EnvFilter::try_new) {
+        Some(Ok(f)) => (Some(f), None),
+        Some(Err(e)) => (None, Some(e.to_string())),
+        None => (None, None),
+    };
+    let filter = from_env.unwrap_or_else(|| {
+        EnvFilter::try_new(server.log_level.get_ref()).unwrap_or_else(|_| EnvFilter::new("info"))
+    });
     let fmt = tracing_subscriber::fmt()
         .with_env_filter(filter)
         .with_writer(std::io::stderr);
@@ -120,6 +130,13 @@ fn init_logging(server: &portico::config::ServerConfig) {
         portico::config::LogFormat::Text => fmt
             .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
             .init(),
+    }
+    if let Some(error) = bad_env {
+        tracing::warn!(
+            rust_log = env.as_deref().unwrap_or_default(),
+            error,
+            "RUST_LOG is not a valid filter; server.log_level applies"
+        );
     }
 }
 
@@ -141,7 +158,7 @@ Reopen the access log file (after logrotate moved it).
 The config file when \-\-config is not given (else ./proxy.toml).
 .TP
 \fBRUST_LOG\fR
-Level of the operational logs on stderr (default info), e.g. portico=debug.
+Filter of the operational logs on stderr, e.g. portico=debug; when unset, empty or invalid, server.log_level applies (default info).
 .TP
 \fBNOTIFY_SOCKET\fR, \fBLISTEN_FDS\fR, \fBLISTEN_PID\fR
 Set by systemd: READY=1, RELOADING=1 and STOPPING=1 are sent to the notify socket; passed TCP listening sockets are adopted by the listener whose bind equals their address.

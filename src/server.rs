@@ -211,11 +211,11 @@ async fn serve_until_stopped(
             }
             Some(first) = changed.recv() => {
                 tokio::time::sleep(SETTLE).await;
-                let mut tls = first == Changed::Tls;
+                let mut named = first == Changed::Named;
                 while let Ok(c) = changed.try_recv() {
-                    tls |= c == Changed::Tls;
+                    named |= c == Changed::Named;
                 }
-                reload_for_change(sup, config_path, tls).await;
+                reload_for_change(sup, config_path, named).await;
             }
             _ = refresh.tick() => {}
         }
@@ -257,10 +257,11 @@ fn warn_restart_only(started: &Config, now: &Config) {
     }
 }
 
-/// With watch_config on: reloads after a TLS file changed, or when the
-/// config file's text differs from the one in force (so that touching it,
-/// or a symlink swap to the same content, costs no generation).
-async fn reload_for_change(sup: &Arc<Supervisor>, config_path: &Path, tls: bool) {
+/// With watch_config on: reloads after a file the config names changed,
+/// or when the config file's text differs from the one in force (so that
+/// touching it, or a symlink swap to the same content, costs no
+/// generation).
+async fn reload_for_change(sup: &Arc<Supervisor>, config_path: &Path, named: bool) {
     let snap = sup.snapshot.load_full();
     if !snap.config.config.server.watch_config {
         return;
@@ -269,8 +270,8 @@ async fn reload_for_change(sup: &Arc<Supervisor>, config_path: &Path, tls: bool)
         .await
         .map_or(true, |text| text != snap.config.source.text);
     drop(snap);
-    if tls {
-        tracing::info!("a certificate or key file changed: reloading");
+    if named {
+        tracing::info!("a certificate, key or other file the config names changed: reloading");
     } else if config_changed {
         tracing::info!("config file changed: reloading");
     } else {
@@ -337,16 +338,19 @@ async fn shut_down(
 /// Which kind of file changed on disk.
 #[derive(Clone, Copy, PartialEq, Eq, Debug)]
 enum Changed {
+    /// The config file.
     Config,
-    Tls,
+    /// A file the config names ([`crate::config::named_files`]).
+    Named,
 }
 
 /// Watched folders, each with the names in it that matter.
 type WatchSet = BTreeMap<PathBuf, Vec<(OsString, Changed)>>;
 
 /// Follows the config file on disk (always, so that a reload can turn
-/// watch_config on) and, with watch_config on, the certificate, key and CA
-/// files the config names.
+/// watch_config on) and, with watch_config on, every file the config names
+/// ([`crate::config::named_files`]: certificates, keys, CA bundles, JWT
+/// key and JWKS files, the HMAC secret, the admin token).
 ///
 /// The folders are watched, not the files, so that a save by rename is
 /// seen; each file is followed both at the path as named and at the end of
@@ -383,8 +387,8 @@ impl FileWatch {
         let mut set = WatchSet::new();
         add_target(&mut set, &lc.source.path, Changed::Config);
         if lc.config.server.watch_config {
-            for f in tls_files(lc) {
-                add_target(&mut set, &f, Changed::Tls);
+            for f in crate::config::named_files(lc) {
+                add_target(&mut set, &f.path, Changed::Named);
             }
         }
         if set == self.set && self.watcher.is_some() {
@@ -407,27 +411,6 @@ fn add_target(set: &mut WatchSet, path: &Path, kind: Changed) {
             }
         }
     }
-}
-
-/// The certificate, key and CA files of listeners and upstreams.
-fn tls_files(lc: &LoadedConfig) -> Vec<PathBuf> {
-    let c = &lc.config;
-    let listeners = c
-        .listeners
-        .iter()
-        .filter_map(|l| l.tls.as_ref())
-        .flat_map(|t| [&t.cert, &t.key, &t.client_ca]);
-    let upstreams = c
-        .upstreams
-        .values()
-        .filter_map(|u| u.tls.as_ref())
-        .flat_map(|t| [&t.ca, &t.client_cert, &t.client_key]);
-    listeners
-        .chain(upstreams)
-        .map(|s| s.get_ref())
-        .filter(|s| !s.is_empty())
-        .map(|s| lc.resolve(s))
-        .collect()
 }
 
 /// A watcher over the folders of `set` that sends the kind of every

@@ -352,7 +352,7 @@ fn a_rewritten_certificate_reloads_with_watch_config() {
         generation(p.admin).filter(|g| *g >= 2)
     });
     assert_eq!(reloaded, Some(2), "{}", p.stderr());
-    assert!(p.stderr().contains("certificate or key file changed"));
+    assert!(p.stderr().contains("file the config names changed"));
 }
 
 #[test]

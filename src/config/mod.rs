@@ -9,12 +9,13 @@
 //!
 //! The tables are in `model` (with `[auth]`/`[revocation]` in `auth` and
 //! `[cors]` in `cors`); the checks a parsed file must pass are in
-//! `validate`.
+//! `validate`; the files a config names are listed by `files`.
 
 mod auth;
 mod cors;
 mod duration;
 mod error;
+mod files;
 pub mod headers;
 mod model;
 pub mod redact;
@@ -28,6 +29,7 @@ pub use auth::{
 pub use cors::CorsConfig;
 pub use duration::Dur;
 pub use error::{ConfigError, SourceFile};
+pub use files::{named_files, NamedFile};
 pub use model::{
     AccessLogFormat, AdminConfig, CertPair, Config, HeaderRulesConfig, HealthCheck, ListenerConfig,
     ListenerTls, LoadedConfig, LogFormat, Protocol, Respond, RouteConfig, RouteMatch, ServerConfig,

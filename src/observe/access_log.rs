@@ -11,6 +11,10 @@
 //! again before its next line: once logrotate has renamed the
 //! file, new lines go to a new file at the configured path.
 //!
+//! A target that fails (a write error, a reopen that cannot open the path)
+//! is reported through `tracing`, like every operational log line, so it
+//! comes out in `server.log_format`.
+//!
 //! At shutdown [`AccessLog::flush`] waits until every line queued so far is
 //! written, also by the writers of logs that a reload replaced, so a process
 //! that exits loses no line it had accepted.
@@ -92,6 +96,15 @@ pub struct AccessLog {
 enum Target {
     Stdout,
     File(PathBuf),
+}
+
+impl std::fmt::Display for Target {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Target::Stdout => f.write_str("stdout"),
+            Target::File(path) => path.display().fmt(f),
+        }
+    }
 }
 
 impl Target {
@@ -220,6 +233,47 @@ impl Drop for AccessLog {
     }
 }
 
+/// Whether the target takes what is written: one error when it stops, one
+/// warning when a flush gets through again, not a line per request.
+#[derive(Default)]
+struct Health {
+    broken: bool,
+    /// Lines refused since it broke (lost).
+    lost: u64,
+}
+
+impl Health {
+    fn wrote(&mut self, target: &Target, r: std::io::Result<()>) {
+        if let Err(e) = r {
+            self.lost += 1;
+            self.failed(target, e);
+        }
+    }
+
+    /// A line accepted into the buffer proves nothing; a flush does.
+    fn flushed(&mut self, target: &Target, r: std::io::Result<()>) {
+        match r {
+            Ok(()) if self.broken => {
+                tracing::warn!(path = %target, lost = self.lost, "access log writes work again");
+                *self = Health::default();
+            }
+            Ok(()) => {}
+            Err(e) => self.failed(target, e),
+        }
+    }
+
+    fn failed(&mut self, target: &Target, e: std::io::Error) {
+        if !self.broken {
+            self.broken = true;
+            tracing::error!(
+                path = %target,
+                error = %e,
+                "access log write failed; lines are lost until writes work again"
+            );
+        }
+    }
+}
+
 /// The writer thread's side of a log.
 struct Writer {
     target: Target,
@@ -232,11 +286,12 @@ impl Writer {
     fn run(self, rx: Receiver<Msg>, out: Box<dyn Write + Send>) {
         let mut w = std::io::BufWriter::with_capacity(64 * 1024, out);
         let mut line = String::with_capacity(512);
+        let mut health = Health::default();
         loop {
             let e = match rx.try_recv() {
                 Ok(e) => e,
                 Err(TryRecvError::Empty) => {
-                    let _ = w.flush();
+                    health.flushed(&self.target, w.flush());
                     match rx.recv() {
                         Ok(e) => e,
                         Err(_) => break,
@@ -250,7 +305,7 @@ impl Writer {
             let e = match e {
                 Msg::Line(e) => e,
                 Msg::Flush(ack) => {
-                    let _ = w.flush();
+                    health.flushed(&self.target, w.flush());
                     let _ = ack.send(());
                     continue;
                 }
@@ -263,10 +318,7 @@ impl Writer {
                 AccessLogFormat::Combined => format_combined(&e, &mut line),
             }
             line.push('\n');
-            if w.write_all(line.as_bytes()).is_err() {
-                // Nowhere to report a broken log target but stderr; keep serving.
-                eprintln!("portico: access log write failed");
-            }
+            health.wrote(&self.target, w.write_all(line.as_bytes()));
         }
         let _ = w.flush();
     }
@@ -280,7 +332,11 @@ impl Writer {
         let _ = w.flush();
         match self.target.open() {
             Ok(out) => *w.get_mut() = out,
-            Err(e) => eprintln!("portico: cannot reopen the access log: {e}"),
+            Err(e) => tracing::warn!(
+                path = %self.target,
+                error = %e,
+                "cannot reopen the access log; writing on to the file already open"
+            ),
         }
     }
 }
@@ -372,6 +428,25 @@ fn clf_time(t: SystemTime) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_broken_target_counts_lost_lines_until_a_flush_gets_through() {
+        let t = Target::File(PathBuf::from("/var/log/a.log"));
+        let full = || Err(std::io::Error::other("no space"));
+        let mut h = Health::default();
+        h.wrote(&t, Ok(()));
+        h.flushed(&t, Ok(()));
+        assert!(!h.broken);
+        h.flushed(&t, full());
+        h.wrote(&t, full());
+        h.wrote(&t, Ok(()));
+        h.wrote(&t, full());
+        assert!(h.broken);
+        assert_eq!(h.lost, 2);
+        h.flushed(&t, Ok(()));
+        assert!(!h.broken);
+        assert_eq!(h.lost, 0);
+    }
 
     #[test]
     fn clf_time_formats_utc() {
