@@ -37,6 +37,15 @@ pub struct RequestBody {
     counter: Option<Arc<AtomicU64>>,
     watch: Option<BodyWatch>,
     limit: Option<Limit>,
+    trailers: Option<Arc<dyn TrailerFilter>>,
+}
+
+/// What may pass of a request's trailer fields: applied to the trailers
+/// frame (HTTP/1.1 chunked trailers, HTTP/2 and HTTP/3 trailing HEADERS)
+/// before it goes upstream.
+pub trait TrailerFilter: Send + Sync {
+    /// Removes from `trailers` what must not reach an upstream.
+    fn filter(&self, trailers: &mut http::HeaderMap);
 }
 
 /// Why portico itself failed a body.
@@ -214,6 +223,7 @@ impl RequestBody {
             counter: None,
             watch: None,
             limit: None,
+            trailers: None,
         }
     }
 
@@ -223,6 +233,7 @@ impl RequestBody {
             counter: None,
             watch: None,
             limit: None,
+            trailers: None,
         }
     }
 
@@ -232,6 +243,7 @@ impl RequestBody {
             counter: None,
             watch: None,
             limit: None,
+            trailers: None,
         }
     }
 
@@ -269,6 +281,11 @@ impl RequestBody {
         polled
     }
 
+    /// Passes the body's trailers, if it has any, through `f`.
+    pub fn filter_trailers(&mut self, f: Arc<dyn TrailerFilter>) {
+        self.trailers = Some(f);
+    }
+
     /// Counts the data bytes that pass from now on into `counter`.
     pub fn count_into(&mut self, counter: Arc<AtomicU64>) {
         self.counter = Some(counter);
@@ -297,7 +314,12 @@ impl Body for RequestBody {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
-        let polled = this.poll_limited(cx);
+        let mut polled = this.poll_limited(cx);
+        if let (Some(filter), Poll::Ready(Some(Ok(f)))) = (&this.trailers, &mut polled) {
+            if let Some(t) = f.trailers_mut() {
+                filter.filter(t);
+            }
+        }
         if let (Some(n), Poll::Ready(Some(Ok(f)))) = (&this.counter, &polled) {
             if let Some(d) = f.data_ref() {
                 n.fetch_add(d.len() as u64, Ordering::Relaxed);

@@ -211,6 +211,58 @@ impl ClaimHeaders {
     }
 }
 
+/// What a client's request trailers may not carry, applied to the trailers
+/// frame on its way upstream: connection-specific fields (and TE, all
+/// removed by name: in trailers, Connection names nothing), and in
+/// any spelling (case, `_` for `-`) every field the edge routes,
+/// authenticates, frames or sets by: Host, Content-Length, Authorization,
+/// Cookie, X-Forwarded-*, Forwarded, the request id header, trace context
+/// and every policy's claim headers. Trailers are checked by nobody before
+/// the upstream, and an upstream that merges them into the header section
+/// (RFC 9110 6.5.1 forbids it, some do) would otherwise read a client's
+/// claim header or token as the proxy's.
+pub struct TrailerRules {
+    owned: ClaimHeaders,
+}
+
+impl TrailerRules {
+    /// The rules for a config whose policies set `claims` and whose
+    /// request id travels in `request_id`.
+    pub fn new<'a>(
+        claims: impl IntoIterator<Item = &'a str>,
+        request_id: &'a HeaderName,
+    ) -> TrailerRules {
+        let fixed = [
+            HOST.as_str(),
+            http::header::CONTENT_LENGTH.as_str(),
+            http::header::AUTHORIZATION.as_str(),
+            http::header::COOKIE.as_str(),
+            http::header::FORWARDED.as_str(),
+            X_FORWARDED_FOR.as_str(),
+            X_FORWARDED_PROTO.as_str(),
+            X_FORWARDED_HOST.as_str(),
+            "traceparent",
+            "tracestate",
+            request_id.as_str(),
+        ];
+        TrailerRules {
+            owned: ClaimHeaders::new(fixed.into_iter().chain(claims)),
+        }
+    }
+}
+
+impl crate::body::TrailerFilter for TrailerRules {
+    fn filter(&self, t: &mut HeaderMap) {
+        // By name only: a Connection field in trailers is itself
+        // malformed and names nothing.
+        let hop: Vec<HeaderName> = t.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
+        for n in hop {
+            t.remove(n);
+        }
+        self.owned.strip(t);
+    }
+}
+
 /// Removes the headers a client spelled with `_` for `-` that name one the
 /// proxy sets (x-forwarded-for, -proto, -host and `request_id`): an
 /// upstream that maps `_` to `-` (CGI and WSGI servers, NGINX with

@@ -81,7 +81,8 @@ pub(super) fn cors(
 /// its Connection header cannot remove what the proxy sets later, nor a
 /// header it sends pass for one the proxy sets (its hop-by-hop headers, any
 /// upgrade but WebSocket, every spelling of any policy's claim headers, the
-/// `_` spellings of the headers the proxy sets); then, on a route with
+/// `_` spellings of the headers the proxy sets; the same, and more, of its
+/// trailers when the body brings some); then, on a route with
 /// `auth`, the route's JWT policy checks the bearer token and sets the
 /// claim headers.
 pub(super) async fn authenticate(
@@ -96,6 +97,10 @@ pub(super) async fn authenticate(
     );
     ctx.runtime.claim_headers.strip(req.headers_mut());
     headers::strip_underscore_spellings(req.headers_mut(), &ctx.runtime.request_id_header);
+    if !http_body::Body::is_end_stream(req.body()) {
+        req.body_mut()
+            .filter_trailers(ctx.runtime.trailer_rules.clone());
+    }
     if let Some(policy) = &route.auth {
         policy.authenticate(req.headers_mut()).await?;
     }

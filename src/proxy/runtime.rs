@@ -20,7 +20,7 @@ use std::sync::Arc;
 
 use super::cors::CorsPolicy;
 use super::header_rules::{self, HeaderRules, Template};
-use super::headers::ClaimHeaders;
+use super::headers::{ClaimHeaders, TrailerRules};
 use super::routing::{Action, Canned, HostMatch, Route, RouteTable};
 use crate::config::headers::Side;
 
@@ -48,6 +48,8 @@ pub struct Runtime {
     /// Every header any policy's forward_claims sets: removed, in any
     /// spelling, from every request on every route.
     pub claim_headers: ClaimHeaders,
+    /// What request trailers may not carry (claim headers among them).
+    pub trailer_rules: Arc<TrailerRules>,
     /// The metrics registry of the process (for requests that match no
     /// route; routes hold their own handles).
     pub metrics: Arc<Metrics>,
@@ -78,13 +80,16 @@ impl Runtime {
             .iter()
             .map(|r| compile_route(lc, r, &parts, &cors))
             .collect::<Result<Vec<_>, _>>()?;
-        let claim_headers = ClaimHeaders::new(
+        let claims = || {
             parts
                 .auth
                 .policies()
                 .flat_map(|(_, p)| p.forward_claim_headers())
-                .map(HeaderName::as_str),
-        );
+                .map(HeaderName::as_str)
+        };
+        let claim_headers = ClaimHeaders::new(claims());
+        let request_id_header = request_id_header(lc)?;
+        let trailer_rules = Arc::new(TrailerRules::new(claims(), &request_id_header));
         let log_settings = (c.server.access_log.clone(), c.server.access_log_format);
         let access_log = match previous {
             Some(p) if p.log_settings == log_settings => p.access_log.clone(),
@@ -93,11 +98,12 @@ impl Runtime {
         Ok(Runtime {
             generation: parts.generation,
             routes: RouteTable::new(routes),
-            request_id_header: request_id_header(lc)?,
+            request_id_header,
             trust_request_id: c.server.trust_request_id,
             access_log,
             log_settings,
             claim_headers,
+            trailer_rules,
             metrics: parts.metrics.clone(),
         })
     }
