@@ -40,6 +40,12 @@ pub fn check(headers: &mut HeaderMap) -> Option<TraceId> {
     let mut values = headers.get_all(&TRACEPARENT).iter();
     let id = match (values.next(), values.next()) {
         (Some(only), None) => parse(only.as_bytes()),
+        (None, _) => {
+            // Most requests: one lookup, nothing to remove but a stray
+            // tracestate.
+            headers.remove(&TRACESTATE);
+            return None;
+        }
         _ => None,
     };
     if id.is_none() {
