@@ -196,9 +196,6 @@ impl JwtPolicy {
         let verified = match self.check(headers).await {
             Ok(v) => v,
             Err(f) => {
-                if let AuthFailure::Invalid(why) = f {
-                    tracing::debug!(policy = %self.name, reason = why, "token refused");
-                }
                 self.count(f.result());
                 return Err(f);
             }

@@ -26,6 +26,7 @@ use super::replay::{retry_safe, Replay, Tried};
 use super::routing::Route;
 use super::tunnel::Tunnel;
 use super::upstream_head;
+use super::RequestIdField;
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::UpstreamProtocol;
 use crate::observe::metrics::UpstreamOutcome;
@@ -164,7 +165,7 @@ impl Attempts<'_> {
                     } else {
                         UpstreamOutcome::Ok
                     });
-                    req = self.retry_on_status(status, server);
+                    req = self.retry_on_status(status, server, ctx.request_id);
                     if req.is_some() {
                         continue;
                     }
@@ -176,7 +177,7 @@ impl Attempts<'_> {
                 }
             };
             pool.record_failure(server, &failure.error);
-            tracing::warn!(upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
+            tracing::warn!(request_id = %RequestIdField(ctx.request_id), upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
             if let UpstreamError::ClientBody(e) = &failure.error {
                 return Err(ProxyError::client_body(e));
             }
@@ -190,7 +191,7 @@ impl Attempts<'_> {
                 .unsent
                 .or_else(|| self.replay.as_ref().map(Replay::request));
             if req.is_some() && !pool.retry_budget.try_retry() {
-                tracing::warn!(upstream = %pool.name, "retry budget exhausted: not retrying");
+                tracing::warn!(request_id = %RequestIdField(ctx.request_id), upstream = %pool.name, "retry budget exhausted: not retrying");
                 return Err(last_error);
             }
         }
@@ -209,6 +210,7 @@ impl Attempts<'_> {
         &self,
         status: StatusCode,
         server: &UpstreamServer,
+        request_id: &HeaderValue,
     ) -> Option<Request<RequestBody>> {
         let pool = self.pool;
         if !matches!(
@@ -223,7 +225,7 @@ impl Attempts<'_> {
         if !pool.retry_budget.try_retry() {
             return None;
         }
-        tracing::info!(upstream = %pool.name, server = %server.label, %status, "retrying on another server");
+        tracing::info!(request_id = %RequestIdField(request_id), upstream = %pool.name, server = %server.label, %status, "retrying on another server");
         Some(r.request())
     }
 
@@ -264,7 +266,7 @@ impl Attempts<'_> {
             if let Some(p) = ctx.trace.pooled.take() {
                 p.discard();
             }
-            tracing::warn!(upstream = %self.pool.name, server = %server.label, "101 without a valid WebSocket handshake");
+            tracing::warn!(request_id = %RequestIdField(ctx.request_id), upstream = %self.pool.name, server = %server.label, "101 without a valid WebSocket handshake");
             return Err(ProxyError::BadGateway);
         }
         // The upstream connection now belongs to the tunnel.

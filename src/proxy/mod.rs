@@ -37,10 +37,11 @@
 //!
 //! Errors of any phase are a [`ProxyError`], answered by one function.
 //!
-//! Logs: the phases run inside a `request` tracing span that carries
-//! `request_id`, so every log line about a request names it. The span is an
-//! ERROR-level one so that it is enabled whenever any log line is; with
-//! logging off it costs one filter check.
+//! Logs: each line the pipeline writes about one request (an upstream
+//! failure, a retry, a refused token) carries `request_id` as a field of
+//! its own. There is no per-request span: entering and leaving one on every
+//! poll, and formatting its field at every request, cost more than the few
+//! lines that need the id.
 
 mod admit;
 pub mod conn;
@@ -74,7 +75,6 @@ use routing::Action;
 use std::convert::Infallible;
 use std::sync::Arc;
 use std::time::Instant;
-use tracing::Instrument;
 
 /// Serves one request from any front door. Never fails: errors become the
 /// proxy's own responses.
@@ -112,18 +112,17 @@ pub async fn handle(
         host: None,
         websocket: None,
     };
-    let span = tracing::error_span!("request", request_id = %RequestIdField(&request_id));
     // Boxed: the pipeline's future is several KB, and the front doors move
     // the request's future around (into a task per HTTP/2 or HTTP/3 stream,
     // into hyper's HTTP/1.1 dispatcher, through each state change of the
     // task). Behind a box only a pointer moves; one allocation is cheaper
     // than those copies.
-    let result = Box::pin(serve(req, ctx).instrument(span)).await;
+    let result = Box::pin(serve(req, ctx)).await;
     Ok(finish::respond(done, result, request_id, grpc))
 }
 
 /// Shows a request id in logs (ids are ASCII by construction).
-struct RequestIdField<'a>(&'a HeaderValue);
+pub(super) struct RequestIdField<'a>(pub &'a HeaderValue);
 
 impl std::fmt::Display for RequestIdField<'_> {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {

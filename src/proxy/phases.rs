@@ -102,7 +102,12 @@ pub(super) async fn authenticate(
             .filter_trailers(ctx.runtime.trailer_rules.clone());
     }
     if let Some(policy) = &route.auth {
-        policy.authenticate(req.headers_mut()).await?;
+        if let Err(f) = policy.authenticate(req.headers_mut()).await {
+            if let crate::auth::AuthFailure::Invalid(why) = f {
+                tracing::debug!(request_id = %super::RequestIdField(ctx.request_id), policy = %policy.name, reason = why, "token refused");
+            }
+            return Err(f.into());
+        }
     }
     Ok(())
 }
