@@ -342,3 +342,133 @@ async fn header_rules_remove_server_and_a_client_header() {
     assert_eq!(header_values(&seen, "x-other"), ["o"]);
     assert_eq!(up.count(), 2);
 }
+
+/// An HTTP/2 upstream (prior knowledge) that reports, for each request,
+/// how its stream ended. `stall_answer`: it answers a head announcing 100
+/// bytes and sends 10, then waits for the stream to be reset; otherwise it
+/// reads the request body to its end, or its error.
+async fn h2_upstream(
+    stall_answer: bool,
+) -> (SocketAddr, tokio::sync::mpsc::UnboundedReceiver<String>) {
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            let tx = tx.clone();
+            tokio::spawn(async move {
+                let Ok(mut conn) = h2::server::handshake(s).await else {
+                    return;
+                };
+                while let Some(Ok((req, respond))) = conn.accept().await {
+                    tokio::spawn(h2_exchange(req, respond, stall_answer, tx.clone()));
+                }
+            });
+        }
+    });
+    (addr, rx)
+}
+
+async fn h2_exchange(
+    req: http::Request<h2::RecvStream>,
+    mut respond: h2::server::SendResponse<bytes::Bytes>,
+    stall_answer: bool,
+    tx: tokio::sync::mpsc::UnboundedSender<String>,
+) {
+    if stall_answer {
+        let head = http::Response::builder()
+            .header("content-length", "100")
+            .body(())
+            .unwrap();
+        let mut send = respond.send_response(head, false).unwrap();
+        send.send_data(bytes::Bytes::from_static(b"0123456789"), false)
+            .unwrap();
+        let reason = std::future::poll_fn(|cx| send.poll_reset(cx)).await;
+        let _ = tx.send(format!("reset {reason:?}"));
+        return;
+    }
+    let mut body = req.into_body();
+    let mut got = 0;
+    let end = loop {
+        match body.data().await {
+            Some(Ok(d)) => {
+                got += d.len();
+                let _ = body.flow_control().release_capacity(d.len());
+            }
+            Some(Err(e)) => break format!("error after {got}: {e}"),
+            None => break format!("end after {got}"),
+        }
+    };
+    let _ = tx.send(end);
+}
+
+/// The passive ejections of the server at `up` of pool `up`.
+async fn ejections(p: &Portico, up: SocketAddr) -> f64 {
+    support::prom::scrape(p.admin).await.value_or_zero(
+        "portico_upstream_ejections_total",
+        &[("upstream", "up"), ("server", &up.to_string())],
+    )
+}
+
+/// Sends a chunked upload `body` (its head and chunks, no end) to portico
+/// in front of an HTTP/2 upstream, reads the answer to the close: its
+/// status, and how the upstream saw its request stream end.
+async fn upload_to_h2(listener: &str, body: &[u8]) -> (Option<u16>, String, f64) {
+    let (up, mut ends) = h2_upstream(false).await;
+    let (p, addr) = start(listener, up, "protocol = \"http2\"");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    let mut req =
+        b"POST /upload HTTP/1.1\r\nHost: app\r\nTransfer-Encoding: chunked\r\n\r\n".to_vec();
+    req.extend_from_slice(body);
+    s.write_all(&req).await.unwrap();
+    let got = read_to_close(&mut s).await;
+    let end = tokio::time::timeout(WELL_WITHIN, ends.recv())
+        .await
+        .expect("the upstream's request stream was left open")
+        .unwrap();
+    let status = parse_status(&String::from_utf8_lossy(&got));
+    (status, end, ejections(&p, up).await)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_h2_upstream_a_stalled_upload_gets_408_and_resets_the_stream() {
+    // Chunked: a clean end upstream would look like a whole body.
+    let (status, end, ejected) =
+        upload_to_h2("body_timeout = \"300ms\"", b"a\r\n0123456789\r\n").await;
+    assert!(end.starts_with("error after 10"), "{end}");
+    assert_eq!(status, Some(408));
+    // The client's stall is not the server's failure.
+    assert_eq!(ejected, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_h2_upstream_a_body_crossing_max_body_bytes_gets_413_and_resets_the_stream() {
+    let mut body = b"3c\r\n".to_vec();
+    body.extend_from_slice(&[b'a'; 60]);
+    body.extend_from_slice(b"\r\n3c\r\n");
+    body.extend_from_slice(&[b'b'; 60]);
+    body.extend_from_slice(b"\r\n0\r\n\r\n");
+    let (status, end, ejected) = upload_to_h2("max_body_bytes = 100", &body).await;
+    assert!(end.starts_with("error after"), "{end}");
+    assert_eq!(status, Some(413));
+    assert_eq!(ejected, 0.0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn on_an_h2_upstream_a_stalled_response_body_resets_the_stream() {
+    let (up, mut ends) = h2_upstream(true).await;
+    let (_p, addr) = start("", up, "protocol = \"http2\"\nread_timeout = \"300ms\"");
+    let mut s = TcpStream::connect(addr).await.unwrap();
+    s.write_all(b"GET /x HTTP/1.1\r\nHost: app\r\n\r\n")
+        .await
+        .unwrap();
+    let got = read_to_close(&mut s).await;
+    let text = String::from_utf8_lossy(&got);
+    assert_eq!(parse_status(&text), Some(200), "{text}");
+    assert!(text.ends_with("\r\n\r\n0123456789"), "{text}");
+    let end = tokio::time::timeout(WELL_WITHIN, ends.recv())
+        .await
+        .expect("the upstream stream was left open")
+        .unwrap();
+    assert!(end.starts_with("reset"), "{end}");
+}
