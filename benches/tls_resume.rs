@@ -1,15 +1,28 @@
 //! CPU of a TLS 1.3 handshake, full against resumed by a session ticket,
-//! with the server config portico builds for a listener (ring, tickets from
-//! `tls.session_tickets`, an ECDSA P-256 certificate as rcgen makes). Both
-//! sides run in memory on one thread, so the numbers are client plus
-//! server CPU, with no network.
+//! with the server config portico builds for a TLS listener: the config
+//! text is parsed and checked as `portico check` does, and the listener's
+//! rustls config comes from `portico::tls` (certificate by SNI, ALPN,
+//! the ticketer of `tls.session_tickets`, the crate's crypto provider), with
+//! an ECDSA P-256 certificate as rcgen makes. Both sides run in memory on
+//! one thread, so the numbers are client plus server CPU, with no network.
 //!
 //! Run: `cargo bench --bench tls_resume`.
 
 use criterion::{criterion_group, criterion_main, Criterion};
 use rustls::{ClientConfig, ClientConnection, HandshakeKind, ServerConfig, ServerConnection};
-use rustls_pki_types::{CertificateDer, PrivateKeyDer, ServerName};
+use rustls_pki_types::{CertificateDer, ServerName};
 use std::sync::Arc;
+
+/// A listener as a proxy.toml names it: TLS 1.3 (the default minimum),
+/// session tickets on (the default).
+const CONFIG: &str = r#"
+[[listener]]
+name = "bench"
+bind = "127.0.0.1:8443"
+protocols = ["http1", "http2"]
+tls.cert = "bench.crt"
+tls.key = "bench.key"
+"#;
 
 fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
     let key = rcgen::KeyPair::generate().unwrap();
@@ -17,26 +30,27 @@ fn configs() -> (Arc<ServerConfig>, Arc<ClientConfig>) {
         .unwrap()
         .self_signed(&key)
         .unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    std::fs::write(dir.path().join("bench.crt"), cert.pem()).unwrap();
+    std::fs::write(dir.path().join("bench.key"), key.serialize_pem()).unwrap();
+    let lc = portico::config::parse(&dir.path().join("proxy.toml"), CONFIG.to_string()).unwrap();
+    let listener = &lc.config.listeners[0];
+    let t = listener.tls.as_ref().unwrap();
+    let certs = portico::tls::SniResolver::build(&lc, t).unwrap();
+    let ticketer = portico::tls::ticketer(&lc, t, None).unwrap();
+    assert!(ticketer.is_some(), "tls.session_tickets is on by default");
+    let server =
+        portico::tls::server_config(&lc, t, listener.protocols.get_ref(), &certs, ticketer)
+            .unwrap();
     let der: CertificateDer<'static> = cert.der().clone();
-    let provider = Arc::new(rustls::crypto::ring::default_provider());
-    let mut server = ServerConfig::builder_with_provider(provider.clone())
-        .with_protocol_versions(&[&rustls::version::TLS13])
-        .unwrap()
-        .with_no_client_auth()
-        .with_single_cert(
-            vec![der.clone()],
-            PrivateKeyDer::try_from(key.serialize_der()).unwrap(),
-        )
-        .unwrap();
-    server.ticketer = rustls::crypto::ring::Ticketer::new().unwrap();
     let mut roots = rustls::RootCertStore::empty();
     roots.add(der).unwrap();
-    let client = ClientConfig::builder_with_provider(provider)
+    let client = ClientConfig::builder_with_provider(portico::tls::provider())
         .with_protocol_versions(&[&rustls::version::TLS13])
         .unwrap()
         .with_root_certificates(roots)
         .with_no_client_auth();
-    (Arc::new(server), Arc::new(client))
+    (server, Arc::new(client))
 }
 
 /// One handshake in memory, then the tickets read by the client.

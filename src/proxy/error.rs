@@ -202,9 +202,16 @@ impl ProxyError {
     /// 408 when portico failed it for its limits, else 400.
     pub fn client_body(e: &(dyn std::error::Error + 'static)) -> ProxyError {
         match crate::body::BodyFault::find(e) {
-            Some(crate::body::BodyFault::TooLarge) => ProxyError::PayloadTooLarge,
-            Some(crate::body::BodyFault::Stalled) => ProxyError::BodyTimeout,
+            Some(f) => ProxyError::body_fault(f),
             None => ProxyError::BadRequest("malformed request body"),
+        }
+    }
+
+    /// The answer to a request body portico failed for its limits.
+    pub fn body_fault(f: crate::body::BodyFault) -> ProxyError {
+        match f {
+            crate::body::BodyFault::TooLarge => ProxyError::PayloadTooLarge,
+            crate::body::BodyFault::Stalled => ProxyError::BodyTimeout,
         }
     }
 }

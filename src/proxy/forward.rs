@@ -178,8 +178,10 @@ impl Attempts<'_> {
             };
             pool.record_failure(server, &failure.error);
             tracing::warn!(request_id = %RequestIdField(ctx.request_id), upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
-            if let UpstreamError::ClientBody(e) = &failure.error {
-                return Err(ProxyError::client_body(e));
+            match &failure.error {
+                UpstreamError::ClientBody(e) => return Err(ProxyError::client_body(e)),
+                UpstreamError::BodyLimit(f) => return Err(ProxyError::body_fault(*f)),
+                _ => {}
             }
             last_error = ProxyError::BadGateway;
             if !self.attempts_left() {

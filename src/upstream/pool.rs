@@ -6,7 +6,7 @@ use super::members::{CurrentMembers, MemberBuild, Members, Names};
 use super::resolve::Resolver;
 use super::retry::RetryBudget;
 use super::server::UpstreamServer;
-use crate::body::{BodyWatch, RequestBody};
+use crate::body::{BodyFault, BodyWatch, RequestBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::observe::metrics::{Metrics, UpstreamOutcome};
 use crate::tls::{ClientIo, ClientTls, ConnectError};
@@ -31,8 +31,11 @@ pub enum UpstreamError {
     Reset(hyper::Error),
     /// The upstream answered with something that is not HTTP.
     InvalidResponse(hyper::Error),
-    /// The client's own request body failed (bad chunked framing, or the client went away).
+    /// The client's own request body failed (bad chunked framing, or the
+    /// client went away).
     ClientBody(hyper::Error),
+    /// portico failed the request body for its limits.
+    BodyLimit(BodyFault),
     /// hyper gave up on the exchange for a reason that is neither the
     /// client's body nor the server (the connection's task is gone).
     Internal(hyper::Error),
@@ -44,23 +47,27 @@ impl UpstreamError {
         match self {
             UpstreamError::Connect(_) => UpstreamOutcome::ConnectError,
             UpstreamError::ConnectTimeout => UpstreamOutcome::Timeout,
-            UpstreamError::Reset(_) | UpstreamError::ClientBody(_) | UpstreamError::Internal(_) => {
-                UpstreamOutcome::Reset
-            }
+            UpstreamError::Reset(_)
+            | UpstreamError::ClientBody(_)
+            | UpstreamError::BodyLimit(_)
+            | UpstreamError::Internal(_) => UpstreamOutcome::Reset,
             UpstreamError::InvalidResponse(_) => UpstreamOutcome::Http5xx,
         }
     }
 
-    /// `body`: the watch of the request body, if it was not empty. hyper
-    /// calls both a failed request body and its own misuse "user" errors;
-    /// only the body's own failure is the client's.
+    /// `body`: the watch of the request body, if it was not empty. A
+    /// failed request body is the client's, whatever hyper calls it: on
+    /// HTTP/1.1 a "user" error, on HTTP/2 the stream reset hyper sent
+    /// because of it, which must not pass for the server's failure (a 502,
+    /// and a passive ejection a client could cause at will). hyper's other
+    /// "user" errors are its own misuse.
     fn from_hyper(e: hyper::Error, body: Option<&BodyWatch>) -> UpstreamError {
-        if e.is_user() {
-            if body.is_some_and(BodyWatch::failed) {
-                UpstreamError::ClientBody(e)
-            } else {
-                UpstreamError::Internal(e)
-            }
+        if let Some(f) = body.and_then(BodyWatch::fault) {
+            UpstreamError::BodyLimit(f)
+        } else if body.is_some_and(BodyWatch::failed) {
+            UpstreamError::ClientBody(e)
+        } else if e.is_user() {
+            UpstreamError::Internal(e)
         } else if e.is_parse() || e.is_parse_status() {
             UpstreamError::InvalidResponse(e)
         } else {
@@ -77,6 +84,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Reset(e) => write!(f, "connection failed before a response: {e}"),
             UpstreamError::InvalidResponse(e) => write!(f, "invalid response: {e}"),
             UpstreamError::ClientBody(e) => write!(f, "client request body failed: {e}"),
+            UpstreamError::BodyLimit(fault) => write!(f, "client request body failed: {fault}"),
             UpstreamError::Internal(e) => write!(f, "upstream exchange abandoned: {e}"),
         }
     }
