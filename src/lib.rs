@@ -28,6 +28,11 @@
 //! the request path and swaps it in whole; requests in flight keep the
 //! runtime they started with.
 
+// A connection task's future nests the whole pipeline (upstream, auth,
+// Redis clients): proving it Send sits at the default limit of 128, so a
+// small edit, or an incremental build's state, can tip it into E0275.
+#![recursion_limit = "256"]
+
 pub mod admin;
 pub mod auth;
 pub mod body;
