@@ -59,3 +59,12 @@ pub(super) struct Trace {
     /// when it is not the connection's peer.
     pub client: Option<std::net::IpAddr>,
 }
+
+/// Shows a request id in logs (ids are ASCII by construction).
+pub(super) struct RequestIdField<'a>(pub &'a HeaderValue);
+
+impl std::fmt::Display for RequestIdField<'_> {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.0.to_str().unwrap_or("-"))
+    }
+}

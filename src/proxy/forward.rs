@@ -20,13 +20,13 @@
 //!   tunnel between client and server ([`tunnel`](super::tunnel)).
 
 use super::context::RequestCtx;
+use super::context::RequestIdField;
 use super::error::ProxyError;
 use super::headers;
 use super::replay::{retry_safe, Replay, Tried};
 use super::routing::Route;
 use super::tunnel::Tunnel;
 use super::upstream_head;
-use super::RequestIdField;
 use crate::body::{ProxyBody, RequestBody};
 use crate::config::UpstreamProtocol;
 use crate::observe::metrics::UpstreamOutcome;

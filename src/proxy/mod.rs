@@ -70,7 +70,7 @@ use context::RequestCtx;
 use error::ProxyError;
 use finish::Done;
 use http::header::CONTENT_TYPE;
-use http::{HeaderValue, Request, Response};
+use http::{Request, Response};
 use routing::Action;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -119,15 +119,6 @@ pub async fn handle(
     // than those copies.
     let result = Box::pin(serve(req, ctx)).await;
     Ok(finish::respond(done, result, request_id, grpc))
-}
-
-/// Shows a request id in logs (ids are ASCII by construction).
-pub(super) struct RequestIdField<'a>(pub &'a HeaderValue);
-
-impl std::fmt::Display for RequestIdField<'_> {
-    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.write_str(self.0.to_str().unwrap_or("-"))
-    }
 }
 
 fn is_grpc<B>(req: &Request<B>) -> bool {

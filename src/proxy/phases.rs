@@ -104,7 +104,7 @@ pub(super) async fn authenticate(
     if let Some(policy) = &route.auth {
         if let Err(f) = policy.authenticate(req.headers_mut()).await {
             if let crate::auth::AuthFailure::Invalid(why) = f {
-                tracing::debug!(request_id = %super::RequestIdField(ctx.request_id), policy = %policy.name, reason = why, "token refused");
+                tracing::debug!(request_id = %super::context::RequestIdField(ctx.request_id), policy = %policy.name, reason = why, "token refused");
             }
             return Err(f.into());
         }
