@@ -10,8 +10,8 @@
 //! request whose framing is unknown.
 //!
 //! It only observes: the bytes pass on unchanged, and the work per read is
-//! a scan of what was read (a head is copied, up to its cap, to be parsed;
-//! a body is skipped by counting).
+//! a scan of what was read (a head is parsed where it was read, or copied,
+//! up to its cap, when it spans reads; a body is skipped by counting).
 
 /// Follows the HTTP/1.x request stream of a connection from the bytes read.
 pub struct H1Framing {
@@ -129,6 +129,14 @@ impl H1Framing {
             }
         }
         let before = self.head.len();
+        if before == 0 {
+            // Most heads arrive whole in one read: parsed where they are,
+            // not copied.
+            if let Some(end) = head_end(&bytes[..bytes.len().min(self.cap)]) {
+                self.state = self.parse_head(&bytes[..end]);
+                return &bytes[end..];
+            }
+        }
         let room = self.cap.saturating_sub(before);
         self.head.extend_from_slice(&bytes[..bytes.len().min(room)]);
         // The end may straddle two reads: look from a little before.
@@ -139,19 +147,20 @@ impl H1Framing {
             }
             return &[];
         };
-        self.state = self.parse_head(end);
+        let head = std::mem::take(&mut self.head);
+        self.state = self.parse_head(&head[..end]);
+        // Kept for the next split head, emptied.
+        self.head = head;
         self.head.clear();
         &bytes[end.saturating_sub(before)..]
     }
 
-    /// The framing of the body after the head `self.head[..end]`.
-    fn parse_head(&mut self, end: usize) -> Framing {
+    /// The framing of the body after `head` (a whole head, up to and
+    /// including its empty line).
+    fn parse_head(&mut self, head: &[u8]) -> Framing {
         let mut headers = [httparse::EMPTY_HEADER; 128];
         let mut req = httparse::Request::new(&mut headers);
-        if !matches!(
-            req.parse(&self.head[..end]),
-            Ok(httparse::Status::Complete(_))
-        ) {
+        if !matches!(req.parse(head), Ok(httparse::Status::Complete(_))) {
             return Framing::Lost;
         }
         let seq = self.heads;
@@ -199,7 +208,7 @@ impl H1Framing {
 /// Where a head ends in `b`: just after its empty line (CRLF or bare LF).
 fn head_end(b: &[u8]) -> Option<usize> {
     let mut i = 0;
-    while let Some(p) = b[i..].iter().position(|&c| c == b'\n') {
+    while let Some(p) = memchr::memchr(b'\n', &b[i..]) {
         let at = i + p + 1;
         match b.get(at..) {
             Some([b'\n', ..]) => return Some(at + 1),
@@ -288,8 +297,13 @@ mod tests {
         assert_eq!(f.lost_from(), Some(2));
         assert_eq!(f.length_and_chunked(), None);
         assert!(!f.feed(b"GET / HTTP/1.1\r\n\r\n"));
-        // A head over the cap.
+        // A head over the cap, in pieces or in one read (whose end, past
+        // the cap, must not count).
         let (_, lost) = follow(&vec![b'a'; 4096], 100);
         assert_eq!(lost, Some(0));
+        let mut long = b"GET / HTTP/1.1\r\nX: ".to_vec();
+        long.extend_from_slice(&[b'a'; 2000]);
+        long.extend_from_slice(b"\r\n\r\n");
+        assert_eq!(follow(&long, long.len()), (None, Some(0)));
     }
 }
