@@ -35,7 +35,10 @@ fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    if h.contains_key(CONNECTION) {
+    if h.contains_key(CONNECTION) && lists_only_keep_alive(h) {
+        // Keep-Alive goes below with the other hop-by-hop fields.
+        h.remove(CONNECTION);
+    } else if h.contains_key(CONNECTION) {
         let listed: Vec<HeaderValue> = h.get_all(CONNECTION).iter().cloned().collect();
         h.remove(CONNECTION);
         for v in listed {
@@ -77,6 +80,19 @@ fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
     ] {
         h.remove(name);
     }
+}
+
+/// Whether every Connection field lists only `keep-alive`, as most do (an
+/// upstream's `Connection: keep-alive` on every response): the field it
+/// names goes with the other hop-by-hop fields, so no copy of the list is
+/// needed.
+fn lists_only_keep_alive(h: &HeaderMap) -> bool {
+    h.get_all(CONNECTION).iter().all(|v| {
+        v.as_bytes().split(|&b| b == b',').all(|t| {
+            let t = t.trim_ascii();
+            t.is_empty() || t.eq_ignore_ascii_case(b"keep-alive")
+        })
+    })
 }
 
 fn is_hop_by_hop(n: &HeaderName) -> bool {
@@ -579,6 +595,27 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[HOST], "a");
         assert_eq!(h["authorization"], "Bearer t");
+    }
+
+    #[test]
+    fn a_connection_of_keep_alive_alone_and_a_longer_list() {
+        let mut h = HeaderMap::new();
+        h.append(CONNECTION, HeaderValue::from_static("Keep-Alive"));
+        h.append(CONNECTION, HeaderValue::from_static(" , keep-alive"));
+        h.insert("keep-alive", HeaderValue::from_static("timeout=5"));
+        h.insert("x-a", HeaderValue::from_static("1"));
+        strip_hop_by_hop(&mut h);
+        assert_eq!(h.len(), 1, "{h:?}");
+        assert_eq!(h["x-a"], "1");
+
+        h.insert("close", HeaderValue::from_static("1"));
+        h.append(CONNECTION, HeaderValue::from_static("keep-alive"));
+        h.append(CONNECTION, HeaderValue::from_static("close,x-a"));
+        strip_hop_by_hop(&mut h);
+        assert!(
+            h.is_empty(),
+            "fields named in a later Connection line: {h:?}"
+        );
     }
 
     #[test]
