@@ -786,6 +786,17 @@ auth = "users"
     redis.stop();
     assert_eq!(status(a_addr, "/", &v).await, 503);
     assert_eq!(status(b_addr, "/", &v).await, 200);
+    // Every request's check fails while the store is down; the log gets
+    // one line for them (then one per 10 s), not one per request.
+    for _ in 0..30 {
+        assert_eq!(status(a_addr, "/", &v).await, 503);
+    }
+    let lines = a
+        .stderr()
+        .lines()
+        .filter(|l| l.contains("revocation store: redis check"))
+        .count();
+    assert_eq!(lines, 1, "{}", a.stderr());
     assert_eq!(
         admin_post(a.admin, r#"{"jti": "x", "exp": 9999999999}"#, None).await,
         503

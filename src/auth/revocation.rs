@@ -14,7 +14,8 @@
 //!   `MGET`; on a Cluster, one GET per key sent at once), bounded by
 //!   [`CHECK_TIMEOUT`]; a store that does not answer in
 //!   time, or fails, is a [`StoreDown`], which the caller turns into 503
-//!   ("deny") or a pass ("allow"), counted here either way;
+//!   ("deny") or a pass ("allow"), counted here either way, and logged at
+//!   most once per 10 s (with the number of failures held back since);
 //! - a jti revocation lives exp − now + leeway seconds (after that the
 //!   token is refused as expired anyway); a revocation of a token already
 //!   past that is accepted and stores nothing;
@@ -142,6 +143,7 @@ impl RevocationStore {
                 conn,
                 target,
                 prefix: prefix.to_string(),
+                check_failures: LogGate::default(),
             })),
             on_error,
         ))
@@ -305,6 +307,45 @@ struct RedisStore {
     conn: RedisConn,
     target: Target,
     prefix: String,
+    check_failures: LogGate,
+}
+
+/// Failed checks are logged at most once per this many milliseconds.
+const LOG_EVERY_MS: u64 = 10_000;
+
+/// Lets one line through per [`LOG_EVERY_MS`] about checks that fail: a
+/// store that is down fails every request's check, and a line each would
+/// flood the log at the request rate. Every failure is still counted
+/// (portico_revocation_store_errors_total); the line that passes says how
+/// many were held back since the last.
+#[derive(Default)]
+struct LogGate {
+    next_ms: AtomicU64,
+    held: AtomicU64,
+}
+
+impl LogGate {
+    /// `Some(lines held back since the last one)`: log this one.
+    fn admit(&self) -> Option<u64> {
+        let now = crate::sys::monotonic_ms();
+        let next = self.next_ms.load(Ordering::Relaxed);
+        let due = now >= next
+            && self
+                .next_ms
+                .compare_exchange(
+                    next,
+                    now + LOG_EVERY_MS,
+                    Ordering::Relaxed,
+                    Ordering::Relaxed,
+                )
+                .is_ok();
+        if due {
+            Some(self.held.swap(0, Ordering::Relaxed))
+        } else {
+            self.held.fetch_add(1, Ordering::Relaxed);
+            None
+        }
+    }
 }
 
 /// Keeps the greater of the stored and the new cut-off.
@@ -342,18 +383,26 @@ impl RedisStore {
         if let Some(s) = sub {
             keys.push(self.sub_key(s));
         }
-        let answer: Vec<Option<String>> =
-            match tokio::time::timeout(CHECK_TIMEOUT, self.conn.mget(&keys)).await {
-                Ok(Ok(v)) => v,
-                Ok(Err(e)) => {
-                    tracing::warn!(error = %e, "revocation store: redis check failed");
-                    return Err(StoreDown);
+        let answer: Vec<Option<String>> = match tokio::time::timeout(
+            CHECK_TIMEOUT,
+            self.conn.mget(&keys),
+        )
+        .await
+        {
+            Ok(Ok(v)) => v,
+            Ok(Err(e)) => {
+                if let Some(held_back) = self.check_failures.admit() {
+                    tracing::warn!(error = %e, held_back, "revocation store: redis check failed");
                 }
-                Err(_) => {
-                    tracing::warn!("revocation store: redis check timed out");
-                    return Err(StoreDown);
+                return Err(StoreDown);
+            }
+            Err(_) => {
+                if let Some(held_back) = self.check_failures.admit() {
+                    tracing::warn!(held_back, "revocation store: redis check timed out");
                 }
-            };
+                return Err(StoreDown);
+            }
+        };
         let mut values = answer.into_iter();
         if jti.is_some() && values.next().flatten().is_some() {
             return Ok(true);
@@ -407,6 +456,19 @@ impl RedisStore {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_log_gate_lets_one_line_through_per_interval_and_counts_the_rest() {
+        let g = LogGate::default();
+        assert_eq!(g.admit(), Some(0));
+        for _ in 0..5 {
+            assert_eq!(g.admit(), None);
+        }
+        // The interval is over: the next line says how many were held back.
+        g.next_ms.store(0, Ordering::Relaxed);
+        assert_eq!(g.admit(), Some(5));
+        assert_eq!(g.admit(), None);
+    }
 
     #[test]
     fn admin_bodies() {
