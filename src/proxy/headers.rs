@@ -35,26 +35,13 @@ fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
     if !h.keys().any(is_hop_by_hop) {
         return;
     }
-    if h.contains_key(CONNECTION) && lists_only_keep_alive(h) {
-        // Keep-Alive goes below with the other hop-by-hop fields.
-        h.remove(CONNECTION);
-    } else if h.contains_key(CONNECTION) {
-        let listed: Vec<HeaderValue> = h.get_all(CONNECTION).iter().cloned().collect();
-        h.remove(CONNECTION);
-        for v in listed {
-            if let Ok(s) = v.to_str() {
-                for name in s.split(',') {
-                    let name = name.trim();
-                    if !name.is_empty() {
-                        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
-                            if n != HOST && Some(&n) != keep {
-                                h.remove(n);
-                            }
-                        }
-                    }
-                }
-            }
+    if h.contains_key(CONNECTION) {
+        // Keep-Alive, the one name most lists hold, goes below with the
+        // other hop-by-hop fields.
+        if !lists_only_keep_alive(h) {
+            remove_listed(h, keep);
         }
+        h.remove(CONNECTION);
     }
     if h.contains_key(TE) {
         let trailers = h.get_all(TE).iter().any(|v| {
@@ -79,6 +66,24 @@ fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
         &HTTP2_SETTINGS,
     ] {
         h.remove(name);
+    }
+}
+
+/// Removes the fields the Connection header lists, except Host and `keep`.
+fn remove_listed(h: &mut HeaderMap, keep: Option<&HeaderName>) {
+    let listed: Vec<HeaderValue> = h.get_all(CONNECTION).iter().cloned().collect();
+    let names = listed
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|s| s.split(','))
+        .map(str::trim)
+        .filter(|name| !name.is_empty());
+    for name in names {
+        if let Ok(n) = HeaderName::from_bytes(name.as_bytes()) {
+            if n != HOST && Some(&n) != keep {
+                h.remove(n);
+            }
+        }
     }
 }
 
@@ -217,13 +222,19 @@ impl ClaimHeaders {
                 .iter()
                 .any(|c| same_claim_name(n.as_str().as_bytes(), c))
         };
-        if !h.keys().any(is_claim) {
-            return;
-        }
-        let found: Vec<HeaderName> = h.keys().filter(|n| is_claim(n)).cloned().collect();
-        for n in found {
-            h.remove(n);
-        }
+        remove_where(h, is_claim);
+    }
+}
+
+/// Removes every field whose name `pick` chooses; a message with none
+/// (the usual case) costs one pass over the names and no allocation.
+fn remove_where(h: &mut HeaderMap, pick: impl Fn(&HeaderName) -> bool) {
+    if !h.keys().any(&pick) {
+        return;
+    }
+    let found: Vec<HeaderName> = h.keys().filter(|n| pick(n)).cloned().collect();
+    for n in found {
+        h.remove(n);
     }
 }
 
@@ -271,10 +282,7 @@ impl crate::body::TrailerFilter for TrailerRules {
     fn filter(&self, t: &mut HeaderMap) {
         // By name only: a Connection field in trailers is itself
         // malformed and names nothing.
-        let hop: Vec<HeaderName> = t.keys().filter(|n| is_hop_by_hop(n)).cloned().collect();
-        for n in hop {
-            t.remove(n);
-        }
+        remove_where(t, is_hop_by_hop);
         self.owned.strip(t);
     }
 }
@@ -294,19 +302,12 @@ pub fn strip_underscore_spellings(h: &mut HeaderMap, request_id: &HeaderName) {
         &X_FORWARDED_HOST,
         request_id,
     ];
-    let found: Vec<HeaderName> = h
-        .keys()
-        .filter(|n| {
-            n.as_str().contains('_')
-                && set
-                    .iter()
-                    .any(|s| same_claim_name(n.as_str().as_bytes(), s.as_str().as_bytes()))
-        })
-        .cloned()
-        .collect();
-    for n in found {
-        h.remove(n);
-    }
+    remove_where(h, |n| {
+        n.as_str().contains('_')
+            && set
+                .iter()
+                .any(|s| same_claim_name(n.as_str().as_bytes(), s.as_str().as_bytes()))
+    });
 }
 
 /// Removes what a client sends that the proxy itself answers (Expect is
