@@ -205,18 +205,20 @@ async fn chunked_response_trailers_reach_an_http2_client() {
     assert_eq!(up.accepts(), 1);
 }
 
+/// `/gz` gets a body coded gzip, then chunked; anything else its target.
+fn gzip_chunked_then_echo(head: &str) -> Reply {
+    if target(head) == "/gz" {
+        Reply::bytes(
+            b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8bab\r\n3\r\ncde\r\n0\r\n\r\n",
+        )
+    } else {
+        echo_target(head)
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn gzip_then_chunked_is_decoded_as_chunked() {
-    let up = Scripted::start(|_, _, h| {
-        if target(h) == "/gz" {
-            Reply::bytes(
-                b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n4\r\n\x1f\x8bab\r\n3\r\ncde\r\n0\r\n\r\n",
-            )
-        } else {
-            echo_target(h)
-        }
-    })
-    .await;
+    let up = Scripted::start(|_, _, h| gzip_chunked_then_echo(h)).await;
     let (addr, p) = proxy(&up);
     let r = client()
         .get(format!("http://{addr}/gz"))
@@ -227,6 +229,22 @@ async fn gzip_then_chunked_is_decoded_as_chunked() {
     assert_eq!(&r.bytes().await.unwrap()[..], b"\x1f\x8babcde");
     assert_own_answer(addr, "/next", &p).await;
     assert_eq!(up.accepts(), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "today the chunked coding is decoded and the gzip coding under it is passed on as if the body had none: the client gets `Transfer-Encoding: chunked` and gzip bytes it cannot know to decode"]
+async fn a_transfer_coding_left_undecoded_is_not_passed_on_as_identity() {
+    // Transfer codings are hop-by-hop: a proxy that does not decode gzip
+    // either keeps it in the Transfer-Encoding it sends (HTTP/1.1 client)
+    // or refuses the response.
+    let up = Scripted::start(|_, _, h| gzip_chunked_then_echo(h)).await;
+    let (addr, _p) = proxy(&up);
+    let raw = raw_get(addr, "/gz", "");
+    let head = raw.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
+    assert!(
+        parse_status(&head) == Some(502) || head.contains("transfer-encoding: gzip, chunked"),
+        "{raw:?}"
+    );
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
