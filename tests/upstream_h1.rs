@@ -148,7 +148,7 @@ async fn a_chunked_response_with_trailers_is_decoded_and_never_desyncs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "today the upstream connection is dropped after any response that ends with a trailer section (for HTTP/1.1 and HTTP/2 clients alike): the body's completion does not count the trailers frame as its end"]
+#[ignore = "today the upstream connection is not reused after a response that ends with a trailer section (with HTTP/1.1 and HTTP/2 clients alike)"]
 async fn the_connection_is_reused_after_a_response_with_trailers() {
     let up = Scripted::start(|_, _, h| chunked_then_echo(h)).await;
     let (addr, p) = proxy(&up);
