@@ -148,7 +148,6 @@ async fn a_chunked_response_with_trailers_is_decoded_and_never_desyncs() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "today the upstream connection is not reused after a response that ends with a trailer section (with HTTP/1.1 and HTTP/2 clients alike)"]
 async fn the_connection_is_reused_after_a_response_with_trailers() {
     let up = Scripted::start(|_, _, h| chunked_then_echo(h)).await;
     let (addr, p) = proxy(&up);
@@ -217,7 +216,9 @@ fn gzip_chunked_then_echo(head: &str) -> Reply {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn gzip_then_chunked_is_decoded_as_chunked() {
+async fn a_transfer_coding_portico_does_not_decode_gets_502_and_a_new_connection() {
+    // `gzip, chunked`: portico decodes only chunked; passing the body on
+    // would hand the client gzip bytes as if they had no coding.
     let up = Scripted::start(|_, _, h| gzip_chunked_then_echo(h)).await;
     let (addr, p) = proxy(&up);
     let r = client()
@@ -225,14 +226,12 @@ async fn gzip_then_chunked_is_decoded_as_chunked() {
         .send()
         .await
         .unwrap();
-    assert_eq!(r.status(), 200);
-    assert_eq!(&r.bytes().await.unwrap()[..], b"\x1f\x8babcde");
+    assert_eq!(r.status(), 502);
     assert_own_answer(addr, "/next", &p).await;
-    assert_eq!(up.accepts(), 1);
+    assert_eq!(up.accepts(), 2);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "today the chunked coding is decoded and the gzip coding under it is passed on as if the body had none: the client gets `Transfer-Encoding: chunked` and gzip bytes it cannot know to decode"]
 async fn a_transfer_coding_left_undecoded_is_not_passed_on_as_identity() {
     // Transfer codings are hop-by-hop: a proxy that does not decode gzip
     // either keeps it in the Transfer-Encoding it sends (HTTP/1.1 client)
@@ -242,7 +241,7 @@ async fn a_transfer_coding_left_undecoded_is_not_passed_on_as_identity() {
     let raw = raw_get(addr, "/gz", "");
     let head = raw.split("\r\n\r\n").next().unwrap().to_ascii_lowercase();
     assert!(
-        parse_status(&head) == Some(502) || head.contains("transfer-encoding: gzip, chunked"),
+        parse_status(&raw) == Some(502) || head.contains("transfer-encoding: gzip, chunked"),
         "{raw:?}"
     );
 }
@@ -477,9 +476,13 @@ fn chunked_and_length(len: usize) -> &'static str {
     )
 }
 
+fn find(hay: &[u8], needle: &[u8]) -> Option<usize> {
+    hay.windows(needle.len()).position(|w| w == needle)
+}
+
 /// GETs each of `paths` in turn on one keep-alive connection, each
-/// request written once the previous answer (head and Content-Length
-/// body) was read: the answers, as many as came before portico closed.
+/// request written once the previous answer (head and Content-Length or
+/// chunked body) was read: the answers, as many as came before portico closed.
 async fn on_one_connection(addr: SocketAddr, paths: &[&str]) -> Vec<String> {
     use support::raw::{content_length, fill, read_head};
     let mut s = tokio::net::TcpStream::connect(addr).await.unwrap();
@@ -494,9 +497,22 @@ async fn on_one_connection(addr: SocketAddr, paths: &[&str]) -> Vec<String> {
         let Some(end) = read.await.expect("no answer") else {
             break;
         };
-        let len = content_length(&String::from_utf8_lossy(&buf[..end]));
-        while buf.len() < end + len && fill(&mut s, &mut buf).await {}
-        let n = (end + len).min(buf.len());
+        let head = String::from_utf8_lossy(&buf[..end]).to_ascii_lowercase();
+        let n = if head.contains("transfer-encoding: chunked") {
+            // Up to the last chunk (none of these bodies has trailers).
+            loop {
+                if let Some(i) = find(&buf[end..], b"0\r\n\r\n") {
+                    break end + i + 5;
+                }
+                if !fill(&mut s, &mut buf).await {
+                    break buf.len();
+                }
+            }
+        } else {
+            let len = content_length(&head);
+            while buf.len() < end + len && fill(&mut s, &mut buf).await {}
+            (end + len).min(buf.len())
+        };
         answers.push(String::from_utf8_lossy(&buf[..n]).into_owned());
         buf.drain(..n);
     }
@@ -524,7 +540,6 @@ async fn chunked_with_content_length_never_desyncs_either_side() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "today's client decodes the chunks but passes the upstream's Content-Length on: with Content-Length 6 the client gets 5 bytes and a close, with 3 it gets \"hel\" as a complete answer; the upstream connection is reused after it"]
 async fn chunked_with_content_length_is_framed_by_chunks_and_not_reused() {
     // RFC 9112 §6.3: Transfer-Encoding overrides Content-Length, and an
     // intermediary removes the Content-Length before forwarding; §6.1: the
@@ -693,7 +708,6 @@ async fn an_early_answer_before_the_body_is_read_is_a_whole_answer() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "today's client mostly answers 502: the body write that fails once the upstream closed ends the exchange before the 413 it already sent is read"]
 async fn an_early_413_before_the_body_is_read_reaches_the_client() {
     let up = early_413_upstream().await;
     let (addr, p) = proxy(&up);
@@ -723,7 +737,6 @@ async fn a_response_head_of_a_mebibyte_gets_502() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "today's client takes response heads up to hyper's read buffer limit (about 400 KiB): a 70 KiB head is passed on with 200"]
 async fn a_response_head_over_64_kib_gets_502() {
     let (up, addr, p) = bad_then_good(big_head(70)).await;
     let (status, _) = get(addr, "/bad").await;

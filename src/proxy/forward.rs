@@ -249,7 +249,7 @@ impl Attempts<'_> {
         headers::strip_hop_by_hop(&mut rp.headers);
         rp.version = Version::HTTP_11;
         let mut body = match body {
-            ResponseBody::H1(b) => ProxyBody::boxed(http_body_util::BodyExt::boxed(b)),
+            ResponseBody::H1(b) => ProxyBody::boxed(b),
             ResponseBody::H2(b) => ProxyBody::upstream(b),
         };
         body.read_timeout(self.pool.definition.read_timeout.0);

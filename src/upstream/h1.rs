@@ -12,14 +12,20 @@
 //! - the request goes out as `HTTP/1.1`, its headers as given
 //!   (`Transfer-Encoding` excepted: the framing is the client's own): an
 //!   empty body is sent without framing headers, a body of known length
-//!   with its `Content-Length`, any other body chunked; request trailers
-//!   are not sent (`Trailer` is hop-by-hop, so no field was announced);
+//!   with its `Content-Length`, any other body chunked, except that a GET,
+//!   HEAD or CONNECT whose length is unknown goes without its body (as
+//!   hyper's client sends it); the head and a body already received go
+//!   out in one write, and a body that fails before anything was written
+//!   sends nothing; request trailers are not sent (`Trailer` is
+//!   hop-by-hop, so no field was announced);
 //! - a response is read by RFC 9112 §6.3: no body for HEAD, 1xx, 204 and
-//!   304; else chunked when chunked is the last transfer coding, read to
-//!   the close for other transfer codings or when no length is given, else
-//!   exactly `Content-Length` bytes (every value equal, or the response is
-//!   invalid); interim 1xx answers other than 101 are skipped; 101 is an
-//!   answer only to a request that asked to upgrade;
+//!   304; else chunked when `Transfer-Encoding` is present (any coding but
+//!   chunked alone makes the response invalid, since it could reach the
+//!   client only as if the body had none; a `Content-Length` beside it is
+//!   removed), else exactly `Content-Length` bytes (every value equal, or
+//!   the response is invalid), else up to the close; interim 1xx answers
+//!   other than 101 are skipped; 101 is an answer only to a request that
+//!   asked to upgrade;
 //! - a connection is reused only when the exchange is complete both ways
 //!   (request body sent to its end, response read to its end with no byte
 //!   beyond it), the response was HTTP/1.1 without `Connection: close`, and
@@ -30,7 +36,6 @@
 //!   [`MAX_HEADERS`] fields, a chunk-size line or the trailer section at
 //!   most [`MAX_LINE`] bytes: beyond, the response is invalid.
 
-use super::server::UpstreamServer;
 use crate::body::{BoxError, RequestBody};
 use crate::tls::ClientIo;
 use bytes::{Buf, Bytes, BytesMut};
@@ -44,9 +49,9 @@ use std::sync::Arc;
 use std::task::{Context, Poll};
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 
-/// The largest response head read (hyper's default, so that what passed
-/// before still passes).
-pub const MAX_HEAD: usize = 8192 + 4096 * 100;
+/// The largest response head read (NGINX's default is 4 or 8 KiB,
+/// HAProxy's 16 KiB).
+pub const MAX_HEAD: usize = 64 * 1024;
 /// The most header fields in a response head.
 pub const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line, and trailer section.
@@ -97,6 +102,12 @@ fn closed() -> io::Error {
     )
 }
 
+/// Where a connection goes back once its exchange is complete (its
+/// server's idle stack).
+pub trait Home: Send + Sync {
+    fn put_idle(&self, conn: H1Conn);
+}
+
 /// An idle HTTP/1.1 connection to one server.
 pub struct H1Conn {
     io: ClientIo,
@@ -128,7 +139,10 @@ impl H1Conn {
         let mut cx = Context::from_waker(std::task::Waker::noop());
         let mut probe = [0u8; 1];
         let mut buf = ReadBuf::new(&mut probe);
-        matches!(Pin::new(&mut self.io).poll_read(&mut cx, &mut buf), Poll::Pending)
+        matches!(
+            Pin::new(&mut self.io).poll_read(&mut cx, &mut buf),
+            Poll::Pending
+        )
     }
 
     /// Sends `req` and reads the response head; `home`: where the
@@ -136,7 +150,7 @@ impl H1Conn {
     pub async fn send(
         mut self,
         req: Request<RequestBody>,
-        home: &Arc<UpstreamServer>,
+        home: Arc<dyn Home>,
     ) -> Result<Answer, H1Error> {
         let (parts, body) = req.into_parts();
         let upgrade = asks_upgrade(&parts.headers);
@@ -151,7 +165,7 @@ impl H1Conn {
             out,
             decoder: framing.decoder,
             reusable: framing.reusable,
-            home: Some(home.clone()),
+            home,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
             if !upgrade {
@@ -162,7 +176,10 @@ impl H1Conn {
                 io: live.conn.io,
             };
             let (parts, ()) = response.into_parts();
-            let body = H1Body { live: None };
+            let body = H1Body {
+                live: None,
+                failed: None,
+            };
             return Ok(Answer {
                 response: Response::from_parts(parts, body),
                 upgraded: Some(upgraded),
@@ -171,9 +188,15 @@ impl H1Conn {
         let (parts, ()) = response.into_parts();
         let body = if live.decoder.is_done() {
             live.release();
-            H1Body { live: None }
+            H1Body {
+                live: None,
+                failed: None,
+            }
         } else {
-            H1Body { live: Some(live) }
+            H1Body {
+                live: Some(live),
+                failed: None,
+            }
         };
         Ok(Answer {
             response: Response::from_parts(parts, body),
@@ -230,7 +253,11 @@ fn asks_upgrade(h: &HeaderMap) -> bool {
 }
 
 /// Reads into `buf`, growing it when it has little room left.
-fn read_more(cx: &mut Context<'_>, io: &mut ClientIo, buf: &mut BytesMut) -> Poll<io::Result<usize>> {
+fn read_more(
+    cx: &mut Context<'_>,
+    io: &mut ClientIo,
+    buf: &mut BytesMut,
+) -> Poll<io::Result<usize>> {
     if buf.capacity() - buf.len() < READ_RESERVE / 2 {
         buf.reserve(READ_RESERVE);
     }
@@ -254,7 +281,9 @@ fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<Head>, H
     let from = scanned.saturating_sub(3);
     *scanned = buf.len();
     let rest = &buf[from..];
-    if memchr::memmem::find(rest, b"\n\r\n").is_none() && memchr::memmem::find(rest, b"\n\n").is_none() {
+    if memchr::memmem::find(rest, b"\n\r\n").is_none()
+        && memchr::memmem::find(rest, b"\n\n").is_none()
+    {
         return Ok(None);
     }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
@@ -306,6 +335,11 @@ impl Head {
             headers.append(name, value);
         }
         let framing = framing(status, &headers, head_only, self.minor)?;
+        if headers.contains_key(TRANSFER_ENCODING) {
+            // The chunks frame the body; a length beside them is not the
+            // client's to see (RFC 9112 §6.3).
+            headers.remove(CONTENT_LENGTH);
+        }
         let mut response = Response::new(());
         *response.status_mut() = status;
         *response.headers_mut() = headers;
@@ -338,29 +372,34 @@ fn framing(
     }
     let lengths = h.get_all(CONTENT_LENGTH);
     if h.contains_key(TRANSFER_ENCODING) {
-        let last = h
+        let mut codings = h
             .get_all(TRANSFER_ENCODING)
             .iter()
             .flat_map(|v| v.as_bytes().split(|&b| b == b','))
             .map(<[u8]>::trim_ascii)
-            .rfind(|t| !t.is_empty());
-        let chunked = last.is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            .filter(|t| !t.is_empty());
+        // Only chunked is decoded: a body under another transfer coding
+        // could reach the client only as if it had none.
+        let chunked = codings
+            .next()
+            .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"))
+            && codings.next().is_none();
+        if !chunked {
+            return invalid("a transfer coding other than chunked");
+        }
         // A length beside a transfer coding is a message a different
-        // reader could frame differently: read it, then close.
+        // reader could frame differently: read it by its chunks, then close.
         let alone = lengths.iter().next().is_none();
         return Ok(Framing {
-            decoder: if chunked {
-                Decoder::Chunked(Chunk::Size)
-            } else {
-                Decoder::Eof
-            },
-            reusable: chunked && alone && !close,
+            decoder: Decoder::Chunked(Chunk::Size),
+            reusable: alone && !close,
         });
     }
     let mut length = None;
     for v in lengths {
         for t in v.as_bytes().split(|&b| b == b',') {
-            let n = parse_length(t.trim_ascii()).ok_or(H1Error::Invalid("invalid Content-Length"))?;
+            let n =
+                parse_length(t.trim_ascii()).ok_or(H1Error::Invalid("invalid Content-Length"))?;
             if length.is_some_and(|l| l != n) {
                 return invalid("conflicting Content-Length values");
             }
@@ -369,7 +408,11 @@ fn framing(
     }
     Ok(match length {
         Some(n) => Framing {
-            decoder: if n == 0 { Decoder::Done } else { Decoder::Length(n) },
+            decoder: if n == 0 {
+                Decoder::Done
+            } else {
+                Decoder::Length(n)
+            },
             reusable: !close,
         },
         None => Framing {
@@ -383,8 +426,9 @@ fn parse_length(t: &[u8]) -> Option<u64> {
     if t.is_empty() || t.len() > 19 || !t.iter().all(u8::is_ascii_digit) {
         return None;
     }
-    t.iter()
-        .try_fold(0u64, |n, &d| n.checked_mul(10)?.checked_add(u64::from(d - b'0')))
+    t.iter().try_fold(0u64, |n, &d| {
+        n.checked_mul(10)?.checked_add(u64::from(d - b'0'))
+    })
 }
 
 /// Why sending the request stopped.
@@ -440,9 +484,16 @@ impl Outgoing {
             pre.extend_from_slice(value.as_bytes());
             pre.extend_from_slice(b"\r\n");
         }
-        let empty = body.is_end_stream();
+        // A GET, HEAD or CONNECT whose body's end is not known yet (an
+        // HTTP/2 or HTTP/3 request whose HEADERS did not end the stream) is
+        // sent without one, as hyper's client does: a chunked GET is not
+        // what an upstream expects, and a client cancelling it must not
+        // read as a failed upload.
+        let bodiless = matches!(parts.method, Method::GET | Method::HEAD | Method::CONNECT);
         let declared = declared_length(&parts.headers);
-        let framing = match (empty, declared, body.size_hint().exact()) {
+        let exact = body.size_hint().exact();
+        let empty = body.is_end_stream() || (bodiless && exact.is_none() && declared.is_none());
+        let framing = match (empty, declared, exact) {
             (true, _, _) => ReqFraming::Length(0),
             (false, Some(n), _) => ReqFraming::Length(n),
             (false, None, Some(n)) => {
@@ -500,10 +551,17 @@ impl Outgoing {
     /// written, so that the head and a body already in go out in one
     /// write, and a body that fails at once (a malformed chunked upload)
     /// sends nothing upstream.
-    fn poll_write_all(&mut self, cx: &mut Context<'_>, io: &mut ClientIo) -> Poll<Result<(), Sent>> {
+    fn poll_write_all(
+        &mut self,
+        cx: &mut Context<'_>,
+        io: &mut ClientIo,
+    ) -> Poll<Result<(), Sent>> {
         let mut body_waits = false;
         loop {
-            if let (Some(body), true) = (self.body.as_mut(), self.data.is_empty() && self.post.is_empty()) {
+            if let (Some(body), true) = (
+                self.body.as_mut(),
+                self.data.is_empty() && self.post.is_empty(),
+            ) {
                 if !body_waits {
                     match Pin::new(&mut *body).poll_frame(cx) {
                         Poll::Ready(Some(Ok(frame))) => {
@@ -562,7 +620,9 @@ impl Outgoing {
             ReqFraming::Length(left) => {
                 let n = data.len() as u64;
                 if n > *left {
-                    return Err(Sent::Body("request body longer than its Content-Length".into()));
+                    return Err(Sent::Body(
+                        "request body longer than its Content-Length".into(),
+                    ));
                 }
                 *left -= n;
             }
@@ -585,7 +645,9 @@ impl Outgoing {
         self.body = None;
         match self.framing {
             ReqFraming::Length(0) => Ok(()),
-            ReqFraming::Length(_) => Err(Sent::Body("request body shorter than its Content-Length".into())),
+            ReqFraming::Length(_) => Err(Sent::Body(
+                "request body shorter than its Content-Length".into(),
+            )),
             ReqFraming::Chunked => {
                 self.post = if self.post.is_empty() {
                     b"0\r\n\r\n"
@@ -612,7 +674,9 @@ impl Outgoing {
 fn declared_length(h: &HeaderMap) -> Option<u64> {
     let mut values = h.get_all(CONTENT_LENGTH).iter();
     let n = parse_length(values.next()?.as_bytes())?;
-    values.all(|v| parse_length(v.as_bytes()) == Some(n)).then_some(n)
+    values
+        .all(|v| parse_length(v.as_bytes()) == Some(n))
+        .then_some(n)
 }
 
 /// Where a chunked body's reader is.
@@ -657,7 +721,7 @@ struct Live {
     out: Outgoing,
     decoder: Decoder,
     reusable: bool,
-    home: Option<Arc<UpstreamServer>>,
+    home: Arc<dyn Home>,
 }
 
 impl Live {
@@ -667,13 +731,11 @@ impl Live {
         if !self.reusable || !self.out.done || !self.conn.rbuf.is_empty() {
             return;
         }
-        if let Some(home) = self.home {
-            home.put_idle(H1Conn {
-                io: self.conn.io,
-                rbuf: self.conn.rbuf,
-                wbuf: self.out.pre,
-            });
-        }
+        self.home.put_idle(H1Conn {
+            io: self.conn.io,
+            rbuf: self.conn.rbuf,
+            wbuf: self.out.pre,
+        });
     }
 
     fn poll_frame(&mut self, cx: &mut Context<'_>) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
@@ -684,7 +746,9 @@ impl Live {
         loop {
             match self.decoder {
                 Decoder::Done => return Poll::Ready(None),
-                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left)) if !self.conn.rbuf.is_empty() => {
+                Decoder::Length(left) | Decoder::Chunked(Chunk::Data(left))
+                    if !self.conn.rbuf.is_empty() =>
+                {
                     let n = left.min(self.conn.rbuf.len() as u64);
                     let data = self.conn.rbuf.split_to(n as usize).freeze();
                     self.decoder = match (&self.decoder, left - n) {
@@ -820,6 +884,8 @@ fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, BoxError> {
 /// allows reuse), and closes if the body is dropped before.
 pub struct H1Body {
     live: Option<Live>,
+    /// A failure held back for one poll (see `poll_frame`).
+    failed: Option<BoxError>,
 }
 
 impl http_body::Body for H1Body {
@@ -831,12 +897,25 @@ impl http_body::Body for H1Body {
         cx: &mut Context<'_>,
     ) -> Poll<Option<Result<Frame<Bytes>, BoxError>>> {
         let this = self.get_mut();
+        if let Some(e) = this.failed.take() {
+            return Poll::Ready(Some(Err(e)));
+        }
         let Some(live) = this.live.as_mut() else {
             return Poll::Ready(None);
         };
         let polled = live.poll_frame(cx);
-        match &polled {
-            Poll::Ready(Some(Err(_))) => this.live = None,
+        match polled {
+            Poll::Ready(Some(Err(e))) => {
+                // The connection closes now; the failure is reported on
+                // the next poll, so that what the client's side holds of
+                // the response (its head, the data before the failure)
+                // is flushed first, as it would be had the failure come
+                // later: a truncated answer, not none.
+                this.live = None;
+                this.failed = Some(e);
+                cx.waker().wake_by_ref();
+                return Poll::Pending;
+            }
             Poll::Ready(_) if live.decoder.is_done() => {
                 if let Some(live) = this.live.take() {
                     live.release();
@@ -848,7 +927,7 @@ impl http_body::Body for H1Body {
     }
 
     fn is_end_stream(&self) -> bool {
-        self.live.as_ref().is_none_or(|l| l.decoder.is_done())
+        self.failed.is_none() && self.live.as_ref().is_none_or(|l| l.decoder.is_done())
     }
 
     fn size_hint(&self) -> SizeHint {
@@ -940,10 +1019,22 @@ mod tests {
         assert!(matches!(f.decoder, Decoder::Length(5)) && f.reusable);
         let f = framed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\n\r\n", true).unwrap();
         assert!(f.decoder.is_done() && f.reusable);
-        let f = framed("HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n", false).unwrap();
+        let f = framed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: Chunked\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(matches!(f.decoder, Decoder::Chunked(Chunk::Size)) && f.reusable);
-        let f = framed("HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n", false).unwrap();
-        assert!(matches!(f.decoder, Decoder::Eof) && !f.reusable);
+        assert!(framed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n",
+            false
+        )
+        .is_err());
+        assert!(framed(
+            "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked, gzip\r\n\r\n",
+            false
+        )
+        .is_err());
         let f = framed(
             "HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\nContent-Length: 3\r\n\r\n",
             false,
@@ -954,12 +1045,23 @@ mod tests {
         assert!(matches!(f.decoder, Decoder::Eof) && !f.reusable);
         let f = framed("HTTP/1.0 200 OK\r\nContent-Length: 1\r\n\r\n", false).unwrap();
         assert!(!f.reusable);
-        let f = framed("HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close\r\nContent-Length: 1\r\n\r\n", false)
-            .unwrap();
+        let f = framed(
+            "HTTP/1.1 200 OK\r\nConnection: Keep-Alive, close\r\nContent-Length: 1\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(!f.reusable);
-        let f = framed("HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n", false).unwrap();
+        let f = framed(
+            "HTTP/1.1 304 Not Modified\r\nContent-Length: 9\r\n\r\n",
+            false,
+        )
+        .unwrap();
         assert!(f.decoder.is_done() && f.reusable);
-        assert!(framed("HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n", false).is_err());
+        assert!(framed(
+            "HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Length: 6\r\n\r\n",
+            false
+        )
+        .is_err());
         assert!(framed("HTTP/1.1 200 OK\r\nContent-Length: 5, 5\r\n\r\n", false).is_ok());
         assert!(framed("HTTP/1.1 200 OK\r\nContent-Length: abc\r\n\r\n", false).is_err());
     }
@@ -984,7 +1086,9 @@ mod tests {
     #[test]
     fn trailers() {
         assert!(parse_trailers(b"\r\n").unwrap().is_none());
-        let t = parse_trailers(b"Grpc-Status: 0\r\nX: y\r\n\r\n").unwrap().unwrap();
+        let t = parse_trailers(b"Grpc-Status: 0\r\nX: y\r\n\r\n")
+            .unwrap()
+            .unwrap();
         assert_eq!(t.get("grpc-status").unwrap(), "0");
         assert!(parse_trailers(b"bad header\r\n\r\n").is_err());
     }

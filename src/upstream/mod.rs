@@ -47,9 +47,9 @@ mod rounds;
 mod server;
 
 pub use balancer::Balancer;
+pub use h1::Upgraded;
 pub use health::ServerHealth;
 pub use members::{CurrentMembers, Members, NoServer};
-pub use h1::Upgraded;
 pub use pool::{Exchange, ResponseBody, SendFailure, UpstreamError, UpstreamPool};
 pub use resolve::Resolver;
 pub use retry::RetryBudget;

@@ -1,7 +1,7 @@
 //! The pool: servers, their keepalive connections, and sending a request
 //! (see the guarantees in [`crate::upstream`]).
 
-use super::h1::{H1Body, H1Conn, H1Error, Upgraded};
+use super::h1::{H1Conn, H1Error, Upgraded};
 use super::health::{ActiveChecks, ServerHealth};
 use super::members::{CurrentMembers, MemberBuild, Members, Names};
 use super::resolve::Resolver;
@@ -12,6 +12,9 @@ use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::observe::metrics::{Metrics, UpstreamOutcome};
 use crate::tls::{ClientIo, ClientTls, ConnectError};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
@@ -187,10 +190,11 @@ pub struct Exchange {
 }
 
 /// An upstream's response body: read from its HTTP/1.1 connection by
-/// portico's own client (which gives the connection back to the pool at
-/// its end), or from hyper's HTTP/2 client.
+/// portico's own client (an [`H1Body`](super::h1::H1Body), which gives the
+/// connection back to the pool at its end; boxed once, here, so that the
+/// response moves as a pointer), or from hyper's HTTP/2 client.
 pub enum ResponseBody {
-    H1(H1Body),
+    H1(BoxBody<Bytes, BoxError>),
     H2(Incoming),
 }
 
@@ -344,9 +348,9 @@ impl UpstreamPool {
                 },
             }
         };
-        match conn.send(req, server).await {
+        match conn.send(req, server.clone()).await {
             Ok(answer) => Ok(Exchange {
-                response: answer.response.map(ResponseBody::H1),
+                response: answer.response.map(|b| ResponseBody::H1(b.boxed())),
                 upgraded: answer.upgraded,
             }),
             Err(e) => Err(UpstreamError::from_h1(e, body_sent.as_ref()).into()),

@@ -7,7 +7,7 @@
 //! once [`UpstreamServer::retire`] ran (a DNS answer dropped the address),
 //! idle connections are closed and returned ones are closed too.
 
-use super::h1::H1Conn;
+use super::h1::{H1Conn, Home};
 use super::health::ServerHealth;
 use crate::body::RequestBody;
 use crate::observe::metrics::ServerMetrics;
@@ -115,20 +115,6 @@ impl UpstreamServer {
         None
     }
 
-    pub(super) fn put_idle(&self, conn: H1Conn) {
-        let Ok(mut idle) = self.idle.lock() else {
-            return;
-        };
-        // Checked under the lock, so that `retire` cannot miss it.
-        let room = self.max_idle == 0 || idle.len() < self.max_idle;
-        if room && !self.retired.load(Ordering::Relaxed) {
-            idle.push(IdleConn {
-                conn,
-                since: Instant::now(),
-            });
-        }
-    }
-
     /// Closes the connections idle longer than `idle_timeout` and those
     /// their server closed.
     pub(super) fn reap(&self, idle_timeout: Duration) {
@@ -161,6 +147,22 @@ impl UpstreamServer {
     pub(super) fn set_h2_sender(&self, s: http2::SendRequest<RequestBody>) {
         if let Ok(mut slot) = self.h2.lock() {
             *slot = Some(s);
+        }
+    }
+}
+
+impl Home for UpstreamServer {
+    fn put_idle(&self, conn: H1Conn) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        // Checked under the lock, so that `retire` cannot miss it.
+        let room = self.max_idle == 0 || idle.len() < self.max_idle;
+        if room && !self.retired.load(Ordering::Relaxed) {
+            idle.push(IdleConn {
+                conn,
+                since: Instant::now(),
+            });
         }
     }
 }
