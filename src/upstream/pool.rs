@@ -317,7 +317,9 @@ impl UpstreamPool {
     ) -> Result<Exchange, SendFailure> {
         match self.settings.protocol {
             UpstreamProtocol::Http1 => self.send_h1(server, req).await,
-            UpstreamProtocol::Http2 => self.send_h2(server, req).await,
+            // Boxed: hyper's HTTP/2 client's futures would make every
+            // request's future (HTTP/1.1 upstreams' too) kilobytes larger.
+            UpstreamProtocol::Http2 => Box::pin(self.send_h2(server, req)).await,
         }
     }
 
