@@ -785,3 +785,92 @@ async fn an_invalid_chunk_size_cuts_the_response_short() {
     assert_own_answer(addr, "/next", &p).await;
     assert_eq!(up.accepts(), 2);
 }
+
+/// portico in front of `up` with passive ejection on; the admin address
+/// is the process's.
+fn proxy_ejecting(up: &Scripted) -> (SocketAddr, Portico) {
+    let (addr, l) = listener_toml("web", "");
+    let p = Portico::start(&format!(
+        "{l}\n[[route]]\nname = \"r\"\nupstream = \"u\"\ntimeout = \"10s\"\n\
+         [upstream.u]\nservers = [\"{}\"]\npassive_eject = \"30s\"\n",
+        up.addr
+    ));
+    (addr, p)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_upstream_that_closes_on_an_upload_is_not_ejected_for_it() {
+    // The server reads the head of a large upload and closes without an
+    // answer (as servers do to uploads they refuse): the failed exchange
+    // is a 502, but not a server that is down. Counted as one, any client
+    // could take every server out of rotation with a few uploads.
+    let up = Scripted::start(|_, _, h| {
+        if h.starts_with("POST ") {
+            Reply {
+                steps: vec![Step::Close],
+                skip_body: true,
+            }
+        } else {
+            echo_target(h)
+        }
+    })
+    .await;
+    let (addr, p) = proxy_ejecting(&up);
+    let answer = slow_large_post(addr).await;
+    assert_eq!(parse_status(&answer), Some(502), "{answer}: {}", p.stderr());
+    let m = support::prom::scrape(p.admin).await;
+    let server = up.addr.to_string();
+    let labels = [("upstream", "u"), ("server", server.as_str())];
+    assert_eq!(
+        m.value_or_zero("portico_upstream_ejections_total", &labels),
+        0.0
+    );
+    assert_own_answer(addr, "/next", &p).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn many_idle_connections_closed_by_the_upstream_are_all_seen_closed() {
+    // 150 pooled connections, every one closed by the server while idle;
+    // a POST (not retry-safe) then must go on a new connection. Checking
+    // each idle connection for a close must not stop believing what it
+    // sees after a number of them (tokio's task budget).
+    const N: usize = 150;
+    let up = Scripted::start(|conn, _, h| {
+        if conn < N {
+            Reply {
+                steps: vec![
+                    Step::Sleep(Duration::from_millis(300)),
+                    Step::Write(ok(target(h)).into_bytes()),
+                    Step::Sleep(Duration::from_millis(100)),
+                    Step::Close,
+                ],
+                skip_body: false,
+            }
+        } else {
+            echo_target(h)
+        }
+    })
+    .await;
+    let (addr, p) = proxy(&up);
+    let c = client();
+    let gets = (0..N).map(|i| {
+        let c = c.clone();
+        async move {
+            let r = c.get(format!("http://{addr}/g{i}")).send().await.unwrap();
+            r.status().as_u16()
+        }
+    });
+    let statuses = futures_util::future::join_all(gets).await;
+    assert!(statuses.iter().all(|s| *s == 200), "{statuses:?}");
+    assert_eq!(up.accepts(), N);
+    // Every pooled connection is closed by now.
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = c
+        .post(format!("http://{addr}/post"))
+        .body("once")
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), 200, "{}", p.stderr());
+    assert_eq!(r.text().await.unwrap(), "/post");
+}

@@ -32,6 +32,15 @@
 //!   its framing was sound (no read-to-close, no length beside a transfer
 //!   coding); anything else closes it, so a response can never be read as
 //!   the next one's;
+//! - a connection that fails or closes before a response head while the
+//!   request is still being written, or before any byte of an answer on a
+//!   reused connection, is [`H1Error::Closed`], not [`H1Error::Io`]: a
+//!   server refusing an upload early, or closing an idle connection as the
+//!   request came, is not a server that is down;
+//! - once the response head is in, the rest of an upload is written as the
+//!   response body is read (a client that reads no response while it
+//!   uploads, to a server that answers before reading the upload, waits
+//!   for the timeouts);
 //! - a response head is at most [`MAX_HEAD`] bytes and
 //!   [`MAX_HEADERS`] fields, a chunk-size line or the trailer section at
 //!   most [`MAX_LINE`] bytes: beyond, the response is invalid.
@@ -57,14 +66,24 @@ pub const MAX_HEADERS: usize = 100;
 /// The longest chunk-size line, and trailer section.
 pub const MAX_LINE: usize = 16 * 1024;
 
-/// How much room a read asks for at least.
+/// How much room a read asks for at first.
 const READ_RESERVE: usize = 8 * 1024;
+/// How much room a body's reads grow to ask for, as long as each fills
+/// what it had (a large download in fewer reads).
+const MAX_READ: usize = 64 * 1024;
 
 /// Why an exchange failed before a response head.
 #[derive(Debug)]
 pub enum H1Error {
-    /// The connection failed (a write or a read) or closed before the head.
+    /// The connection failed (a write or a read) or closed before the head,
+    /// after the whole request was written.
     Io(io::Error),
+    /// The connection failed or closed while the request was still being
+    /// written (a server that answers an upload early, or refuses it, may
+    /// close without reading it), or before any byte of an answer on a
+    /// reused connection (the server closed it as the request came): not,
+    /// by itself, a server that is down.
+    Closed(io::Error),
     /// The upstream's bytes are not an HTTP/1.x response.
     Invalid(&'static str),
     /// The request body failed (the client's stream, or portico's limits).
@@ -75,6 +94,9 @@ impl std::fmt::Display for H1Error {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         match self {
             H1Error::Io(e) => write!(f, "{e}"),
+            H1Error::Closed(e) => {
+                write!(f, "{e} (request not fully written, or a reused connection)")
+            }
             H1Error::Invalid(why) => f.write_str(why),
             H1Error::ClientBody(e) => write!(f, "request body: {e}"),
         }
@@ -84,7 +106,7 @@ impl std::fmt::Display for H1Error {
 impl std::error::Error for H1Error {
     fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
         match self {
-            H1Error::Io(e) => Some(e),
+            H1Error::Io(e) | H1Error::Closed(e) => Some(e),
             H1Error::Invalid(_) => None,
             H1Error::ClientBody(e) => Some(&**e),
         }
@@ -111,6 +133,8 @@ pub trait Home: Send + Sync {
 /// An idle HTTP/1.1 connection to one server.
 pub struct H1Conn {
     io: ClientIo,
+    /// Whether an exchange already ran on the connection.
+    reused: bool,
     /// Bytes read and not consumed yet.
     rbuf: BytesMut,
     /// The request head being written (its allocation reused).
@@ -127,6 +151,7 @@ impl H1Conn {
     pub fn new(io: ClientIo) -> H1Conn {
         H1Conn {
             io,
+            reused: false,
             rbuf: BytesMut::new(),
             wbuf: Vec::new(),
         }
@@ -135,14 +160,18 @@ impl H1Conn {
     /// Whether the idle connection may carry a request: the server has not
     /// closed it and sent nothing unasked. Never waits (and no syscall
     /// unless the socket became readable since the last read).
+    ///
+    /// Polled outside tokio's task budget: with the budget spent, a read
+    /// says Pending whatever the socket holds, and a closed connection
+    /// would pass for a live one.
     pub fn alive(&mut self) -> bool {
-        let mut cx = Context::from_waker(std::task::Waker::noop());
-        let mut probe = [0u8; 1];
-        let mut buf = ReadBuf::new(&mut probe);
-        matches!(
-            Pin::new(&mut self.io).poll_read(&mut cx, &mut buf),
-            Poll::Pending
-        )
+        let io = &mut self.io;
+        let probe = tokio::task::unconstrained(poll_fn(|cx| {
+            let mut byte = [0u8; 1];
+            let mut buf = ReadBuf::new(&mut byte);
+            Pin::new(&mut *io).poll_read(cx, &mut buf)
+        }));
+        futures_util::FutureExt::now_or_never(probe).is_none()
     }
 
     /// Sends `req` and reads the response head; `home`: where the
@@ -157,8 +186,8 @@ impl H1Conn {
         let head_only = parts.method == Method::HEAD;
         let mut out = Outgoing::start(&parts, body, &mut self.wbuf);
         drop(parts);
-        let mut skip = 0;
-        let head = poll_fn(|cx| self.poll_head(cx, &mut out, &mut skip)).await?;
+        let mut scan = Scan::default();
+        let head = poll_fn(|cx| self.poll_head(cx, &mut out, &mut scan)).await?;
         let (response, framing) = head.into_response(head_only)?;
         let mut live = Live {
             conn: self,
@@ -166,10 +195,13 @@ impl H1Conn {
             decoder: framing.decoder,
             reusable: framing.reusable,
             home,
+            read_size: READ_RESERVE,
         };
         if response.status() == StatusCode::SWITCHING_PROTOCOLS {
-            if !upgrade {
-                return invalid("101 to a request that did not ask to upgrade");
+            if !upgrade || !live.out.done {
+                return invalid(
+                    "101 to a request that did not ask to upgrade, or before it was sent",
+                );
             }
             let upgraded = Upgraded {
                 pre: live.conn.rbuf.split().freeze(),
@@ -210,37 +242,55 @@ impl H1Conn {
         &mut self,
         cx: &mut Context<'_>,
         out: &mut Outgoing,
-        scanned: &mut usize,
+        scan: &mut Scan,
     ) -> Poll<Result<Head, H1Error>> {
         loop {
-            // A server may answer before it read the whole request (and may
-            // stop reading it): a write failure waits for that answer.
-            match out.poll_send(cx, &mut self.io) {
-                Poll::Ready(Err(Sent::Body(e))) => return Poll::Ready(Err(H1Error::ClientBody(e))),
-                Poll::Ready(Err(Sent::Io(_))) | Poll::Ready(Ok(())) | Poll::Pending => {}
-            }
-            if let Some(head) = parse_head(&mut self.rbuf, scanned)? {
+            // An answer already in comes first (an early 401 to an upload
+            // the client then fails is still the answer).
+            if let Some(head) = parse_head(&mut self.rbuf, &mut scan.scanned)? {
                 if head.status == 100 || (head.status > 101 && head.status < 200) {
-                    *scanned = 0;
                     continue;
                 }
                 return Poll::Ready(Ok(head));
             }
+            // A server may answer before it read the whole request (and may
+            // stop reading it): a write failure waits for that answer.
+            if let Poll::Ready(Err(Sent::Body(e))) = out.poll_send(cx, &mut self.io) {
+                return Poll::Ready(Err(H1Error::ClientBody(e)));
+            }
             if self.rbuf.len() >= MAX_HEAD {
                 return Poll::Ready(invalid("response head too large"));
             }
-            match std::task::ready!(read_more(cx, &mut self.io, &mut self.rbuf)) {
-                Ok(0) => {
-                    return Poll::Ready(Err(match out.write_error.take() {
-                        Some(e) => H1Error::Io(e),
-                        None => H1Error::Io(closed()),
-                    }))
+            let failed = match std::task::ready!(read_more(
+                cx,
+                &mut self.io,
+                &mut self.rbuf,
+                READ_RESERVE
+            )) {
+                Ok(0) => out.write_error.take().unwrap_or_else(closed),
+                Ok(_) => {
+                    scan.answered = true;
+                    continue;
                 }
-                Ok(_) => {}
-                Err(e) => return Poll::Ready(Err(H1Error::Io(e))),
-            }
+                Err(e) => e,
+            };
+            let server_s = out.done && out.write_error.is_none() && (scan.answered || !self.reused);
+            return Poll::Ready(Err(if server_s {
+                H1Error::Io(failed)
+            } else {
+                H1Error::Closed(failed)
+            }));
         }
     }
+}
+
+/// How far the reading of a response head got.
+#[derive(Default)]
+struct Scan {
+    /// How much of the buffer was searched for a head's end.
+    scanned: usize,
+    /// Whether the server sent any byte of an answer.
+    answered: bool,
 }
 
 /// Whether the request asks to upgrade (`Connection: upgrade`).
@@ -252,14 +302,16 @@ fn asks_upgrade(h: &HeaderMap) -> bool {
     })
 }
 
-/// Reads into `buf`, growing it when it has little room left.
+/// Reads into `buf`, with room for `want` bytes when it has less than
+/// half of that left.
 fn read_more(
     cx: &mut Context<'_>,
     io: &mut ClientIo,
     buf: &mut BytesMut,
+    want: usize,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < READ_RESERVE / 2 {
-        buf.reserve(READ_RESERVE);
+    if buf.capacity() - buf.len() < want / 2 {
+        buf.reserve(want);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
@@ -494,6 +546,13 @@ impl Outgoing {
         let exact = body.size_hint().exact();
         let empty = body.is_end_stream() || (bodiless && exact.is_none() && declared.is_none());
         let framing = match (empty, declared, exact) {
+            (true, None, _)
+                if matches!(parts.method, Method::POST | Method::PUT | Method::PATCH) =>
+            {
+                // RFC 9110 §8.6: a method that expects content says it has none.
+                pre.extend_from_slice(b"content-length: 0\r\n");
+                ReqFraming::Length(0)
+            }
             (true, _, _) => ReqFraming::Length(0),
             (false, Some(n), _) => ReqFraming::Length(n),
             (false, None, Some(n)) => {
@@ -601,7 +660,10 @@ impl Outgoing {
                 std::task::ready!(Pin::new(&mut *io).poll_flush(cx)).map_err(Sent::Io)?;
                 self.unflushed = false;
             }
-            if self.body.is_none() {
+            // Every declared byte is out: the request is whole even if the
+            // body's end (an HTTP/2 END_STREAM in a frame of its own) is
+            // still to come.
+            if self.body.is_none() || matches!(self.framing, ReqFraming::Length(0)) {
                 return Poll::Ready(Ok(()));
             }
             if body_waits {
@@ -722,6 +784,8 @@ struct Live {
     decoder: Decoder,
     reusable: bool,
     home: Arc<dyn Home>,
+    /// What the next read of the body asks room for.
+    read_size: usize,
 }
 
 impl Live {
@@ -733,6 +797,7 @@ impl Live {
         }
         self.home.put_idle(H1Conn {
             io: self.conn.io,
+            reused: true,
             rbuf: self.conn.rbuf,
             wbuf: self.out.pre,
         });
@@ -773,13 +838,18 @@ impl Live {
                 }
                 _ => {}
             }
-            match std::task::ready!(read_more(cx, &mut self.conn.io, &mut self.conn.rbuf)) {
+            let want = self.read_size;
+            match std::task::ready!(read_more(cx, &mut self.conn.io, &mut self.conn.rbuf, want)) {
                 Ok(0) if matches!(self.decoder, Decoder::Eof) => {
                     self.decoder = Decoder::Done;
                     return Poll::Ready(None);
                 }
                 Ok(0) => return Poll::Ready(Some(Err(Box::new(closed())))),
-                Ok(_) => {}
+                Ok(n) => {
+                    if n >= want && want < MAX_READ {
+                        self.read_size = want * 2;
+                    }
+                }
                 Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),
             }
         }
@@ -819,19 +889,13 @@ impl Live {
                 Ok(Step::Moved)
             }
             Chunk::Trailers => {
-                let end = if buf.starts_with(b"\r\n") {
-                    Some(2)
-                } else {
-                    memchr::memmem::find(buf, b"\r\n\r\n").map(|i| i + 4)
-                };
-                let Some(end) = end else {
+                let Some((end, trailers)) = parse_trailers(buf)? else {
                     return if buf.len() > MAX_LINE {
                         Err("trailer section too long".into())
                     } else {
                         Ok(Step::More)
                     };
                 };
-                let trailers = parse_trailers(&buf[..end])?;
                 buf.advance(end);
                 self.decoder = Decoder::Done;
                 Ok(trailers.map_or(Step::Moved, Step::Trailers))
@@ -858,16 +922,19 @@ fn parse_chunk_size(line: &[u8]) -> Result<u64, BoxError> {
     Ok(u64::from_str_radix(hex, 16)?)
 }
 
-/// The trailer section (its final CRLF included) as fields; `None` when
-/// it is empty.
-fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, BoxError> {
-    if section == b"\r\n" {
-        return Ok(None);
+/// The trailer section at the front of `buf`: its length (its final CRLF
+/// included) and its fields (`None` when it has none); `None` while it is
+/// not whole.
+#[allow(clippy::type_complexity)]
+fn parse_trailers(buf: &[u8]) -> Result<Option<(usize, Option<HeaderMap>)>, BoxError> {
+    if buf.starts_with(b"\r\n") {
+        return Ok(Some((2, None)));
     }
     let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let fields = match httparse::parse_headers(section, &mut slots) {
-        Ok(httparse::Status::Complete((_, fields))) => fields,
-        _ => return Err("invalid trailer section".into()),
+    let (end, fields) = match httparse::parse_headers(buf, &mut slots) {
+        Ok(httparse::Status::Complete(done)) => done,
+        Ok(httparse::Status::Partial) => return Ok(None),
+        Err(_) => return Err("invalid trailer section".into()),
     };
     let mut map = HeaderMap::with_capacity(fields.len());
     for f in fields {
@@ -876,7 +943,7 @@ fn parse_trailers(section: &[u8]) -> Result<Option<HeaderMap>, BoxError> {
             HeaderValue::from_bytes(f.value)?,
         );
     }
-    Ok(Some(map))
+    Ok(Some((end, (!map.is_empty()).then_some(map))))
 }
 
 /// A response body read from the upstream connection; the connection goes
@@ -1085,11 +1152,19 @@ mod tests {
 
     #[test]
     fn trailers() {
-        assert!(parse_trailers(b"\r\n").unwrap().is_none());
-        let t = parse_trailers(b"Grpc-Status: 0\r\nX: y\r\n\r\n")
+        assert!(matches!(
+            parse_trailers(b"\r\nnext").unwrap(),
+            Some((2, None))
+        ));
+        let (end, t) = parse_trailers(b"Grpc-Status: 0\r\nX: y\r\n\r\nnext")
             .unwrap()
             .unwrap();
-        assert_eq!(t.get("grpc-status").unwrap(), "0");
+        assert_eq!(end, 26);
+        assert_eq!(t.unwrap().get("grpc-status").unwrap(), "0");
+        assert!(parse_trailers(b"Grpc-Status: 0\r\n").unwrap().is_none());
+        // Where the section ends is where the parser says: bare LFs too.
+        let (end, _) = parse_trailers(b"X: a\n\nJUNK").unwrap().unwrap();
+        assert_eq!(end, 6);
         assert!(parse_trailers(b"bad header\r\n\r\n").is_err());
     }
 }

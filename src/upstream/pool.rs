@@ -32,6 +32,12 @@ pub enum UpstreamError {
     ConnectTimeout,
     /// The connection broke after the request was sent, before a response head.
     Reset(BoxError),
+    /// The connection closed before a response head while the request was
+    /// still being written, or before any answer on a reused connection: a
+    /// server that refused an upload, or closed an idle connection as the
+    /// request came. Not taken as a sign that the server is down (no
+    /// passive ejection: a client's slow or large upload could cause it).
+    Closed(BoxError),
     /// The upstream answered with something that is not HTTP.
     InvalidResponse(BoxError),
     /// The client's own request body failed (bad chunked framing, or the
@@ -51,6 +57,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => UpstreamOutcome::ConnectError,
             UpstreamError::ConnectTimeout => UpstreamOutcome::Timeout,
             UpstreamError::Reset(_)
+            | UpstreamError::Closed(_)
             | UpstreamError::ClientBody(_)
             | UpstreamError::BodyLimit(_)
             | UpstreamError::Internal(_) => UpstreamOutcome::Reset,
@@ -87,6 +94,7 @@ impl UpstreamError {
             H1Error::ClientBody(e) => UpstreamError::ClientBody(e),
             H1Error::Invalid(_) => UpstreamError::InvalidResponse(Box::new(e)),
             H1Error::Io(_) => UpstreamError::Reset(Box::new(e)),
+            H1Error::Closed(_) => UpstreamError::Closed(Box::new(e)),
         }
     }
 }
@@ -97,6 +105,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Connect(e) => write!(f, "connect failed: {e}"),
             UpstreamError::ConnectTimeout => f.write_str("connect timed out"),
             UpstreamError::Reset(e) => write!(f, "connection failed before a response: {e}"),
+            UpstreamError::Closed(e) => write!(f, "connection closed before a response: {e}"),
             UpstreamError::InvalidResponse(e) => write!(f, "invalid response: {e}"),
             UpstreamError::ClientBody(e) => write!(f, "client request body failed: {e}"),
             UpstreamError::BodyLimit(fault) => write!(f, "client request body failed: {fault}"),

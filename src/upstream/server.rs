@@ -106,13 +106,19 @@ impl UpstreamServer {
     /// `idle_timeout`, without checking that it is still open (see
     /// [`H1Conn::alive`]; closing it is better done outside the lock).
     pub(super) fn take_idle(&self, idle_timeout: Duration) -> Option<H1Conn> {
+        let mut expired = Vec::new();
         let mut idle = self.idle.lock().ok()?;
-        while let Some(c) = idle.pop() {
-            if c.since.elapsed() < idle_timeout {
-                return Some(c.conn);
+        let found = loop {
+            match idle.pop() {
+                Some(c) if c.since.elapsed() < idle_timeout => break Some(c.conn),
+                Some(c) => expired.push(c),
+                None => break None,
             }
-        }
-        None
+        };
+        drop(idle);
+        // The sockets close outside the lock.
+        drop(expired);
+        found
     }
 
     /// Closes the connections idle longer than `idle_timeout` and those
@@ -163,6 +169,10 @@ impl Home for UpstreamServer {
                 conn,
                 since: Instant::now(),
             });
+        } else {
+            // The socket closes outside the lock.
+            drop(idle);
+            drop(conn);
         }
     }
 }
