@@ -1159,7 +1159,7 @@ mod tests {
         let (end, t) = parse_trailers(b"Grpc-Status: 0\r\nX: y\r\n\r\nnext")
             .unwrap()
             .unwrap();
-        assert_eq!(end, 26);
+        assert_eq!(end, 24);
         assert_eq!(t.unwrap().get("grpc-status").unwrap(), "0");
         assert!(parse_trailers(b"Grpc-Status: 0\r\n").unwrap().is_none());
         // Where the section ends is where the parser says: bare LFs too.
