@@ -318,11 +318,10 @@ fn read_more(
 
 /// A parsed response head: the bytes of the head, and where each part is.
 struct Head {
-    bytes: Bytes,
     status: u16,
     minor: u8,
-    /// (name start, name end, value start, value end) in `bytes`.
-    fields: Vec<(usize, usize, usize, usize)>,
+    /// The fields, their values slices of the head's bytes (no copy).
+    headers: HeaderMap,
 }
 
 /// Parses a whole head at the front of `buf` (taking it out of `buf`), or
@@ -349,22 +348,30 @@ fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<Head>, H
     let (Some(status), Some(minor)) = (res.code, res.version) else {
         return invalid("invalid response head");
     };
+    // Where each field is, so that its value can be a slice of the head's
+    // bytes once they are taken out of `buf` (which `res` borrows).
     let base = buf.as_ptr() as usize;
-    let fields = res
-        .headers
-        .iter()
-        .map(|h| {
-            let n = h.name.as_ptr() as usize - base;
-            let v = h.value.as_ptr() as usize - base;
-            (n, n + h.name.len(), v, v + h.value.len())
-        })
-        .collect();
+    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let count = res.headers.len();
+    for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
+        let n = h.name.as_ptr() as usize - base;
+        let v = h.value.as_ptr() as usize - base;
+        *slot = (n, n + h.name.len(), v, v + h.value.len());
+    }
     *scanned = 0;
+    let bytes = buf.split_to(len).freeze();
+    let mut headers = HeaderMap::with_capacity(count);
+    for &(ns, ne, vs, ve) in &at[..count] {
+        let name = HeaderName::from_bytes(&bytes[ns..ne])
+            .or_else(|_| invalid("invalid response header name"))?;
+        let value = HeaderValue::from_maybe_shared(bytes.slice(vs..ve))
+            .or_else(|_| invalid("invalid response header value"))?;
+        headers.append(name, value);
+    }
     Ok(Some(Head {
-        bytes: buf.split_to(len).freeze(),
         status,
         minor,
-        fields,
+        headers,
     }))
 }
 
@@ -378,14 +385,7 @@ struct Framing {
 impl Head {
     fn into_response(self, head_only: bool) -> Result<(Response<()>, Framing), H1Error> {
         let status = StatusCode::from_u16(self.status).or_else(|_| invalid("invalid status"))?;
-        let mut headers = HeaderMap::with_capacity(self.fields.len());
-        for &(ns, ne, vs, ve) in &self.fields {
-            let name = HeaderName::from_bytes(&self.bytes[ns..ne])
-                .or_else(|_| invalid("invalid response header name"))?;
-            let value = HeaderValue::from_maybe_shared(self.bytes.slice(vs..ve))
-                .or_else(|_| invalid("invalid response header value"))?;
-            headers.append(name, value);
-        }
+        let mut headers = self.headers;
         let framing = framing(status, &headers, head_only, self.minor)?;
         if headers.contains_key(TRANSFER_ENCODING) {
             // The chunks frame the body; a length beside them is not the
