@@ -399,6 +399,17 @@ impl ProxyBody {
         }
     }
 
+    /// Any other streaming body (an upstream's, read by portico's own
+    /// client).
+    pub fn boxed(b: http_body_util::combinators::BoxBody<Bytes, BoxError>) -> ProxyBody {
+        ProxyBody {
+            kind: Source::Boxed(b),
+            bytes_out: 0,
+            completion: None,
+            stall: None,
+        }
+    }
+
     /// Fails the body with [`BodyFault::Stalled`] when a wait for the next
     /// frame lasts `idle`: the client sees the response
     /// cut short, and the completion runs with `ended` false.

@@ -31,7 +31,7 @@ async fn fifty_reloads_under_load_drop_nothing() {
     // Config k (k = reloads done) routes to pool_a when k is even, pool_b when odd;
     // the two also differ in their other routes.
     let config = |k: usize| {
-        if k % 2 == 0 {
+        if k.is_multiple_of(2) {
             two_pools(&l, "pool_a", &[&a1, &a2], &[&b1, &b2], "")
         } else {
             two_pools(

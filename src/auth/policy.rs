@@ -223,7 +223,9 @@ impl JwtPolicy {
         let verified = match self.cache.get(&key, now) {
             Some(v) if v.epoch == epoch => v,
             _ => {
-                let v = Arc::new(self.verify(token, now, epoch).await?);
+                // Boxed, as the store's check below: their futures are
+                // kilobytes, and every request's future would be as large.
+                let v = Arc::new(Box::pin(self.verify(token, now, epoch)).await?);
                 let until = v.claims.exp.unwrap_or(i64::MAX);
                 self.cache.insert(key, v.clone(), until, now);
                 v
@@ -231,10 +233,8 @@ impl JwtPolicy {
         };
         if let Some(store) = &self.revocation {
             let c = &verified.claims;
-            match store
-                .is_revoked(c.jti.as_deref(), c.sub.as_deref(), c.iat, now)
-                .await
-            {
+            let revoked = store.is_revoked(c.jti.as_deref(), c.sub.as_deref(), c.iat, now);
+            match Box::pin(revoked).await {
                 Ok(false) => {}
                 Ok(true) => return Err(AuthFailure::Revoked),
                 Err(_) => {

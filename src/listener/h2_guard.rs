@@ -119,7 +119,7 @@ impl Resets {
     /// The bitmap slot of client stream `id`, if it is among the latest
     /// [`TRACKED`] up to `last` (the highest the client opened).
     fn slot(last: u32, id: u32) -> Option<(usize, u64)> {
-        if id % 2 == 0 || id > last || (last - id) / 2 >= TRACKED {
+        if id.is_multiple_of(2) || id > last || (last - id) / 2 >= TRACKED {
             return None;
         }
         let bit = (id / 2) % TRACKED;

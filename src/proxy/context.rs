@@ -9,7 +9,6 @@ use super::conn::ConnInfo;
 use super::cors;
 use super::runtime::Runtime;
 use super::tunnel::Tunnel;
-use crate::upstream::PoolReturn;
 use http::HeaderValue;
 use std::sync::atomic::AtomicU64;
 use std::sync::Arc;
@@ -48,7 +47,6 @@ pub(super) struct Trace {
     pub upstream_answer: Option<(u16, Duration)>,
     /// Attempts sent upstream, retries included.
     pub attempts: u32,
-    pub pooled: Option<PoolReturn>,
     /// The request body's bytes, counted for this request alone (for its
     /// access log line); without a log they count into the route's total.
     pub bytes_in: Option<Arc<AtomicU64>>,

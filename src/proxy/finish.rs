@@ -5,8 +5,7 @@
 //! answer on a request that matched a route, the proxy's own included, has
 //! the route's `response_headers` applied (before the request id and CORS
 //! headers, which they cannot change); when its
-//! body ends (or is dropped) the upstream connection returns to its pool
-//! (only after a complete exchange), the request ends on its connection, is
+//! body ends (or is dropped) the request ends on its connection, is
 //! counted in the route's metrics and its access log line is written. A
 //! request dropped before it has a response (the client cancelled it) is
 //! finished too, with status [`CLIENT_CLOSED`]. A request whose connection
@@ -70,18 +69,11 @@ impl Done {
         })
     }
 
-    fn finish(&mut self, bytes_out: u64, ended: bool) {
+    fn finish(&mut self, bytes_out: u64) {
         if std::mem::replace(&mut self.finished, true) {
             return;
         }
         let trace = &mut self.trace;
-        if let Some(p) = trace.pooled.take() {
-            if ended {
-                p.release();
-            } else {
-                p.discard();
-            }
-        }
         if !self.tunnel {
             self.conn.activity.request_finished();
         }
@@ -120,8 +112,10 @@ impl Done {
 }
 
 impl Completion for Done {
-    fn complete(mut self: Box<Self>, bytes_out: u64, ended: bool) {
-        self.finish(bytes_out, ended);
+    fn complete(mut self: Box<Self>, bytes_out: u64, _ended: bool) {
+        // An upstream connection went back to its pool (or closed) with
+        // the upstream body itself.
+        self.finish(bytes_out);
     }
 }
 
@@ -129,7 +123,7 @@ impl Drop for Done {
     /// Reached unfinished only when the request's future was dropped before
     /// its response existed: the client cancelled it.
     fn drop(&mut self) {
-        self.finish(0, false);
+        self.finish(0);
     }
 }
 

@@ -31,7 +31,8 @@ use crate::body::{ProxyBody, RequestBody};
 use crate::config::UpstreamProtocol;
 use crate::observe::metrics::UpstreamOutcome;
 use crate::upstream::{
-    CurrentMembers, Exchange, NoServer, UpstreamError, UpstreamPool, UpstreamServer,
+    CurrentMembers, Exchange, NoServer, ResponseBody, Upgraded, UpstreamError, UpstreamPool,
+    UpstreamServer,
 };
 use http::header::{CONNECTION, UPGRADE};
 use http::{HeaderValue, Request, Response, StatusCode, Version};
@@ -179,7 +180,7 @@ impl Attempts<'_> {
             pool.record_failure(server, &failure.error);
             tracing::warn!(request_id = %RequestIdField(ctx.request_id), upstream = %pool.name, server = %server.label, error = %failure.error, "upstream request failed");
             match &failure.error {
-                UpstreamError::ClientBody(e) => return Err(ProxyError::client_body(e)),
+                UpstreamError::ClientBody(e) => return Err(ProxyError::client_body(&**e)),
                 UpstreamError::BodyLimit(f) => return Err(ProxyError::body_fault(*f)),
                 _ => {}
             }
@@ -240,15 +241,17 @@ impl Attempts<'_> {
         ex: Exchange,
         upgrade: Option<ClientUpgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
-        ctx.trace.pooled = ex.pooled;
         let response = ex.response;
-        if let (StatusCode::SWITCHING_PROTOCOLS, Some(upgrade)) = (response.status(), upgrade) {
-            return self.open_tunnel(ctx, server, response, upgrade);
+        if let (Some(upstream), Some(upgrade)) = (ex.upgraded, upgrade) {
+            return self.open_tunnel(ctx, server, response, upstream, upgrade);
         }
         let (mut rp, body) = response.into_parts();
         headers::strip_hop_by_hop(&mut rp.headers);
         rp.version = Version::HTTP_11;
-        let mut body = ProxyBody::upstream(body);
+        let mut body = match body {
+            ResponseBody::H1(b) => ProxyBody::boxed(b),
+            ResponseBody::H2(b) => ProxyBody::upstream(b),
+        };
         body.read_timeout(self.pool.definition.read_timeout.0);
         Ok(Response::from_parts(rp, body))
     }
@@ -259,23 +262,20 @@ impl Attempts<'_> {
         &self,
         ctx: &mut RequestCtx<'_>,
         server: &UpstreamServer,
-        mut response: Response<hyper::body::Incoming>,
+        response: Response<ResponseBody>,
+        upstream: Upgraded,
         upgrade: ClientUpgrade,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         if !headers::is_websocket_handshake(response.headers(), upgrade.accept.as_ref()) {
             // Not a WebSocket server's answer: tunnelling would hand the
-            // client the upstream's HTTP parser.
-            if let Some(p) = ctx.trace.pooled.take() {
-                p.discard();
-            }
+            // client the upstream's HTTP parser (the connection closes
+            // with `upstream`).
             tracing::warn!(request_id = %RequestIdField(ctx.request_id), upstream = %self.pool.name, server = %server.label, "101 without a valid WebSocket handshake");
             return Err(ProxyError::BadGateway);
         }
-        // The upstream connection now belongs to the tunnel.
-        ctx.trace.pooled = None;
         ctx.trace.tunnel = Some(Tunnel {
             client: upgrade.on,
-            upstream: hyper::upgrade::on(&mut response),
+            upstream,
         });
         let (mut rp, _) = response.into_parts();
         let upgrade_value = rp.headers.get(UPGRADE).cloned();

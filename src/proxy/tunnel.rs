@@ -22,7 +22,7 @@ use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
 /// on its way to the client.
 pub(super) struct Tunnel {
     pub client: hyper::upgrade::OnUpgrade,
-    pub upstream: hyper::upgrade::OnUpgrade,
+    pub upstream: crate::upstream::Upgraded,
 }
 
 /// Joins the client's and the server's upgraded connections. The task owns
@@ -32,10 +32,10 @@ pub(super) struct Tunnel {
 pub(super) fn spawn(t: Tunnel, conn: Arc<ConnInfo>) {
     let idle = conn.listener.idle_timeout;
     tokio::spawn(async move {
-        match tokio::try_join!(t.client, t.upstream) {
-            Ok((c, u)) => {
+        let mut u = t.upstream;
+        match t.client.await {
+            Ok(c) => {
                 let mut c = TokioIo::new(c);
-                let mut u = TokioIo::new(u);
                 if let Err(e) = copy_with_idle_timeout(&mut c, &mut u, idle).await {
                     tracing::debug!(error = %e, "tunnel ended");
                 }

@@ -27,13 +27,17 @@
 //!   system's trust roots), send SNI, offer ALPN h2 or http/1.1 by protocol,
 //!   and present a client certificate when configured.
 //!
-//! Built on hyper's `client::conn` directly: checkout is a mutex-guarded
-//! `Vec::pop` (never held across an await), with no per-request task or
-//! channel of a general-purpose client.
+//! HTTP/1.1 upstreams are spoken to by portico's own client
+//! ([`h1`](self::h1)): the request's task writes the request and reads the
+//! response head on the pooled connection, the response body reads the
+//! rest, with no task per connection and no channel between tasks;
+//! checkout is a mutex-guarded `Vec::pop` (never held across an await).
+//! HTTP/2 upstreams use hyper's `client::conn::http2`.
 
 mod balancer;
 mod checks;
 mod dns;
+mod h1;
 pub mod health;
 mod members;
 mod pool;
@@ -43,9 +47,10 @@ mod rounds;
 mod server;
 
 pub use balancer::Balancer;
+pub use h1::Upgraded;
 pub use health::ServerHealth;
 pub use members::{CurrentMembers, Members, NoServer};
-pub use pool::{Exchange, PoolReturn, SendFailure, UpstreamError, UpstreamPool};
+pub use pool::{Exchange, ResponseBody, SendFailure, UpstreamError, UpstreamPool};
 pub use resolve::Resolver;
 pub use retry::RetryBudget;
 pub use server::UpstreamServer;

@@ -1,23 +1,26 @@
 //! The pool: servers, their keepalive connections, and sending a request
 //! (see the guarantees in [`crate::upstream`]).
 
+use super::h1::{H1Conn, H1Error, Upgraded};
 use super::health::{ActiveChecks, ServerHealth};
 use super::members::{CurrentMembers, MemberBuild, Members, Names};
 use super::resolve::Resolver;
 use super::retry::RetryBudget;
 use super::server::UpstreamServer;
-use crate::body::{BodyFault, BodyWatch, RequestBody};
+use crate::body::{BodyFault, BodyWatch, BoxError, RequestBody};
 use crate::config::{UpstreamConfig, UpstreamProtocol};
 use crate::observe::metrics::{Metrics, UpstreamOutcome};
 use crate::tls::{ClientIo, ClientTls, ConnectError};
 use arc_swap::ArcSwap;
+use bytes::Bytes;
+use http_body_util::combinators::BoxBody;
+use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
 use hyper::client::conn::{http1, http2};
 use hyper::{Request, Response};
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
 use std::sync::{Arc, Weak};
 use std::time::Duration;
-use tokio::task::AbortHandle;
 
 /// Why an upstream exchange failed, in the terms of metrics and of the
 /// status the client gets.
@@ -28,17 +31,23 @@ pub enum UpstreamError {
     /// TCP connect took longer than connect_timeout.
     ConnectTimeout,
     /// The connection broke after the request was sent, before a response head.
-    Reset(hyper::Error),
+    Reset(BoxError),
+    /// The connection closed before a response head while the request was
+    /// still being written, or before any answer on a reused connection: a
+    /// server that refused an upload, or closed an idle connection as the
+    /// request came. Not taken as a sign that the server is down (no
+    /// passive ejection: a client's slow or large upload could cause it).
+    Closed(BoxError),
     /// The upstream answered with something that is not HTTP.
-    InvalidResponse(hyper::Error),
+    InvalidResponse(BoxError),
     /// The client's own request body failed (bad chunked framing, or the
     /// client went away).
-    ClientBody(hyper::Error),
+    ClientBody(BoxError),
     /// portico failed the request body for its limits.
     BodyLimit(BodyFault),
     /// hyper gave up on the exchange for a reason that is neither the
     /// client's body nor the server (the connection's task is gone).
-    Internal(hyper::Error),
+    Internal(BoxError),
 }
 
 impl UpstreamError {
@@ -48,6 +57,7 @@ impl UpstreamError {
             UpstreamError::Connect(_) => UpstreamOutcome::ConnectError,
             UpstreamError::ConnectTimeout => UpstreamOutcome::Timeout,
             UpstreamError::Reset(_)
+            | UpstreamError::Closed(_)
             | UpstreamError::ClientBody(_)
             | UpstreamError::BodyLimit(_)
             | UpstreamError::Internal(_) => UpstreamOutcome::Reset,
@@ -65,13 +75,26 @@ impl UpstreamError {
         if let Some(f) = body.and_then(BodyWatch::fault) {
             UpstreamError::BodyLimit(f)
         } else if body.is_some_and(BodyWatch::failed) {
-            UpstreamError::ClientBody(e)
+            UpstreamError::ClientBody(Box::new(e))
         } else if e.is_user() {
-            UpstreamError::Internal(e)
+            UpstreamError::Internal(Box::new(e))
         } else if e.is_parse() || e.is_parse_status() {
-            UpstreamError::InvalidResponse(e)
+            UpstreamError::InvalidResponse(Box::new(e))
         } else {
-            UpstreamError::Reset(e)
+            UpstreamError::Reset(Box::new(e))
+        }
+    }
+
+    /// As [`UpstreamError::from_hyper`], for portico's own HTTP/1.1 client.
+    fn from_h1(e: H1Error, body: Option<&BodyWatch>) -> UpstreamError {
+        if let Some(f) = body.and_then(BodyWatch::fault) {
+            return UpstreamError::BodyLimit(f);
+        }
+        match e {
+            H1Error::ClientBody(e) => UpstreamError::ClientBody(e),
+            H1Error::Invalid(_) => UpstreamError::InvalidResponse(Box::new(e)),
+            H1Error::Io(_) => UpstreamError::Reset(Box::new(e)),
+            H1Error::Closed(_) => UpstreamError::Closed(Box::new(e)),
         }
     }
 }
@@ -82,6 +105,7 @@ impl std::fmt::Display for UpstreamError {
             UpstreamError::Connect(e) => write!(f, "connect failed: {e}"),
             UpstreamError::ConnectTimeout => f.write_str("connect timed out"),
             UpstreamError::Reset(e) => write!(f, "connection failed before a response: {e}"),
+            UpstreamError::Closed(e) => write!(f, "connection closed before a response: {e}"),
             UpstreamError::InvalidResponse(e) => write!(f, "invalid response: {e}"),
             UpstreamError::ClientBody(e) => write!(f, "client request body failed: {e}"),
             UpstreamError::BodyLimit(fault) => write!(f, "client request body failed: {fault}"),
@@ -126,51 +150,6 @@ enum MemberList {
     Resolved(ArcSwap<Members>),
 }
 
-/// A pooled HTTP/1.1 connection on loan to one exchange; give it back with
-/// [`PoolReturn::release`] once the response body was read to the end, or
-/// close it with [`PoolReturn::discard`].
-pub struct PoolReturn {
-    sender: http1::SendRequest<RequestBody>,
-    task: AbortHandle,
-    server: Arc<UpstreamServer>,
-    /// Tells whether the request body was read to its end; `None`: the
-    /// body was empty (nothing to wait for).
-    body_sent: Option<BodyWatch>,
-}
-
-impl PoolReturn {
-    fn new(
-        sender: http1::SendRequest<RequestBody>,
-        task: AbortHandle,
-        server: &Arc<UpstreamServer>,
-        body_sent: Option<BodyWatch>,
-    ) -> PoolReturn {
-        PoolReturn {
-            sender,
-            task,
-            server: server.clone(),
-            body_sent,
-        }
-    }
-
-    /// Returns the connection to its server's idle stack if the request
-    /// went out in full too; otherwise closes it: hyper would send the next
-    /// request only after the rest of this one's body, which may never come
-    /// (a server that answered an upload early, without reading it).
-    pub fn release(self) {
-        if self.body_sent.as_ref().is_some_and(|s| !s.ended()) {
-            return self.discard();
-        }
-        self.server.put_idle(self.sender, self.task);
-    }
-
-    /// Closes the connection now, ending whatever of the exchange is still
-    /// under way (a request body still being sent, a response body unread).
-    pub fn discard(self) {
-        self.task.abort();
-    }
-}
-
 /// A failed send, with the request when none of it reached the server
 /// (so it may go to another server).
 pub struct SendFailure {
@@ -213,18 +192,19 @@ impl FreshSender {
 
 /// What a successful send gives back.
 pub struct Exchange {
-    pub response: Response<Incoming>,
-    /// For HTTP/1.1: the connection, to return when the body is done.
-    pub pooled: Option<PoolReturn>,
+    pub response: Response<ResponseBody>,
+    /// The connection itself, after a 101 to a request that asked to
+    /// upgrade (HTTP/1.1 only).
+    pub upgraded: Option<Upgraded>,
 }
 
-impl Exchange {
-    fn pooled(response: Response<Incoming>, pooled: PoolReturn) -> Exchange {
-        Exchange {
-            response,
-            pooled: Some(pooled),
-        }
-    }
+/// An upstream's response body: read from its HTTP/1.1 connection by
+/// portico's own client (an [`H1Body`](super::h1::H1Body), which gives the
+/// connection back to the pool at its end; boxed once, here, so that the
+/// response moves as a pointer), or from hyper's HTTP/2 client.
+pub enum ResponseBody {
+    H1(BoxBody<Bytes, BoxError>),
+    H2(Incoming),
 }
 
 impl UpstreamPool {
@@ -346,7 +326,9 @@ impl UpstreamPool {
     ) -> Result<Exchange, SendFailure> {
         match self.settings.protocol {
             UpstreamProtocol::Http1 => self.send_h1(server, req).await,
-            UpstreamProtocol::Http2 => self.send_h2(server, req).await,
+            // Boxed: hyper's HTTP/2 client's futures would make every
+            // request's future (HTTP/1.1 upstreams' too) kilobytes larger.
+            UpstreamProtocol::Http2 => Box::pin(self.send_h2(server, req)).await,
         }
     }
 
@@ -357,58 +339,37 @@ impl UpstreamPool {
     ) -> Result<Exchange, SendFailure> {
         let body_sent =
             (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch());
-        while let Some((mut sender, task)) = server.take_idle(self.settings.idle_timeout) {
-            if sender.ready().await.is_err() {
-                continue;
-            }
-            match sender.try_send_request(req).await {
-                Ok(response) => {
-                    let pooled = PoolReturn::new(sender, task, server, body_sent);
-                    return Ok(Exchange::pooled(response, pooled));
+        let conn = loop {
+            match server.take_idle(self.settings.idle_timeout) {
+                // Closed while idle (the keepalive race): nothing is sent on it.
+                Some(mut c) => {
+                    if c.alive() {
+                        break c;
+                    }
                 }
-                Err(mut e) => match e.take_message() {
-                    // Nothing was sent: the connection died while idle.
-                    Some(r) => req = r,
-                    None => {
-                        let e = UpstreamError::from_hyper(e.into_error(), body_sent.as_ref());
-                        return Err(e.into());
+                // The rare path, boxed so the hot path's future stays small.
+                None => match Box::pin(self.connect_h1(server)).await {
+                    Ok(c) => break c,
+                    Err(error) => {
+                        return Err(SendFailure {
+                            error,
+                            unsent: Some(req),
+                        })
                     }
                 },
             }
-        }
-        // The rare path, boxed so the hot path's future stays small.
-        let (mut sender, task) = match Box::pin(self.connect_h1(server)).await {
-            Ok(s) => s,
-            Err(error) => {
-                return Err(SendFailure {
-                    error,
-                    unsent: Some(req),
-                })
-            }
         };
-        let response = sender
-            .send_request(req)
-            .await
-            .map_err(|e| UpstreamError::from_hyper(e, body_sent.as_ref()))?;
-        let pooled = PoolReturn::new(sender, task, server, body_sent);
-        Ok(Exchange::pooled(response, pooled))
+        match conn.send(req, server.clone()).await {
+            Ok(answer) => Ok(Exchange {
+                response: answer.response.map(|b| ResponseBody::H1(b.boxed())),
+                upgraded: answer.upgraded,
+            }),
+            Err(e) => Err(UpstreamError::from_h1(e, body_sent.as_ref()).into()),
+        }
     }
 
-    async fn connect_h1(
-        &self,
-        server: &UpstreamServer,
-    ) -> Result<(http1::SendRequest<RequestBody>, AbortHandle), UpstreamError> {
-        let io = self.connect(server).await?;
-        let (sender, conn) = http1::Builder::new()
-            .handshake(io)
-            .await
-            .map_err(UpstreamError::Reset)?;
-        let task = tokio::spawn(async move {
-            if let Err(e) = conn.with_upgrades().await {
-                tracing::debug!(error = %e, "upstream connection ended");
-            }
-        });
-        Ok((sender, task.abort_handle()))
+    async fn connect_h1(&self, server: &UpstreamServer) -> Result<H1Conn, UpstreamError> {
+        Ok(H1Conn::new(self.connect(server).await?.into_inner()))
     }
 
     async fn send_h2(
@@ -429,15 +390,18 @@ impl UpstreamPool {
                 Err(error) => return Err(error.into()),
             },
         };
-        sender.ready().await.map_err(UpstreamError::Reset)?;
+        sender
+            .ready()
+            .await
+            .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
         let body = (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch());
         let response = sender
             .send_request(req)
             .await
             .map_err(|e| UpstreamError::from_hyper(e, body.as_ref()))?;
         Ok(Exchange {
-            response,
-            pooled: None,
+            response: response.map(ResponseBody::H2),
+            upgraded: None,
         })
     }
 
@@ -456,7 +420,7 @@ impl UpstreamPool {
             .initial_connection_window_size(4 << 20)
             .handshake(io)
             .await
-            .map_err(UpstreamError::Reset)?;
+            .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream h2 connection ended");
@@ -484,7 +448,9 @@ impl UpstreamPool {
         let io = self.connect(server).await?;
         match self.settings.protocol {
             UpstreamProtocol::Http1 => {
-                let (sender, conn) = http1::handshake(io).await.map_err(UpstreamError::Reset)?;
+                let (sender, conn) = http1::handshake(io)
+                    .await
+                    .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
                 tokio::spawn(conn);
                 Ok(FreshSender::H1(sender))
             }
@@ -493,7 +459,7 @@ impl UpstreamPool {
                     .timer(TokioTimer::new())
                     .handshake(io)
                     .await
-                    .map_err(UpstreamError::Reset)?;
+                    .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
                 tokio::spawn(conn);
                 Ok(FreshSender::H2(sender))
             }

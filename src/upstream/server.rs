@@ -7,20 +7,18 @@
 //! once [`UpstreamServer::retire`] ran (a DNS answer dropped the address),
 //! idle connections are closed and returned ones are closed too.
 
+use super::h1::{H1Conn, Home};
 use super::health::ServerHealth;
 use crate::body::RequestBody;
 use crate::observe::metrics::ServerMetrics;
-use hyper::client::conn::{http1, http2};
+use hyper::client::conn::http2;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
-use tokio::task::AbortHandle;
 
 struct IdleConn {
-    sender: http1::SendRequest<RequestBody>,
-    /// The task driving the connection, to close it at once when needed.
-    task: AbortHandle,
+    conn: H1Conn,
     since: Instant,
 }
 
@@ -104,50 +102,46 @@ impl UpstreamServer {
         self.health.is_healthy()
     }
 
-    pub(super) fn take_idle(
-        &self,
-        idle_timeout: Duration,
-    ) -> Option<(http1::SendRequest<RequestBody>, AbortHandle)> {
+    /// The most recently used idle connection not older than
+    /// `idle_timeout`, without checking that it is still open (see
+    /// [`H1Conn::alive`]; closing it is better done outside the lock).
+    pub(super) fn take_idle(&self, idle_timeout: Duration) -> Option<H1Conn> {
+        let mut expired = Vec::new();
         let mut idle = self.idle.lock().ok()?;
-        while let Some(c) = idle.pop() {
-            if c.since.elapsed() < idle_timeout && !c.sender.is_closed() {
-                return Some((c.sender, c.task));
+        let found = loop {
+            match idle.pop() {
+                Some(c) if c.since.elapsed() < idle_timeout => break Some(c.conn),
+                Some(c) => expired.push(c),
+                None => break None,
             }
-        }
-        None
-    }
-
-    pub(super) fn put_idle(&self, sender: http1::SendRequest<RequestBody>, task: AbortHandle) {
-        if sender.is_closed() {
-            return;
-        }
-        if let Ok(mut idle) = self.idle.lock() {
-            // Checked under the lock, so that `retire` cannot miss it.
-            let room = self.max_idle == 0 || idle.len() < self.max_idle;
-            if room && !self.retired.load(Ordering::Relaxed) {
-                idle.push(IdleConn {
-                    sender,
-                    task,
-                    since: Instant::now(),
-                });
-            }
-        }
-    }
-
-    pub(super) fn reap(&self, idle_timeout: Duration) {
-        let expired: Vec<IdleConn> = match self.idle.lock() {
-            Ok(mut idle) => {
-                // The stack is LIFO, so the oldest connections are at the front.
-                let keep_from = idle
-                    .iter()
-                    .position(|c| c.since.elapsed() < idle_timeout && !c.sender.is_closed())
-                    .unwrap_or(idle.len());
-                idle.drain(..keep_from).collect()
-            }
-            Err(_) => return,
         };
-        // Dropping the senders outside the lock ends their connection tasks,
-        // which closes the sockets.
+        drop(idle);
+        // The sockets close outside the lock.
+        drop(expired);
+        found
+    }
+
+    /// Closes the connections idle longer than `idle_timeout` and those
+    /// their server closed.
+    pub(super) fn reap(&self, idle_timeout: Duration) {
+        let mut expired = Vec::new();
+        if let Ok(mut idle) = self.idle.lock() {
+            // The stack is LIFO, so the oldest connections are at the front.
+            let keep_from = idle
+                .iter()
+                .position(|c| c.since.elapsed() < idle_timeout)
+                .unwrap_or(idle.len());
+            expired.extend(idle.drain(..keep_from));
+            let mut i = 0;
+            while i < idle.len() {
+                if idle[i].conn.alive() {
+                    i += 1;
+                } else {
+                    expired.push(idle.remove(i));
+                }
+            }
+        }
+        // The sockets close outside the lock.
         drop(expired);
     }
 
@@ -159,6 +153,26 @@ impl UpstreamServer {
     pub(super) fn set_h2_sender(&self, s: http2::SendRequest<RequestBody>) {
         if let Ok(mut slot) = self.h2.lock() {
             *slot = Some(s);
+        }
+    }
+}
+
+impl Home for UpstreamServer {
+    fn put_idle(&self, conn: H1Conn) {
+        let Ok(mut idle) = self.idle.lock() else {
+            return;
+        };
+        // Checked under the lock, so that `retire` cannot miss it.
+        let room = self.max_idle == 0 || idle.len() < self.max_idle;
+        if room && !self.retired.load(Ordering::Relaxed) {
+            idle.push(IdleConn {
+                conn,
+                since: Instant::now(),
+            });
+        } else {
+            // The socket closes outside the lock.
+            drop(idle);
+            drop(conn);
         }
     }
 }

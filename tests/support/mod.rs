@@ -11,6 +11,7 @@ pub mod jwt;
 pub mod prom;
 pub mod raw;
 pub mod redis;
+pub mod script;
 
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full, StreamBody};
