@@ -5,8 +5,9 @@
 //! [`ProxyBody`] is what goes back to the client: an upstream response body
 //! streamed through, or a short body the proxy made itself. A `ProxyBody` may
 //! carry a [`Completion`], run exactly once when the body ends or is dropped:
-//! that is where the pooled upstream connection goes back to its pool and the
-//! access log line is written, so both see the whole exchange.
+//! that is where the request ends and its access log line is written, so
+//! both see the whole exchange (an HTTP/1.1 upstream body gives its
+//! connection back to the pool itself, at its end).
 //!
 //! Both bodies may carry a stall timer ([`RequestBody::limit`],
 //! [`ProxyBody::read_timeout`]): it fails the body with
