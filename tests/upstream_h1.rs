@@ -583,18 +583,25 @@ async fn a_body_cut_short_is_not_completed_to_the_client() {
     assert_eq!(up.accepts(), 2);
 }
 
+/// Answers with the request's target after `before`, keeps the
+/// connection open for `after`, then closes it while it is idle.
+fn answer_then_close(head: &str, before: Duration, after: Duration) -> Reply {
+    Reply {
+        steps: vec![
+            Step::Sleep(before),
+            Step::Write(ok(target(head)).into_bytes()),
+            Step::Sleep(after),
+            Step::Close,
+        ],
+        skip_body: false,
+    }
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_post_after_the_upstream_closed_its_idle_connection_arrives_once() {
     let up = Scripted::start(|conn, _, h| {
         if conn == 0 {
-            Reply {
-                steps: vec![
-                    Step::Write(ok(target(h)).into_bytes()),
-                    Step::Sleep(Duration::from_millis(50)),
-                    Step::Close,
-                ],
-                skip_body: false,
-            }
+            answer_then_close(h, Duration::ZERO, Duration::from_millis(50))
         } else {
             echo_target(h)
         }
@@ -831,15 +838,7 @@ async fn many_idle_connections_closed_by_the_upstream_are_all_seen_closed() {
     const N: usize = 150;
     let up = Scripted::start(|conn, _, h| {
         if conn < N {
-            Reply {
-                steps: vec![
-                    Step::Sleep(Duration::from_millis(300)),
-                    Step::Write(ok(target(h)).into_bytes()),
-                    Step::Sleep(Duration::from_millis(100)),
-                    Step::Close,
-                ],
-                skip_body: false,
-            }
+            answer_then_close(h, Duration::from_millis(300), Duration::from_millis(100))
         } else {
             echo_target(h)
         }

@@ -182,7 +182,7 @@ impl H1Conn {
         home: Arc<dyn Home>,
     ) -> Result<Answer, H1Error> {
         let (parts, body) = req.into_parts();
-        let upgrade = asks_upgrade(&parts.headers);
+        let upgrade = connection_lists(&parts.headers, b"upgrade");
         let head_only = parts.method == Method::HEAD;
         let mut out = Outgoing::start(&parts, body, &mut self.wbuf);
         drop(parts);
@@ -207,31 +207,19 @@ impl H1Conn {
                 pre: live.conn.rbuf.split().freeze(),
                 io: live.conn.io,
             };
-            let (parts, ()) = response.into_parts();
-            let body = H1Body {
-                live: None,
-                failed: None,
-            };
             return Ok(Answer {
-                response: Response::from_parts(parts, body),
+                response: response.map(|()| H1Body::new(None)),
                 upgraded: Some(upgraded),
             });
         }
-        let (parts, ()) = response.into_parts();
-        let body = if live.decoder.is_done() {
+        let live = if live.decoder.is_done() {
             live.release();
-            H1Body {
-                live: None,
-                failed: None,
-            }
+            None
         } else {
-            H1Body {
-                live: Some(live),
-                failed: None,
-            }
+            Some(live)
         };
         Ok(Answer {
-            response: Response::from_parts(parts, body),
+            response: response.map(|()| H1Body::new(live)),
             upgraded: None,
         })
     }
@@ -274,8 +262,9 @@ impl H1Conn {
                 }
                 Err(e) => e,
             };
-            let server_s = out.done && out.write_error.is_none() && (scan.answered || !self.reused);
-            return Poll::Ready(Err(if server_s {
+            let servers_fault =
+                out.done && out.write_error.is_none() && (scan.answered || !self.reused);
+            return Poll::Ready(Err(if servers_fault {
                 H1Error::Io(failed)
             } else {
                 H1Error::Closed(failed)
@@ -293,12 +282,12 @@ struct Scan {
     answered: bool,
 }
 
-/// Whether the request asks to upgrade (`Connection: upgrade`).
-fn asks_upgrade(h: &HeaderMap) -> bool {
+/// Whether a `Connection` field of `h` lists `token` (any case).
+fn connection_lists(h: &HeaderMap, token: &[u8]) -> bool {
     h.get_all(CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')
-            .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"upgrade"))
+            .any(|t| t.trim_ascii().eq_ignore_ascii_case(token))
     })
 }
 
@@ -316,7 +305,7 @@ fn read_more(
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
 }
 
-/// A parsed response head: the bytes of the head, and where each part is.
+/// A parsed response head.
 struct Head {
     status: u16,
     minor: u8,
@@ -406,12 +395,7 @@ fn framing(
     head_only: bool,
     minor: u8,
 ) -> Result<Framing, H1Error> {
-    let close = minor == 0
-        || h.get_all(CONNECTION).iter().any(|v| {
-            v.as_bytes()
-                .split(|&b| b == b',')
-                .any(|t| t.trim_ascii().eq_ignore_ascii_case(b"close"))
-        });
+    let close = minor == 0 || connection_lists(h, b"close");
     let no_body = head_only
         || status.is_informational()
         || status == StatusCode::NO_CONTENT
@@ -594,8 +578,6 @@ impl Outgoing {
         match self.poll_write_all(cx, io) {
             Poll::Ready(Ok(())) => {
                 self.done = true;
-                // The head's buffer is kept for the next request.
-                self.pre_pos = 0;
                 Poll::Ready(Ok(()))
             }
             Poll::Ready(Err(Sent::Io(e))) => {
@@ -953,6 +935,12 @@ pub struct H1Body {
     live: Option<Live>,
     /// A failure held back for one poll (see `poll_frame`).
     failed: Option<BoxError>,
+}
+
+impl H1Body {
+    fn new(live: Option<Live>) -> H1Body {
+        H1Body { live, failed: None }
+    }
 }
 
 impl http_body::Body for H1Body {

@@ -81,8 +81,13 @@ impl UpstreamError {
         } else if e.is_parse() || e.is_parse_status() {
             UpstreamError::InvalidResponse(Box::new(e))
         } else {
-            UpstreamError::Reset(Box::new(e))
+            UpstreamError::reset(e)
         }
+    }
+
+    /// A failure of hyper's connection before a response head.
+    fn reset(e: hyper::Error) -> UpstreamError {
+        UpstreamError::Reset(Box::new(e))
     }
 
     /// As [`UpstreamError::from_hyper`], for portico's own HTTP/1.1 client.
@@ -390,10 +395,7 @@ impl UpstreamPool {
                 Err(error) => return Err(error.into()),
             },
         };
-        sender
-            .ready()
-            .await
-            .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
+        sender.ready().await.map_err(UpstreamError::reset)?;
         let body = (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch());
         let response = sender
             .send_request(req)
@@ -420,7 +422,7 @@ impl UpstreamPool {
             .initial_connection_window_size(4 << 20)
             .handshake(io)
             .await
-            .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
+            .map_err(UpstreamError::reset)?;
         tokio::spawn(async move {
             if let Err(e) = conn.await {
                 tracing::debug!(error = %e, "upstream h2 connection ended");
@@ -448,9 +450,7 @@ impl UpstreamPool {
         let io = self.connect(server).await?;
         match self.settings.protocol {
             UpstreamProtocol::Http1 => {
-                let (sender, conn) = http1::handshake(io)
-                    .await
-                    .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
+                let (sender, conn) = http1::handshake(io).await.map_err(UpstreamError::reset)?;
                 tokio::spawn(conn);
                 Ok(FreshSender::H1(sender))
             }
@@ -459,7 +459,7 @@ impl UpstreamPool {
                     .timer(TokioTimer::new())
                     .handshake(io)
                     .await
-                    .map_err(|e| UpstreamError::Reset(Box::new(e)))?;
+                    .map_err(UpstreamError::reset)?;
                 tokio::spawn(conn);
                 Ok(FreshSender::H2(sender))
             }
