@@ -44,10 +44,12 @@ pub use settings::ListenerSettings;
 
 use crate::config::Protocol;
 use crate::proxy::{ConnInfo, LengthAndChunked, ListenerFacts, Shared};
+use conn_io::ReadReady;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -314,21 +316,21 @@ impl ConnLimit {
 /// The hyper server builders of one listener.
 struct Frontend {
     settings: Arc<ListenerSettings>,
-    detect: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 impl Frontend {
     fn new(settings: Arc<ListenerSettings>) -> Frontend {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // ConnIo enforces the head timeout (with a 408); hyper's closes silently.
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(settings.max_header_bytes + HEAD_SLACK);
-        b.http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.h2_max_concurrent_streams)
             .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
@@ -337,15 +339,8 @@ impl Frontend {
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_send_buf_size(1 << 20);
-        let (http1, http2) = (b.clone().http1_only(), b.clone().http2_only());
-        let detect = match (settings.http1, settings.http2) {
-            (true, true) => b,
-            (false, _) => http2.clone(),
-            (_, false) => http1.clone(),
-        };
         Frontend {
             settings,
-            detect,
             http1,
             http2,
         }
@@ -489,10 +484,10 @@ async fn serve_connection(
                 .tls_version
                 .set(tls_version_name(tls_stream.get_ref().1));
             let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let (mode, builder) = if h2 || !s.http1 {
-                (Mode::Http2, &fe.http2)
+            let mode = if h2 || !s.http1 {
+                Mode::Http2
             } else {
-                (Mode::Http1, &fe.http1)
+                Mode::Http1
             };
             let io = byte_layer(tls_stream, s, mode, &activity);
             let protocol = Some(match mode {
@@ -500,7 +495,7 @@ async fn serve_connection(
                 _ => Protocol::Http1,
             });
             let conn = (peer, true, protocol, slot);
-            Box::pin(serve_http(io, builder, &fe, conn, activity, shared, stop)).await;
+            Box::pin(serve_http(io, &fe, conn, activity, shared, stop)).await;
         }
         None => {
             let mode = match (s.http1, s.http2) {
@@ -517,10 +512,7 @@ async fn serve_connection(
             let conn = (peer, false, protocol, slot);
             // Boxed (both arms): a task is sized by its largest state, and
             // a plain connection would otherwise carry room for TLS.
-            Box::pin(serve_http(
-                io, &fe.detect, &fe, conn, activity, shared, stop,
-            ))
-            .await;
+            Box::pin(serve_http(io, &fe, conn, activity, shared, stop)).await;
         }
     }
 }
@@ -546,14 +538,16 @@ async fn proxy_header(
     }
 }
 
-/// The byte layer under hyper for one connection of listener `s`.
+/// The byte layer under hyper for one connection of listener `s`, boxed:
+/// the futures that serve the connection (and a parked one's) hold a
+/// pointer, not a TLS session each.
 fn byte_layer<S>(
     stream: S,
     s: &ListenerSettings,
     mode: Mode,
     activity: &Arc<ConnActivity>,
-) -> ConnIo<S> {
-    ConnIo::new(
+) -> Box<ConnIo<S>> {
+    Box::new(ConnIo::new(
         stream,
         activity.clone(),
         mode,
@@ -561,19 +555,19 @@ fn byte_layer<S>(
         s.idle_timeout,
         s.request_id_header.clone(),
         s.max_header_bytes + HEAD_SLACK,
-    )
+    ))
 }
 
+/// Serves one client connection: HTTP/2, or HTTP/1.x parked while idle.
 async fn serve_http<S>(
-    mut io: ConnIo<S>,
-    builder: &auto::Builder<TokioExecutor>,
+    mut io: Box<ConnIo<S>>,
     fe: &Frontend,
     (peer, https, protocol, slot): (SocketAddr, bool, Option<Protocol>, ConnSlot),
     activity: Arc<ConnActivity>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let lingering = io.lingering();
     // Counted in portico_connections_active now if the protocol is known
@@ -590,8 +584,59 @@ async fn serve_http<S>(
     let info = Arc::new(info.holding(slot));
     let alt_svc = fe.settings.alt_svc.clone();
     let svc = service_fn(move |req| serve_request(req, info.clone(), alt_svc.clone()));
+    let mode = match io.mode() {
+        Mode::Detect => match io.detect().await {
+            Ok(mode) => mode,
+            Err(e) => {
+                tracing::debug!(%peer, error = %e, "client connection ended before its protocol was known");
+                return;
+            }
+        },
+        known => known,
+    };
+    let conn = Conn {
+        fe,
+        peer,
+        activity: &activity,
+        shared: &shared,
+    };
+    // Each boxed: a parked HTTP/1.x connection frees its hyper state, and
+    // neither protocol's state sizes the other's.
+    match mode {
+        Mode::Http2 => Box::pin(conn.serve_http2(io, svc, &mut stop)).await,
+        _ => Box::pin(conn.serve_http1(io, svc, &mut stop)).await,
+    }
+    // Only then: a connection that became a tunnel keeps its stream.
+    if activity.lingers() {
+        Box::pin(linger(lingering, stop)).await;
+    }
+}
+
+/// What serving one client connection needs besides its stream.
+struct Conn<'a> {
+    fe: &'a Frontend,
+    peer: SocketAddr,
+    activity: &'a ConnActivity,
+    shared: &'a Shared,
+}
+
+impl Conn<'_> {
+    /// HTTP/2 until the client closes, an error, or a graceful shutdown
+    /// (portico's stop, or the byte layer's idle timeout) has completed.
+    async fn serve_http2<S, Svc>(
+        &self,
+        io: Box<ConnIo<S>>,
+        svc: Svc,
+        stop: &mut watch::Receiver<bool>,
+    )
+    where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        Svc: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody>
+            + Send,
+        Svc::Future: Send + 'static,
+        Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let conn = self.fe.http2.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let mut closing = *stop.borrow();
         if closing {
@@ -601,33 +646,122 @@ async fn serve_http<S>(
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        match parser_answer(&*e) {
-                            Some(status) => {
-                                activity.set_linger(true);
-                                let tls = activity.tls_version.get().copied().unwrap_or("");
-                                log_parser_answer(&shared, &fe.settings, peer, tls, status, &*e);
-                            }
-                            None => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
-                        }
+                        tracing::debug!(peer = %self.peer, error = %e, "client connection ended with an error");
                     }
-                    break;
+                    return;
                 }
                 _ = stop.changed(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = activity.idle.notified(), if !closing => {
+                _ = self.activity.idle.notified(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
-        // Dropping the connection drops its ConnIo, which hands the stream
-        // over if the close is to linger.
     }
-    // Only then: a connection that became a tunnel keeps its stream.
-    if activity.lingers() {
-        linger(lingering, stop).await;
+
+    /// HTTP/1.x (with upgrades) until the client closes, an error, a
+    /// graceful shutdown, or an idle timeout. While idle the connection is
+    /// parked: hyper's connection is ended without touching the stream,
+    /// which waits with no buffer and is then served by a new one (see
+    /// [`conn_io`]'s module docs).
+    async fn serve_http1<S, Svc>(
+        &self,
+        mut io: Box<ConnIo<S>>,
+        svc: Svc,
+        stop: &mut watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+        Svc: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody>
+            + Clone
+            + Unpin,
+        Svc::Future: Send + 'static,
+        Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut closing = *stop.borrow();
+        loop {
+            let mut conn = Box::new(
+                self.fe
+                    .http1
+                    .serve_connection(TokioIo::new(io), svc.clone())
+                    .with_upgrades(),
+            );
+            if closing {
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+            let mut parking = false;
+            loop {
+                tokio::select! {
+                    r = &mut *conn => {
+                        if let Err(e) = r {
+                            self.log_error(&e);
+                            // Dropping the connection drops its ConnIo, which
+                            // hands the stream over if the close is to linger.
+                            return;
+                        }
+                        break;
+                    }
+                    _ = stop.changed(), if !closing && !parking => {
+                        closing = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    _ = self.activity.idle.notified(), if !closing && !parking => {
+                        parking = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                }
+            }
+            // Upgraded (the tunnel has the stream), or ended and shut down.
+            // The service and hyper's state go with the temporary.
+            let Some(http1::Parts { io: tokio_io, read_buf, .. }) = conn.into_parts() else {
+                return;
+            };
+            io = tokio_io.into_inner();
+            if !io.parking() {
+                return;
+            }
+            io.unpark();
+            if closing {
+                // Asked to park as the stop came: the stream is still open.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                return;
+            }
+            // Blank lines before a next head, which hyper had read and would
+            // skip, are all the byte layer lets hyper hold when it asks to
+            // park. Anything else goes back in front of the stream.
+            if !read_buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                io.unread(read_buf);
+                continue;
+            }
+            // Even empty, it holds hyper's whole read buffer.
+            drop(read_buf);
+            tracing::debug!(peer = %self.peer, "idle connection parked");
+            let woke = tokio::select! {
+                r = std::future::poll_fn(|cx| io.poll_parked(cx)) => r,
+                _ = stop.changed(), if !closing => Ok(false),
+            };
+            if !matches!(woke, Ok(true)) {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                return;
+            }
+        }
+    }
+
+    /// Logs how an HTTP/1.x connection ended in error; hyper's own answer
+    /// to a head it could not parse is logged and counted as a request.
+    fn log_error(&self, e: &hyper::Error) {
+        match parser_answer(e) {
+            Some(status) => {
+                self.activity.set_linger(true);
+                let tls = self.activity.tls_version.get().copied().unwrap_or("");
+                log_parser_answer(self.shared, &self.fe.settings, self.peer, tls, status, e);
+            }
+            None => {
+                tracing::debug!(peer = %self.peer, error = %e, "client connection ended with an error")
+            }
+        }
     }
 }
 
