@@ -14,7 +14,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 
 /// Longer than the time an idle connection waits before it is parked.
-const IDLE_PAST_PARK: Duration = Duration::from_millis(1600);
+const IDLE_PAST_PARK: Duration = Duration::from_millis(500);
 
 /// portico with debug logs (the park is logged), a listener (both HTTP
 /// versions, so the first bytes tell the protocol) and `routes`.

@@ -452,7 +452,9 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let s = &fe.settings;
     let peer = if s.proxy_protocol {
-        match proxy_header(&mut stream, peer, s.header_read_timeout).await {
+        // Boxed, as the handshake below: a state the connection passes
+        // through once must not size its task for good.
+        match Box::pin(proxy_header(&mut stream, peer, s.header_read_timeout)).await {
             Some(client) => client,
             None => return,
         }
@@ -463,33 +465,9 @@ async fn serve_connection(
     let activity = Arc::new(ConnActivity::default());
     match tls {
         Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            // Boxed, so that the handshake's state is freed once done
-            // instead of sizing the connection's task for good.
-            let handshake = Box::pin(acceptor.accept(stream));
-            let tls_stream = match tokio::time::timeout(s.header_read_timeout, handshake).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    s.metrics.record_tls_handshake_error();
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    s.metrics.record_tls_handshake_error();
-                    return;
-                }
+            let Some((io, mode)) = tls_handshake(stream, cfg, peer, s, &activity).await else {
+                return;
             };
-            let _ = activity
-                .tls_version
-                .set(tls_version_name(tls_stream.get_ref().1));
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let mode = if h2 || !s.http1 {
-                Mode::Http2
-            } else {
-                Mode::Http1
-            };
-            let io = byte_layer(tls_stream, s, mode, &activity);
             let protocol = Some(match mode {
                 Mode::Http2 => Protocol::Http2,
                 _ => Protocol::Http1,
@@ -515,6 +493,51 @@ async fn serve_connection(
             Box::pin(serve_http(io, &fe, conn, activity, shared, stop)).await;
         }
     }
+}
+
+/// The TLS handshake of a connection of listener `s`, within its
+/// `header_read_timeout`: the byte layer over the TLS stream, and the
+/// protocol ALPN agreed. `None`: it failed (logged and counted).
+///
+/// Its own function so that the TLS stream, a kilobyte, is never a local
+/// of the connection's task across an await (an async fn keeps room for a
+/// local for as long as it is in scope, moved out or not).
+async fn tls_handshake(
+    stream: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    s: &ListenerSettings,
+    activity: &Arc<ConnActivity>,
+) -> Option<(
+    Box<ConnIo<tokio_rustls::server::TlsStream<TcpStream>>>,
+    Mode,
+)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    // Boxed, so that the handshake's state is freed once done.
+    let handshake = Box::pin(acceptor.accept(stream));
+    let tls_stream = match tokio::time::timeout(s.header_read_timeout, handshake).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            s.metrics.record_tls_handshake_error();
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            s.metrics.record_tls_handshake_error();
+            return None;
+        }
+    };
+    let _ = activity
+        .tls_version
+        .set(tls_version_name(tls_stream.get_ref().1));
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mode = if h2 || !s.http1 {
+        Mode::Http2
+    } else {
+        Mode::Http1
+    };
+    Some((byte_layer(tls_stream, s, mode, activity), mode))
 }
 
 /// The client address from the PROXY protocol header at the start of
@@ -628,8 +651,7 @@ impl Conn<'_> {
         io: Box<ConnIo<S>>,
         svc: Svc,
         stop: &mut watch::Receiver<bool>,
-    )
-    where
+    ) where
         S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
         Svc: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody>
             + Send,
@@ -715,7 +737,12 @@ impl Conn<'_> {
             }
             // Upgraded (the tunnel has the stream), or ended and shut down.
             // The service and hyper's state go with the temporary.
-            let Some(http1::Parts { io: tokio_io, read_buf, .. }) = conn.into_parts() else {
+            let Some(http1::Parts {
+                io: tokio_io,
+                read_buf,
+                ..
+            }) = conn.into_parts()
+            else {
                 return;
             };
             io = tokio_io.into_inner();

@@ -55,9 +55,11 @@ pub enum Expired {
 
 /// How long an HTTP/1.x connection waits idle before it is parked: its
 /// HTTP state and buffers freed until the client sends again. Long enough
-/// that a busy keepalive connection is never parked between two requests
-/// (parking costs a new connection state when the client comes back),
-/// short enough that the memory of idle connections is not held for long.
+/// that a connection under load (the next request within a round trip) is
+/// not parked between two requests; short enough that a burst of
+/// connections that go quiet gives its buffers back for the next ones
+/// instead of holding them all. Parking costs a new hyper connection state
+/// when the client comes back, a few allocations.
 pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Head and idle deadlines of one connection.
