@@ -110,8 +110,6 @@ pub struct ConnIo<S> {
     handoff: Option<oneshot::Sender<S>>,
     /// Bytes already seen by the parts, to be read before the stream's.
     unread: Bytes,
-    /// Parking was asked for: a shutdown from hyper leaves the stream open.
-    parking: bool,
 }
 
 impl<S> ConnIo<S> {
@@ -137,7 +135,6 @@ impl<S> ConnIo<S> {
             h2: (mode == Mode::Http2).then(Default::default),
             handoff: None,
             unread: Bytes::new(),
-            parking: false,
         }
     }
 
@@ -148,23 +145,13 @@ impl<S> ConnIo<S> {
         self.unread = bytes;
     }
 
-    /// Whether a shutdown is to leave the stream open for parking.
-    pub fn parking(&self) -> bool {
-        self.parking
-    }
-
-    /// Back from parking: a shutdown shuts the stream down again.
-    pub fn unpark(&mut self) {
-        self.parking = false;
-    }
-
     /// Whether an idle HTTP/1.x connection can be parked: every byte read
-    /// belongs to a complete request the pipeline has taken, and the last
-    /// answer did not close the connection.
+    /// belongs to a complete request the pipeline has taken, and the
+    /// exchanges leave it parkable ([`ConnActivity::parkable`]).
     fn may_park(&self) -> bool {
         self.mode == Mode::Http1
             && self.unread.is_empty()
-            && !self.activity.lingers()
+            && self.activity.parkable()
             && self.h1.as_ref().and_then(|h1| h1.between_requests())
                 == Some(self.activity.requests_started())
     }
@@ -340,8 +327,7 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
                 }
                 Expired::Park => {
                     if self.may_park() {
-                        self.parking = true;
-                        self.activity.idle.notify_one();
+                        self.activity.ask_park();
                     }
                     // On to the idle timeout, which stays armed.
                     continue;
@@ -371,6 +357,11 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
             return Poll::Ready(r.map(|()| true));
         }
         self.timeouts.poll_expired(cx).map(|_| Ok(false))
+    }
+
+    /// Back from parking, woken by the client.
+    pub fn resumed(&mut self) {
+        self.timeouts.resumed();
     }
 
     /// Reads the first bytes of a connection in `Detect` mode until they
@@ -486,7 +477,7 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.parking {
+        if self.activity.parking() {
             return Poll::Ready(Ok(()));
         }
         std::task::ready!(self.poll_unsent(cx))?;

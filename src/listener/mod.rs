@@ -608,12 +608,17 @@ async fn serve_http<S>(
     let alt_svc = fe.settings.alt_svc.clone();
     let svc = service_fn(move |req| serve_request(req, info.clone(), alt_svc.clone()));
     let mode = match io.mode() {
-        Mode::Detect => match io.detect().await {
-            Ok(mode) => mode,
-            Err(e) => {
-                tracing::debug!(%peer, error = %e, "client connection ended before its protocol was known");
-                return;
-            }
+        // A stop ends a connection that has not yet said which protocol it
+        // speaks: it has no request in flight.
+        Mode::Detect => tokio::select! {
+            r = io.detect(), if !*stop.borrow() => match r {
+                Ok(mode) => mode,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "client connection ended before its protocol was known");
+                    return;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
         },
         known => known,
     };
@@ -729,14 +734,25 @@ impl Conn<'_> {
                         closing = true;
                         Pin::new(&mut *conn).graceful_shutdown();
                     }
+                    // The byte layer asked to park: unless a request came
+                    // in since (the same poll that asked may have read one).
                     _ = self.activity.idle.notified(), if !closing && !parking => {
-                        parking = true;
-                        Pin::new(&mut *conn).graceful_shutdown();
+                        if self.activity.park_still_asked() {
+                            parking = true;
+                            self.activity.set_parking(true);
+                            Pin::new(&mut *conn).graceful_shutdown();
+                        }
                     }
                 }
             }
-            // Upgraded (the tunnel has the stream), or ended and shut down.
-            // The service and hyper's state go with the temporary.
+            // hyper may also have ended the connection for reasons of its
+            // own while it was asked to (a close asked for by a request that
+            // came in first): then the stream is not kept, as it is not
+            // when the park was not asked at all.
+            let keep = parking && !closing && self.activity.park_still_asked();
+            self.activity.set_parking(false);
+            // Upgraded (the tunnel has the stream), or ended. The service and
+            // hyper's state go with the temporary.
             let Some(http1::Parts {
                 io: tokio_io,
                 read_buf,
@@ -746,12 +762,12 @@ impl Conn<'_> {
                 return;
             };
             io = tokio_io.into_inner();
-            if !io.parking() {
+            if !parking {
+                // hyper shut the stream down itself.
                 return;
             }
-            io.unpark();
-            if closing {
-                // Asked to park as the stop came: the stream is still open.
+            if !keep {
+                // hyper's shutdown was skipped for the park.
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
                 return;
             }
@@ -773,6 +789,7 @@ impl Conn<'_> {
                 let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
                 return;
             }
+            io.resumed();
         }
     }
 
@@ -812,6 +829,23 @@ async fn serve_request(
     {
         req.extensions_mut().insert(LengthAndChunked);
     }
+    // How hyper leaves the connection after this exchange, as far as the
+    // request says: hyper keeps an upgrade asked for pending to the end of
+    // its connection, and closes after `Connection: close`. HTTP/1.0 counts
+    // as closing: hyper keeps such a connection open only for some answers
+    // (a body of known length, keep-alive asked for), and it is not worth
+    // parking.
+    let (upgrade, close) = if http1 {
+        (
+            req.extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some(),
+            req.version() == http::Version::HTTP_10
+                || crate::upstream::connection_lists(req.headers(), b"close"),
+        )
+    } else {
+        (false, false)
+    };
     let mut resp = crate::proxy::handle(req, info.clone()).await?;
     if let Some(v) = alt_svc {
         resp.headers_mut().insert(http::header::ALT_SVC, v);
@@ -822,6 +856,8 @@ async fn serve_request(
     if http1 {
         info.activity
             .set_linger(matches!(resp.status().as_u16(), 400 | 408 | 413 | 431));
+        let close = close || crate::upstream::connection_lists(resp.headers(), b"close");
+        info.activity.note_exchange(!close, upgrade);
     }
     Ok(resp)
 }

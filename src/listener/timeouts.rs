@@ -139,6 +139,14 @@ impl Timeouts {
         }
     }
 
+    /// A parked connection was woken by the client: if no request comes of
+    /// it (a close, TLS records with no data), it may be parked again.
+    pub fn resumed(&mut self) {
+        if let Phase::Idle { parked, .. } = &mut self.phase {
+            *parked = false;
+        }
+    }
+
     /// The connection turned out to be HTTP/2: idle from now.
     pub fn http2_started(&mut self) {
         self.park_after = None;
