@@ -105,7 +105,8 @@ pub struct ConnIo<S> {
     /// portico's GOAWAY, still to be written to `inner`.
     unsent: Vec<u8>,
     /// HTTP/2 flood and rapid-reset detection, once the connection is HTTP/2.
-    h2: Option<H2Guard>,
+    /// Boxed: an HTTP/1.x connection, parked, should not carry its room.
+    h2: Option<Box<H2Guard>>,
     /// Where the stream goes when dropped after an error answer.
     handoff: Option<oneshot::Sender<S>>,
     /// Bytes already seen by the parts, to be read before the stream's.
@@ -197,7 +198,7 @@ impl<S> ConnIo<S> {
                 Verdict::Http2 { earlier } => {
                     self.mode = Mode::Http2;
                     self.timeouts.http2_started();
-                    let mut guard = H2Guard::default();
+                    let mut guard = Box::<H2Guard>::default();
                     guard.on_read(earlier);
                     self.h2 = Some(guard);
                     return guard_read(&mut self.h2, read);
@@ -227,7 +228,7 @@ impl<S> ConnIo<S> {
     }
 }
 
-fn guard_read(guard: &mut Option<H2Guard>, read: &[u8]) -> bool {
+fn guard_read(guard: &mut Option<Box<H2Guard>>, read: &[u8]) -> bool {
     guard.as_mut().is_some_and(|g| g.on_read(read))
 }
 
