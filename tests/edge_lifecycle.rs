@@ -228,28 +228,6 @@ async fn an_upstream_connection_with_an_unsent_upload_is_not_reused() {
     drop(p);
 }
 
-/// A WebSocket echo server (tungstenite) on 127.0.0.1.
-async fn ws_echo() -> SocketAddr {
-    use futures_util::{SinkExt, StreamExt};
-    let l = TcpListener::bind("127.0.0.1:0").await.unwrap();
-    let addr = l.local_addr().unwrap();
-    tokio::spawn(async move {
-        while let Ok((s, _)) = l.accept().await {
-            tokio::spawn(async move {
-                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
-                    return;
-                };
-                while let Some(Ok(m)) = ws.next().await {
-                    if m.is_close() || ws.send(m).await.is_err() {
-                        break;
-                    }
-                }
-            });
-        }
-    });
-    addr
-}
-
 type Ws = tokio_tungstenite::WebSocketStream<TcpStream>;
 
 async fn ws_connect(addr: SocketAddr) -> Ws {

@@ -22,6 +22,18 @@
 //! An error answer that closes the connection hands the stream over, when
 //! this is dropped, for a lingering close ([`linger`](super::linger)).
 //!
+//! **Parking.** An HTTP/1.x connection idle for
+//! [`PARK_AFTER`](super::timeouts::PARK_AFTER) is parked: the byte layer
+//! asks for it through [`ConnActivity::idle`] when every byte read so far
+//! belongs to a complete request the pipeline has received (so the next
+//! byte starts a head), and then shuts nothing down when hyper closes; the
+//! listener takes the stream back from hyper, waits with no buffer
+//! ([`ConnIo::poll_parked`]) and serves it with a new hyper connection. So
+//! an idle connection holds no HTTP/1 buffers, and the client sees nothing
+//! of it. Bytes read but not yet served (the first bytes of a connection
+//! whose protocol had to be told, blank lines hyper had read) go back in
+//! front of the stream with [`ConnIo::unread`].
+//!
 //! One wrapper holding the parts, not a stack of wrappers, because the
 //! parts are not independent: which of them sees the bytes, and what a
 //! timeout does, depends on the protocol, which the preface decides only
@@ -37,13 +49,35 @@ pub use super::linger::linger;
 use super::preface::{Preface, Verdict};
 use super::timeouts::{answer_408, Expired, Timeouts};
 use crate::proxy::conn::ConnActivity;
+use bytes::{Buf, Bytes};
 use http::HeaderName;
 use std::io;
 use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
+use tokio::net::TcpStream;
 use tokio::sync::oneshot;
+
+/// A stream that can wait for bytes to read without reading them (and so
+/// without a buffer).
+pub trait ReadReady {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
+}
+
+impl ReadReady for TcpStream {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        TcpStream::poll_read_ready(self, cx)
+    }
+}
+
+/// Ready when the socket is: tokio-rustls reads the socket until it would
+/// block before it says Pending, so no whole record waits in rustls.
+impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
+    fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        self.get_ref().0.poll_read_ready(cx)
+    }
+}
 
 /// Which protocol the connection speaks, as far as timeouts care.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -71,9 +105,12 @@ pub struct ConnIo<S> {
     /// portico's GOAWAY, still to be written to `inner`.
     unsent: Vec<u8>,
     /// HTTP/2 flood and rapid-reset detection, once the connection is HTTP/2.
-    h2: Option<H2Guard>,
+    /// Boxed: an HTTP/1.x connection, parked, should not carry its room.
+    h2: Option<Box<H2Guard>>,
     /// Where the stream goes when dropped after an error answer.
     handoff: Option<oneshot::Sender<S>>,
+    /// Bytes already seen by the parts, to be read before the stream's.
+    unread: Bytes,
 }
 
 impl<S> ConnIo<S> {
@@ -98,7 +135,26 @@ impl<S> ConnIo<S> {
             unsent: Vec::new(),
             h2: (mode == Mode::Http2).then(Default::default),
             handoff: None,
+            unread: Bytes::new(),
         }
+    }
+
+    /// Puts `bytes`, already read through this and so seen by the parts,
+    /// back in front of the stream.
+    pub fn unread(&mut self, bytes: Bytes) {
+        debug_assert!(self.unread.is_empty());
+        self.unread = bytes;
+    }
+
+    /// Whether an idle HTTP/1.x connection can be parked: every byte read
+    /// belongs to a complete request the pipeline has taken, and the
+    /// exchanges leave it parkable ([`ConnActivity::parkable`]).
+    fn may_park(&self) -> bool {
+        self.mode == Mode::Http1
+            && self.unread.is_empty()
+            && self.activity.parkable()
+            && self.h1.as_ref().and_then(|h1| h1.between_requests())
+                == Some(self.activity.requests_started())
     }
 
     /// The stream, once this is dropped while the connection's last answer
@@ -142,7 +198,7 @@ impl<S> ConnIo<S> {
                 Verdict::Http2 { earlier } => {
                     self.mode = Mode::Http2;
                     self.timeouts.http2_started();
-                    let mut guard = H2Guard::default();
+                    let mut guard = Box::<H2Guard>::default();
                     guard.on_read(earlier);
                     self.h2 = Some(guard);
                     return guard_read(&mut self.h2, read);
@@ -172,7 +228,7 @@ impl<S> ConnIo<S> {
     }
 }
 
-fn guard_read(guard: &mut Option<H2Guard>, read: &[u8]) -> bool {
+fn guard_read(guard: &mut Option<Box<H2Guard>>, read: &[u8]) -> bool {
     guard.as_mut().is_some_and(|g| g.on_read(read))
 }
 
@@ -244,33 +300,93 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
 
     /// No bytes to read: whether a timeout has passed, and what it does.
     fn poll_timeouts(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        if self.timeouts.is_busy() {
+        // On HTTP/1.x also when not known busy: a request answered at once
+        // (a `respond` route) starts and ends between two reads, and hyper
+        // reads again only when bytes come, so the end of the request must
+        // wake the connection to start the idle clock (and parking).
+        if self.timeouts.is_busy() || self.mode != Mode::Http2 {
             self.activity.wake_when_idle(cx.waker());
+        }
+        if self.timeouts.is_busy() {
             // The last request may have finished meanwhile.
             if self.activity.in_flight() > 0 {
                 return Poll::Pending;
             }
             self.observe_requests();
         }
-        match std::task::ready!(self.timeouts.poll_expired(cx)) {
-            Expired::Head { got_bytes } => {
-                // Not while the bytes may yet be an HTTP/2 preface.
-                if got_bytes && self.mode == Mode::Http1 {
-                    self.write_408(cx);
+        loop {
+            return match std::task::ready!(self.timeouts.poll_expired(cx)) {
+                Expired::Head { got_bytes } => {
+                    // Not while the bytes may yet be an HTTP/2 preface.
+                    if got_bytes && self.mode == Mode::Http1 {
+                        self.write_408(cx);
+                    }
+                    Poll::Ready(Err(io::Error::new(
+                        io::ErrorKind::TimedOut,
+                        "request head timeout",
+                    )))
                 }
-                Poll::Ready(Err(io::Error::new(
-                    io::ErrorKind::TimedOut,
-                    "request head timeout",
-                )))
-            }
-            Expired::Idle if self.mode == Mode::Http2 => {
-                self.timeouts.closing();
-                self.activity.idle.notify_one();
-                Poll::Pending
-            }
-            // An idle HTTP/1.1 connection just ends.
-            Expired::Idle => Poll::Ready(Ok(())),
+                Expired::Park => {
+                    if self.may_park() {
+                        self.activity.ask_park();
+                    }
+                    // On to the idle timeout, which stays armed.
+                    continue;
+                }
+                Expired::Idle if self.mode == Mode::Http2 => {
+                    self.timeouts.closing();
+                    self.activity.idle.notify_one();
+                    Poll::Pending
+                }
+                // An idle HTTP/1.1 connection just ends.
+                Expired::Idle => Poll::Ready(Ok(())),
+            };
         }
+    }
+
+    /// A parked connection: Ready(Ok(true)) once the client has sent bytes
+    /// (or closed), Ready(Ok(false)) once the idle timeout has passed.
+    /// Holds no buffer while it waits.
+    pub fn poll_parked(&mut self, cx: &mut Context<'_>) -> Poll<io::Result<bool>>
+    where
+        S: ReadReady,
+    {
+        let Some(inner) = self.inner.as_ref() else {
+            return Poll::Ready(Err(gone()));
+        };
+        if let Poll::Ready(r) = inner.poll_read_ready(cx) {
+            return Poll::Ready(r.map(|()| true));
+        }
+        self.timeouts.poll_expired(cx).map(|_| Ok(false))
+    }
+
+    /// Back from parking, woken by the client.
+    pub fn resumed(&mut self) {
+        self.timeouts.resumed();
+    }
+
+    /// Reads the first bytes of a connection in `Detect` mode until they
+    /// tell its protocol, and puts them back in front of the stream.
+    pub async fn detect(&mut self) -> io::Result<Mode>
+    where
+        S: AsyncRead + AsyncWrite + Unpin,
+    {
+        let mut first = [0u8; super::preface::H2_PREFACE.len()];
+        let mut filled = 0;
+        while self.mode == Mode::Detect {
+            let n = std::future::poll_fn(|cx| {
+                let mut buf = ReadBuf::new(&mut first[filled..]);
+                std::task::ready!(Pin::new(&mut *self).poll_read(cx, &mut buf))?;
+                Poll::Ready(Ok::<_, io::Error>(buf.filled().len()))
+            })
+            .await?;
+            if n == 0 {
+                return Err(io::ErrorKind::UnexpectedEof.into());
+            }
+            filled += n;
+        }
+        self.unread = Bytes::copy_from_slice(&first[..filled]);
+        Ok(self.mode)
     }
 }
 
@@ -281,6 +397,12 @@ impl<S: AsyncRead + AsyncWrite + Unpin> AsyncRead for ConnIo<S> {
         buf: &mut ReadBuf<'_>,
     ) -> Poll<io::Result<()>> {
         let this = &mut *self;
+        if !this.unread.is_empty() {
+            let n = this.unread.len().min(buf.remaining());
+            buf.put_slice(&this.unread[..n]);
+            this.unread.advance(n);
+            return Poll::Ready(Ok(()));
+        }
         this.observe_requests();
         let before = buf.filled().len();
         let Some(inner) = this.inner.as_mut() else {
@@ -356,6 +478,9 @@ impl<S: AsyncWrite + Unpin> AsyncWrite for ConnIo<S> {
     }
 
     fn poll_shutdown(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
+        if self.activity.parking() {
+            return Poll::Ready(Ok(()));
+        }
         std::task::ready!(self.poll_unsent(cx))?;
         match self.inner.as_mut() {
             Some(inner) => Pin::new(inner).poll_shutdown(cx),

@@ -77,6 +77,13 @@ impl H1Framing {
         self.lost_from
     }
 
+    /// Whether every byte so far belongs to a request whose head and body
+    /// are complete (`heads` of them): the next byte starts a new head.
+    /// Never once the stream could not be followed.
+    pub fn between_requests(&self) -> Option<u64> {
+        (self.state == Framing::Head && self.head.is_empty()).then_some(self.heads)
+    }
+
     /// Takes the next bytes read from the client; true if that taught
     /// [`H1Framing::length_and_chunked`] or [`H1Framing::lost_from`]
     /// something new.

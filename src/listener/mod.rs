@@ -44,10 +44,12 @@ pub use settings::ListenerSettings;
 
 use crate::config::Protocol;
 use crate::proxy::{ConnInfo, LengthAndChunked, ListenerFacts, Shared};
+use conn_io::ReadReady;
+use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
 use hyper_util::rt::{TokioExecutor, TokioIo, TokioTimer};
-use hyper_util::server::conn::auto;
 use std::net::SocketAddr;
+use std::pin::Pin;
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -314,21 +316,21 @@ impl ConnLimit {
 /// The hyper server builders of one listener.
 struct Frontend {
     settings: Arc<ListenerSettings>,
-    detect: auto::Builder<TokioExecutor>,
-    http1: auto::Builder<TokioExecutor>,
-    http2: auto::Builder<TokioExecutor>,
+    http1: http1::Builder,
+    http2: http2::Builder<TokioExecutor>,
 }
 
 impl Frontend {
     fn new(settings: Arc<ListenerSettings>) -> Frontend {
-        let mut b = auto::Builder::new(TokioExecutor::new());
-        b.http1()
+        let mut http1 = http1::Builder::new();
+        http1
             .timer(TokioTimer::new())
             // ConnIo enforces the head timeout (with a 408); hyper's closes silently.
             .header_read_timeout(None)
             .keep_alive(true)
             .max_buf_size(settings.max_header_bytes + HEAD_SLACK);
-        b.http2()
+        let mut http2 = http2::Builder::new(TokioExecutor::new());
+        http2
             .timer(TokioTimer::new())
             .max_concurrent_streams(settings.h2_max_concurrent_streams)
             .max_header_list_size(settings.max_header_bytes.min(u32::MAX as usize) as u32)
@@ -337,15 +339,8 @@ impl Frontend {
             .initial_stream_window_size(1 << 20)
             .initial_connection_window_size(4 << 20)
             .max_send_buf_size(1 << 20);
-        let (http1, http2) = (b.clone().http1_only(), b.clone().http2_only());
-        let detect = match (settings.http1, settings.http2) {
-            (true, true) => b,
-            (false, _) => http2.clone(),
-            (_, false) => http1.clone(),
-        };
         Frontend {
             settings,
-            detect,
             http1,
             http2,
         }
@@ -457,7 +452,9 @@ async fn serve_connection(
     let _ = stream.set_nodelay(true);
     let s = &fe.settings;
     let peer = if s.proxy_protocol {
-        match proxy_header(&mut stream, peer, s.header_read_timeout).await {
+        // Boxed, as the handshake below: a state the connection passes
+        // through once must not size its task for good.
+        match Box::pin(proxy_header(&mut stream, peer, s.header_read_timeout)).await {
             Some(client) => client,
             None => return,
         }
@@ -468,39 +465,15 @@ async fn serve_connection(
     let activity = Arc::new(ConnActivity::default());
     match tls {
         Some(cfg) => {
-            let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
-            // Boxed, so that the handshake's state is freed once done
-            // instead of sizing the connection's task for good.
-            let handshake = Box::pin(acceptor.accept(stream));
-            let tls_stream = match tokio::time::timeout(s.header_read_timeout, handshake).await {
-                Ok(Ok(t)) => t,
-                Ok(Err(e)) => {
-                    tracing::debug!(%peer, error = %e, "TLS handshake failed");
-                    s.metrics.record_tls_handshake_error();
-                    return;
-                }
-                Err(_) => {
-                    tracing::debug!(%peer, "TLS handshake timed out");
-                    s.metrics.record_tls_handshake_error();
-                    return;
-                }
+            let Some((io, mode)) = tls_handshake(stream, cfg, peer, s, &activity).await else {
+                return;
             };
-            let _ = activity
-                .tls_version
-                .set(tls_version_name(tls_stream.get_ref().1));
-            let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
-            let (mode, builder) = if h2 || !s.http1 {
-                (Mode::Http2, &fe.http2)
-            } else {
-                (Mode::Http1, &fe.http1)
-            };
-            let io = byte_layer(tls_stream, s, mode, &activity);
             let protocol = Some(match mode {
                 Mode::Http2 => Protocol::Http2,
                 _ => Protocol::Http1,
             });
             let conn = (peer, true, protocol, slot);
-            Box::pin(serve_http(io, builder, &fe, conn, activity, shared, stop)).await;
+            Box::pin(serve_http(io, &fe, conn, activity, shared, stop)).await;
         }
         None => {
             let mode = match (s.http1, s.http2) {
@@ -517,12 +490,54 @@ async fn serve_connection(
             let conn = (peer, false, protocol, slot);
             // Boxed (both arms): a task is sized by its largest state, and
             // a plain connection would otherwise carry room for TLS.
-            Box::pin(serve_http(
-                io, &fe.detect, &fe, conn, activity, shared, stop,
-            ))
-            .await;
+            Box::pin(serve_http(io, &fe, conn, activity, shared, stop)).await;
         }
     }
+}
+
+/// The TLS handshake of a connection of listener `s`, within its
+/// `header_read_timeout`: the byte layer over the TLS stream, and the
+/// protocol ALPN agreed. `None`: it failed (logged and counted).
+///
+/// Its own function so that the TLS stream, a kilobyte, is never a local
+/// of the connection's task across an await (an async fn keeps room for a
+/// local for as long as it is in scope, moved out or not).
+async fn tls_handshake(
+    stream: TcpStream,
+    cfg: Arc<rustls::ServerConfig>,
+    peer: SocketAddr,
+    s: &ListenerSettings,
+    activity: &Arc<ConnActivity>,
+) -> Option<(
+    Box<ConnIo<tokio_rustls::server::TlsStream<TcpStream>>>,
+    Mode,
+)> {
+    let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
+    // Boxed, so that the handshake's state is freed once done.
+    let handshake = Box::pin(acceptor.accept(stream));
+    let tls_stream = match tokio::time::timeout(s.header_read_timeout, handshake).await {
+        Ok(Ok(t)) => t,
+        Ok(Err(e)) => {
+            tracing::debug!(%peer, error = %e, "TLS handshake failed");
+            s.metrics.record_tls_handshake_error();
+            return None;
+        }
+        Err(_) => {
+            tracing::debug!(%peer, "TLS handshake timed out");
+            s.metrics.record_tls_handshake_error();
+            return None;
+        }
+    };
+    let _ = activity
+        .tls_version
+        .set(tls_version_name(tls_stream.get_ref().1));
+    let h2 = tls_stream.get_ref().1.alpn_protocol() == Some(b"h2");
+    let mode = if h2 || !s.http1 {
+        Mode::Http2
+    } else {
+        Mode::Http1
+    };
+    Some((byte_layer(tls_stream, s, mode, activity), mode))
 }
 
 /// The client address from the PROXY protocol header at the start of
@@ -546,14 +561,16 @@ async fn proxy_header(
     }
 }
 
-/// The byte layer under hyper for one connection of listener `s`.
+/// The byte layer under hyper for one connection of listener `s`, boxed:
+/// the futures that serve the connection (and a parked one's) hold a
+/// pointer, not a TLS session each.
 fn byte_layer<S>(
     stream: S,
     s: &ListenerSettings,
     mode: Mode,
     activity: &Arc<ConnActivity>,
-) -> ConnIo<S> {
-    ConnIo::new(
+) -> Box<ConnIo<S>> {
+    Box::new(ConnIo::new(
         stream,
         activity.clone(),
         mode,
@@ -561,19 +578,19 @@ fn byte_layer<S>(
         s.idle_timeout,
         s.request_id_header.clone(),
         s.max_header_bytes + HEAD_SLACK,
-    )
+    ))
 }
 
+/// Serves one client connection: HTTP/2, or HTTP/1.x parked while idle.
 async fn serve_http<S>(
-    mut io: ConnIo<S>,
-    builder: &auto::Builder<TokioExecutor>,
+    mut io: Box<ConnIo<S>>,
     fe: &Frontend,
     (peer, https, protocol, slot): (SocketAddr, bool, Option<Protocol>, ConnSlot),
     activity: Arc<ConnActivity>,
     shared: Arc<Shared>,
     mut stop: watch::Receiver<bool>,
 ) where
-    S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+    S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
 {
     let lingering = io.lingering();
     // Counted in portico_connections_active now if the protocol is known
@@ -590,8 +607,63 @@ async fn serve_http<S>(
     let info = Arc::new(info.holding(slot));
     let alt_svc = fe.settings.alt_svc.clone();
     let svc = service_fn(move |req| serve_request(req, info.clone(), alt_svc.clone()));
+    let mode = match io.mode() {
+        // A stop ends a connection that has not yet said which protocol it
+        // speaks: it has no request in flight.
+        Mode::Detect => tokio::select! {
+            r = io.detect(), if !*stop.borrow() => match r {
+                Ok(mode) => mode,
+                Err(e) => {
+                    tracing::debug!(%peer, error = %e, "client connection ended before its protocol was known");
+                    return;
+                }
+            },
+            _ = stop.wait_for(|s| *s) => return,
+        },
+        known => known,
+    };
+    let conn = Conn {
+        fe,
+        peer,
+        activity: &activity,
+        shared: &shared,
+    };
+    // Each boxed: a parked HTTP/1.x connection frees its hyper state, and
+    // neither protocol's state sizes the other's.
+    match mode {
+        Mode::Http2 => Box::pin(conn.serve_http2(io, svc, &mut stop)).await,
+        _ => Box::pin(conn.serve_http1(io, svc, &mut stop)).await,
+    }
+    // Only then: a connection that became a tunnel keeps its stream.
+    if activity.lingers() {
+        Box::pin(linger(lingering, stop)).await;
+    }
+}
+
+/// What serving one client connection needs besides its stream.
+struct Conn<'a> {
+    fe: &'a Frontend,
+    peer: SocketAddr,
+    activity: &'a ConnActivity,
+    shared: &'a Shared,
+}
+
+impl Conn<'_> {
+    /// HTTP/2 until the client closes, an error, or a graceful shutdown
+    /// (portico's stop, or the byte layer's idle timeout) has completed.
+    async fn serve_http2<S, Svc>(
+        &self,
+        io: Box<ConnIo<S>>,
+        svc: Svc,
+        stop: &mut watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + Unpin + Send + 'static,
+        Svc: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody>
+            + Send,
+        Svc::Future: Send + 'static,
+        Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
     {
-        let conn = builder.serve_connection_with_upgrades(TokioIo::new(io), svc);
+        let conn = self.fe.http2.serve_connection(TokioIo::new(io), svc);
         tokio::pin!(conn);
         let mut closing = *stop.borrow();
         if closing {
@@ -601,33 +673,139 @@ async fn serve_http<S>(
             tokio::select! {
                 r = conn.as_mut() => {
                     if let Err(e) = r {
-                        match parser_answer(&*e) {
-                            Some(status) => {
-                                activity.set_linger(true);
-                                let tls = activity.tls_version.get().copied().unwrap_or("");
-                                log_parser_answer(&shared, &fe.settings, peer, tls, status, &*e);
-                            }
-                            None => tracing::debug!(%peer, error = %e, "client connection ended with an error"),
-                        }
+                        tracing::debug!(peer = %self.peer, error = %e, "client connection ended with an error");
                     }
-                    break;
+                    return;
                 }
                 _ = stop.changed(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
-                _ = activity.idle.notified(), if !closing => {
+                _ = self.activity.idle.notified(), if !closing => {
                     closing = true;
                     conn.as_mut().graceful_shutdown();
                 }
             }
         }
-        // Dropping the connection drops its ConnIo, which hands the stream
-        // over if the close is to linger.
     }
-    // Only then: a connection that became a tunnel keeps its stream.
-    if activity.lingers() {
-        linger(lingering, stop).await;
+
+    /// HTTP/1.x (with upgrades) until the client closes, an error, a
+    /// graceful shutdown, or an idle timeout. While idle the connection is
+    /// parked: hyper's connection is ended without touching the stream,
+    /// which waits with no buffer and is then served by a new one (see
+    /// [`conn_io`]'s module docs).
+    async fn serve_http1<S, Svc>(
+        &self,
+        mut io: Box<ConnIo<S>>,
+        svc: Svc,
+        stop: &mut watch::Receiver<bool>,
+    ) where
+        S: AsyncRead + AsyncWrite + ReadReady + Unpin + Send + 'static,
+        Svc: hyper::service::HttpService<hyper::body::Incoming, ResBody = crate::body::ProxyBody>
+            + Clone
+            + Unpin,
+        Svc::Future: Send + 'static,
+        Svc::Error: Into<Box<dyn std::error::Error + Send + Sync>>,
+    {
+        let mut closing = *stop.borrow();
+        loop {
+            let mut conn = Box::new(
+                self.fe
+                    .http1
+                    .serve_connection(TokioIo::new(io), svc.clone())
+                    .with_upgrades(),
+            );
+            if closing {
+                Pin::new(&mut *conn).graceful_shutdown();
+            }
+            let mut parking = false;
+            loop {
+                tokio::select! {
+                    r = &mut *conn => {
+                        if let Err(e) = r {
+                            self.log_error(&e);
+                            // Dropping the connection drops its ConnIo, which
+                            // hands the stream over if the close is to linger.
+                            return;
+                        }
+                        break;
+                    }
+                    _ = stop.changed(), if !closing && !parking => {
+                        closing = true;
+                        Pin::new(&mut *conn).graceful_shutdown();
+                    }
+                    // The byte layer asked to park: unless a request came
+                    // in since (the same poll that asked may have read one).
+                    _ = self.activity.idle.notified(), if !closing && !parking => {
+                        if self.activity.park_still_asked() {
+                            parking = true;
+                            self.activity.set_parking(true);
+                            Pin::new(&mut *conn).graceful_shutdown();
+                        }
+                    }
+                }
+            }
+            // hyper may also have ended the connection for reasons of its
+            // own while it was asked to (a close asked for by a request that
+            // came in first): then the stream is not kept, as it is not
+            // when the park was not asked at all.
+            let keep = parking && !closing && self.activity.park_still_asked();
+            self.activity.set_parking(false);
+            // Upgraded (the tunnel has the stream), or ended. The service and
+            // hyper's state go with the temporary.
+            let Some(http1::Parts {
+                io: tokio_io,
+                read_buf,
+                ..
+            }) = conn.into_parts()
+            else {
+                return;
+            };
+            io = tokio_io.into_inner();
+            if !parking {
+                // hyper shut the stream down itself.
+                return;
+            }
+            if !keep {
+                // hyper's shutdown was skipped for the park.
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                return;
+            }
+            // Blank lines before a next head, which hyper had read and would
+            // skip, are all the byte layer lets hyper hold when it asks to
+            // park. Anything else goes back in front of the stream.
+            if !read_buf.iter().all(|b| matches!(b, b'\r' | b'\n')) {
+                io.unread(read_buf);
+                continue;
+            }
+            // Even empty, it holds hyper's whole read buffer.
+            drop(read_buf);
+            tracing::debug!(peer = %self.peer, "idle connection parked");
+            let woke = tokio::select! {
+                r = std::future::poll_fn(|cx| io.poll_parked(cx)) => r,
+                _ = stop.changed(), if !closing => Ok(false),
+            };
+            if !matches!(woke, Ok(true)) {
+                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
+                return;
+            }
+            io.resumed();
+        }
+    }
+
+    /// Logs how an HTTP/1.x connection ended in error; hyper's own answer
+    /// to a head it could not parse is logged and counted as a request.
+    fn log_error(&self, e: &hyper::Error) {
+        match parser_answer(e) {
+            Some(status) => {
+                self.activity.set_linger(true);
+                let tls = self.activity.tls_version.get().copied().unwrap_or("");
+                log_parser_answer(self.shared, &self.fe.settings, self.peer, tls, status, e);
+            }
+            None => {
+                tracing::debug!(peer = %self.peer, error = %e, "client connection ended with an error")
+            }
+        }
     }
 }
 
@@ -651,6 +829,23 @@ async fn serve_request(
     {
         req.extensions_mut().insert(LengthAndChunked);
     }
+    // How hyper leaves the connection after this exchange, as far as the
+    // request says: hyper keeps an upgrade asked for pending to the end of
+    // its connection, and closes after `Connection: close`. HTTP/1.0 counts
+    // as closing: hyper keeps such a connection open only for some answers
+    // (a body of known length, keep-alive asked for), and it is not worth
+    // parking.
+    let (upgrade, close) = if http1 {
+        (
+            req.extensions()
+                .get::<hyper::upgrade::OnUpgrade>()
+                .is_some(),
+            req.version() == http::Version::HTTP_10
+                || crate::upstream::connection_lists(req.headers(), b"close"),
+        )
+    } else {
+        (false, false)
+    };
     let mut resp = crate::proxy::handle(req, info.clone()).await?;
     if let Some(v) = alt_svc {
         resp.headers_mut().insert(http::header::ALT_SVC, v);
@@ -661,6 +856,8 @@ async fn serve_request(
     if http1 {
         info.activity
             .set_linger(matches!(resp.status().as_u16(), 400 | 408 | 413 | 431));
+        let close = close || crate::upstream::connection_lists(resp.headers(), b"close");
+        info.activity.note_exchange(!close, upgrade);
     }
     Ok(resp)
 }

@@ -9,7 +9,9 @@
 //!   bounds the upstream side;
 //! - **idle** (keepalive, no request in flight): bounded by `idle_timeout`,
 //!   counted from the end of the last request. On HTTP/2, frames that are
-//!   not requests (PING, WINDOW_UPDATE) do not reset it;
+//!   not requests (PING, WINDOW_UPDATE) do not reset it. On HTTP/1.x, once
+//!   `PARK_AFTER` of it has passed (if that is shorter), [`Expired::Park`]
+//!   comes first, once per idle spell: the time to give buffers back;
 //! - **closing** (HTTP/2 idle timeout fired, graceful shutdown asked for):
 //!   no further timeout.
 //!
@@ -26,9 +28,16 @@ use tokio::time::{Instant, Sleep};
 
 #[derive(Debug, Clone, Copy, PartialEq)]
 enum Phase {
-    Head { since: Instant, got_bytes: bool },
+    Head {
+        since: Instant,
+        got_bytes: bool,
+    },
     Busy,
-    Idle { since: Instant },
+    /// `parked`: [`Expired::Park`] was said for this idle spell.
+    Idle {
+        since: Instant,
+        parked: bool,
+    },
     Closing,
 }
 
@@ -40,7 +49,18 @@ pub enum Expired {
     Head { got_bytes: bool },
     /// No request for `idle_timeout`.
     Idle,
+    /// An HTTP/1.x connection has been idle for [`PARK_AFTER`].
+    Park,
 }
+
+/// How long an HTTP/1.x connection waits idle before it is parked: its
+/// HTTP state and buffers freed until the client sends again. Long enough
+/// that a connection under load (the next request within a round trip) is
+/// not parked between two requests; short enough that a burst of
+/// connections that go quiet gives its buffers back for the next ones
+/// instead of holding them all. Parking costs a new hyper connection state
+/// when the client comes back, a few allocations.
+pub const PARK_AFTER: Duration = Duration::from_millis(100);
 
 /// Head and idle deadlines of one connection.
 pub struct Timeouts {
@@ -48,6 +68,8 @@ pub struct Timeouts {
     seen_started: u64,
     header_timeout: Duration,
     idle_timeout: Duration,
+    /// [`PARK_AFTER`] on HTTP/1.x; `None` on HTTP/2.
+    park_after: Option<Duration>,
     timer: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
 }
@@ -58,7 +80,10 @@ impl Timeouts {
     pub fn new(http2: bool, header_timeout: Duration, idle_timeout: Duration) -> Timeouts {
         let now = Instant::now();
         let phase = if http2 {
-            Phase::Idle { since: now }
+            Phase::Idle {
+                since: now,
+                parked: false,
+            }
         } else {
             Phase::Head {
                 since: now,
@@ -70,6 +95,7 @@ impl Timeouts {
             seen_started: 0,
             header_timeout,
             idle_timeout,
+            park_after: (!http2).then_some(PARK_AFTER),
             timer: Box::pin(tokio::time::sleep_until(
                 now + header_timeout.max(idle_timeout),
             )),
@@ -85,6 +111,7 @@ impl Timeouts {
         } else if started != self.seen_started || self.phase == Phase::Busy {
             self.phase = Phase::Idle {
                 since: Instant::now(),
+                parked: false,
             };
         }
         self.seen_started = started;
@@ -112,10 +139,20 @@ impl Timeouts {
         }
     }
 
+    /// A parked connection was woken by the client: if no request comes of
+    /// it (a close, TLS records with no data), it may be parked again.
+    pub fn resumed(&mut self) {
+        if let Phase::Idle { parked, .. } = &mut self.phase {
+            *parked = false;
+        }
+    }
+
     /// The connection turned out to be HTTP/2: idle from now.
     pub fn http2_started(&mut self) {
+        self.park_after = None;
         self.phase = Phase::Idle {
             since: Instant::now(),
+            parked: false,
         };
     }
 
@@ -128,18 +165,28 @@ impl Timeouts {
     /// `cx` with the timer otherwise. Busy and closing connections have no
     /// bound: Pending, with no wake-up from here.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
+        let park_after = self.park_after.filter(|p| *p < self.idle_timeout);
         let deadline = match self.phase {
             Phase::Busy | Phase::Closing => return Poll::Pending,
             Phase::Head { since, .. } => since + self.header_timeout,
-            Phase::Idle { since } => since + self.idle_timeout,
+            Phase::Idle { since, parked } => match park_after {
+                Some(p) if !parked => since + p,
+                _ => since + self.idle_timeout,
+            },
         };
         if self.armed_for != Some(deadline) {
             self.timer.as_mut().reset(deadline);
             self.armed_for = Some(deadline);
         }
         std::task::ready!(self.timer.as_mut().poll(cx));
-        Poll::Ready(match self.phase {
-            Phase::Head { got_bytes, .. } => Expired::Head { got_bytes },
+        Poll::Ready(match &mut self.phase {
+            Phase::Head { got_bytes, .. } => Expired::Head {
+                got_bytes: *got_bytes,
+            },
+            Phase::Idle { parked, .. } if !*parked && park_after.is_some() => {
+                *parked = true;
+                Expired::Park
+            }
             _ => Expired::Idle,
         })
     }

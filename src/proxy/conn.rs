@@ -159,6 +159,19 @@ pub struct ConnActivity {
     /// The TLS version a TCP connection's handshake agreed ("TLSv1.3"),
     /// for the access log; unset on plain and QUIC connections.
     pub tls_version: std::sync::OnceLock<&'static str>,
+    /// HTTP/1.x parking: the request count when the byte layer asked to
+    /// park the idle connection (`NONE`: not asked).
+    park_asked: AtomicU64,
+    /// HTTP/1.x parking: the listener is ending hyper's connection to park
+    /// the stream, so a shutdown must leave the stream open.
+    parking: AtomicBool,
+    /// HTTP/1.x: the last exchange leaves the connection open (HTTP/1.1,
+    /// and no `Connection: close` from either side).
+    keep_alive: AtomicBool,
+    /// HTTP/1.x: a request asked for an upgrade (an `Upgrade` field, or
+    /// CONNECT): hyper holds it pending to the end of its connection,
+    /// which therefore cannot be parked.
+    upgrade_asked: AtomicBool,
 }
 
 impl Default for ConnActivity {
@@ -172,6 +185,10 @@ impl Default for ConnActivity {
             untracked_from: AtomicU64::new(NONE),
             linger: AtomicBool::new(false),
             tls_version: std::sync::OnceLock::new(),
+            park_asked: AtomicU64::new(NONE),
+            parking: AtomicBool::new(false),
+            keep_alive: AtomicBool::new(true),
+            upgrade_asked: AtomicBool::new(false),
         }
     }
 }
@@ -242,5 +259,53 @@ impl ConnActivity {
 
     pub fn lingers(&self) -> bool {
         self.linger.load(Ordering::Relaxed)
+    }
+
+    /// Notes how an HTTP/1.x exchange left the connection: open or not
+    /// (`keep_alive`), and whether its request asked for an upgrade.
+    pub fn note_exchange(&self, keep_alive: bool, upgrade: bool) {
+        self.keep_alive.store(keep_alive, Ordering::Relaxed);
+        if upgrade {
+            self.upgrade_asked.store(true, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether an idle HTTP/1.x connection may be parked as far as its
+    /// exchanges go: the last one kept it open, none asked for an upgrade,
+    /// and the last answer does not close it lingering.
+    pub fn parkable(&self) -> bool {
+        self.keep_alive.load(Ordering::Relaxed)
+            && !self.upgrade_asked.load(Ordering::Relaxed)
+            && !self.lingers()
+    }
+
+    /// The byte layer asks to park the idle connection (and signals
+    /// [`ConnActivity::idle`]).
+    pub fn ask_park(&self) {
+        self.park_asked
+            .store(self.requests_started(), Ordering::Relaxed);
+        self.idle.notify_one();
+    }
+
+    /// Whether the park asked for still holds: no request started since,
+    /// none in flight, and the connection is still parkable.
+    pub fn park_still_asked(&self) -> bool {
+        self.park_asked.load(Ordering::Relaxed) == self.requests_started()
+            && self.in_flight() == 0
+            && self.parkable()
+    }
+
+    /// The listener is ending hyper's connection to park the stream (true)
+    /// or is done with that (false).
+    pub fn set_parking(&self, on: bool) {
+        self.parking.store(on, Ordering::Relaxed);
+        if !on {
+            self.park_asked.store(NONE, Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a shutdown is to leave the stream open for parking.
+    pub fn parking(&self) -> bool {
+        self.parking.load(Ordering::Relaxed)
     }
 }

@@ -283,7 +283,7 @@ struct Scan {
 }
 
 /// Whether a `Connection` field of `h` lists `token` (any case).
-fn connection_lists(h: &HeaderMap, token: &[u8]) -> bool {
+pub fn connection_lists(h: &HeaderMap, token: &[u8]) -> bool {
     h.get_all(CONNECTION).iter().any(|v| {
         v.as_bytes()
             .split(|&b| b == b',')

@@ -47,7 +47,7 @@ mod rounds;
 mod server;
 
 pub use balancer::Balancer;
-pub use h1::Upgraded;
+pub use h1::{connection_lists, Upgraded};
 pub use health::ServerHealth;
 pub use members::{CurrentMembers, Members, NoServer};
 pub use pool::{Exchange, ResponseBody, SendFailure, UpstreamError, UpstreamPool};

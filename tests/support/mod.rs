@@ -839,3 +839,25 @@ pub fn tally(names: impl IntoIterator<Item = String>) -> HashMap<String, usize> 
     }
     m
 }
+
+/// A WebSocket echo server (tungstenite) on 127.0.0.1.
+pub async fn ws_echo() -> SocketAddr {
+    use futures_util::{SinkExt, StreamExt};
+    let l = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = l.local_addr().unwrap();
+    tokio::spawn(async move {
+        while let Ok((s, _)) = l.accept().await {
+            tokio::spawn(async move {
+                let Ok(mut ws) = tokio_tungstenite::accept_async(s).await else {
+                    return;
+                };
+                while let Some(Ok(m)) = ws.next().await {
+                    if m.is_close() || ws.send(m).await.is_err() {
+                        break;
+                    }
+                }
+            });
+        }
+    });
+    addr
+}
