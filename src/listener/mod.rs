@@ -12,7 +12,12 @@
 //!   listener when the connection was accepted (so new certificates apply to
 //!   new connections) and must finish within `header_read_timeout`;
 //! - ALPN picks HTTP/2 or HTTP/1.1; a plain listener that allows both tells
-//!   them apart by the HTTP/2 preface (h2c prior knowledge);
+//!   them apart by the HTTP/2 preface (h2c prior knowledge), read by the
+//!   byte layer and put back in front of the stream;
+//! - an HTTP/1.x connection idle for 100 ms, between two requests, is
+//!   parked: hyper's connection and its buffers are freed and the stream
+//!   waits with none, to be served by a new one when the client sends
+//!   (see `conn_io.rs`); the client sees no difference;
 //! - HTTP/2 limits: `h2_max_concurrent_streams`, SETTINGS_MAX_HEADER_LIST_SIZE
 //!   = `max_header_bytes`, and h2's rapid-reset and CONTINUATION-flood
 //!   defences (GOAWAY ENHANCE_YOUR_CALM);
