@@ -723,7 +723,6 @@ impl Conn<'_> {
             if closing {
                 Pin::new(&mut *conn).graceful_shutdown();
             }
-            let mut parking = false;
             loop {
                 tokio::select! {
                     r = &mut *conn => {
@@ -735,21 +734,21 @@ impl Conn<'_> {
                         }
                         break;
                     }
-                    _ = stop.changed(), if !closing && !parking => {
+                    _ = stop.changed(), if !closing && !self.activity.parking() => {
                         closing = true;
                         Pin::new(&mut *conn).graceful_shutdown();
                     }
                     // The byte layer asked to park: unless a request came
                     // in since (the same poll that asked may have read one).
-                    _ = self.activity.idle.notified(), if !closing && !parking => {
+                    _ = self.activity.idle.notified(), if !closing && !self.activity.parking() => {
                         if self.activity.park_still_asked() {
-                            parking = true;
                             self.activity.set_parking(true);
                             Pin::new(&mut *conn).graceful_shutdown();
                         }
                     }
                 }
             }
+            let parking = self.activity.parking();
             // hyper may also have ended the connection for reasons of its
             // own while it was asked to (a close asked for by a request that
             // came in first): then the stream is not kept, as it is not
@@ -773,8 +772,7 @@ impl Conn<'_> {
             }
             if !keep {
                 // hyper's shutdown was skipped for the park.
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
-                return;
+                break;
             }
             // Blank lines before a next head, which hyper had read and would
             // skip, are all the byte layer lets hyper hold when it asks to
@@ -791,11 +789,12 @@ impl Conn<'_> {
                 _ = stop.changed(), if !closing => Ok(false),
             };
             if !matches!(woke, Ok(true)) {
-                let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
-                return;
+                break;
             }
             io.resumed();
         }
+        // A parked stream that is not to be served again.
+        let _ = tokio::io::AsyncWriteExt::shutdown(&mut io).await;
     }
 
     /// Logs how an HTTP/1.x connection ended in error; hyper's own answer

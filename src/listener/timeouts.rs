@@ -68,7 +68,8 @@ pub struct Timeouts {
     seen_started: u64,
     header_timeout: Duration,
     idle_timeout: Duration,
-    /// [`PARK_AFTER`] on HTTP/1.x; `None` on HTTP/2.
+    /// [`PARK_AFTER`] on HTTP/1.x when it is shorter than `idle_timeout`;
+    /// `None` otherwise (HTTP/2 is never parked).
     park_after: Option<Duration>,
     timer: Pin<Box<Sleep>>,
     armed_for: Option<Instant>,
@@ -95,7 +96,7 @@ impl Timeouts {
             seen_started: 0,
             header_timeout,
             idle_timeout,
-            park_after: (!http2).then_some(PARK_AFTER),
+            park_after: (!http2 && PARK_AFTER < idle_timeout).then_some(PARK_AFTER),
             timer: Box::pin(tokio::time::sleep_until(
                 now + header_timeout.max(idle_timeout),
             )),
@@ -165,11 +166,10 @@ impl Timeouts {
     /// `cx` with the timer otherwise. Busy and closing connections have no
     /// bound: Pending, with no wake-up from here.
     pub fn poll_expired(&mut self, cx: &mut Context<'_>) -> Poll<Expired> {
-        let park_after = self.park_after.filter(|p| *p < self.idle_timeout);
         let deadline = match self.phase {
             Phase::Busy | Phase::Closing => return Poll::Pending,
             Phase::Head { since, .. } => since + self.header_timeout,
-            Phase::Idle { since, parked } => match park_after {
+            Phase::Idle { since, parked } => match self.park_after {
                 Some(p) if !parked => since + p,
                 _ => since + self.idle_timeout,
             },
@@ -183,7 +183,7 @@ impl Timeouts {
             Phase::Head { got_bytes, .. } => Expired::Head {
                 got_bytes: *got_bytes,
             },
-            Phase::Idle { parked, .. } if !*parked && park_after.is_some() => {
+            Phase::Idle { parked, .. } if !*parked && self.park_after.is_some() => {
                 *parked = true;
                 Expired::Park
             }
