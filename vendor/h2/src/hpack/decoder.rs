@@ -12,6 +12,10 @@ use std::io::Cursor;
 use std::ops::ControlFlow;
 use std::str::Utf8Error;
 
+/// Huffman scratch buffer allocated by the first header block decoded after
+/// it was released (h2's original initial capacity).
+const HUFFMAN_BUFFER_CAPACITY: usize = 4096;
+
 /// Decodes headers using HPACK
 #[derive(Debug)]
 pub struct Decoder {
@@ -158,7 +162,16 @@ impl Decoder {
             max_size_update: None,
             last_max_update: size,
             table: Table::new(size),
-            buffer: BytesMut::with_capacity(4096),
+            buffer: BytesMut::new(),
+        }
+    }
+
+    /// Frees the Huffman scratch buffer (portico: called when the
+    /// connection has nothing left to read). Strings decoded from it keep
+    /// their own reference to it.
+    pub fn release_buffer(&mut self) {
+        if self.buffer.capacity() != 0 {
+            self.buffer = BytesMut::new();
         }
     }
 
@@ -193,6 +206,11 @@ impl Decoder {
         let span = tracing::trace_span!("hpack::decode");
         let _e = span.enter();
 
+        if self.buffer.capacity() == 0 {
+            // `with_capacity` for the reason given in `FramedRead::poll_next`.
+            self.buffer = BytesMut::with_capacity(HUFFMAN_BUFFER_CAPACITY);
+        }
+
         tracing::trace!("decode");
 
         while let Some(ty) = peek_u8(src) {
@@ -214,8 +232,11 @@ impl Decoder {
                     can_resize = false;
                     let entry = self.decode_literal(src, true)?;
 
-                    // Insert the header into the table
-                    self.table.insert(entry.clone());
+                    // Insert the header into the table. The entry gets bytes
+                    // of its own (portico): shared, it would keep the whole
+                    // read or Huffman buffer it was cut from alive for as
+                    // long as it stays in the table.
+                    self.table.insert(entry.detached());
                     consume(src);
 
                     if f(entry).is_break() {

@@ -102,6 +102,20 @@ impl Header {
         }
     }
 
+    /// The same header with bytes of its own: values cut from a shared
+    /// buffer are copied, so that keeping this does not keep that buffer.
+    pub fn detached(&self) -> Header {
+        match self {
+            Header::Authority(v) => Header::Authority(BytesStr::from(v.as_str())),
+            Header::Scheme(v) => Header::Scheme(BytesStr::from(v.as_str())),
+            Header::Path(v) => Header::Path(BytesStr::from(v.as_str())),
+            Header::Protocol(v) => Header::Protocol(Protocol::from(v.as_str())),
+            // `HeaderValue::from_bytes` (in `new`) already copied a field's
+            // value, and method and status own theirs.
+            other => other.clone(),
+        }
+    }
+
     pub fn len(&self) -> usize {
         match *self {
             Header::Field {
