@@ -130,10 +130,12 @@ impl<T: Weigh> TokenCache<T> {
         }
     }
 
-    /// The cache key of a token.
-    pub fn key(&self, token: &str) -> Key {
+    /// The cache key of a token (its bytes as sent: a hit needs the same
+    /// bytes as a token that was verified, so they need no check of their
+    /// own).
+    pub fn key(&self, token: impl AsRef<[u8]>) -> Key {
         let mut h = SipHasher13::new_with_keys(self.secret[0], self.secret[1]);
-        h.write(token.as_bytes());
+        h.write(token.as_ref());
         let h = h.finish128();
         Key([h.h1, h.h2])
     }
