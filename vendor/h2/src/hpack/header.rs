@@ -204,11 +204,17 @@ impl Header {
         use http::header;
 
         match *self {
+            // DATE (portico): a new value every second, each indexed one
+            // lengthens the chain of same-name entries that every later
+            // `date` is compared against, oldest first (dozens of compares
+            // per response on a long-lived connection), and pushes other
+            // entries out of the table.
             Header::Field { ref name, .. } => matches!(
                 *name,
                 header::AGE
                     | header::AUTHORIZATION
                     | header::CONTENT_LENGTH
+                    | header::DATE
                     | header::ETAG
                     | header::IF_MODIFIED_SINCE
                     | header::IF_NONE_MATCH
