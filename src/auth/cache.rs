@@ -271,13 +271,13 @@ mod tests {
     fn bounded_in_entries_and_bytes() {
         let c = TokenCache::new(SHARDS * 4, SHARDS * 10_000);
         for i in 0..1000 {
-            c.insert(c.key(&format!("t{i}")), Arc::new(V(10)), 2000 + i, 1000);
+            c.insert(c.key(format!("t{i}")), Arc::new(V(10)), 2000 + i, 1000);
         }
         let (n, _) = c.usage();
         assert!(n <= SHARDS * 4, "{n}");
         let c = TokenCache::new(1 << 20, SHARDS * 1000);
         for i in 0..1000 {
-            c.insert(c.key(&format!("t{i}")), Arc::new(V(400)), 2000, 1000);
+            c.insert(c.key(format!("t{i}")), Arc::new(V(400)), 2000, 1000);
         }
         let (_, b) = c.usage();
         assert!(b <= SHARDS * 1000, "{b}");
@@ -293,7 +293,7 @@ mod tests {
                                                       // Three keys of one shard.
         let a = c.key("a");
         let mut same = (0..)
-            .map(|i| c.key(&format!("b{i}")))
+            .map(|i| c.key(format!("b{i}")))
             .filter(|k| shard_of(k) == shard_of(&a));
         let (b, d) = (same.next().unwrap(), same.next().unwrap());
         c.insert(a, Arc::new(V(1)), 1500, 1000);
