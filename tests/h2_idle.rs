@@ -34,6 +34,30 @@ fn hpack_str(s: &str) -> Vec<u8> {
     v
 }
 
+/// A GET header block that puts three entries into the peer's dynamic
+/// table (literals with incremental indexing, RFC 7541 6.2.1): `:path`
+/// (static name 4), `:authority` (static name 1) and `name: value` (a new
+/// name). Afterwards 62 is `name`, 63 `:authority`, 64 `:path`.
+fn indexing_block(path: &str, authority: &str, name: &str, value: &str) -> Vec<u8> {
+    // :method GET (2), :scheme http (6).
+    let mut b = vec![0x82, 0x86, 0x44];
+    b.extend(hpack_str(path));
+    b.push(0x41);
+    b.extend(hpack_str(authority));
+    b.push(0x40);
+    b.extend(hpack_str(name));
+    b.extend(hpack_str(value));
+    b
+}
+
+/// The client preface, an empty SETTINGS and `frames`.
+fn preface_then(frames: &[u8]) -> Vec<u8> {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(4, 0, 0, &[]));
+    bytes.extend_from_slice(frames);
+    bytes
+}
+
 /// Reads frames from `s` into `buf` until stream `stream` ends (a HEADERS
 /// or DATA frame with END_STREAM); fails on GOAWAY or RST_STREAM.
 async fn read_until_end(s: &mut TcpStream, buf: &mut Vec<u8>, stream: u32) {
@@ -73,19 +97,10 @@ async fn table_entries_outlive_the_released_read_buffer() {
     let (addr, _p) = start(&backend);
     let mut s = TcpStream::connect(addr).await.expect("connect");
 
-    // :method GET (2), :scheme http (6), then literals with incremental
-    // indexing: :path (name 4), :authority (name 1), x-tenant (new name).
-    let mut first = vec![0x82, 0x86, 0x44];
-    first.extend(hpack_str("/first"));
-    first.push(0x41);
-    first.extend(hpack_str("example.test"));
-    first.push(0x40);
-    first.extend(hpack_str("x-tenant"));
-    first.extend(hpack_str("blue"));
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend(h2_frame(4, 0, 0, &[]));
-    bytes.extend(h2_frame(1, 0x5, 1, &first));
-    s.write_all(&bytes).await.expect("write");
+    let first = indexing_block("/first", "example.test", "x-tenant", "blue");
+    s.write_all(&preface_then(&h2_frame(1, 0x5, 1, &first)))
+        .await
+        .expect("write");
     let mut buf = Vec::new();
     read_until_end(&mut s, &mut buf, 1).await;
     let seen = backend.last_seen();
@@ -130,16 +145,8 @@ async fn a_frame_in_pieces_across_pauses_is_read_whole() {
     let backend = Backend::start("a").await;
     let (addr, _p) = start(&backend);
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut block = vec![0x82, 0x86, 0x44];
-    block.extend(hpack_str("/pieces"));
-    block.push(0x41);
-    block.extend(hpack_str("example.test"));
-    block.push(0x40);
-    block.extend(hpack_str("x-long"));
-    block.extend(hpack_str(&"v".repeat(100)));
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend(h2_frame(4, 0, 0, &[]));
-    bytes.extend(h2_frame(1, 0x5, 1, &block));
+    let block = indexing_block("/pieces", "example.test", "x-long", &"v".repeat(100));
+    let bytes = preface_then(&h2_frame(1, 0x5, 1, &block));
     // Preface and SETTINGS, then the HEADERS frame in three pieces: inside
     // its 9-byte head, then inside its payload, then the rest.
     let headers_at = 24 + 9;
@@ -224,18 +231,12 @@ async fn a_header_block_continued_after_idling_is_decoded_whole() {
     let backend = Backend::start("a").await;
     let (addr, _p) = start(&backend);
     let mut s = TcpStream::connect(addr).await.expect("connect");
-    let mut block = vec![0x82, 0x86, 0x44];
-    block.extend(hpack_str("/continued"));
-    block.push(0x41);
-    block.extend(hpack_str("example.test"));
-    block.push(0x40);
-    block.extend(hpack_str("x-region"));
-    block.extend(hpack_str("north-east-1"));
+    let block = indexing_block("/continued", "example.test", "x-region", "north-east-1");
     let cut = block.len() - 5; // inside the value of x-region
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend(h2_frame(4, 0, 0, &[]));
-    bytes.extend(h2_frame(1, 0x1, 1, &block[..cut])); // END_STREAM only
-    s.write_all(&bytes).await.expect("write");
+                               // END_STREAM only: the block goes on in a CONTINUATION.
+    s.write_all(&preface_then(&h2_frame(1, 0x1, 1, &block[..cut])))
+        .await
+        .expect("write");
     tokio::time::sleep(IDLE).await;
     s.write_all(&h2_frame(9, 0x4, 1, &block[cut..])) // CONTINUATION, END_HEADERS
         .await
