@@ -2,12 +2,16 @@
 //! signature check once.
 //!
 //! Guarantees:
-//! - keyed by a 128-bit keyed hash of the token (two SipHash outputs under
-//!   this process's random keys and two secret random salts), never the
-//!   token itself: the cache holds no bearer credential, and making another
-//!   token hit a cached token's entry would take the secret keys (with them
-//!   unknown, a guess succeeds with odds of entries / 2^128). SipHash, not
-//!   SHA-256: it is several times cheaper on the hot path;
+//! - keyed by a 128-bit keyed hash of the token (SipHash-1-3 with its
+//!   128-bit output, under a secret key drawn from the OS for each cache),
+//!   never the token itself: the cache holds no bearer credential, and
+//!   making another token hit a cached token's entry would take the secret
+//!   key (with it unknown, a guess succeeds with odds of entries / 2^128).
+//!   SipHash, not SHA-256: it is several times cheaper on the hot path, and
+//!   one pass over the token gives all 128 bits;
+//! - the map does not hash a key again: a key is already a secret-keyed
+//!   hash, uniform and out of an attacker's control, so half of it picks
+//!   the shard and the other half the bucket;
 //! - only tokens that passed every check (signature, time, iss, aud,
 //!   required claims) are stored; failures are never cached;
 //! - an entry never outlives the token's `exp` (nor [`MAX_TTL`] seconds);
@@ -21,8 +25,9 @@
 //! The map is split into shards, each behind a `std::sync::Mutex` held only
 //! for a lookup or an insert (never across an await).
 
+use siphasher::sip128::{Hasher128, SipHasher13};
 use std::collections::HashMap;
-use std::hash::{BuildHasher, RandomState};
+use std::hash::{BuildHasher, BuildHasherDefault, Hash, Hasher, RandomState};
 use std::sync::{Arc, Mutex};
 
 /// Entries live at most this long (seconds), even for tokens with a later
@@ -36,8 +41,38 @@ const SHARDS: usize = 16;
 /// Charged to every entry beyond its value: key, map slot, Arc header.
 const ENTRY_OVERHEAD: usize = 96;
 
-/// The cache key of a token.
-pub type Key = [u64; 2];
+/// The cache key of a token: its 128-bit keyed hash, as two halves (the
+/// first picks the shard, the second is the map's hash).
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+pub struct Key([u64; 2]);
+
+impl Hash for Key {
+    fn hash<H: Hasher>(&self, state: &mut H) {
+        state.write_u64(self.0[1]);
+    }
+}
+
+/// The map's hasher: passes a [`Key`]'s half through.
+#[derive(Default)]
+struct KeyHasher(u64);
+
+impl Hasher for KeyHasher {
+    fn write(&mut self, bytes: &[u8]) {
+        // Only `Key` is hashed here, through `write_u64`; fold anything
+        // else rather than ignore it.
+        for b in bytes {
+            self.0 = self.0.rotate_left(8) ^ u64::from(*b);
+        }
+    }
+
+    fn write_u64(&mut self, n: u64) {
+        self.0 = n;
+    }
+
+    fn finish(&self) -> u64 {
+        self.0
+    }
+}
 
 /// SHA-256 of any bytes.
 pub fn sha256(b: &[u8]) -> [u8; 32] {
@@ -60,7 +95,7 @@ struct Entry<T> {
 }
 
 struct Shard<T> {
-    map: HashMap<Key, Entry<T>>,
+    map: HashMap<Key, Entry<T>, BuildHasherDefault<KeyHasher>>,
     bytes: usize,
 }
 
@@ -69,8 +104,8 @@ pub struct TokenCache<T> {
     shards: Box<[Mutex<Shard<T>>]>,
     max_entries: usize,
     max_bytes: usize,
-    hasher: RandomState,
-    salts: [u128; 2],
+    /// The SipHash key.
+    secret: [u64; 2],
 }
 
 impl<T: Weigh> TokenCache<T> {
@@ -81,28 +116,32 @@ impl<T: Weigh> TokenCache<T> {
             shards: (0..SHARDS)
                 .map(|_| {
                     Mutex::new(Shard {
-                        map: HashMap::new(),
+                        map: HashMap::default(),
                         bytes: 0,
                     })
                 })
                 .collect(),
             max_entries: (max_entries / SHARDS).max(1),
             max_bytes: (max_bytes / SHARDS).max(1),
-            hasher: RandomState::new(),
-            salts: [random_u128(), random_u128()],
+            secret: {
+                let r = random_u128();
+                [r as u64, (r >> 64) as u64]
+            },
         }
     }
 
-    /// The cache key of a token.
-    pub fn key(&self, token: &str) -> Key {
-        [
-            self.hasher.hash_one((self.salts[0], token)),
-            self.hasher.hash_one((self.salts[1], token)),
-        ]
+    /// The cache key of a token (its bytes as sent: a hit needs the same
+    /// bytes as a token that was verified, so they need no check of their
+    /// own).
+    pub fn key(&self, token: impl AsRef<[u8]>) -> Key {
+        let mut h = SipHasher13::new_with_keys(self.secret[0], self.secret[1]);
+        h.write(token.as_ref());
+        let h = h.finish128();
+        Key([h.h1, h.h2])
     }
 
     fn shard(&self, k: &Key) -> &Mutex<Shard<T>> {
-        &self.shards[(k[0] >> 32) as usize % SHARDS]
+        &self.shards[shard_of(k)]
     }
 
     /// The entry of `k`, if it is still live at `now` (seconds).
@@ -176,6 +215,10 @@ impl<T: Weigh> TokenCache<T> {
     }
 }
 
+fn shard_of(k: &Key) -> usize {
+    (k.0[0] >> 32) as usize % SHARDS
+}
+
 /// 128 random bits from the OS (ring), or from std's per-process hash keys
 /// should the OS source fail.
 fn random_u128() -> u128 {
@@ -205,7 +248,7 @@ mod tests {
         assert_eq!(c.key("a.b.c"), c.key("a.b.c"));
         assert_ne!(c.key("a.b.c"), c.key("a.b.d"));
         assert_ne!(c.key("a.b.c"), d.key("a.b.c"));
-        assert_ne!(c.key("x")[0], c.key("x")[1]);
+        assert_ne!(c.key("x").0[0], c.key("x").0[1]);
     }
 
     #[test]
@@ -228,13 +271,13 @@ mod tests {
     fn bounded_in_entries_and_bytes() {
         let c = TokenCache::new(SHARDS * 4, SHARDS * 10_000);
         for i in 0..1000 {
-            c.insert(c.key(&format!("t{i}")), Arc::new(V(10)), 2000 + i, 1000);
+            c.insert(c.key(format!("t{i}")), Arc::new(V(10)), 2000 + i, 1000);
         }
         let (n, _) = c.usage();
         assert!(n <= SHARDS * 4, "{n}");
         let c = TokenCache::new(1 << 20, SHARDS * 1000);
         for i in 0..1000 {
-            c.insert(c.key(&format!("t{i}")), Arc::new(V(400)), 2000, 1000);
+            c.insert(c.key(format!("t{i}")), Arc::new(V(400)), 2000, 1000);
         }
         let (_, b) = c.usage();
         assert!(b <= SHARDS * 1000, "{b}");
@@ -249,10 +292,9 @@ mod tests {
         let c = TokenCache::new(SHARDS * 2, 1 << 20); // two entries per shard
                                                       // Three keys of one shard.
         let a = c.key("a");
-        let shard = |k: &Key| (k[0] >> 32) as usize % SHARDS;
         let mut same = (0..)
-            .map(|i| c.key(&format!("b{i}")))
-            .filter(|k| shard(k) == shard(&a));
+            .map(|i| c.key(format!("b{i}")))
+            .filter(|k| shard_of(k) == shard_of(&a));
         let (b, d) = (same.next().unwrap(), same.next().unwrap());
         c.insert(a, Arc::new(V(1)), 1500, 1000);
         c.insert(b, Arc::new(V(1)), 1100, 1000);

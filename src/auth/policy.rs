@@ -214,8 +214,7 @@ impl JwtPolicy {
     }
 
     async fn check(&self, headers: &HeaderMap) -> Result<Arc<VerifiedToken>, AuthFailure> {
-        let token = std::str::from_utf8(bearer(headers)?)
-            .map_err(|_| AuthFailure::Invalid("Authorization is not text"))?;
+        let token = bearer(headers)?;
         // JWT's NumericDate is signed; the clock is far below i64::MAX.
         let now = crate::sys::unix_now() as i64;
         let key = self.cache.key(token);
@@ -223,6 +222,10 @@ impl JwtPolicy {
         let verified = match self.cache.get(&key, now) {
             Some(v) if v.epoch == epoch => v,
             _ => {
+                // Checked here, not before the lookup: a hit is a token
+                // byte for byte the same as one that was verified.
+                let token = std::str::from_utf8(token)
+                    .map_err(|_| AuthFailure::Invalid("Authorization is not text"))?;
                 // Boxed, as the store's check below: their futures are
                 // kilobytes, and every request's future would be as large.
                 let v = Arc::new(Box::pin(self.verify(token, now, epoch)).await?);
