@@ -218,6 +218,31 @@ heads = {
 for name, data in heads.items():
     put("h1_head", name, data)
 
+# ---- h1_response: a server's side of one upstream connection.
+answers = {
+    "length": b"HTTP/1.1 200 OK\r\nContent-Length: 5\r\nContent-Type: text/plain\r\n\r\nhello",
+    "chunked": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\n"
+               b"5;ext=1\r\nhello\r\n3\r\nabc\r\n0\r\nX-Trailer: t\r\n\r\n",
+    "cl-te": b"HTTP/1.1 200 OK\r\nContent-Length: 9\r\nTransfer-Encoding: chunked\r\n\r\n0\r\n\r\nSMUGGLED",
+    "te-gzip": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: gzip, chunked\r\n\r\n0\r\n\r\n",
+    "two-lengths": b"HTTP/1.1 200 OK\r\nContent-Length: 3\r\nContent-Length: 4\r\n\r\nabcd",
+    "length-list": b"HTTP/1.1 200 OK\r\nContent-Length: 3, 3\r\n\r\nabc",
+    "eof-body": b"HTTP/1.0 200 OK\r\n\r\nuntil the close",
+    "close": b"HTTP/1.1 200 OK\r\nConnection: close\r\nContent-Length: 2\r\n\r\nok",
+    "interim": b"HTTP/1.1 100 Continue\r\n\r\nHTTP/1.1 103 Early Hints\r\nLink: </a>\r\n\r\n"
+               b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nok",
+    "no-content": b"HTTP/1.1 204 No Content\r\nContent-Length: 5\r\n\r\nhello",
+    "not-modified": b"HTTP/1.1 304 Not Modified\r\nTransfer-Encoding: chunked\r\n\r\n",
+    "switching": b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection: upgrade\r\n\r\n",
+    "extra-after": b"HTTP/1.1 200 OK\r\nContent-Length: 2\r\n\r\nokHTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n",
+    "short": b"HTTP/1.1 200 OK\r\nContent-Length: 100\r\n\r\nonly this",
+    "bare-lf": b"HTTP/1.1 200 OK\nContent-Length: 2\n\nok",
+    "bad-chunk": b"HTTP/1.1 200 OK\r\nTransfer-Encoding: chunked\r\n\r\nfffffffffffffffff\r\nx\r\n",
+    "huge-length": b"HTTP/1.1 200 OK\r\nContent-Length: 99999999999999999999\r\n\r\n",
+}
+for name, data in answers.items():
+    put("h1_response", name, data)
+
 # ---- path: request targets a normaliser meets.
 for i, p in enumerate(["/", "/a/b/../c", "/./a//b/", "//evil.example/x", "/a/%2e%2e/b",
                        "/a/%2F/b", "/a/..", "/../../etc/passwd", "/a/b/./", "/a?x=/../",

@@ -46,6 +46,13 @@ mod retry;
 mod rounds;
 mod server;
 
+/// The HTTP/1.1 client's exchange, for the fuzz target of what upstreams
+/// send (fuzz/fuzz_targets/h1_response.rs). Not an API.
+#[doc(hidden)]
+pub mod h1_fuzzing {
+    pub use super::h1::{Answer, H1Conn, Home};
+}
+
 pub use balancer::Balancer;
 pub use h1::{connection_lists, Upgraded};
 pub use health::ServerHealth;
