@@ -955,3 +955,53 @@ fn config_errors_point_at_the_setting() {
         "ok"
     );
 }
+
+/// The token cache is looked up before the token's bytes are checked to
+/// be text: a token that differs from a cached one by a byte that is not
+/// UTF-8 must miss and be refused, never ride on the cached entry. From
+/// the attacker's side: the exact bytes on the wire, and what the upstream
+/// received.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_token_with_a_non_text_byte_is_refused() {
+    let b = Backend::start("api").await;
+    let dir = tempfile::tempdir().unwrap();
+    let ec = TestKey::ec256();
+    write(dir.path(), "ec.pub", &ec.public_pem);
+    let (addr, l) = listener_toml("web", "");
+    let config = format!(
+        "{l}\n[auth.users]\ntype = \"jwt\"\nalgorithms = [\"ES256\"]\nkeys = [\"ec.pub\"]\n\n\
+         [[route]]\nname = \"api\"\nmatch.path_prefix = \"/\"\nupstream = \"api\"\nauth = \"users\"\n\n{}",
+        upstream_toml("api", &[&b], "")
+    );
+    let _p = Portico::start_in(dir, &config);
+    let n = now();
+    let t = ec.mint(
+        Algorithm::ES256,
+        None,
+        &json!({"sub": "alice", "exp": n + 600}),
+    );
+    // Cached now.
+    assert_eq!(status(addr, "/ok", &t).await, 200);
+    assert_eq!(b.request_count(), 1);
+    for (name, token) in [
+        ("a byte appended", [t.as_bytes(), b"\xff"].concat()),
+        (
+            "a byte inside",
+            [&t.as_bytes()[..10], b"\xc3", &t.as_bytes()[10..]].concat(),
+        ),
+    ] {
+        let mut req = b"GET /forged HTTP/1.1\r\nHost: api\r\nAuthorization: Bearer ".to_vec();
+        req.extend_from_slice(&token);
+        req.extend_from_slice(b"\r\nConnection: close\r\n\r\n");
+        let (status, head, _) = support::raw::exchange(addr, &req).await;
+        assert_eq!(status, 401, "{name}: {head}");
+    }
+    assert_eq!(
+        b.request_count(),
+        1,
+        "a forged request reached the upstream"
+    );
+    // The cached token still passes.
+    assert_eq!(status(addr, "/ok", &t).await, 200);
+    assert_eq!(b.request_count(), 2);
+}
