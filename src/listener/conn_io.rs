@@ -314,33 +314,36 @@ impl<S: AsyncWrite + Unpin> ConnIo<S> {
             }
             self.observe_requests();
         }
-        loop {
-            return match std::task::ready!(self.timeouts.poll_expired(cx)) {
-                Expired::Head { got_bytes } => {
-                    // Not while the bytes may yet be an HTTP/2 preface.
-                    if got_bytes && self.mode == Mode::Http1 {
-                        self.write_408(cx);
-                    }
-                    Poll::Ready(Err(io::Error::new(
-                        io::ErrorKind::TimedOut,
-                        "request head timeout",
-                    )))
-                }
+        let expired = loop {
+            match std::task::ready!(self.timeouts.poll_expired(cx)) {
                 Expired::Park => {
                     if self.may_park() {
                         self.activity.ask_park();
                     }
                     // On to the idle timeout, which stays armed.
-                    continue;
                 }
-                Expired::Idle if self.mode == Mode::Http2 => {
-                    self.timeouts.closing();
-                    self.activity.idle.notify_one();
-                    Poll::Pending
+                other => break other,
+            }
+        };
+        match expired {
+            Expired::Head { got_bytes } => {
+                // Not while the bytes may yet be an HTTP/2 preface.
+                if got_bytes && self.mode == Mode::Http1 {
+                    self.write_408(cx);
                 }
-                // An idle HTTP/1.1 connection just ends.
-                Expired::Idle => Poll::Ready(Ok(())),
-            };
+                Poll::Ready(Err(io::Error::new(
+                    io::ErrorKind::TimedOut,
+                    "request head timeout",
+                )))
+            }
+            Expired::Idle if self.mode == Mode::Http2 => {
+                self.timeouts.closing();
+                self.activity.idle.notify_one();
+                Poll::Pending
+            }
+            // An idle HTTP/1.1 connection just ends (a park never gets
+            // here: the loop above took it).
+            Expired::Idle | Expired::Park => Poll::Ready(Ok(())),
         }
     }
 

@@ -50,7 +50,7 @@ mod server;
 /// send (fuzz/fuzz_targets/h1_response.rs). Not an API.
 #[doc(hidden)]
 pub mod h1_fuzzing {
-    pub use super::h1::{Answer, H1Conn, Home};
+    pub use super::h1::{H1Conn, Home};
 }
 
 pub use balancer::Balancer;
