@@ -324,7 +324,11 @@ mod tests {
         let mut tcp = Tcp::from(tokio::net::TcpStream::connect(addr).await.unwrap());
         assert!(tcp.is_write_vectored());
         let parts: Vec<Vec<u8>> = (0..3u8)
-            .map(|i| (0..(3 << 20) + i as usize).map(|j| (j % 251) as u8 ^ i).collect())
+            .map(|i| {
+                (0..(3 << 20) + i as usize)
+                    .map(|j| (j % 251) as u8 ^ i)
+                    .collect()
+            })
             .collect();
         let want: Vec<u8> = parts.concat();
         let (mut part, mut at) = (0, 0);
