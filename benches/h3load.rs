@@ -5,7 +5,9 @@
 //! client). Environment: `H3LOAD_SECS` (per run, default 5),
 //! `H3LOAD_CONNS` (connections, default 2), `H3LOAD_STREAMS` (concurrent
 //! requests per connection, default 16), `H3LOAD_ROUNDS` (default 2),
-//! `H3LOAD_ONLY` (`h2` or `h3`: load that protocol only, to profile it).
+//! `H3LOAD_ONLY` (`h2` or `h3`: load that protocol only, to profile it),
+//! `PORTICO_BENCH_BIN` (another build of portico to measure, e.g.
+//! `target/dist/portico` from scripts/build-pgo.sh).
 //!
 //! Both protocols use a raw client (h2 over tokio-rustls, h3 over quinn),
 //! TLS 1.3 with the same certificate, the same route to the same backend
@@ -216,7 +218,7 @@ fn main() {
             "[server]\nworker_threads = 1\naccess_log = \"off\"\n{l}protocols = [\"http1\", \"http2\", \"http3\"]\ntls.cert = \"certs/server.crt\"\ntls.key = \"certs/server.key\"\n[[route]]\nname = \"bench\"\nupstream = \"app\"\n{}",
             support::upstream_toml("app", &[&backend], "")
         );
-        let p = Portico::start_in(dir, &cfg);
+        let mut p = Portico::start_in(dir, &cfg);
         let pid = p.pid();
         println!(
             "portico worker_threads = 1 (pid {pid}); {conns} connections x {streams} concurrent requests; {secs} s per run; GET /bench (small body)"
@@ -239,6 +241,10 @@ fn main() {
                 h3_runs.push(r);
             }
         }
+        // Stopped cleanly rather than killed: an instrumented build
+        // (scripts/build-pgo.sh trains on this load) writes its profile
+        // only when it exits.
+        p.terminate(Duration::from_secs(30));
         if !(do_h2 && do_h3) {
             return;
         }

@@ -9,13 +9,14 @@
 # answering "ok" (apt: nginx-light), what a JWT-protected API route is.
 # With taskset available, portico runs on CPU 0 and wrk (and nginx) on CPU 1.
 #
-# Needs: a release build (cargo build --release), wrk, openssl, xxd.
+# Needs: a release build (cargo build --release; PORTICO_BIN=target/dist/portico
+# measures the PGO build of scripts/build-pgo.sh instead), wrk, openssl, xxd.
 # Usage: [ROUTE=proxy] benches/jwt_load.sh [seconds per run, default 5] [rounds, default 7]
 set -euo pipefail
 cd "$(dirname "$0")/.."
 secs="${1:-5}"
 rounds="${2:-7}"
-bin=target/release/portico
+bin=${PORTICO_BIN:-target/release/portico}
 [ -x "$bin" ] || { echo "build first: cargo build --release" >&2; exit 1; }
 dir=$(mktemp -d)
 route=${ROUTE:-respond}

@@ -13,6 +13,7 @@
 //! or aws-lc-rs with the `aws-lc-rs` feature.
 
 use crate::config::{ConfigError, ListenerTls, LoadedConfig, Protocol, TlsVersion};
+use crate::sys::Tcp;
 use rustls::server::{ClientHello, ProducesTickets, ResolvesServerCert, WebPkiClientVerifier};
 use rustls::sign::CertifiedKey;
 use rustls::{RootCertStore, ServerConfig};
@@ -508,7 +509,7 @@ pub async fn connect(
     timeout: Duration,
 ) -> Result<ClientIo, ConnectError> {
     let connect = async {
-        let tcp = TcpStream::connect(addr).await?;
+        let tcp = Tcp::from(TcpStream::connect(addr).await?);
         let _ = tcp.set_nodelay(true);
         ClientIo::establish(tcp, tls, host).await
     };
@@ -520,18 +521,14 @@ pub async fn connect(
 
 /// A client connection, plain or TLS.
 pub enum ClientIo {
-    Plain(TcpStream),
-    Tls(Box<TlsStream<TcpStream>>),
+    Plain(Tcp),
+    Tls(Box<TlsStream<Tcp>>),
 }
 
 impl ClientIo {
     /// Wraps `tcp` in TLS when `tls` is set. `host` (brackets of an IPv6
     /// literal allowed) is the SNI name when no server_name is configured.
-    async fn establish(
-        tcp: TcpStream,
-        tls: Option<&ClientTls>,
-        host: &str,
-    ) -> io::Result<ClientIo> {
+    async fn establish(tcp: Tcp, tls: Option<&ClientTls>, host: &str) -> io::Result<ClientIo> {
         let Some(tls) = tls else {
             return Ok(ClientIo::Plain(tcp));
         };

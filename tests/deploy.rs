@@ -429,7 +429,13 @@ fn deb_recipe_ships_existing_files() {
     for a in deb["assets"].as_array().unwrap() {
         let src = a[0].as_str().unwrap();
         dests.push(a[1].as_str().unwrap().to_string());
-        if src == "target/release/portico" {
+        if src == "target/dist/portico" {
+            // The shipped binary is the PGO build.
+            assert!(
+                script.contains("scripts/build-pgo.sh"),
+                "build-deb.sh builds {src}"
+            );
+            assert!(root().join("scripts/build-pgo.sh").is_file());
             continue;
         }
         match src.strip_prefix("target/assets/") {

@@ -449,15 +449,16 @@ proxy_pids() {
     cat /proc/"$main"/task/*/children 2>/dev/null | tr -s ' ' '\n' | grep . || true
 }
 
-# proc_ticks PID: utime+stime (clock ticks) of the process and its children.
-# /proc/PID/stat of a thread-group leader sums all its threads.
+# proc_ticks PID: "utime+stime stime" (clock ticks) of the process and its
+# children. /proc/PID/stat of a thread-group leader sums all its threads.
 proc_ticks() {
-    local total=0 p t
+    local total=0 sys=0 p t s
     for p in $(proxy_pids "$1"); do
-        t=$(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13}') || t=0
+        read -r t s < <(sed 's/^.*) //' "/proc/$p/stat" 2>/dev/null | awk '{print $12 + $13, $13}') || true
         total=$((total + ${t:-0}))
+        sys=$((sys + ${s:-0}))
     done
-    echo "$total"
+    echo "$total $sys"
 }
 
 # core_stat CPU: "busy total" jiffies of one core from /proc/stat.

@@ -4,6 +4,7 @@
 #
 #   benches/sidebyside/profile.sh
 #   PROFILE_SECONDS=5 SKIP_BUILD=1 benches/sidebyside/profile.sh
+#   PROXY=haproxy benches/sidebyside/profile.sh     # the same for HAProxy
 #
 # Writes benches/out/profile-h1.txt and benches/out/profile-h2.txt: time by
 # category (kernel, hyper/h2, allocator, TLS, tokio, portico, ...), by DSO,
@@ -15,6 +16,7 @@ set -euo pipefail
 source "$(dirname "${BASH_SOURCE[0]}")/lib.sh"
 
 PROFILE_SECONDS=${PROFILE_SECONDS:-5}
+PROXY=${PROXY:-portico}
 TOP=${TOP:-25}
 # Call graphs: "fp" (-g, frame pointers: kernel stacks are right, Rust code
 # has no frame pointers so its callers are unreliable) or "dwarf" (unwinds
@@ -42,13 +44,16 @@ check_ports_free
 gen_cert
 write_configs
 start_backends
-start_proxy portico
-smoke_test portico
-PID=${PROXY_PID[portico]}
+start_proxy "$PROXY"
+smoke_test "$PROXY"
+PID=${PROXY_PID[$PROXY]}
+# Profiles of another proxy are written beside portico's, never over them.
+SUFFIX=""
+[[ $PROXY == portico ]] || SUFFIX=-$PROXY
 
 for sc in ${SCENARIOS}; do
     # Load runs 2 s before and 2 s after the recording window.
-    load_argv portico "$sc" $((PROFILE_SECONDS + 4))
+    load_argv "$PROXY" "$sc" $((PROFILE_SECONDS + 4))
     log "profile $sc: ${LOAD_ARGV[*]}"
     start_load "$RUN_DIR/load-$sc.txt"
     sleep 2
@@ -63,13 +68,13 @@ for sc in ${SCENARIOS}; do
     perf report -i "$data" --no-children --sort dso,sym --stdio -g none --percent-limit 0 \
         >"$RUN_DIR/report-$sc.txt" 2>/dev/null
     {
-        echo "# portico under $sc load: $(grep -E 'Requests/sec|finished in' "$RUN_DIR/load-$sc.txt" | head -1 | sed 's/^ *//')"
+        echo "# $PROXY under $sc load: $(grep -E 'Requests/sec|finished in' "$RUN_DIR/load-$sc.txt" | head -1 | sed 's/^ *//')"
         echo "# load: ${LOAD_ARGV[*]}"
-        echo "# perf record -e cpu-clock ${CG_ARGS[*]} -p <portico pid, pinned to cpu $PROXY_CPU, worker_threads = 1> -- sleep $PROFILE_SECONDS"
+        echo "# perf record -e cpu-clock ${CG_ARGS[*]} -p <$PROXY pid, pinned to cpu $PROXY_CPU, one worker> -- sleep $PROFILE_SECONDS"
         echo "# perf report --no-children --sort dso,sym --stdio -g none   ($(date))"
         echo
         python3 "$BENCH_DIR/perf_summary.py" "$RUN_DIR/report-$sc.txt" "$TOP"
-    } >"$OUT_ROOT/profile-$sc.txt"
-    log "wrote $OUT_ROOT/profile-$sc.txt"
+    } >"$OUT_ROOT/profile-$sc$SUFFIX.txt"
+    log "wrote $OUT_ROOT/profile-$sc$SUFFIX.txt"
     sleep "$SETTLE"
 done

@@ -122,6 +122,11 @@ def load_runs(tsv):
                 proxy=row["proxy"],
                 scenario=row["scenario"],
                 cpu_us_per_req=cpu_s / m["requests"] * 1e6,
+                # The kernel's part of it (stime): loopback TCP, epoll, the
+                # receiver's softirq run in the sender's context.
+                sys_us_per_req=int(row.get("sys_ticks") or 0) / hz / m["requests"] * 1e6
+                if row.get("sys_ticks") not in (None, "")
+                else None,
                 proxy_cpu_pct=100.0 * cpu_s / m["duration_s"],
                 # Everything else busy on the proxy's core (noise, softirq not
                 # charged to the proxy), and the load core's utilisation.
@@ -178,7 +183,7 @@ def main():
             k: med([m.get(k) for m in ms])
             for k in (
                 "rps", "p50_ms", "p99_ms", "mean_ms", "sd_ms", "max_ms",
-                "cpu_us_per_req", "proxy_cpu_pct", "core0_other_pct", "core1_busy_pct",
+                "cpu_us_per_req", "sys_us_per_req", "proxy_cpu_pct", "core0_other_pct", "core1_busy_pct",
                 "upstream_conns", "loadavg",
             )
         }
@@ -202,11 +207,12 @@ def main():
         "p50/p99 from `wrk --latency` (HdrHistogram); h2 p50/p99 computed from "
         "h2load's per-request log (`--log-file`, time from request start to end of "
         "response), mean and sd are h2load's own `time for request`. CPU µs/req = "
-        "proxy utime+stime over the run (all its processes) / requests completed. "
+        "proxy utime+stime over the run (all its processes) / requests completed; "
+        "of it kernel = stime alone. "
         "proxy CPU % = CPU seconds / run seconds (100 % = the proxy's core is saturated).\n"
     )
-    w("| scenario | proxy | req/s (median) | req/s min-max | p50 ms | p99 ms | mean ms | sd ms | CPU µs/req | proxy CPU % | errors |")
-    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    w("| scenario | proxy | req/s (median) | req/s min-max | p50 ms | p99 ms | mean ms | sd ms | CPU µs/req | of it kernel | proxy CPU % | errors |")
+    w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for sc in scens:
         for p in proxies:
             a = agg.get((p, sc))
@@ -215,7 +221,7 @@ def main():
             w(
                 f"| {SCEN_TITLE.get(sc, sc)} | {p} | {fmt(a['rps'])} | {fmt(a['rps_min'])}-{fmt(a['rps_max'])} "
                 f"| {fmt(a['p50_ms'], 3)} | {fmt(a['p99_ms'], 3)} | {fmt(a['mean_ms'], 3)} | {fmt(a['sd_ms'], 3)} "
-                f"| {fmt(a['cpu_us_per_req'], 1)} | {fmt(a['proxy_cpu_pct'], 0)} | {a['errors']} |"
+                f"| {fmt(a['cpu_us_per_req'], 1)} | {fmt(a['sys_us_per_req'], 1)} | {fmt(a['proxy_cpu_pct'], 0)} | {a['errors']} |"
             )
     w("")
 
@@ -269,12 +275,12 @@ def main():
     w("")
 
     w("## Every run\n")
-    w("| round | scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | proxy CPU % | core-0 other % | core-1 busy % | new upstream conns | errors |")
-    w("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
+    w("| round | scenario | proxy | req/s | p50 ms | p99 ms | CPU µs/req | of it kernel | proxy CPU % | core-0 other % | core-1 busy % | new upstream conns | errors |")
+    w("| ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: | ---: |")
     for m in sorted(runs, key=lambda m: (m["round"],)):
         w(
             f"| {m['round']} | {m['scenario']} | {m['proxy']} | {fmt(m['rps'])} | {fmt(m.get('p50_ms'), 3)} "
-            f"| {fmt(m.get('p99_ms'), 3)} | {fmt(m['cpu_us_per_req'], 1)} | {fmt(m['proxy_cpu_pct'], 0)} "
+            f"| {fmt(m.get('p99_ms'), 3)} | {fmt(m['cpu_us_per_req'], 1)} | {fmt(m.get('sys_us_per_req'), 1)} | {fmt(m['proxy_cpu_pct'], 0)} "
             f"| {fmt(m['core0_other_pct'], 1)} | {fmt(m['core1_busy_pct'], 1)} | {m['upstream_conns']} | {m['errors']} |"
         )
     print("\n".join(out))

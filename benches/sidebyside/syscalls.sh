@@ -1,6 +1,10 @@
 #!/usr/bin/env bash
 # Syscalls per request of each proxy under the run.sh loads, counted with
-# `perf stat` on syscall tracepoints (cheap: no strace slowdown).
+# `perf stat` on syscall tracepoints (cheap: no strace slowdown), and the
+# TCP segments per request the whole machine sent meanwhile (all of them
+# are the load's: client <-> proxy <-> backends, on loopback), from
+# /proc/net/snmp and /proc/net/netstat: the kernel's cost per request
+# follows the packets.
 #
 #   SKIP_BUILD=1 benches/sidebyside/syscalls.sh
 #
@@ -46,7 +50,9 @@ for sc in $SCENARIOS; do
         sleep 1
         pids=$(proxy_pids "${PROXY_PID[$p]}" | paste -sd, -)
         a0=$(backend_accepts)
+        cat /proc/net/snmp /proc/net/netstat >"$RUN_DIR/tcp0-$p-$sc.txt"
         perf stat -x, "${events[@]}" -p "$pids" -o "$RUN_DIR/stat-$p-$sc.csv" -- sleep "$COUNT_SECONDS"
+        cat /proc/net/snmp /proc/net/netstat >"$RUN_DIR/tcp1-$p-$sc.txt"
         a1=$(backend_accepts)
         finish_load || die "load generator failed: see $RUN_DIR/load-$p-$sc.txt"
         echo "$((a1 - a0 - 1))" >"$RUN_DIR/accepts-$p-$sc.txt"
@@ -85,4 +91,23 @@ print("| scenario | proxy | req/s | " + " | ".join(shown) + " |")
 print("| --- | --- | ---: | " + " | ".join("---:" for _ in shown) + " |")
 for sc, p, rps, per in rows:
     print(f"| {sc} | {p} | {rps:,.0f} | " + " | ".join(f"{per.get(n, 0):.2f}" for n in shown) + " |")
+
+def tcp_counters(path):
+    lines = open(path).read().splitlines()
+    out = {}
+    for head, vals in zip(lines, lines[1:]):
+        h, v = head.split(), vals.split()
+        if h[0] == v[0] and h[0] in ("Tcp:", "TcpExt:") and not v[1].lstrip("-").isalpha():
+            out.update({f"{h[0]}{k}": int(x) for k, x in zip(h[1:], v[1:])})
+    return out
+
+tcp = [("Tcp:OutSegs", "segments"), ("TcpExt:TCPPureAcks", "pure ACKs in"), ("TcpExt:DelayedACKs", "delayed ACKs"),
+       ("TcpExt:TCPAutoCorking", "autocorked"), ("TcpExt:TCPHPAcks", "header-predicted ACKs")]
+print("\nTCP per request, whole machine (both hops, both directions).\n")
+print("| scenario | proxy | " + " | ".join(t[1] for t in tcp) + " |")
+print("| --- | --- | " + " | ".join("---:" for _ in tcp) + " |")
+for sc, p, rps, per in rows:
+    a, b = tcp_counters(f"{run}/tcp0-{p}-{sc}.txt"), tcp_counters(f"{run}/tcp1-{p}-{sc}.txt")
+    reqs = rps * secs
+    print(f"| {sc} | {p} | " + " | ".join(f"{(b.get(k, 0) - a.get(k, 0)) / reqs:.2f}" for k, _ in tcp) + " |")
 EOF

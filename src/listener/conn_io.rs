@@ -49,6 +49,7 @@ pub use super::linger::linger;
 use super::preface::{Preface, Verdict};
 use super::timeouts::{answer_408, Expired, Timeouts};
 use crate::proxy::conn::ConnActivity;
+use crate::sys::Tcp;
 use bytes::{Buf, Bytes};
 use http::HeaderName;
 use std::io;
@@ -56,7 +57,6 @@ use std::pin::Pin;
 use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::TcpStream;
 use tokio::sync::oneshot;
 
 /// A stream that can wait for bytes to read without reading them (and so
@@ -65,15 +65,15 @@ pub trait ReadReady {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>>;
 }
 
-impl ReadReady for TcpStream {
+impl ReadReady for Tcp {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
-        TcpStream::poll_read_ready(self, cx)
+        tokio::net::TcpStream::poll_read_ready(self, cx)
     }
 }
 
 /// Ready when the socket is: tokio-rustls reads the socket until it would
 /// block before it says Pending, so no whole record waits in rustls.
-impl ReadReady for tokio_rustls::server::TlsStream<TcpStream> {
+impl ReadReady for tokio_rustls::server::TlsStream<Tcp> {
     fn poll_read_ready(&self, cx: &mut Context<'_>) -> Poll<io::Result<()>> {
         self.get_ref().0.poll_read_ready(cx)
     }

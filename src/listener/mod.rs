@@ -49,6 +49,7 @@ pub use settings::ListenerSettings;
 
 use crate::config::Protocol;
 use crate::proxy::{ConnInfo, LengthAndChunked, ListenerFacts, Shared};
+use crate::sys::Tcp;
 use conn_io::ReadReady;
 use hyper::server::conn::{http1, http2};
 use hyper::service::service_fn;
@@ -447,13 +448,14 @@ fn tls_version_name(c: &rustls::ServerConnection) -> &'static str {
 }
 
 async fn serve_connection(
-    mut stream: TcpStream,
+    stream: TcpStream,
     peer: SocketAddr,
     fe: Arc<Frontend>,
     shared: Arc<Shared>,
     stop: watch::Receiver<bool>,
     slot: ConnSlot,
 ) {
+    let mut stream = Tcp::from(stream);
     let _ = stream.set_nodelay(true);
     let s = &fe.settings;
     let peer = if s.proxy_protocol {
@@ -508,15 +510,12 @@ async fn serve_connection(
 /// of the connection's task across an await (an async fn keeps room for a
 /// local for as long as it is in scope, moved out or not).
 async fn tls_handshake(
-    stream: TcpStream,
+    stream: Tcp,
     cfg: Arc<rustls::ServerConfig>,
     peer: SocketAddr,
     s: &ListenerSettings,
     activity: &Arc<ConnActivity>,
-) -> Option<(
-    Box<ConnIo<tokio_rustls::server::TlsStream<TcpStream>>>,
-    Mode,
-)> {
+) -> Option<(Box<ConnIo<tokio_rustls::server::TlsStream<Tcp>>>, Mode)> {
     let acceptor = tokio_rustls::TlsAcceptor::from(cfg);
     // Boxed, so that the handshake's state is freed once done.
     let handshake = Box::pin(acceptor.accept(stream));
@@ -611,7 +610,16 @@ async fn serve_http<S>(
     );
     let info = Arc::new(info.holding(slot));
     let alt_svc = fe.settings.alt_svc.clone();
-    let svc = service_fn(move |req| serve_request(req, info.clone(), alt_svc.clone()));
+    // Each request's future boxed, written in place: hyper moves the
+    // service's future by value (into the HTTP/1.1 dispatcher's slot; into
+    // a task per HTTP/2 stream, and through each of that task's state
+    // changes), and a pointer moves for less than one allocation costs.
+    let svc = service_fn(move |req| {
+        Box::into_pin(Box::write(
+            Box::new_uninit(),
+            serve_request(req, info.clone(), alt_svc.clone()),
+        ))
+    });
     let mode = match io.mode() {
         // A stop ends a connection that has not yet said which protocol it
         // speaks: it has no request in flight.

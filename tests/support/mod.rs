@@ -464,7 +464,12 @@ impl Portico {
         std::fs::write(&config_path, text).expect("write config");
         let stdout = std::fs::File::create(dir.path().join("stdout.log")).expect("stdout log");
         let stderr = std::fs::File::create(dir.path().join("stderr.log")).expect("stderr log");
-        let mut cmd = Command::new(env!("CARGO_BIN_EXE_portico"));
+        // PORTICO_BENCH_BIN: a bench measuring another build of portico
+        // (`PORTICO_BENCH_BIN=target/dist/portico cargo bench --bench
+        // h3load`); the tests leave it unset and run cargo's own build.
+        let bin = std::env::var_os("PORTICO_BENCH_BIN")
+            .unwrap_or_else(|| env!("CARGO_BIN_EXE_portico").into());
+        let mut cmd = Command::new(bin);
         cmd.arg("--config")
             .arg(&config_path)
             // PORTICO_TEST_LOG=portico=debug to see more of a failing test.
