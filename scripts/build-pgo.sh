@@ -61,10 +61,12 @@ mkdir -p "$out/raw"
 
 log "1/3 instrumented build"
 # A target directory of its own: other RUSTFLAGS would otherwise rebuild
-# target/dist from scratch at each step.
+# target/dist from scratch at each step. --target: RUSTFLAGS then reach
+# portico and its dependencies only, not build scripts and proc-macros,
+# whose runs would add their own counts to the profile.
 RUSTFLAGS="-Cprofile-generate=$out/raw" \
-    cargo build --profile dist --locked --bin portico --target-dir "$out/target"
-gen=$out/target/dist/portico
+    cargo build --profile dist --locked --bin portico --target "$host" --target-dir "$out/target"
+gen=$out/target/$host/dist/portico
 
 log "2/3 training (${secs} s per load)"
 work=$(mktemp -d)
@@ -206,10 +208,14 @@ trap - EXIT
 # one QUIC client at hand (h2load speaks no HTTP/3 here): untrained, the
 # QUIC path would be built for size and lose about a tenth of its speed.
 log "training HTTP/3 (cargo bench --bench h3load)"
-PORTICO_BENCH_BIN=$gen H3LOAD_SECS=$secs H3LOAD_ROUNDS=1 \
+LLVM_PROFILE_FILE="$out/raw/h3load-%p-%m.profraw" PORTICO_BENCH_BIN=$gen \
+    H3LOAD_SECS=$secs H3LOAD_ROUNDS=1 \
     cargo bench --locked --bench h3load >"$out/h3load.log" 2>&1 ||
     die "the HTTP/3 training failed: see $out/h3load.log"
-ls "$out"/raw/front-*.profraw >/dev/null 2>&1 || die "the instrumented portico wrote no profile"
+for p in front backend1 backend2 backend3 h3load; do
+    ls "$out"/raw/"$p"-*.profraw >/dev/null 2>&1 ||
+        die "the instrumented portico ($p) wrote no profile"
+done
 
 log "3/3 optimised build"
 "$profdata" merge -o "$out/portico.profdata" "$out"/raw/*.profraw

@@ -246,6 +246,12 @@ impl tokio::io::AsyncWrite for Tcp {
         cx: &mut std::task::Context<'_>,
         bufs: &[std::io::IoSlice<'_>],
     ) -> std::task::Poll<std::io::Result<usize>> {
+        // As std's writev: at most IOV_MAX slices per call (a short write
+        // beyond), and nothing to write is Ok(0) without a syscall.
+        let bufs = &bufs[..bufs.len().min(1024)];
+        if bufs.iter().all(|b| b.is_empty()) {
+            return std::task::Poll::Ready(Ok(0));
+        }
         let s = &self.get_mut().0;
         loop {
             std::task::ready!(s.poll_write_ready(cx))?;
@@ -323,6 +329,8 @@ mod tests {
         });
         let mut tcp = Tcp::from(tokio::net::TcpStream::connect(addr).await.unwrap());
         assert!(tcp.is_write_vectored());
+        let nothing = [std::io::IoSlice::new(&[]), std::io::IoSlice::new(&[])];
+        assert_eq!(tcp.write_vectored(&nothing).await.unwrap(), 0);
         let parts: Vec<Vec<u8>> = (0..3u8)
             .map(|i| {
                 (0..(3 << 20) + i as usize)

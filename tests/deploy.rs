@@ -429,11 +429,16 @@ fn deb_recipe_ships_existing_files() {
     for a in deb["assets"].as_array().unwrap() {
         let src = a[0].as_str().unwrap();
         dests.push(a[1].as_str().unwrap().to_string());
-        if src == "target/dist/portico" {
-            // The shipped binary is the PGO build.
+        if src == "target/release/portico" {
+            // The shipped binary is the PGO build: cargo-deb takes it from
+            // target/dist/ under --profile dist.
             assert!(
                 script.contains("scripts/build-pgo.sh"),
                 "build-deb.sh builds {src}"
+            );
+            assert!(
+                script.contains("--profile dist"),
+                "build-deb.sh packages the dist build"
             );
             assert!(root().join("scripts/build-pgo.sh").is_file());
             continue;

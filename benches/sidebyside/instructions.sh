@@ -93,6 +93,7 @@ for p in "${PROXY_LIST[@]}"; do
             total=$((total + $(callgrind_total "$f")))
             mv "$f" "$RUN_DIR/$p-$sc.$(basename "$f" | tr -dc '0-9.' | tr '.' '-')callgrind"
         done
+        [[ $total -gt 0 ]] || die "$p $sc: callgrind dumped no counts (see $RUN_DIR)"
         echo "$total" >"$RUN_DIR/ir-$p-$sc.txt"
         log "$p $sc: $total instructions for $REQUESTS requests"
     done

@@ -46,7 +46,8 @@ write_configs
 start_backends
 start_proxy "$PROXY"
 smoke_test "$PROXY"
-PID=${PROXY_PID[$PROXY]}
+# Every process of the proxy (NGINX serves from a worker, a child).
+PID=$(proxy_pids "${PROXY_PID[$PROXY]}" | paste -sd, -)
 # Profiles of another proxy are written beside portico's, never over them.
 SUFFIX=""
 [[ $PROXY == portico ]] || SUFFIX=-$PROXY

@@ -13,4 +13,6 @@ mkdir -p target/assets
 "$bin" completions bash > target/assets/portico.bash
 "$bin" completions zsh > target/assets/_portico
 "$bin" completions fish > target/assets/portico.fish
-cargo deb --no-build "$@"
+# --profile dist: cargo-deb reads the binary asset (target/release/portico
+# in Cargo.toml) from target/dist/ and strips it as a cargo-built binary.
+cargo deb --no-build --profile dist "$@"

@@ -130,7 +130,7 @@ async fn exchange(listener: TcpListener, data: &[u8], head: bool) -> Option<Outc
             .header(HOST, "upstream.test")
             .body(RequestBody::empty())
             .expect("request");
-        let answer = H1Conn::new(ClientIo::Plain(tcp))
+        let answer = H1Conn::new(ClientIo::Plain(tcp.into()))
             .send(req, pool.clone())
             .await
             .ok()?;
