@@ -243,8 +243,8 @@ fn main() {
         }
         // Stopped cleanly rather than killed: an instrumented build
         // (scripts/build-pgo.sh trains on this load) writes its profile
-        // only when it exits.
-        // Longer than portico's default shutdown_timeout (30 s).
+        // only when it exits. 45 s: longer than portico's default
+        // shutdown_timeout (30 s).
         p.terminate(Duration::from_secs(45));
         if !(do_h2 && do_h3) {
             return;

@@ -33,6 +33,22 @@
 // small edit, or an incremental build's state, can tip it into E0275.
 #![recursion_limit = "256"]
 
+/// `Box::pin($fut)` for a future of the request path that hyper or tokio
+/// would otherwise move by value (into a task, through its state changes,
+/// into a dispatcher's slot, into a timeout): behind the box only a pointer
+/// moves, and one allocation costs less than those copies. The box is
+/// allocated first and the future written into it, so that it can be built
+/// in place rather than on the stack and copied whole (`Box::pin`
+/// allocates after its argument exists).
+macro_rules! pin_in_place {
+    ($fut:expr) => {
+        ::std::boxed::Box::into_pin(::std::boxed::Box::write(
+            ::std::boxed::Box::new_uninit(),
+            $fut,
+        ))
+    };
+}
+
 pub mod admin;
 pub mod auth;
 pub mod body;

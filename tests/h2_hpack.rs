@@ -6,7 +6,7 @@
 mod support;
 
 use std::time::Duration;
-use support::h2frames::{h2_frame, h2_frames};
+use support::h2frames::{h2_frame, h2_frames, preface_then};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -52,10 +52,9 @@ async fn date_is_never_added_to_the_dynamic_table() {
     // GET http://example.test/ ; :authority as a literal without indexing.
     let mut block = vec![0x82, 0x86, 0x84, 0x01, 12];
     block.extend_from_slice(b"example.test");
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend(h2_frame(4, 0, 0, &[]));
-    bytes.extend(h2_frame(1, 0x5, 1, &block));
-    s.write_all(&bytes).await.expect("write");
+    s.write_all(&preface_then(&h2_frame(1, 0x5, 1, &block)))
+        .await
+        .expect("write");
     let mut buf = Vec::new();
     for stream in [1u32, 3, 5] {
         if stream > 1 {

@@ -10,7 +10,7 @@ mod support;
 
 use std::net::SocketAddr;
 use std::time::Duration;
-use support::h2frames::{h2_frame, h2_frames};
+use support::h2frames::{h2_frame, h2_frames, preface_then};
 use support::*;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -48,14 +48,6 @@ fn indexing_block(path: &str, authority: &str, name: &str, value: &str) -> Vec<u
     b.extend(hpack_str(name));
     b.extend(hpack_str(value));
     b
-}
-
-/// The client preface, an empty SETTINGS and `frames`.
-fn preface_then(frames: &[u8]) -> Vec<u8> {
-    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
-    bytes.extend(h2_frame(4, 0, 0, &[]));
-    bytes.extend_from_slice(frames);
-    bytes
 }
 
 /// Reads frames from `s` into `buf` until stream `stream` ends (a HEADERS
@@ -232,8 +224,9 @@ async fn a_header_block_continued_after_idling_is_decoded_whole() {
     let (addr, _p) = start(&backend);
     let mut s = TcpStream::connect(addr).await.expect("connect");
     let block = indexing_block("/continued", "example.test", "x-region", "north-east-1");
-    let cut = block.len() - 5; // inside the value of x-region
-                               // END_STREAM only: the block goes on in a CONTINUATION.
+    // Cut inside the value of x-region; the HEADERS frame has END_STREAM
+    // only: the block goes on in a CONTINUATION.
+    let cut = block.len() - 5;
     s.write_all(&preface_then(&h2_frame(1, 0x1, 1, &block[..cut])))
         .await
         .expect("write");

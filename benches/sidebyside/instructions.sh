@@ -60,16 +60,10 @@ callgrind_total() {
 }
 
 for p in "${PROXY_LIST[@]}"; do
-    cmd=()
-    case $p in
-    portico) cmd=("$PORTICO_BIN" --config "$WORK/portico.toml") ;;
-    haproxy) cmd=(haproxy -db -f "$WORK/haproxy.cfg") ;;
-    nginx) cmd=(nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf") ;;
-    *) die "unknown proxy $p" ;;
-    esac
+    proxy_cmd "$p"
     # nginx forks its worker: callgrind follows it (--trace-children).
     start "$p" "$PROXY_CPU" valgrind --tool=callgrind --trace-children=yes \
-        --callgrind-out-file="$RUN_DIR/callgrind-$p.%p" "${cmd[@]}"
+        --callgrind-out-file="$RUN_DIR/callgrind-$p.%p" "${PROXY_CMD[@]}"
     for ((i = 0; i < 600; i++)); do
         port_open "${H1_PORT[$p]}" && port_open "${H2_PORT[$p]}" && break
         kill -0 "${PROXY_PID[$p]}" 2>/dev/null || die "$p exited under valgrind; see $RUN_DIR/logs/$p.log"
@@ -105,14 +99,13 @@ python3 - "$RUN_DIR" "$REQUESTS" "$PROXIES" "$SCENARIOS" <<'EOF' | tee "$RUN_DIR
 import sys
 run, n, proxies, scens = sys.argv[1], int(sys.argv[2]), sys.argv[3].split(), sys.argv[4].split()
 print(f"User-space instructions per request (callgrind, {n} requests after a warm-up).\n")
-print("| scenario | " + " | ".join(proxies) + (" | portico ÷ HAProxy |" if {"portico", "haproxy"} <= set(proxies) else " |"))
-print("| --- | " + " | ".join("---:" for _ in proxies) + (" | ---: |" if {"portico", "haproxy"} <= set(proxies) else " |"))
+ratio = {"portico", "haproxy"} <= set(proxies)
+print("| scenario | " + " | ".join(proxies) + (" | portico ÷ HAProxy" if ratio else "") + " |")
+print("| --- | " + " | ".join("---:" for _ in proxies) + (" | ---:" if ratio else "") + " |")
 for sc in scens:
     ir = {p: int(open(f"{run}/ir-{p}-{sc}.txt").read()) / n for p in proxies}
     row = f"| {sc} | " + " | ".join(f"{ir[p]:,.0f}" for p in proxies)
-    if {"portico", "haproxy"} <= set(proxies):
-        row += f" | {ir['portico'] / ir['haproxy']:.2f}× |"
-    else:
-        row += " |"
-    print(row)
+    if ratio:
+        row += f" | {ir['portico'] / ir['haproxy']:.2f}×"
+    print(row + " |")
 EOF

@@ -408,23 +408,30 @@ start_backends() {
     for p in $BACKEND_PORTS; do wait_port "$p" "${PROXY_PID[backend]}" backend; done
 }
 
-start_proxy() {
-    local name=$1
-    case $name in
+# proxy_cmd NAME: checks NAME's config and sets PROXY_CMD to the command
+# line that runs it in the foreground.
+proxy_cmd() {
+    case $1 in
     portico)
         "$PORTICO_BIN" check --config "$WORK/portico.toml" >/dev/null
-        start portico "$PROXY_CPU" "$PORTICO_BIN" --config "$WORK/portico.toml"
+        PROXY_CMD=("$PORTICO_BIN" --config "$WORK/portico.toml")
         ;;
     nginx)
         nginx -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
-        start nginx "$PROXY_CPU" nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
+        PROXY_CMD=(nginx -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf")
         ;;
     haproxy)
         haproxy -c -q -f "$WORK/haproxy.cfg"
-        start haproxy "$PROXY_CPU" haproxy -db -f "$WORK/haproxy.cfg"
+        PROXY_CMD=(haproxy -db -f "$WORK/haproxy.cfg")
         ;;
-    *) die "unknown proxy $name" ;;
+    *) die "unknown proxy $1" ;;
     esac
+}
+
+start_proxy() {
+    local name=$1
+    proxy_cmd "$name"
+    start "$name" "$PROXY_CPU" "${PROXY_CMD[@]}"
     wait_port "${H1_PORT[$name]}" "${PROXY_PID[$name]}" "$name"
     wait_port "${H2_PORT[$name]}" "${PROXY_PID[$name]}" "$name"
 }

@@ -124,8 +124,8 @@ def load_runs(tsv):
                 cpu_us_per_req=cpu_s / m["requests"] * 1e6,
                 # The kernel's part of it (stime): loopback TCP, epoll, the
                 # receiver's softirq run in the sender's context.
-                sys_us_per_req=int(row.get("sys_ticks") or 0) / hz / m["requests"] * 1e6
-                if row.get("sys_ticks") not in (None, "")
+                sys_us_per_req=int(row["sys_ticks"]) / hz / m["requests"] * 1e6
+                if row.get("sys_ticks")
                 else None,
                 proxy_cpu_pct=100.0 * cpu_s / m["duration_s"],
                 # Everything else busy on the proxy's core (noise, softirq not

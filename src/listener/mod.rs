@@ -610,16 +610,11 @@ async fn serve_http<S>(
     );
     let info = Arc::new(info.holding(slot));
     let alt_svc = fe.settings.alt_svc.clone();
-    // Each request's future boxed, written in place: hyper moves the
-    // service's future by value (into the HTTP/1.1 dispatcher's slot; into
-    // a task per HTTP/2 stream, and through each of that task's state
-    // changes), and a pointer moves for less than one allocation costs.
-    let svc = service_fn(move |req| {
-        Box::into_pin(Box::write(
-            Box::new_uninit(),
-            serve_request(req, info.clone(), alt_svc.clone()),
-        ))
-    });
+    // hyper moves the service's future by value: into the HTTP/1.1
+    // dispatcher's slot, into a task per HTTP/2 stream and through each of
+    // that task's state changes.
+    let svc =
+        service_fn(move |req| pin_in_place!(serve_request(req, info.clone(), alt_svc.clone())));
     let mode = match io.mode() {
         // A stop ends a connection that has not yet said which protocol it
         // speaks: it has no request in flight.

@@ -150,10 +150,9 @@ impl Attempts<'_> {
             }
 
             let sent_at = std::time::Instant::now();
-            // Boxed, written in place: the send's future is kilobytes, and
-            // moving it into the timeout and then into this future's state
-            // copied it twice per request.
-            let send = Box::into_pin(Box::write(Box::new_uninit(), pool.send(server, request)));
+            // The send's future is kilobytes: unboxed, it was copied into
+            // the timeout and then into this future's state.
+            let send = pin_in_place!(pool.send(server, request));
             let sent = tokio::time::timeout_at(self.deadline, send).await;
             let failure = match sent {
                 Err(_) => {

@@ -112,14 +112,9 @@ pub async fn handle(
         host: None,
         websocket: None,
     };
-    // Boxed: the pipeline's future is several KB, and the front doors move
-    // the request's future around (into a task per HTTP/2 or HTTP/3 stream,
-    // into hyper's HTTP/1.1 dispatcher, through each state change of the
-    // task). Behind a box only a pointer moves; one allocation is cheaper
-    // than those copies. The box is allocated first and the future written
-    // into it, so that it can be built in place rather than built on the
-    // stack and copied whole (`Box::pin` allocates after its argument exists).
-    let result = Box::into_pin(Box::write(Box::new_uninit(), serve(req, ctx))).await;
+    // The pipeline's future is several KB, and the front doors move the
+    // request's future around.
+    let result = pin_in_place!(serve(req, ctx)).await;
     Ok(finish::respond(done, result, request_id, grpc))
 }
 

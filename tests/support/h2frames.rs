@@ -10,6 +10,14 @@ pub fn h2_frame(kind: u8, flags: u8, stream: u32, payload: &[u8]) -> Vec<u8> {
     f
 }
 
+/// The client connection preface, an empty SETTINGS frame, then `frames`.
+pub fn preface_then(frames: &[u8]) -> Vec<u8> {
+    let mut bytes = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n".to_vec();
+    bytes.extend(h2_frame(4, 0, 0, &[]));
+    bytes.extend_from_slice(frames);
+    bytes
+}
+
 /// The complete frames in `bytes`: (type, stream id, payload).
 pub fn h2_frames(bytes: &[u8]) -> Vec<(u8, u32, &[u8])> {
     let mut out = Vec::new();
