@@ -473,6 +473,22 @@ core_stat() {
     awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
 }
 
+# machine_ctxt: context switches since boot, every core (/proc/stat).
+machine_ctxt() {
+    awk '$1 == "ctxt" { print $2 }' /proc/stat
+}
+
+# backend_ctxsw: context switches of the backend nginx processes so far
+# (voluntary and not): how often the backends went to sleep and were woken.
+backend_ctxsw() {
+    local total=0 p n
+    for p in $(proxy_pids "${PROXY_PID[backend]}"); do
+        n=$(awk '/ctxt_switches/ { s += $2 } END { print s + 0 }' "/proc/$p/status" 2>/dev/null) || n=0
+        total=$((total + n))
+    done
+    echo "$total"
+}
+
 # backend_accepts: connections the backends have accepted so far (the status
 # request itself included).
 backend_accepts() {
