@@ -181,7 +181,7 @@ def main():
             proxies.append(m["proxy"])
         if m["scenario"] not in scens:
             scens.append(m["scenario"])
-    proxies.sort(key=lambda p: {"portico": 0, "nginx": 1, "haproxy": 2}.get(p, 9))
+    proxies.sort(key=lambda p: {"portico": 0, "portico-b": 1, "nginx": 2, "haproxy": 3}.get(p, 9))
     scens.sort()
 
     agg = {}

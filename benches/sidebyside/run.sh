@@ -8,7 +8,7 @@
 #
 # Env knobs: DURATION ROUNDS WARMUP SETTLE CONNS H2_STREAMS PROXIES SCENARIOS
 # PROXY_CPU LOAD_CPU NGINX_KEEPALIVE PORTICO_MAX_IDLE OUT_DIR PORTICO_BIN
-# SKIP_BUILD=1 (see lib.sh). Traffic goes to 127.0.0.1 only.
+# PORTICO_B_BIN (proxy "portico-b") SKIP_BUILD=1 (see lib.sh). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 
 # shellcheck source=lib.sh
