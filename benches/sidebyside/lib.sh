@@ -30,13 +30,14 @@ PORTICO_MAX_IDLE=${PORTICO_MAX_IDLE:-0}  # portico max_idle_per_server (0: its d
 NICE=${NICE:-0}                   # e.g. -10: proxies, backends and load win the CPU over other sessions' work (see boost)
 OUT_ROOT=${OUT_DIR:-$REPO_ROOT/benches/out}
 PORTICO_BIN=${PORTICO_BIN:-$REPO_ROOT/target/release/portico}
+PORTICO_B_BIN=${PORTICO_B_BIN:-}  # proxy "portico-b": a second portico build, for an A/B in one run
 
 # ---- fixed ports (127.0.0.1) -------------------------------------------------
 BACKEND_PORTS="19001 19002 19003"
 BACKEND_STATUS_PORT=19000         # backend nginx stub_status: counts new upstream connections
-declare -A H1_PORT=([portico]=18080 [nginx]=18081 [haproxy]=18082)
-declare -A H2_PORT=([portico]=18443 [nginx]=18444 [haproxy]=18445)
-PORTICO_ADMIN_PORT=19901
+declare -A H1_PORT=([portico]=18080 [nginx]=18081 [haproxy]=18082 [portico-b]=18083)
+declare -A H2_PORT=([portico]=18443 [nginx]=18444 [haproxy]=18445 [portico-b]=18446)
+declare -A ADMIN_PORT=([portico]=19901 [portico-b]=19902)
 
 declare -A PROXY_PID=()
 STARTED_PIDS=()
@@ -126,7 +127,7 @@ port_open() { (exec 3<>"/dev/tcp/127.0.0.1/$1") 2>/dev/null; }
 
 check_ports_free() {
     local p
-    for p in $BACKEND_STATUS_PORT $BACKEND_PORTS "${H1_PORT[@]}" "${H2_PORT[@]}" $PORTICO_ADMIN_PORT; do
+    for p in $BACKEND_STATUS_PORT $BACKEND_PORTS "${H1_PORT[@]}" "${H2_PORT[@]}" "${ADMIN_PORT[@]}"; do
         if port_open "$p"; then
             die "127.0.0.1:$p is already in use (another harness running?)"
         fi
@@ -355,8 +356,10 @@ EOF
     } >"$f"
 }
 
+# write_portico_conf [NAME]: the config of proxy NAME (portico or portico-b).
 write_portico_conf() {
-    local f=$WORK/portico.toml servers="" p
+    local name=${1:-portico}
+    local f=$WORK/$name.toml servers="" p
     for p in $BACKEND_PORTS; do servers+="\"127.0.0.1:$p\", "; done
     cat >"$f" <<EOF
 [server]
@@ -364,17 +367,17 @@ worker_threads = 1
 access_log = "off"
 
 [admin]
-bind = "127.0.0.1:$PORTICO_ADMIN_PORT"
+bind = "127.0.0.1:${ADMIN_PORT[$name]}"
 
 [[listener]]
 name = "h1"
-bind = "127.0.0.1:${H1_PORT[portico]}"
+bind = "127.0.0.1:${H1_PORT[$name]}"
 protocols = ["http1"]
 backlog = 4096
 
 [[listener]]
 name = "tls"
-bind = "127.0.0.1:${H2_PORT[portico]}"
+bind = "127.0.0.1:${H2_PORT[$name]}"
 protocols = ["http1", "http2"]
 backlog = 4096
 tls = { cert = "tls/cert.pem", key = "tls/key.pem", session_tickets = false }
@@ -395,6 +398,7 @@ write_configs() {
     write_nginx_conf
     write_haproxy_conf
     write_portico_conf
+    [[ -n $PORTICO_B_BIN ]] && write_portico_conf portico-b
     cp "$WORK/backend/nginx.conf" "$RUN_DIR/configs/backend-nginx.conf"
     cp "$WORK/nginx/nginx.conf" "$RUN_DIR/configs/nginx.conf"
     cp "$WORK/haproxy.cfg" "$RUN_DIR/configs/haproxy.cfg"
@@ -415,6 +419,11 @@ proxy_cmd() {
     portico)
         "$PORTICO_BIN" check --config "$WORK/portico.toml" >/dev/null
         PROXY_CMD=("$PORTICO_BIN" --config "$WORK/portico.toml")
+        ;;
+    portico-b)
+        [[ -x $PORTICO_B_BIN ]] || die "portico-b needs PORTICO_B_BIN (a portico binary)"
+        "$PORTICO_B_BIN" check --config "$WORK/portico-b.toml" >/dev/null
+        PROXY_CMD=("$PORTICO_B_BIN" --config "$WORK/portico-b.toml")
         ;;
     nginx)
         nginx -t -q -e "$WORK/nginx/error.log" -p "$WORK/nginx" -c "$WORK/nginx/nginx.conf"
@@ -471,6 +480,22 @@ proc_ticks() {
 # core_stat CPU: "busy total" jiffies of one core from /proc/stat.
 core_stat() {
     awk -v c="cpu$1" '$1 == c { busy = $2 + $3 + $4 + $7 + $8 + $9; print busy, busy + $5 + $6 }' /proc/stat
+}
+
+# machine_ctxt: context switches since boot, every core (/proc/stat).
+machine_ctxt() {
+    awk '$1 == "ctxt" { print $2 }' /proc/stat
+}
+
+# backend_ctxsw: context switches of the backend nginx processes so far
+# (voluntary and not): how often the backends went to sleep and were woken.
+backend_ctxsw() {
+    local total=0 p n
+    for p in $(proxy_pids "${PROXY_PID[backend]}"); do
+        n=$(awk '/ctxt_switches/ { s += $2 } END { print s + 0 }' "/proc/$p/status" 2>/dev/null) || n=0
+        total=$((total + n))
+    done
+    echo "$total"
 }
 
 # backend_accepts: connections the backends have accepted so far (the status

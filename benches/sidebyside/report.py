@@ -137,6 +137,13 @@ def load_runs(tsv):
                 wall_s=wall,
                 upstream_conns=int(row["upstream_conns"]),
                 loadavg=float(row["loadavg"]),
+                # Context switches per 1,000 requests: every process on the
+                # machine, and the backends alone (how often a backend slept
+                # and was woken: fewer when requests reach it in bursts).
+                ctxsw_per_kreq=int(row["ctxt"]) * 1000 / m["requests"] if row.get("ctxt") else None,
+                backend_ctxsw_per_kreq=int(row["backend_ctxsw"]) * 1000 / m["requests"]
+                if row.get("backend_ctxsw")
+                else None,
             )
             runs.append(m)
     return runs
@@ -174,7 +181,7 @@ def main():
             proxies.append(m["proxy"])
         if m["scenario"] not in scens:
             scens.append(m["scenario"])
-    proxies.sort(key=lambda p: {"portico": 0, "nginx": 1, "haproxy": 2}.get(p, 9))
+    proxies.sort(key=lambda p: {"portico": 0, "portico-b": 1, "nginx": 2, "haproxy": 3}.get(p, 9))
     scens.sort()
 
     agg = {}
@@ -184,7 +191,7 @@ def main():
             for k in (
                 "rps", "p50_ms", "p99_ms", "mean_ms", "sd_ms", "max_ms",
                 "cpu_us_per_req", "sys_us_per_req", "proxy_cpu_pct", "core0_other_pct", "core1_busy_pct",
-                "upstream_conns", "loadavg",
+                "upstream_conns", "loadavg", "ctxsw_per_kreq", "backend_ctxsw_per_kreq",
             )
         }
         agg[key]["rps_min"] = min(m["rps"] for m in ms)
@@ -258,10 +265,12 @@ def main():
         "(near 100 % means the load side, not the proxy, may be the limit); "
         "new upstream conns = connections the backends accepted during a run "
         "(0 = pure keepalive reuse; more = the proxy's idle pool is smaller than "
-        "its concurrency and it reconnects); load avg = 1-min load average at the end of a run.\n"
+        "its concurrency and it reconnects); load avg = 1-min load average at the end of a run; "
+        "ctx sw/kreq = context switches per 1,000 requests, whole machine and the backends alone "
+        "(a backend that finds several requests queued when woken switches less).\n"
     )
-    w("| scenario | proxy | runs | requests (all runs) | protocol | TLS | core-0 other % | core-1 busy % | new upstream conns/run | load avg |")
-    w("| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: |")
+    w("| scenario | proxy | runs | requests (all runs) | protocol | TLS | core-0 other % | core-1 busy % | new upstream conns/run | load avg | ctx sw/kreq | backends' ctx sw/kreq |")
+    w("| --- | --- | ---: | ---: | --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
     for sc in scens:
         for p in proxies:
             a = agg.get((p, sc))
@@ -270,7 +279,8 @@ def main():
             w(
                 f"| {sc} | {p} | {a['n']} | {a['requests']:,} | {a['proto']} | {a['tls'] or '-'} "
                 f"| {fmt(a['core0_other_pct'], 1)} | {fmt(a['core1_busy_pct'], 1)} "
-                f"| {fmt(a['upstream_conns'], 0)} | {fmt(a['loadavg'], 2)} |"
+                f"| {fmt(a['upstream_conns'], 0)} | {fmt(a['loadavg'], 2)} "
+                f"| {fmt(a['ctxsw_per_kreq'], 0)} | {fmt(a['backend_ctxsw_per_kreq'], 0)} |"
             )
     w("")
 

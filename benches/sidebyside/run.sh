@@ -8,7 +8,7 @@
 #
 # Env knobs: DURATION ROUNDS WARMUP SETTLE CONNS H2_STREAMS PROXIES SCENARIOS
 # PROXY_CPU LOAD_CPU NGINX_KEEPALIVE PORTICO_MAX_IDLE OUT_DIR PORTICO_BIN
-# SKIP_BUILD=1 (see lib.sh). Traffic goes to 127.0.0.1 only.
+# PORTICO_B_BIN (proxy "portico-b") SKIP_BUILD=1 (see lib.sh). Traffic goes to 127.0.0.1 only.
 set -euo pipefail
 
 # shellcheck source=lib.sh
@@ -71,7 +71,7 @@ if [[ $WARMUP -gt 0 ]]; then
 fi
 
 RUNS=$RUN_DIR/runs.tsv
-printf 'round\tproxy\tscenario\tout\tlatlog\tticks\tsys_ticks\tclk_tck\twall_s\tcore0_busy\tcore0_total\tcore1_busy\tcore1_total\tupstream_conns\tloadavg\n' >"$RUNS"
+printf 'round\tproxy\tscenario\tout\tlatlog\tticks\tsys_ticks\tclk_tck\twall_s\tcore0_busy\tcore0_total\tcore1_busy\tcore1_total\tupstream_conns\tloadavg\tctxt\tbackend_ctxsw\n' >"$RUNS"
 mkdir -p "$RUN_DIR/raw"
 
 n=${#PROXY_LIST[@]}
@@ -95,6 +95,8 @@ for ((r = 1; r <= ROUNDS; r++)); do
             pid=${PROXY_PID[$p]}
             kill -0 "$pid" 2>/dev/null || die "$p (pid $pid) is not running"
             a0=$(backend_accepts)
+            x0=$(machine_ctxt)
+            b0=$(backend_ctxsw)
             read -r t0 y0 < <(proc_ticks "$pid")
             read -r c0b0 c0t0 < <(core_stat "$PROXY_CPU")
             read -r c1b0 c1t0 < <(core_stat "$LOAD_CPU")
@@ -105,13 +107,16 @@ for ((r = 1; r <= ROUNDS; r++)); do
             read -r t1 y1 < <(proc_ticks "$pid")
             read -r c0b1 c0t1 < <(core_stat "$PROXY_CPU")
             read -r c1b1 c1t1 < <(core_stat "$LOAD_CPU")
+            x1=$(machine_ctxt)
+            b1=$(backend_ctxsw)
             a1=$(backend_accepts)
             wall=$(awk -v a="$s0" -v b="$s1" 'BEGIN { printf "%.3f", b - a }')
             # upstream_conns: new backend connections during the run (minus
             # the stub_status request itself).
-            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$p" "$sc" "$out" "${latlog:--}" \
+            printf '%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\t%s\n' "$r" "$p" "$sc" "$out" "${latlog:--}" \
                 "$((t1 - t0))" "$((y1 - y0))" "$CLK_TCK" "$wall" "$((c0b1 - c0b0))" "$((c0t1 - c0t0))" \
-                "$((c1b1 - c1b0))" "$((c1t1 - c1t0))" "$((a1 - a0 - 1))" "$(cut -d' ' -f1 /proc/loadavg)" >>"$RUNS"
+                "$((c1b1 - c1b0))" "$((c1t1 - c1t0))" "$((a1 - a0 - 1))" "$(cut -d' ' -f1 /proc/loadavg)" \
+                "$((x1 - x0))" "$((b1 - b0))" >>"$RUNS"
             log "  $p $sc: proxy cpu $((t1 - t0)) ticks in ${wall}s"
             sleep "$SETTLE"
         done
