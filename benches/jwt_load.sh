@@ -10,7 +10,7 @@
 # With taskset available, portico runs on CPU 0 and wrk (and nginx) on CPU 1.
 #
 # Needs: a release build (cargo build --release; PORTICO_BIN=target/dist/portico
-# measures the PGO build of scripts/build-pgo.sh instead), wrk, openssl, xxd.
+# measures the PGO build of scripts/build-pgo.sh instead), wrk, openssl, python3.
 # Usage: [ROUTE=proxy] benches/jwt_load.sh [seconds per run, default 5] [rounds, default 7]
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -28,16 +28,10 @@ admin=$(free_port)
 
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$dir/es256.key" 2>/dev/null
 openssl pkey -in "$dir/es256.key" -pubout -out "$dir/es256.pub"
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
 now=$(date +%s)
-header=$(printf '{"alg":"ES256","typ":"JWT"}' | b64url)
-claims=$(printf '{"sub":"user-1234","iss":"https://idp.example","aud":"api","jti":"load-1","iat":%d,"exp":%d,"scope":"read"}' \
-  "$now" $((now + 3600)) | b64url)
-sig=$(printf '%s.%s' "$header" "$claims" | openssl dgst -sha256 -sign "$dir/es256.key" \
-  | openssl asn1parse -inform DER | awk -F: '/INTEGER/{print $NF}' \
-  | while read -r h; do h=$(printf '%064s' "$h" | tr ' ' 0); printf '%s' "${h: -64}"; done \
-  | xxd -r -p | b64url)
-token="$header.$claims.$sig"
+token=$(scripts/es256-jwt.sh "$dir/es256.key" \
+  "$(printf '{"sub":"user-1234","iss":"https://idp.example","aud":"api","jti":"load-1","iat":%d,"exp":%d,"scope":"read"}' \
+    "$now" $((now + 3600)))")
 
 cat > "$dir/proxy.toml" <<EOF
 [server]

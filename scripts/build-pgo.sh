@@ -87,7 +87,10 @@ cleanup() {
 trap cleanup EXIT
 
 free_port() { python3 -c 'import socket;s=socket.socket();s.bind(("127.0.0.1",0));print(s.getsockname()[1])'; }
-b64url() { openssl base64 -A | tr '+/' '-_' | tr -d '='; }
+# The head of every config here: one worker, no access log, an admin port.
+config_head() {
+    printf '[server]\nworker_threads = 1\naccess_log = "off"\n\n[admin]\nbind = "127.0.0.1:%s"\n' "$(free_port)"
+}
 
 openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 2 \
     -subj "/CN=localhost" -addext "subjectAltName=DNS:localhost,IP:127.0.0.1" \
@@ -95,29 +98,15 @@ openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 -nodes -days 
 openssl genpkey -algorithm EC -pkeyopt ec_paramgen_curve:P-256 -out "$work/es256.key" 2>/dev/null
 openssl pkey -in "$work/es256.key" -pubout -out "$work/es256.pub"
 now=$(date +%s)
-header=$(printf '{"alg":"ES256","typ":"JWT"}' | b64url)
-claims=$(printf '{"iss":"https://issuer.test","aud":"api","sub":"u1","exp":%d,"iat":%d}' $((now + 3600)) "$now" | b64url)
-# openssl signs ES256 as DER; a JWT carries r||s, 32 bytes each.
-sig=$(printf '%s.%s' "$header" "$claims" | openssl dgst -sha256 -sign "$work/es256.key" |
-    python3 -c 'import sys,base64
-d=sys.stdin.buffer.read(); i=2+(d[1]==0x81)
-def rd(i):
-    n=d[i+1]; v=d[i+2:i+2+n]; return v.lstrip(b"\0").rjust(32,b"\0"), i+2+n
-r,i=rd(i); s,_=rd(i)
-print(base64.urlsafe_b64encode(r+s).decode().rstrip("="))')
-token=$header.$claims.$sig
+token=$(scripts/es256-jwt.sh "$work/es256.key" \
+    "$(printf '{"iss":"https://issuer.test","aud":"api","sub":"u1","exp":%d,"iat":%d}' $((now + 3600)) "$now")")
 
 body16k=$(head -c 16384 /dev/zero | tr '\0' 'x')
 backends=""
 for i in 1 2 3; do
     port=$(free_port)
     cat >"$work/backend$i.toml" <<EOF
-[server]
-worker_threads = 1
-access_log = "off"
-
-[admin]
-bind = "127.0.0.1:$(free_port)"
+$(config_head)
 
 [[listener]]
 name = "main"
@@ -138,12 +127,7 @@ done
 h1=$(free_port)
 tls=$(free_port)
 cat >"$work/front.toml" <<EOF
-[server]
-worker_threads = 1
-access_log = "off"
-
-[admin]
-bind = "127.0.0.1:$(free_port)"
+$(config_head)
 
 [[listener]]
 name = "h1"
