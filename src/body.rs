@@ -24,7 +24,7 @@ use std::sync::atomic::{AtomicU64, AtomicU8, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 use std::time::Duration;
-use tokio::time::{Instant, Sleep};
+use tokio::time::Sleep;
 
 /// Error type of both bodies: whatever the underlying stream failed with.
 pub type BoxError = Box<dyn std::error::Error + Send + Sync>;
@@ -116,7 +116,7 @@ impl Stall {
             return false;
         }
         if !std::mem::replace(&mut self.waiting, true) {
-            let deadline = Instant::now() + self.idle;
+            let deadline = crate::sys::coarse_now() + self.idle;
             match &mut self.timer {
                 Some(t) => t.as_mut().reset(deadline),
                 None => self.timer = Some(Box::pin(tokio::time::sleep_until(deadline))),

@@ -260,16 +260,18 @@ fn run(lc: portico::config::LoadedConfig) -> ExitCode {
         n => n,
     };
     // One worker: a current-thread runtime, with no cross-thread work stealing.
-    let rt = if workers == 1 {
+    let mut builder = if workers == 1 {
         tokio::runtime::Builder::new_current_thread()
-            .enable_all()
-            .build()
     } else {
-        tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(workers)
-            .enable_all()
-            .build()
+        let mut b = tokio::runtime::Builder::new_multi_thread();
+        b.worker_threads(workers);
+        b
     };
+    // Timeouts and idle times read the clock once per event-loop pass.
+    let rt = builder
+        .enable_all()
+        .on_thread_unpark(portico::sys::event_loop_woke)
+        .build();
     let rt = match rt {
         Ok(rt) => rt,
         Err(e) => return fail(format!("portico: cannot start runtime: {e}")),

@@ -9,6 +9,9 @@
 //! - [`lower_thread_priority`]: the nice value of the calling thread;
 //! - [`monotonic_usec`] and [`monotonic_ms`]: CLOCK_MONOTONIC, the one clock
 //!   portico measures intervals and deadlines with outside of tokio;
+//! - [`coarse_now`]: the monotonic time of the event-loop pass, for
+//!   timeouts and idle times, read once per pass rather than per request
+//!   ([`event_loop_woke`] marks the passes);
 //! - [`unix_now`]: the wall clock in whole seconds, the one clock for times
 //!   that leave the process (JWT `exp`/`nbf`, revocations, the reload
 //!   timestamp metric).
@@ -181,6 +184,75 @@ pub fn monotonic_ms() -> u64 {
     monotonic_usec() / 1_000
 }
 
+/// How many [`coarse_now`] readings one clock reading serves at most, so
+/// that a pass that runs long (the runtime polls its I/O between tasks
+/// without parking when it is busy) still sees time move.
+const COARSE_READS: u32 = 64;
+
+/// The coarse clock of one runtime thread.
+#[derive(Clone, Copy)]
+struct Coarse {
+    /// Set by the first [`event_loop_woke`] on the thread: elsewhere
+    /// (tests' runtimes, other threads) every reading is exact.
+    on: bool,
+    /// Readings `now` may still serve; 0: read the clock.
+    left: u32,
+    now: Option<tokio::time::Instant>,
+}
+
+thread_local! {
+    static COARSE: std::cell::Cell<Coarse> = const {
+        std::cell::Cell::new(Coarse { on: false, left: 0, now: None })
+    };
+}
+
+/// The monotonic time as of this event-loop pass (tokio's clock): at most
+/// one pass, or [`COARSE_READS`] readings, old on a runtime thread whose
+/// wake-ups call [`event_loop_woke`]; exact anywhere else.
+///
+/// For timeouts and idle times, seconds long, that requests re-arm all
+/// the time (the connection's head and idle timers, body stalls, a route's
+/// deadline, the pool's idle connections, the HTTP/2 flood windows): read
+/// exactly, they took about ten clock readings per request, where NGINX
+/// and HAProxy read the clock once per pass of their event loop. Being a
+/// pass early makes such a timer fire at most that much early. Latencies
+/// that are reported (request and upstream durations) read the clock
+/// exactly.
+pub fn coarse_now() -> tokio::time::Instant {
+    COARSE.with(|cell| {
+        let mut c = cell.get();
+        if !c.on {
+            return tokio::time::Instant::now();
+        }
+        let now = match c.now {
+            Some(now) if c.left > 0 => {
+                c.left -= 1;
+                now
+            }
+            _ => {
+                let now = tokio::time::Instant::now();
+                c.now = Some(now);
+                c.left = COARSE_READS - 1;
+                now
+            }
+        };
+        cell.set(c);
+        now
+    })
+}
+
+/// A runtime thread woke up to a new event-loop pass (tokio's
+/// `on_thread_unpark`): the next [`coarse_now`] reads the clock.
+pub fn event_loop_woke() {
+    COARSE.with(|cell| {
+        cell.set(Coarse {
+            on: true,
+            left: 0,
+            now: None,
+        })
+    });
+}
+
 /// Whole seconds since the Unix epoch by the wall clock; 0 if the clock
 /// reads before 1970.
 pub fn unix_now() -> u64 {
@@ -290,6 +362,40 @@ impl tokio::io::AsyncWrite for Tcp {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use std::time::Duration;
+
+    #[test]
+    fn the_coarse_clock_is_exact_off_the_event_loop() {
+        std::thread::spawn(|| {
+            let a = coarse_now();
+            std::thread::sleep(Duration::from_millis(2));
+            assert!(coarse_now() > a);
+        })
+        .join()
+        .expect("the clock thread panicked");
+    }
+
+    #[test]
+    fn the_coarse_clock_holds_for_a_pass_and_a_bounded_number_of_readings() {
+        std::thread::spawn(|| {
+            event_loop_woke();
+            let first = coarse_now();
+            std::thread::sleep(Duration::from_millis(2));
+            for _ in 1..COARSE_READS {
+                assert_eq!(coarse_now(), first, "read again within the pass");
+            }
+            let renewed = coarse_now();
+            assert!(renewed >= first + Duration::from_millis(2), "never renewed");
+            std::thread::sleep(Duration::from_millis(2));
+            event_loop_woke();
+            assert!(
+                coarse_now() >= renewed + Duration::from_millis(2),
+                "not renewed by a new pass"
+            );
+        })
+        .join()
+        .expect("the clock thread panicked");
+    }
 
     #[test]
     fn a_lowered_thread_stays_in_the_normal_class() {

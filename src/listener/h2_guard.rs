@@ -108,7 +108,7 @@ impl Default for Resets {
     fn default() -> Self {
         Resets {
             waiting: [0; (TRACKED / 64) as usize],
-            window_start: Instant::now(),
+            window_start: crate::sys::coarse_now(),
             opened: 0,
             premature: 0,
         }
@@ -127,7 +127,7 @@ impl Resets {
     }
 
     fn roll_window(&mut self) {
-        let now = Instant::now();
+        let now = crate::sys::coarse_now();
         if now.duration_since(self.window_start) > WINDOW {
             self.window_start = now;
             self.opened = 0;
@@ -196,7 +196,7 @@ impl Default for H2Guard {
             preface_left: PREFACE_LEN,
             incoming: Frames::default(),
             outgoing: Frames::default(),
-            window_start: Instant::now(),
+            window_start: crate::sys::coarse_now(),
             in_window: 0,
             last_stream: 0,
             resets: Resets::default(),
@@ -236,7 +236,7 @@ impl H2Guard {
             self.flooded = Some("rapid reset (streams opened and reset before an answer)");
         }
         if control > 0 {
-            let now = Instant::now();
+            let now = crate::sys::coarse_now();
             if now.duration_since(self.window_start) > WINDOW {
                 self.window_start = now;
                 self.in_window = 0;

@@ -79,7 +79,7 @@ impl Timeouts {
     /// Starts in the head phase, or idle for a connection known to be
     /// HTTP/2 (which has no head phase of its own).
     pub fn new(http2: bool, header_timeout: Duration, idle_timeout: Duration) -> Timeouts {
-        let now = Instant::now();
+        let now = crate::sys::coarse_now();
         let phase = if http2 {
             Phase::Idle {
                 since: now,
@@ -111,7 +111,7 @@ impl Timeouts {
             self.phase = Phase::Busy;
         } else if started != self.seen_started || self.phase == Phase::Busy {
             self.phase = Phase::Idle {
-                since: Instant::now(),
+                since: crate::sys::coarse_now(),
                 parked: false,
             };
         }
@@ -132,7 +132,7 @@ impl Timeouts {
             Phase::Head { got_bytes, .. } => *got_bytes = true,
             Phase::Idle { .. } if http1 => {
                 self.phase = Phase::Head {
-                    since: Instant::now(),
+                    since: crate::sys::coarse_now(),
                     got_bytes: true,
                 }
             }
@@ -152,7 +152,7 @@ impl Timeouts {
     pub fn http2_started(&mut self) {
         self.park_after = None;
         self.phase = Phase::Idle {
-            since: Instant::now(),
+            since: crate::sys::coarse_now(),
             parked: false,
         };
     }

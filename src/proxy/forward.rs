@@ -54,7 +54,7 @@ pub(super) async fn forward(
     route: &Route,
     pool: &UpstreamPool,
 ) -> Result<Response<ProxyBody>, ProxyError> {
-    let deadline = tokio::time::Instant::now() + route.timeout;
+    let deadline = crate::sys::coarse_now() + route.timeout;
     let websocket = ctx
         .websocket
         .take()

@@ -7,9 +7,6 @@ use http::header::{
 };
 use http::{HeaderMap, HeaderName, HeaderValue};
 
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
-static HTTP2_SETTINGS: HeaderName = HeaderName::from_static("http2-settings");
 pub static X_FORWARDED_FOR: HeaderName = HeaderName::from_static("x-forwarded-for");
 pub static X_FORWARDED_PROTO: HeaderName = HeaderName::from_static("x-forwarded-proto");
 pub static X_FORWARDED_HOST: HeaderName = HeaderName::from_static("x-forwarded-host");
@@ -31,11 +28,14 @@ pub fn strip_client_hop_by_hop(h: &mut HeaderMap, keep: Option<&HeaderName>) {
 }
 
 fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
-    // Most messages carry none: one pass over the names decides.
-    if !h.keys().any(is_hop_by_hop) {
+    // Most messages carry none, and most of the rest only Connection (an
+    // upstream's `Connection: keep-alive` on every response): one pass over
+    // the names says which are there, and only those are looked up again.
+    let present = h.keys().fold(0u16, |bits, n| bits | hop_by_hop_bit(n));
+    if present == 0 {
         return;
     }
-    if h.contains_key(CONNECTION) {
+    if present & CONNECTION_BIT != 0 {
         // Keep-Alive, the one name most lists hold, goes below with the
         // other hop-by-hop fields.
         if !lists_only_keep_alive(h) {
@@ -43,7 +43,7 @@ fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
         }
         h.remove(CONNECTION);
     }
-    if h.contains_key(TE) {
+    if present & TE_BIT != 0 {
         let trailers = h.get_all(TE).iter().any(|v| {
             v.to_str().is_ok_and(|s| {
                 s.split(',')
@@ -55,18 +55,42 @@ fn strip_hop_by_hop_keeping(h: &mut HeaderMap, keep: Option<&HeaderName>) {
             h.insert(TE, HeaderValue::from_static("trailers"));
         }
     }
-    for name in [
-        &KEEP_ALIVE,
-        &PROXY_CONNECTION,
-        &TRANSFER_ENCODING,
-        &TRAILER,
-        &UPGRADE,
-        &PROXY_AUTHORIZATION,
-        &PROXY_AUTHENTICATE,
-        &HTTP2_SETTINGS,
-    ] {
-        h.remove(name);
+    for (i, name) in BY_NAME.iter().enumerate() {
+        if present & (1 << (i + 2)) != 0 {
+            h.remove(name);
+        }
     }
+}
+
+const CONNECTION_BIT: u16 = 1;
+const TE_BIT: u16 = 1 << 1;
+
+/// The hop-by-hop fields removed by name alone; bit `i + 2` of
+/// [`hop_by_hop_bit`] stands for `BY_NAME[i]`.
+static BY_NAME: [HeaderName; 8] = [
+    HeaderName::from_static("keep-alive"),
+    HeaderName::from_static("proxy-connection"),
+    TRANSFER_ENCODING,
+    TRAILER,
+    UPGRADE,
+    PROXY_AUTHORIZATION,
+    PROXY_AUTHENTICATE,
+    HeaderName::from_static("http2-settings"),
+];
+
+/// Which hop-by-hop field `n` is, as a bit of [`strip_hop_by_hop_keeping`]'s
+/// set; 0 for an end-to-end field.
+fn hop_by_hop_bit(n: &HeaderName) -> u16 {
+    if n == CONNECTION {
+        return CONNECTION_BIT;
+    }
+    if n == TE {
+        return TE_BIT;
+    }
+    BY_NAME
+        .iter()
+        .position(|b| b == n)
+        .map_or(0, |i| 1 << (i + 2))
 }
 
 /// Removes the fields the Connection header lists, except Host and `keep`.
@@ -100,15 +124,10 @@ fn lists_only_keep_alive(h: &HeaderMap) -> bool {
     })
 }
 
+/// A hop-by-hop field, or any Proxy-* one (for trailers, where none
+/// belongs).
 fn is_hop_by_hop(n: &HeaderName) -> bool {
-    n == CONNECTION
-        || n == TE
-        || n == TRANSFER_ENCODING
-        || n == TRAILER
-        || n == UPGRADE
-        || n == KEEP_ALIVE
-        || n == HTTP2_SETTINGS
-        || n.as_str().starts_with("proxy-")
+    hop_by_hop_bit(n) != 0 || n.as_str().starts_with("proxy-")
 }
 
 /// The Upgrade value of an HTTP/1.1 request that asks for a WebSocket
@@ -543,6 +562,32 @@ mod tests {
         assert_eq!(h.len(), 2, "{h:?}");
         assert_eq!(h[TE], "trailers");
         assert_eq!(h["x-kept"], "1");
+    }
+
+    #[test]
+    fn every_hop_by_hop_field_goes_on_its_own() {
+        for name in [
+            "connection",
+            "te",
+            "keep-alive",
+            "proxy-connection",
+            "transfer-encoding",
+            "trailer",
+            "upgrade",
+            "proxy-authorization",
+            "proxy-authenticate",
+            "http2-settings",
+        ] {
+            let mut h = HeaderMap::new();
+            h.insert(name, HeaderValue::from_static("x"));
+            h.insert("proxy-other", HeaderValue::from_static("1"));
+            h.insert("x-kept", HeaderValue::from_static("1"));
+            strip_hop_by_hop(&mut h);
+            assert_eq!(h.len(), 2, "{name}: {h:?}");
+            assert!(h.contains_key("x-kept") && h.contains_key("proxy-other"));
+        }
+        assert!(is_hop_by_hop(&HeaderName::from_static("proxy-other")));
+        assert!(!is_hop_by_hop(&HeaderName::from_static("x-kept")));
     }
 
     #[test]

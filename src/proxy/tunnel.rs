@@ -144,7 +144,7 @@ where
         if moved {
             // A duration too far out to add is no timeout at all (as
             // `tokio::time::sleep` has it).
-            if let Some(at) = tokio::time::Instant::now().checked_add(idle) {
+            if let Some(at) = crate::sys::coarse_now().checked_add(idle) {
                 timer.as_mut().reset(at);
             }
         }

@@ -56,6 +56,7 @@ use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, Status
 use http_body::{Body as _, Frame, SizeHint};
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
+use std::mem::MaybeUninit;
 use std::pin::Pin;
 use std::sync::Arc;
 use std::task::{Context, Poll};
@@ -361,9 +362,14 @@ fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<Head>, H
     {
         return Ok(None);
     }
-    let mut slots = [httparse::EMPTY_HEADER; MAX_HEADERS];
-    let mut res = httparse::Response::new(&mut slots);
-    let len = match res.parse(buf) {
+    // Neither table is filled in before use: the head is parsed once per
+    // response, and 100 empty fields cost more than the parse of a
+    // typical head.
+    let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
+    let mut res = httparse::Response::new(&mut []);
+    let len = match httparse::ParserConfig::default()
+        .parse_response_with_uninit_headers(&mut res, buf, &mut slots)
+    {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) => return Ok(None),
         Err(httparse::Error::TooManyHeaders) => return invalid("too many response header fields"),
@@ -374,18 +380,25 @@ fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<Head>, H
     };
     // Where each field is, so that its value can be a slice of the head's
     // bytes once they are taken out of `buf` (which `res` borrows).
+    // (u32: a head is at most MAX_HEAD plus one read long.)
     let base = buf.as_ptr() as usize;
-    let mut at = [(0usize, 0usize, 0usize, 0usize); MAX_HEADERS];
+    let mut at = [(0u32, 0u32, 0u32, 0u32); MAX_HEADERS];
     let count = res.headers.len();
     for (slot, h) in at.iter_mut().zip(res.headers.iter()) {
         let n = h.name.as_ptr() as usize - base;
         let v = h.value.as_ptr() as usize - base;
-        *slot = (n, n + h.name.len(), v, v + h.value.len());
+        *slot = (
+            n as u32,
+            (n + h.name.len()) as u32,
+            v as u32,
+            (v + h.value.len()) as u32,
+        );
     }
     *scanned = 0;
     let bytes = buf.split_to(len).freeze();
     let mut headers = HeaderMap::with_capacity(count);
     for &(ns, ne, vs, ve) in &at[..count] {
+        let (ns, ne, vs, ve) = (ns as usize, ne as usize, vs as usize, ve as usize);
         let name = HeaderName::from_bytes(&bytes[ns..ne])
             .or_else(|_| invalid("invalid response header name"))?;
         let value = HeaderValue::from_maybe_shared(bytes.slice(vs..ve))

@@ -11,11 +11,13 @@ use super::h1::{H1Conn, Home};
 use super::health::ServerHealth;
 use crate::body::RequestBody;
 use crate::observe::metrics::ServerMetrics;
+use crate::sys::coarse_now;
 use hyper::client::conn::http2;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::{Duration, Instant};
+use std::time::Duration;
+use tokio::time::Instant;
 
 struct IdleConn {
     conn: H1Conn,
@@ -107,10 +109,13 @@ impl UpstreamServer {
     /// [`H1Conn::alive`]; closing it is better done outside the lock).
     pub(super) fn take_idle(&self, idle_timeout: Duration) -> Option<H1Conn> {
         let mut expired = Vec::new();
+        let now = coarse_now();
         let mut idle = self.idle.lock().ok()?;
         let found = loop {
             match idle.pop() {
-                Some(c) if c.since.elapsed() < idle_timeout => break Some(c.conn),
+                Some(c) if now.saturating_duration_since(c.since) < idle_timeout => {
+                    break Some(c.conn)
+                }
                 Some(c) => expired.push(c),
                 None => break None,
             }
@@ -125,11 +130,12 @@ impl UpstreamServer {
     /// their server closed.
     pub(super) fn reap(&self, idle_timeout: Duration) {
         let mut expired = Vec::new();
+        let now = coarse_now();
         if let Ok(mut idle) = self.idle.lock() {
             // The stack is LIFO, so the oldest connections are at the front.
             let keep_from = idle
                 .iter()
-                .position(|c| c.since.elapsed() < idle_timeout)
+                .position(|c| now.saturating_duration_since(c.since) < idle_timeout)
                 .unwrap_or(idle.len());
             expired.extend(idle.drain(..keep_from));
             let mut i = 0;
@@ -167,7 +173,7 @@ impl Home for UpstreamServer {
         if room && !self.retired.load(Ordering::Relaxed) {
             idle.push(IdleConn {
                 conn,
-                since: Instant::now(),
+                since: coarse_now(),
             });
         } else {
             // The socket closes outside the lock.
