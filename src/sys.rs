@@ -191,19 +191,18 @@ const COARSE_READS: u32 = 64;
 
 /// The coarse clock of one runtime thread.
 #[derive(Clone, Copy)]
-struct Coarse {
-    /// Set by the first [`event_loop_woke`] on the thread: elsewhere
-    /// (tests' runtimes, other threads) every reading is exact.
-    on: bool,
-    /// Readings `now` may still serve; 0: read the clock.
-    left: u32,
-    now: Option<tokio::time::Instant>,
+enum Coarse {
+    /// No [`event_loop_woke`] on this thread (tests' runtimes, other
+    /// threads): every reading is exact.
+    Exact,
+    /// A pass began: the next reading reads the clock.
+    Due,
+    /// This pass's reading, and how many more readings it serves.
+    Read(tokio::time::Instant, u32),
 }
 
 thread_local! {
-    static COARSE: std::cell::Cell<Coarse> = const {
-        std::cell::Cell::new(Coarse { on: false, left: 0, now: None })
-    };
+    static COARSE: std::cell::Cell<Coarse> = const { std::cell::Cell::new(Coarse::Exact) };
 }
 
 /// The monotonic time as of this event-loop pass (tokio's clock): at most
@@ -219,38 +218,24 @@ thread_local! {
 /// that are reported (request and upstream durations) read the clock
 /// exactly.
 pub fn coarse_now() -> tokio::time::Instant {
-    COARSE.with(|cell| {
-        let mut c = cell.get();
-        if !c.on {
-            return tokio::time::Instant::now();
+    COARSE.with(|cell| match cell.get() {
+        Coarse::Exact => tokio::time::Instant::now(),
+        Coarse::Read(now, left) if left > 0 => {
+            cell.set(Coarse::Read(now, left - 1));
+            now
         }
-        let now = match c.now {
-            Some(now) if c.left > 0 => {
-                c.left -= 1;
-                now
-            }
-            _ => {
-                let now = tokio::time::Instant::now();
-                c.now = Some(now);
-                c.left = COARSE_READS - 1;
-                now
-            }
-        };
-        cell.set(c);
-        now
+        Coarse::Due | Coarse::Read(..) => {
+            let now = tokio::time::Instant::now();
+            cell.set(Coarse::Read(now, COARSE_READS - 1));
+            now
+        }
     })
 }
 
 /// A runtime thread woke up to a new event-loop pass (tokio's
 /// `on_thread_unpark`): the next [`coarse_now`] reads the clock.
 pub fn event_loop_woke() {
-    COARSE.with(|cell| {
-        cell.set(Coarse {
-            on: true,
-            left: 0,
-            now: None,
-        })
-    });
+    COARSE.with(|cell| cell.set(Coarse::Due));
 }
 
 /// Whole seconds since the Unix epoch by the wall clock; 0 if the clock

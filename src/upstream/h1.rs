@@ -362,9 +362,8 @@ fn parse_head(buf: &mut BytesMut, scanned: &mut usize) -> Result<Option<Head>, H
     {
         return Ok(None);
     }
-    // Neither table is filled in before use: the head is parsed once per
-    // response, and 100 empty fields cost more than the parse of a
-    // typical head.
+    // The fields are not filled in before the parse: 100 empty ones cost
+    // more than the parse of a typical head of about five.
     let mut slots = [const { MaybeUninit::<httparse::Header<'_>>::uninit() }; MAX_HEADERS];
     let mut res = httparse::Response::new(&mut []);
     let len = match httparse::ParserConfig::default()
