@@ -52,7 +52,7 @@ use crate::body::{BoxError, RequestBody};
 use crate::tls::ClientIo;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
@@ -178,18 +178,17 @@ impl H1Conn {
         futures_util::FutureExt::now_or_never(probe).is_none()
     }
 
-    /// Sends `req` and reads the response head; `home`: where the
-    /// connection goes back when the exchange completes.
+    /// Sends the request `head` + `body` and reads the response head;
+    /// `home`: where the connection goes back when the exchange completes.
     pub async fn send(
         mut self,
-        req: Request<RequestBody>,
+        head: &http::request::Parts,
+        body: RequestBody,
         home: Arc<dyn Home>,
     ) -> Result<Answer, H1Error> {
-        let (parts, body) = req.into_parts();
-        let upgrade = connection_lists(&parts.headers, b"upgrade");
-        let head_only = parts.method == Method::HEAD;
-        let mut out = Outgoing::start(&parts, body, &mut self.wbuf);
-        drop(parts);
+        let upgrade = connection_lists(&head.headers, b"upgrade");
+        let head_only = head.method == Method::HEAD;
+        let mut out = Outgoing::start(head, body, &mut self.wbuf);
         let mut scan = Scan::default();
         behind_the_ready().await;
         let head = poll_fn(|cx| self.poll_head(cx, &mut out, &mut scan)).await?;
