@@ -50,7 +50,7 @@ struct ClientUpgrade {
 
 /// Forwards `req` to `pool` on `route` (see the module docs).
 pub(super) async fn forward(
-    mut req: Request<RequestBody>,
+    mut req: Box<Request<RequestBody>>,
     ctx: &mut RequestCtx<'_>,
     route: &Route,
     pool: &UpstreamPool,
@@ -60,7 +60,7 @@ pub(super) async fn forward(
         .websocket
         .take()
         .filter(|_| pool.definition.protocol == UpstreamProtocol::Http1);
-    let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut *req));
 
     let (mut parts, mut body) = req.into_parts();
     limit_body(&mut body, ctx)?;
