@@ -1,5 +1,6 @@
-//! What a retry needs: which requests may be sent again, a copy of the ones
-//! that may, and the servers tried so far.
+//! What a retry needs: which requests may be sent again, the body of the
+//! ones that may (their head stays with the forward phase, which lends it
+//! to every attempt), and the servers tried so far.
 //!
 //! Guarantees: a request counts as retry-safe when its method is GET, HEAD,
 //! OPTIONS, PUT or DELETE, or it carries an Idempotency-Key; its body is
