@@ -9,7 +9,7 @@ use std::process::ExitCode;
 
 #[cfg(feature = "mimalloc")]
 #[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+static GLOBAL: portico::sys::Allocator = portico::sys::Allocator;
 
 #[derive(Parser)]
 #[command(

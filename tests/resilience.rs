@@ -149,6 +149,54 @@ async fn unsafe_requests_are_sent_once_and_idempotent_ones_retried() {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_retried_request_reaches_the_next_server_with_the_same_head_and_body() {
+    // Every attempt sends the one head the forward phase built (sending
+    // borrows it), over HTTP/1.1 and HTTP/2 upstreams alike.
+    for protocol in ["http1", "http2"] {
+        let (a, b) = (Backend::start("a").await, Backend::start("b").await);
+        let (addr, l) = listener_toml("web", "");
+        let _p = Portico::start(&config(
+            &l,
+            &upstream_toml(
+                "app",
+                &[&a, &b],
+                &format!("passive_eject = \"0s\"\nprotocol = \"{protocol}\""),
+            ),
+            "retries = 1",
+        ));
+        let c = client();
+        for i in 0..4 {
+            let r = c
+                .put(format!("http://{addr}/reset-on/a?n={i}"))
+                .header("x-custom", format!("v{i}"))
+                .header("cookie", "a=1")
+                .body(format!("payload-{i}"))
+                .send()
+                .await
+                .unwrap();
+            assert_eq!(r.status(), 200, "{protocol} PUT {i}");
+            assert_eq!(r.headers()["x-backend"], "b", "{protocol} PUT {i}");
+        }
+        let seen_a: Vec<Seen> = a.seen.lock().unwrap().clone();
+        let seen_b: Vec<Seen> = b.seen.lock().unwrap().clone();
+        // Each request that went to a first was retried on b.
+        assert_eq!(seen_b.len(), 4, "{protocol}");
+        assert!(!seen_a.is_empty(), "{protocol}: a got no request to reset");
+        for first in &seen_a {
+            let again = seen_b
+                .iter()
+                .find(|s| s.uri == first.uri)
+                .unwrap_or_else(|| panic!("{protocol}: {} never retried", first.uri));
+            assert_eq!(again.method, "PUT");
+            assert_eq!(again.version, first.version, "{protocol}");
+            assert_eq!(again.headers, first.headers, "{protocol} {}", first.uri);
+            assert!(first.headers.contains_key("x-request-id"));
+            assert!(first.headers.contains_key("x-custom"));
+        }
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn health_checks_take_servers_out_and_back_and_503_when_all_fail() {
     let (a, b) = (Backend::start("a").await, Backend::start("b").await);
     let (addr, l) = listener_toml("web", "");

@@ -383,6 +383,57 @@ async fn a_response_written_byte_by_byte_is_read_whole() {
     assert_eq!(up.accepts(), 1);
 }
 
+/// A body of `len` bytes that shows where each byte belongs.
+fn patterned(len: usize) -> Vec<u8> {
+    (0..len).map(|i| b'a' + (i % 23) as u8).collect()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn content_length_bodies_in_uneven_writes_arrive_whole_and_keep_the_connection() {
+    // Around the sizes the reader sizes its buffers by: the first read
+    // (8 KiB, head included), the rest of a body read at once when it is
+    // at most 64 KiB, and larger bodies in parts. Each body comes in three
+    // writes with pauses: the head with a first piece, then two more.
+    const SIZES: [usize; 8] = [1, 8000, 8192, 8600, 65_536, 65_537, 70_000, 300_000];
+    let up = Scripted::start(|_, _, h| {
+        let len: usize = target(h).trim_start_matches('/').parse().unwrap_or(0);
+        let body = patterned(len);
+        let mut first = format!("HTTP/1.1 200 OK\r\nContent-Length: {len}\r\n\r\n").into_bytes();
+        let (a, rest) = body.split_at(len.min(3000));
+        let (b, c) = rest.split_at(rest.len() / 3);
+        first.extend_from_slice(a);
+        Reply {
+            steps: vec![
+                Step::Write(first),
+                Step::Sleep(Duration::from_millis(20)),
+                Step::Write(b.to_vec()),
+                Step::Sleep(Duration::from_millis(20)),
+                Step::Write(c.to_vec()),
+            ],
+            skip_body: false,
+        }
+    })
+    .await;
+    let (addr, p) = proxy(&up);
+    let c = client();
+    for len in SIZES {
+        let r = c.get(format!("http://{addr}/{len}")).send().await.unwrap();
+        assert_eq!(r.status(), 200, "{len}: {}", p.stderr());
+        assert_eq!(r.headers()["content-length"], len.to_string().as_str());
+        let got = r.bytes().await.unwrap();
+        assert!(
+            got[..] == patterned(len)[..],
+            "{len}: a different body came ({} bytes)",
+            got.len()
+        );
+    }
+    assert_eq!(
+        up.accepts(),
+        1,
+        "every exchange ended clean on one connection"
+    );
+}
+
 const SMUGGLED: &str = "HTTP/1.1 200 OK\r\nContent-Length: 7\r\n\r\nSMUGGLE";
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -257,6 +257,39 @@ def main():
                 )
         w("")
 
+        # The machine drifts between rounds (other guests on the host): a
+        # proxy and HAProxy measured in the same round, minutes apart at
+        # most, are compared with each other first, and the per-round
+        # ratios summarised after.
+        w("## Ratios vs HAProxy, round by round\n")
+        w(
+            "Each round's ratio to HAProxy's run of the same round, then the "
+            "median over rounds; \"better\" = rounds where the proxy did at least "
+            "as well as HAProxy (req/s not lower, p99 and CPU/req not higher).\n"
+        )
+        w("| scenario | proxy | req/s ÷ HAProxy | p99 ÷ HAProxy | CPU/req ÷ HAProxy | better req/s | better p99 | better CPU/req |")
+        w("| --- | --- | ---: | ---: | ---: | ---: | ---: | ---: |")
+        by_round = {(m["proxy"], m["scenario"], m["round"]): m for m in runs}
+        for sc in scens:
+            for p in proxies:
+                if p == "haproxy" or (p, sc) not in agg:
+                    continue
+                pairs = [
+                    (m, by_round[("haproxy", sc, m["round"])])
+                    for m in groups[(p, sc)]
+                    if ("haproxy", sc, m["round"]) in by_round
+                ]
+                if not pairs:
+                    continue
+                cells, wins = [], []
+                for k, higher_better in (("rps", True), ("p99_ms", False), ("cpu_us_per_req", False)):
+                    rs = [a[k] / b[k] for a, b in pairs if a.get(k) is not None and b.get(k)]
+                    cells.append(f"{med(rs):.2f}×" if rs else "n/a")
+                    won = sum(1 for r in rs if (r >= 1.0 if higher_better else r <= 1.0))
+                    wins.append(f"{won}/{len(rs)}")
+                w(f"| {SCEN_TITLE.get(sc, sc)} | {p} | " + " | ".join(cells + wins) + " |")
+        w("")
+
     w("## Noise indicators (medians)\n")
     w(
         "core-0 other % = busy time on the proxy's core not charged to the proxy "

@@ -825,7 +825,8 @@ async fn serve_request(
     alt_svc: Option<http::HeaderValue>,
 ) -> Result<http::Response<crate::body::ProxyBody>, std::convert::Infallible> {
     let http1 = req.version() <= http::Version::HTTP_11;
-    let mut req = req.map(crate::body::RequestBody::incoming);
+    // Boxed once here: the pipeline passes it down by pointer.
+    let mut req = Box::new(req.map(crate::body::RequestBody::incoming));
     // HTTP/1.x requests come one after the other: this one is the next to
     // start on the connection.
     if http1

@@ -623,7 +623,7 @@ async fn serve_request(
     // before it started is still logged and counted (as 499).
     let resp = tokio::select! {
         biased;
-        r = crate::proxy::handle(req, info) => match r {
+        r = crate::proxy::handle(Box::new(req), info) => match r {
             Ok(r) => r,
             Err(never) => match never {},
         },

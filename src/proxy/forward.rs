@@ -35,6 +35,7 @@ use crate::upstream::{
     UpstreamServer,
 };
 use http::header::{CONNECTION, UPGRADE};
+use http::request::Parts;
 use http::{HeaderValue, Request, Response, StatusCode, Version};
 use hyper::upgrade::OnUpgrade;
 use std::sync::atomic::AtomicU64;
@@ -49,7 +50,7 @@ struct ClientUpgrade {
 
 /// Forwards `req` to `pool` on `route` (see the module docs).
 pub(super) async fn forward(
-    mut req: Request<RequestBody>,
+    mut req: Box<Request<RequestBody>>,
     ctx: &mut RequestCtx<'_>,
     route: &Route,
     pool: &UpstreamPool,
@@ -59,7 +60,7 @@ pub(super) async fn forward(
         .websocket
         .take()
         .filter(|_| pool.definition.protocol == UpstreamProtocol::Http1);
-    let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut req));
+    let client_upgrade = websocket.is_some().then(|| hyper::upgrade::on(&mut *req));
 
     let (mut parts, mut body) = req.into_parts();
     limit_body(&mut body, ctx)?;
@@ -70,7 +71,7 @@ pub(super) async fn forward(
     // and known in full (read now, within the route's deadline).
     let mut replay = None;
     if route.retries > 0 && upgrade.is_none() && retry_safe(&parts.method, &parts.headers) {
-        (body, replay) = Replay::keep(&parts, body, deadline).await?;
+        (body, replay) = Replay::keep(body, deadline).await?;
     }
     if !http_body::Body::is_end_stream(&body) {
         let counter = if ctx.count_bytes {
@@ -82,7 +83,6 @@ pub(super) async fn forward(
         };
         body.count_into(counter);
     }
-    let req = Request::from_parts(parts, body);
     let attempts = Attempts {
         route,
         pool,
@@ -92,7 +92,7 @@ pub(super) async fn forward(
         replay,
         tried: Tried::new(),
     };
-    attempts.run(req, ctx, upgrade).await
+    attempts.run(&parts, body, ctx, upgrade).await
 }
 
 /// The listener's body limits on `body`: a body whose length is known to
@@ -122,18 +122,21 @@ struct Attempts<'r> {
 }
 
 impl Attempts<'_> {
+    /// Sends the request `head` + `body`: the head is the same for every
+    /// attempt, and only borrowed by each.
     async fn run(
         mut self,
-        req: Request<RequestBody>,
+        head: &Parts,
+        body: RequestBody,
         ctx: &mut RequestCtx<'_>,
         upgrade: Option<ClientUpgrade>,
     ) -> Result<Response<ProxyBody>, ProxyError> {
         let pool = self.pool;
         pool.retry_budget.request();
-        let mut req = Some(req);
+        let mut next = Some(body);
         let mut last_error = ProxyError::BadGateway;
         loop {
-            let Some(request) = req.take() else {
+            let Some(body) = next.take() else {
                 return Err(last_error);
             };
             let idx = match self.members.pick(self.tried.as_slice()) {
@@ -152,7 +155,7 @@ impl Attempts<'_> {
             let sent_at = std::time::Instant::now();
             // The send's future is kilobytes: unboxed, it was copied into
             // the timeout and then into this future's state.
-            let send = pin_in_place!(pool.send(server, request));
+            let send = pin_in_place!(pool.send(server, head, body));
             let sent = tokio::time::timeout_at(self.deadline, send).await;
             let failure = match sent {
                 Err(_) => {
@@ -169,8 +172,8 @@ impl Attempts<'_> {
                     } else {
                         UpstreamOutcome::Ok
                     });
-                    req = self.retry_on_status(status, server, ctx.request_id);
-                    if req.is_some() {
+                    next = self.retry_on_status(status, server, ctx.request_id);
+                    if next.is_some() {
                         continue;
                     }
                     return self.answer(ctx, server, ex, upgrade);
@@ -193,10 +196,10 @@ impl Attempts<'_> {
             }
             // Nothing reached the server: any method may go elsewhere.
             // Otherwise only a retry-safe request whose body we still have.
-            req = failure
+            next = failure
                 .unsent
-                .or_else(|| self.replay.as_ref().map(Replay::request));
-            if req.is_some() && !pool.retry_budget.try_retry() {
+                .or_else(|| self.replay.as_ref().map(Replay::body));
+            if next.is_some() && !pool.retry_budget.try_retry() {
                 tracing::warn!(request_id = %RequestIdField(ctx.request_id), upstream = %pool.name, "retry budget exhausted: not retrying");
                 return Err(last_error);
             }
@@ -208,7 +211,7 @@ impl Attempts<'_> {
         self.tried.len() <= self.route.retries as usize
     }
 
-    /// The request to send to another server after `server` answered
+    /// The body to send to another server after `server` answered
     /// `status`, if that answer is to be retried: a 502 or 503 of a request
     /// kept for a replay, when another server may answer (else the
     /// server's own 502/503 is the answer).
@@ -217,7 +220,7 @@ impl Attempts<'_> {
         status: StatusCode,
         server: &UpstreamServer,
         request_id: &HeaderValue,
-    ) -> Option<Request<RequestBody>> {
+    ) -> Option<RequestBody> {
         let pool = self.pool;
         if !matches!(
             status,
@@ -232,7 +235,7 @@ impl Attempts<'_> {
             return None;
         }
         tracing::info!(request_id = %RequestIdField(request_id), upstream = %pool.name, server = %server.label, %status, "retrying on another server");
-        Some(r.request())
+        Some(r.body())
     }
 
     /// The client's answer from the server's: hop-by-hop headers removed; a

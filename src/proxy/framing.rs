@@ -18,12 +18,9 @@
 
 use super::error::ProxyError;
 use crate::body::RequestBody;
-use http::header::{CONNECTION, CONTENT_LENGTH, HOST, TE, TRANSFER_ENCODING, UPGRADE};
-use http::{HeaderMap, HeaderName, HeaderValue, Request, Version};
+use http::header::{CONTENT_LENGTH, HOST, TE};
+use http::{HeaderMap, HeaderValue, Request, Version};
 use http_body::Body;
-
-static KEEP_ALIVE: HeaderName = HeaderName::from_static("keep-alive");
-static PROXY_CONNECTION: HeaderName = HeaderName::from_static("proxy-connection");
 
 /// Checks the request's framing as described in the module docs; may drop
 /// duplicate (agreeing) Content-Length fields.
@@ -55,28 +52,30 @@ fn request_line_len<B>(req: &Request<B>) -> usize {
 }
 
 fn connection_specific(h: &HeaderMap) -> Option<&'static str> {
-    if h.contains_key(CONNECTION) {
-        return Some("connection-specific field Connection");
+    // One pass over the names (a request has a handful) rather than a
+    // hashed lookup per field; the first field of this order is named.
+    let mut found: Option<(u8, &'static str)> = None;
+    for name in h.keys() {
+        let (rank, why) = match name.as_str() {
+            "connection" => (0, "connection-specific field Connection"),
+            "keep-alive" => (1, "connection-specific field Keep-Alive"),
+            "proxy-connection" => (2, "connection-specific field Proxy-Connection"),
+            "transfer-encoding" => (3, "connection-specific field Transfer-Encoding"),
+            "upgrade" => (4, "connection-specific field Upgrade"),
+            "te" if h
+                .get_all(TE)
+                .iter()
+                .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers")) =>
+            {
+                (5, "TE other than \"trailers\"")
+            }
+            _ => continue,
+        };
+        if found.is_none_or(|(r, _)| rank < r) {
+            found = Some((rank, why));
+        }
     }
-    if h.contains_key(&KEEP_ALIVE) {
-        return Some("connection-specific field Keep-Alive");
-    }
-    if h.contains_key(&PROXY_CONNECTION) {
-        return Some("connection-specific field Proxy-Connection");
-    }
-    if h.contains_key(TRANSFER_ENCODING) {
-        return Some("connection-specific field Transfer-Encoding");
-    }
-    if h.contains_key(UPGRADE) {
-        return Some("connection-specific field Upgrade");
-    }
-    if h.get_all(TE)
-        .iter()
-        .any(|v| !v.as_bytes().trim_ascii().eq_ignore_ascii_case(b"trailers"))
-    {
-        return Some("TE other than \"trailers\"");
-    }
-    None
+    found.map(|(_, why)| why)
 }
 
 fn host_rules<B>(req: &Request<B>) -> Result<(), ProxyError> {

@@ -85,8 +85,11 @@ use std::time::Instant;
 /// the request as [`CLIENT_CLOSED`] and gives back what it held (the
 /// connection's in-flight count; an upstream exchange under way is dropped
 /// with the pipeline, which aborts it).
+///
+/// The request comes boxed: it is 344 bytes, and each layer of the pipeline
+/// that took it by value copied it (about 600 instructions per request).
 pub async fn handle(
-    mut req: Request<RequestBody>,
+    mut req: Box<Request<RequestBody>>,
     conn: Arc<ConnInfo>,
 ) -> Result<Response<ProxyBody>, Infallible> {
     let start = Instant::now();
@@ -126,7 +129,7 @@ fn is_grpc<B>(req: &Request<B>) -> bool {
 
 /// The phases from admit to respond or forward, in order.
 async fn serve(
-    mut req: Request<RequestBody>,
+    mut req: Box<Request<RequestBody>>,
     mut ctx: RequestCtx<'_>,
 ) -> Result<Response<ProxyBody>, ProxyError> {
     admit::admit(&mut req, &mut ctx)?;

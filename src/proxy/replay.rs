@@ -1,5 +1,6 @@
-//! What a retry needs: which requests may be sent again, a copy of the ones
-//! that may, and the servers tried so far.
+//! What a retry needs: which requests may be sent again, the body of the
+//! ones that may (their head stays with the forward phase, which lends it
+//! to every attempt), and the servers tried so far.
 //!
 //! Guarantees: a request counts as retry-safe when its method is GET, HEAD,
 //! OPTIONS, PUT or DELETE, or it carries an Idempotency-Key; its body is
@@ -10,8 +11,7 @@
 use super::error::ProxyError;
 use crate::body::RequestBody;
 use bytes::Bytes;
-use http::request::Parts;
-use http::{HeaderMap, Method, Request, Uri, Version};
+use http::{HeaderMap, Method};
 use http_body_util::BodyExt;
 
 /// Bodies up to this size are kept so a retry-safe request can be replayed.
@@ -19,21 +19,17 @@ const REPLAY_LIMIT: u64 = 64 * 1024;
 
 static IDEMPOTENCY_KEY: http::HeaderName = http::HeaderName::from_static("idempotency-key");
 
-/// What is needed to send a request again.
+/// What is needed to send a request again besides its head (which the
+/// forward phase keeps, and sending only borrows): its body.
 pub(super) struct Replay {
-    method: Method,
-    uri: Uri,
-    version: Version,
-    headers: HeaderMap,
     body: Bytes,
 }
 
 impl Replay {
-    /// Keeps what a replay of the request `parts` + `body` needs, if its
-    /// body is known in full: the body is then read (until `deadline`) and
-    /// the request goes on with the bytes read.
+    /// Keeps what a replay of a request with `body` needs, if its body is
+    /// known in full: the body is then read (until `deadline`) and the
+    /// request goes on with the bytes read.
     pub async fn keep(
-        parts: &Parts,
         body: RequestBody,
         deadline: tokio::time::Instant,
     ) -> Result<(RequestBody, Option<Replay>), ProxyError> {
@@ -54,22 +50,14 @@ impl Replay {
             }
         };
         let replay = Replay {
-            method: parts.method.clone(),
-            uri: parts.uri.clone(),
-            version: parts.version,
-            headers: parts.headers.clone(),
             body: bytes.clone(),
         };
         Ok((RequestBody::full(bytes), Some(replay)))
     }
 
-    pub fn request(&self) -> Request<RequestBody> {
-        let mut r = Request::new(RequestBody::full(self.body.clone()));
-        *r.method_mut() = self.method.clone();
-        *r.uri_mut() = self.uri.clone();
-        *r.version_mut() = self.version;
-        *r.headers_mut() = self.headers.clone();
-        r
+    /// The body of the request sent again.
+    pub fn body(&self) -> RequestBody {
+        RequestBody::full(self.body.clone())
     }
 }
 

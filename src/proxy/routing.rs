@@ -174,46 +174,48 @@ impl RouteTable {
 /// label: spellings that routing would read as one host and an upstream's
 /// URL parser as another.
 pub fn route_host(h: &str) -> Option<&str> {
-    let host = host_without_port(h);
-    let port = &h[host.len()..];
+    let b = h.as_bytes();
+    if b.first() == Some(&b'[') {
+        return bracketed_host(h);
+    }
+    // One pass (it runs on every request): labels, then `:port`.
+    let mut label = 0usize;
+    let mut end = b.len();
+    for (i, &c) in b.iter().enumerate() {
+        match c {
+            b'.' if label == 0 => return None,
+            b'.' => label = 0,
+            b':' => {
+                if !b[i + 1..].iter().all(u8::is_ascii_digit) {
+                    return None;
+                }
+                end = i;
+                break;
+            }
+            c if c.is_ascii_alphanumeric() || matches!(c, b'-' | b'_' | b'~') => label += 1,
+            _ => return None,
+        }
+    }
+    // An empty Host (allowed by RFC 9112 3.2 when the target has no
+    // authority) names no host.
+    let host = &h[..end];
+    Some(host.strip_suffix('.').unwrap_or(host))
+}
+
+/// [`route_host`] of an IPv6 literal: `[hex:...]`, then `:port` or nothing.
+fn bracketed_host(h: &str) -> Option<&str> {
+    let close = h.find(']')?;
+    let (host, port) = h.split_at(close + 1);
     if !(port.is_empty() || port.starts_with(':') && port[1..].bytes().all(|b| b.is_ascii_digit()))
     {
         return None;
     }
-    if let Some(inner) = host.strip_prefix('[') {
-        let inner = inner.strip_suffix(']')?;
-        return (!inner.is_empty()
-            && inner
-                .bytes()
-                .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')))
-        .then_some(host);
-    }
-    // An empty Host (allowed by RFC 9112 3.2 when the target has no
-    // authority) names no host.
-    if host.is_empty() {
-        return Some(host);
-    }
-    let name = host.strip_suffix('.').unwrap_or(host);
-    let label_ok = |l: &str| {
-        !l.is_empty()
-            && l.bytes()
-                .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'-' | b'_' | b'~'))
-    };
-    name.split('.').all(label_ok).then_some(name)
-}
-
-/// The host part of a Host header or authority: port removed, IPv6 brackets kept.
-pub fn host_without_port(h: &str) -> &str {
-    if h.starts_with('[') {
-        return match h.find(']') {
-            Some(i) => &h[..=i],
-            None => h,
-        };
-    }
-    match h.rfind(':') {
-        Some(i) if h[i + 1..].bytes().all(|b| b.is_ascii_digit()) => &h[..i],
-        _ => h,
-    }
+    let inner = &host[1..close];
+    (!inner.is_empty()
+        && inner
+            .bytes()
+            .all(|b| b.is_ascii_hexdigit() || matches!(b, b':' | b'.')))
+    .then_some(host)
 }
 
 #[cfg(test)]
@@ -296,13 +298,6 @@ mod tests {
     }
 
     #[test]
-    fn port_is_removed_from_hosts() {
-        assert_eq!(host_without_port("a.example.com:8443"), "a.example.com");
-        assert_eq!(host_without_port("a.example.com"), "a.example.com");
-        assert_eq!(host_without_port("[::1]:80"), "[::1]");
-    }
-
-    #[test]
     fn route_hosts() {
         for (h, want) in [
             ("a.example.com", "a.example.com"),
@@ -311,7 +306,12 @@ mod tests {
             ("a.example.com.", "a.example.com"),
             ("A.Example.com.:80", "A.Example.com"),
             ("[::1]:80", "[::1]"),
+            ("[::1]", "[::1]"),
+            ("[::ffff:127.0.0.1]:", "[::ffff:127.0.0.1]"),
             ("127.0.0.1", "127.0.0.1"),
+            ("127.0.0.1:18443", "127.0.0.1"),
+            ("a-b_c~d.e.:1", "a-b_c~d.e"),
+            (":80", ""),
             ("my_host", "my_host"),
             ("", ""),
         ] {
@@ -333,6 +333,14 @@ mod tests {
             "[::1]x",
             "[a@b]",
             "a.example.com:8x",
+            "a.example.com:80:",
+            "a.example.com:-1",
+            "a.exaémple.com",
+            "a.example.com.:80.",
+            "..",
+            ".:80",
+            "[::1]:80:80",
+            "[::1]]",
         ] {
             assert_eq!(route_host(h), None, "{h}");
         }

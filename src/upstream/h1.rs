@@ -52,7 +52,7 @@ use crate::body::{BoxError, RequestBody};
 use crate::tls::ClientIo;
 use bytes::{Buf, Bytes, BytesMut};
 use http::header::{CONNECTION, CONTENT_LENGTH, TRANSFER_ENCODING};
-use http::{HeaderMap, HeaderName, HeaderValue, Method, Request, Response, StatusCode};
+use http::{HeaderMap, HeaderName, HeaderValue, Method, Response, StatusCode};
 use http_body::{Body as _, Frame, SizeHint};
 use std::future::poll_fn;
 use std::io::{self, IoSlice, Write as _};
@@ -178,18 +178,17 @@ impl H1Conn {
         futures_util::FutureExt::now_or_never(probe).is_none()
     }
 
-    /// Sends `req` and reads the response head; `home`: where the
-    /// connection goes back when the exchange completes.
+    /// Sends the request `head` + `body` and reads the response head;
+    /// `home`: where the connection goes back when the exchange completes.
     pub async fn send(
         mut self,
-        req: Request<RequestBody>,
+        head: &http::request::Parts,
+        body: RequestBody,
         home: Arc<dyn Home>,
     ) -> Result<Answer, H1Error> {
-        let (parts, body) = req.into_parts();
-        let upgrade = connection_lists(&parts.headers, b"upgrade");
-        let head_only = parts.method == Method::HEAD;
-        let mut out = Outgoing::start(&parts, body, &mut self.wbuf);
-        drop(parts);
+        let upgrade = connection_lists(&head.headers, b"upgrade");
+        let head_only = head.method == Method::HEAD;
+        let mut out = Outgoing::start(head, body, &mut self.wbuf);
         let mut scan = Scan::default();
         behind_the_ready().await;
         let head = poll_fn(|cx| self.poll_head(cx, &mut out, &mut scan)).await?;
@@ -258,6 +257,7 @@ impl H1Conn {
                 cx,
                 &mut self.io,
                 &mut self.rbuf,
+                READ_RESERVE / 2,
                 READ_RESERVE
             )) {
                 Ok(0) => out.write_error.take().unwrap_or_else(closed),
@@ -327,15 +327,16 @@ pub fn connection_lists(h: &HeaderMap, token: &[u8]) -> bool {
     })
 }
 
-/// Reads into `buf`, with room for `want` bytes when it has less than
-/// half of that left.
+/// Reads into `buf`, first making room for `want` bytes when it has room
+/// for fewer than `room`.
 fn read_more(
     cx: &mut Context<'_>,
     io: &mut ClientIo,
     buf: &mut BytesMut,
+    room: usize,
     want: usize,
 ) -> Poll<io::Result<usize>> {
-    if buf.capacity() - buf.len() < want / 2 {
+    if buf.capacity() - buf.len() < room {
         buf.reserve(want);
     }
     tokio_util::io::poll_read_buf(Pin::new(io), cx, buf)
@@ -867,16 +868,23 @@ impl Live {
                 }
                 _ => {}
             }
-            let want = self.read_size;
-            match std::task::ready!(read_more(cx, &mut self.conn.io, &mut self.conn.rbuf, want)) {
+            let (room, want) = match self.decoder {
+                // The rest of a body of known length, up to MAX_READ, comes
+                // in one read into one buffer of its size: fewer reads,
+                // allocations and frames than growing toward it.
+                Decoder::Length(left) if left <= MAX_READ as u64 => (left as usize, left as usize),
+                _ => (self.read_size / 2, self.read_size),
+            };
+            let io = &mut self.conn.io;
+            match std::task::ready!(read_more(cx, io, &mut self.conn.rbuf, room, want)) {
                 Ok(0) if matches!(self.decoder, Decoder::Eof) => {
                     self.decoder = Decoder::Done;
                     return Poll::Ready(None);
                 }
                 Ok(0) => return Poll::Ready(Some(Err(Box::new(closed())))),
                 Ok(n) => {
-                    if n >= want && want < MAX_READ {
-                        self.read_size = want * 2;
+                    if n >= self.read_size && self.read_size < MAX_READ {
+                        self.read_size *= 2;
                     }
                 }
                 Err(e) => return Poll::Ready(Some(Err(Box::new(e)))),

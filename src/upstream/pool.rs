@@ -13,6 +13,7 @@ use crate::observe::metrics::{Metrics, UpstreamOutcome};
 use crate::tls::{ClientIo, ClientTls, ConnectError};
 use arc_swap::ArcSwap;
 use bytes::Bytes;
+use http::request::Parts;
 use http_body_util::combinators::BoxBody;
 use http_body_util::BodyExt as _;
 use hyper::body::Incoming;
@@ -155,11 +156,11 @@ enum MemberList {
     Resolved(ArcSwap<Members>),
 }
 
-/// A failed send, with the request when none of it reached the server
-/// (so it may go to another server).
+/// A failed send, with the request's body when none of the request reached
+/// the server (so it may go to another server).
 pub struct SendFailure {
     pub error: UpstreamError,
-    pub unsent: Option<Request<RequestBody>>,
+    pub unsent: Option<RequestBody>,
 }
 
 impl From<UpstreamError> for SendFailure {
@@ -323,27 +324,30 @@ impl UpstreamPool {
         }
     }
 
-    /// Sends `req` to `server`, on a pooled connection when one is idle.
+    /// Sends the request `head` + `body` to `server`, on a pooled
+    /// connection when one is idle. The head is borrowed: the caller keeps
+    /// it for another attempt, and an HTTP/1.1 exchange never copies it.
     pub async fn send(
         &self,
         server: &Arc<UpstreamServer>,
-        req: Request<RequestBody>,
+        head: &Parts,
+        body: RequestBody,
     ) -> Result<Exchange, SendFailure> {
         match self.settings.protocol {
-            UpstreamProtocol::Http1 => self.send_h1(server, req).await,
+            UpstreamProtocol::Http1 => self.send_h1(server, head, body).await,
             // Boxed: hyper's HTTP/2 client's futures would make every
             // request's future (HTTP/1.1 upstreams' too) kilobytes larger.
-            UpstreamProtocol::Http2 => Box::pin(self.send_h2(server, req)).await,
+            UpstreamProtocol::Http2 => Box::pin(self.send_h2(server, head, body)).await,
         }
     }
 
     async fn send_h1(
         &self,
         server: &Arc<UpstreamServer>,
-        mut req: Request<RequestBody>,
+        head: &Parts,
+        mut body: RequestBody,
     ) -> Result<Exchange, SendFailure> {
-        let body_sent =
-            (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch());
+        let body_sent = (!http_body::Body::is_end_stream(&body)).then(|| body.watch());
         let conn = loop {
             match server.take_idle(self.settings.idle_timeout) {
                 // Closed while idle (the keepalive race): nothing is sent on it.
@@ -358,13 +362,13 @@ impl UpstreamPool {
                     Err(error) => {
                         return Err(SendFailure {
                             error,
-                            unsent: Some(req),
+                            unsent: Some(body),
                         })
                     }
                 },
             }
         };
-        match conn.send(req, server.clone()).await {
+        match conn.send(head, body, server.clone()).await {
             Ok(answer) => Ok(Exchange {
                 response: answer.response.map(|b| ResponseBody::H1(b.boxed())),
                 upgraded: answer.upgraded,
@@ -380,7 +384,8 @@ impl UpstreamPool {
     async fn send_h2(
         &self,
         server: &Arc<UpstreamServer>,
-        mut req: Request<RequestBody>,
+        head: &Parts,
+        mut body: RequestBody,
     ) -> Result<Exchange, SendFailure> {
         let mut sender = match server.h2_sender() {
             Some(s) => s,
@@ -389,18 +394,19 @@ impl UpstreamPool {
                 Err(error @ (UpstreamError::Connect(_) | UpstreamError::ConnectTimeout)) => {
                     return Err(SendFailure {
                         error,
-                        unsent: Some(req),
+                        unsent: Some(body),
                     })
                 }
                 Err(error) => return Err(error.into()),
             },
         };
         sender.ready().await.map_err(UpstreamError::reset)?;
-        let body = (!http_body::Body::is_end_stream(req.body())).then(|| req.body_mut().watch());
+        let watch = (!http_body::Body::is_end_stream(&body)).then(|| body.watch());
+        // hyper's client takes the request whole: the head is copied.
         let response = sender
-            .send_request(req)
+            .send_request(Request::from_parts(head.clone(), body))
             .await
-            .map_err(|e| UpstreamError::from_hyper(e, body.as_ref()))?;
+            .map_err(|e| UpstreamError::from_hyper(e, watch.as_ref()))?;
         Ok(Exchange {
             response: response.map(ResponseBody::H2),
             upgraded: None,

@@ -79,16 +79,18 @@ impl Send {
 
     fn check_headers(fields: &http::HeaderMap) -> Result<(), UserError> {
         // 8.1.2.2. Connection-Specific Header Fields
-        if fields.contains_key(http::header::CONNECTION)
-            || fields.contains_key(http::header::TRANSFER_ENCODING)
-            || fields.contains_key(http::header::UPGRADE)
-            || fields.contains_key("keep-alive")
-            || fields.contains_key("proxy-connection")
-        {
-            tracing::debug!("illegal connection-specific headers found");
-            return Err(UserError::MalformedHeaders);
-        } else if let Some(te) = fields.get(http::header::TE) {
-            if te != "trailers" {
+        //
+        // One pass over the names (portico): five hashed lookups, two of
+        // them parsing a name from a string first, cost more than reading
+        // the few names a response has.
+        for name in fields.keys() {
+            let illegal = match name.as_str() {
+                "connection" | "transfer-encoding" | "upgrade" | "keep-alive"
+                | "proxy-connection" => true,
+                "te" => fields.get(http::header::TE).is_some_and(|te| te != "trailers"),
+                _ => false,
+            };
+            if illegal {
                 tracing::debug!("illegal connection-specific headers found");
                 return Err(UserError::MalformedHeaders);
             }
