@@ -124,14 +124,15 @@ async fn exchange(listener: TcpListener, data: &[u8], head: bool) -> Option<Outc
     let client = async move {
         let tcp = TcpStream::connect(addr).await.expect("connect");
         let pool = Arc::new(Pool::default());
-        let req = Request::builder()
+        let (head, body) = Request::builder()
             .method(if head { Method::HEAD } else { Method::GET })
             .uri("/fuzz")
             .header(HOST, "upstream.test")
             .body(RequestBody::empty())
-            .expect("request");
+            .expect("request")
+            .into_parts();
         let answer = H1Conn::new(ClientIo::Plain(tcp.into()))
-            .send(req, pool.clone())
+            .send(&head, body, pool.clone())
             .await
             .ok()?;
         let (parts, body) = answer.response.into_parts();
